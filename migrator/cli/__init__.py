@@ -1,0 +1,53 @@
+"""The migrator command line: thin commands over the core API, one group per module.
+
+Every command module registers itself on `app`; errors of the MigratorError family are turned
+into `Error: ...` on stderr and a non-zero exit in one place (MigratorGroup.invoke), so the
+same behaviour holds under the console script and under typer's CliRunner.
+"""
+from __future__ import annotations
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from migrator.errors import MigratorError
+
+_state = {"debug": False}
+
+
+class MigratorGroup(TyperGroup):
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except MigratorError as exc:
+            if _state["debug"]:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=MigratorGroup,
+    help="Move an eBPF event pipeline from perf buffer to BPF ring buffer, in stages, with evidence.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Re-raise errors with a traceback.")) -> None:
+    _state["debug"] = debug
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+# Registration: each module adds its commands to `app` at import time.
+from migrator.cli import doctor  # noqa: E402,F401

@@ -1,0 +1,80 @@
+"""One exception family: the CLI catches MigratorError in one place and prints its message."""
+from __future__ import annotations
+
+
+class MigratorError(Exception):
+    """Base of every error an operator is meant to read. exit_code is what the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MigratorError):
+    """A canary.toml (or option) value is wrong: names the file, the field and the fix."""
+
+    def __init__(self, path: str, field: str, problem: str, fix: str = "") -> None:
+        self.path, self.field, self.problem, self.fix = path, field, problem, fix
+        msg = f"{path}: {field}: {problem}"
+        if fix:
+            msg += f" (fix: {fix})"
+        super().__init__(msg)
+
+
+class BPFLoadError(MigratorError):
+    """A BPF program failed to compile, load or attach."""
+
+    def __init__(self, probe: str, reason: str) -> None:
+        self.probe, self.reason = probe, reason
+        super().__init__(f"Failed to load probe {probe!r}: {reason}")
+
+
+class ChannelError(MigratorError):
+    """A consumer could not open or read its channel."""
+
+    def __init__(self, channel: str, reason: str) -> None:
+        self.channel, self.reason = channel, reason
+        super().__init__(f"{channel} channel: {reason}")
+
+
+class TransitionNotAllowed(MigratorError):
+    """An illegal phase move: names the current phase and the attempted one."""
+
+    def __init__(self, current: str, target: str, why: str = "") -> None:
+        self.current, self.target, self.why = current, target, why
+        msg = f"cannot go from {current} to {target}"
+        if why:
+            msg += f": {why}"
+        super().__init__(msg)
+
+
+class GuardFailed(MigratorError):
+    """A transition is legal but a guard (clean windows, fingerprint, manual gate) refuses it."""
+
+    def __init__(self, current: str, target: str, guard: str, detail: str) -> None:
+        self.current, self.target, self.guard, self.detail = current, target, guard, detail
+        super().__init__(f"cannot go from {current} to {target}: guard {guard!r}: {detail}")
+
+
+class StoreError(MigratorError):
+    """Database missing, newer than this code, or otherwise unusable."""
+
+
+class LeaseHeld(MigratorError):
+    """Another controller holds the lease on this migration."""
+
+    def __init__(self, migration_id: int, holder: str, expires_at: str) -> None:
+        self.migration_id, self.holder, self.expires_at = migration_id, holder, expires_at
+        super().__init__(
+            f"migration {migration_id} is driven by controller {holder!r} (lease until {expires_at}); "
+            "stop it first or wait for the lease to expire"
+        )
+
+
+class LabError(MigratorError):
+    """Network namespace lab set-up or tear-down failed."""

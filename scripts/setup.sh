@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Idempotent host set-up for migrator: installs only what is missing and says what it did.
+# Needs root (BPF, mounts, apt). Safe to run any number of times.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MIGRATOR_VENV:-$ROOT/.venv}"
+say() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: must run as root (BPF programs, tracefs/bpffs mounts, apt-get)" >&2
+    exit 1
+fi
+
+# 1. Debian packages. python3-bpfcc is the real bcc; PyPI's "bcc" is unrelated.
+APT_PKGS=(python3-bpfcc bpftool linux-headers-amd64 bpftrace iproute2)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    say "Debian packages present: ${APT_PKGS[*]}"
+fi
+
+# 2. bcc compiles against /lib/modules/$(uname -r)/build; this kernel ships none, so link the
+#    Debian headers. Our BPF code never reads kernel struct fields, so the version skew is harmless.
+KREL="$(uname -r)"
+MODDIR="/lib/modules/$KREL"
+if [ -e "$MODDIR/build/include" ]; then
+    say "kernel headers present at $MODDIR/build"
+else
+    HDR="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1 || true)"
+    if [ -z "$HDR" ]; then
+        echo "setup: no /usr/src/linux-headers-*-amd64 after installing linux-headers-amd64" >&2
+        exit 1
+    fi
+    COMMON="${HDR%-amd64}-common"
+    mkdir -p "$MODDIR"
+    ln -sfn "$HDR" "$MODDIR/build"
+    ln -sfn "$COMMON" "$MODDIR/source"
+    say "linked $MODDIR/build -> $HDR and source -> $COMMON"
+fi
+
+# 3. Pseudo filesystems that are not mounted at boot here.
+mount_if_missing() {  # type mountpoint
+    if mountpoint -q "$2"; then
+        say "$1 already mounted at $2"
+    else
+        mkdir -p "$2"
+        mount -t "$1" "$1" "$2"
+        say "mounted $1 at $2"
+    fi
+}
+mount_if_missing tracefs /sys/kernel/tracing
+mount_if_missing bpf /sys/fs/bpf
+mount_if_missing securityfs /sys/kernel/security || true
+
+# 4. The virtualenv with the Python dependencies.
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+    say "created virtualenv $VENV ($("$VENV/bin/python" --version))"
+fi
+STAMP="$VENV/.migrator-deps"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
+    say "installing Python dependencies into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    echo "$WANT" > "$STAMP"
+else
+    say "Python dependencies up to date in $VENV"
+fi
+
+# 5. Make Debian's bcc module (pure Python over libbcc.so) importable from the venv.
+SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ ! -e "$SITE/bcc" ]; then
+    ln -sfn /usr/lib/python3/dist-packages/bcc "$SITE/bcc"
+    say "linked Debian bcc module into $SITE"
+fi
+"$VENV/bin/python" -c 'import bcc' || { echo "setup: bcc not importable from $VENV" >&2; exit 1; }
+say "ready: $VENV/bin/migrator"
