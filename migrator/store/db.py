@@ -1,0 +1,58 @@
+"""Engines and session factories: SQLite in WAL mode with foreign keys, or any SQLAlchemy URL.
+
+Agents and the controller write the same SQLite file from different processes, so every writing
+transaction starts with BEGIN IMMEDIATE: it takes the write lock up front (waiting up to
+busy_timeout) instead of failing with SQLITE_BUSY when a read turns into a write mid-transaction.
+Read-only factories use a plain deferred BEGIN and `PRAGMA query_only`, so they cannot write.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, None for other backends and in-memory databases."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def make_engine(url: str, *, readonly: bool = False) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign_keys, busy_timeout and explicit BEGINs."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return create_engine(url, future=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    begin_sql = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            cur.execute("PRAGMA query_only = ON")
+        else:
+            # Persistent in the file; readers never switch it (that would be a write).
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql(begin_sql)
+
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """One sessionmaker per process; callers do `with factory() as s, s.begin(): ...`."""
+    return sessionmaker(engine, expire_on_commit=False)
