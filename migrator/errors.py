@@ -78,3 +78,26 @@ class LeaseHeld(MigratorError):
 
 class LabError(MigratorError):
     """Network namespace lab set-up or tear-down failed."""
+
+
+class TransitionPending(MigratorError):
+    """A transition was recorded (intent) but not yet confirmed; no second one may start."""
+
+    def __init__(self, migration_id: int, transition_id: int, move: str) -> None:
+        self.migration_id, self.transition_id, self.move = migration_id, transition_id, move
+        super().__init__(
+            f"migration {migration_id}: transition {transition_id} ({move}) is still being applied; "
+            "it is finished by the running controller or by the next writing command"
+        )
+
+
+class ApplyTimeout(MigratorError):
+    """Agents did not report the desired mode in time; the transition stays an intent and is retried."""
+
+    def __init__(self, migration_id: int, hosts: list[str], timeout: float) -> None:
+        self.migration_id, self.hosts, self.timeout = migration_id, hosts, timeout
+        shown = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
+        super().__init__(
+            f"migration {migration_id}: hosts {shown} did not apply their desired mode within "
+            f"{timeout:g} s; check their agents (`migrator status`)"
+        )

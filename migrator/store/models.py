@@ -123,6 +123,7 @@ class Window(Base):
         Index("ix_windows_migration_id_id", "migration_id", "id"),
         Index("ix_windows_migration_id_host_id", "migration_id", "host", "id"),
         Index("ix_windows_migration_id_phase_id", "migration_id", "phase", "id"),
+        Index("ix_windows_migration_id_index", "migration_id", "index"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

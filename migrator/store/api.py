@@ -1,0 +1,244 @@
+"""Core store functions: create a migration, record windows, agent reports, and the read queries.
+
+Every function takes the caller's session and never commits (the caller owns the transaction).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from migrator.config import Config
+from migrator.errors import MigratorError, StoreError
+from migrator.store.models import Host, Lease, Migration, Slice, Transition, Verdict, Window
+from migrator.windows import MODES, ChannelWindow
+
+WINDOW_FIELDS = [f.name for f in fields(ChannelWindow) if f.name != "extra"]
+FINAL_PHASES = ("COMPLETE", "ROLLED_BACK", "ABORTED")
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def create_migration(session: Session, config: Config, *, name: str = "", schema_fingerprint: str | None = None,
+                     now: float | None = None) -> Migration:
+    """Record a PLANNED migration with its config snapshot, slices and hosts (all desired PERF)."""
+    ts = _now(now)
+    m = Migration(name=name or f"migration from {config.path}", created_at=ts,
+                  config_json=json.dumps(config.to_dict(), sort_keys=True), config_hash=config.hash,
+                  config_path=config.path, schema_fingerprint=schema_fingerprint, phase="PLANNED",
+                  slice=0, phase_since=ts, streak=0, streak_window_ids="[]", clean_windows=0, judged_index=-1)
+    session.add(m)
+    session.flush()
+    first_slice: dict[str, int] = {}
+    for k, members in enumerate(config.slice_hosts, start=1):
+        session.add(Slice(migration_id=m.id, number=k, spec=json.dumps(config.slices[k - 1]),
+                          host_count=len(members)))
+        for h in members:
+            first_slice.setdefault(h, k)
+    session.execute(insert(Host), [
+        {"migration_id": m.id, "name": h, "position": i, "slice": first_slice[h], "desired_mode": "PERF"}
+        for i, h in enumerate(config.host_names)])
+    return m
+
+
+def get_migration(session: Session, migration_id: int | None = None) -> Migration:
+    """The given migration, or the newest one; StoreError when there is none."""
+    if migration_id is None:
+        m = session.scalars(select(Migration).order_by(Migration.id.desc()).limit(1)).first()
+        if m is None:
+            raise StoreError("no migration in this database; run `migrator init` first")
+        return m
+    m = session.get(Migration, migration_id)
+    if m is None:
+        raise StoreError(f"no migration {migration_id} in this database")
+    return m
+
+
+def active_migration(session: Session) -> Migration | None:
+    """The newest migration that is not final (what agents and `start` work on), or None."""
+    return session.scalars(select(Migration).where(Migration.phase.not_in(FINAL_PHASES))
+                           .order_by(Migration.id.desc()).limit(1)).first()
+
+
+def _window_phase(session: Session, m: Migration, start: float) -> tuple[str, int]:
+    # A window belongs to the phase that was in force when it started; one that started before
+    # the current phase was confirmed belongs to the previous phase.
+    phase, slice_ = (m.paused_phase, m.paused_slice or 0) if m.phase == "PAUSED" else (m.phase, m.slice)
+    if start >= m.phase_since:
+        return phase, slice_
+    prev = session.execute(select(Transition.from_phase, Transition.from_slice)
+                           .where(Transition.migration_id == m.id, Transition.status == "confirmed",
+                                  Transition.confirmed_at <= m.phase_since)
+                           .order_by(Transition.id.desc()).limit(1)).first()
+    return (prev[0], prev[1]) if prev else (phase, slice_)
+
+
+def _window_row(migration_id: int, phase: str, slice_: int, w: ChannelWindow, now: float) -> dict:
+    if w.channel not in ("perf", "ring"):
+        raise MigratorError(f"window {w.host}/{w.channel}/{w.index}: channel must be perf or ring")
+    if w.mode not in MODES:
+        raise MigratorError(f"window {w.host}/{w.channel}/{w.index}: mode must be one of {', '.join(MODES)}")
+    row = {k: getattr(w, k) for k in WINDOW_FIELDS}
+    row.update(migration_id=migration_id, phase=phase, slice=slice_, recorded_at=now,
+               loss_rate=w.loss_rate, extra=json.dumps(w.extra, sort_keys=True, default=str))
+    return row
+
+
+def _note_fingerprint(m: Migration, extra: dict) -> None:
+    fp = extra.get("schema_fingerprint") if extra else None
+    if fp and m.schema_fingerprint and fp != m.schema_fingerprint and not m.reported_fingerprint:
+        m.reported_fingerprint = str(fp)
+
+
+def record_window(session: Session, migration_id: int, w: ChannelWindow, now: float | None = None) -> int:
+    """Store one window (agents call this); a re-sent (host, channel, index) returns the existing id."""
+    existing = session.scalar(select(Window.id).where(
+        Window.migration_id == migration_id, Window.host == w.host,
+        Window.channel == w.channel, Window.index == w.index))
+    if existing is not None:
+        return existing
+    m = get_migration(session, migration_id)
+    phase, slice_ = _window_phase(session, m, w.start)
+    row = _window_row(migration_id, phase, slice_, w, _now(now))
+    wid = session.execute(insert(Window).returning(Window.id), [row]).scalar_one()
+    _note_fingerprint(m, w.extra)
+    return wid
+
+
+def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWindow], now: float | None = None) -> int:
+    """Bulk record_window (one executemany); duplicates are skipped. Returns how many were new."""
+    if not ws:
+        return 0
+    m = get_migration(session, migration_id)
+    ts = _now(now)
+    cache: dict[bool, tuple[str, int]] = {}
+    rows = []
+    for w in ws:
+        late = w.start < m.phase_since
+        if late not in cache:
+            cache[late] = _window_phase(session, m, w.start)
+        rows.append(_window_row(migration_id, *cache[late], w, ts))
+        _note_fingerprint(m, w.extra)
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+        stmt = mod.insert(Window).on_conflict_do_nothing(
+            index_elements=["migration_id", "host", "channel", "index"])
+    else:  # other backends: the unique constraint still protects; duplicates raise
+        stmt = insert(Window)
+    before = session.scalar(select(func.count()).select_from(Window).where(Window.migration_id == migration_id)) if dialect != "sqlite" else None
+    res = session.connection().execute(stmt, rows)
+    if before is None:
+        return res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
+    return session.scalar(select(func.count()).select_from(Window).where(Window.migration_id == migration_id)) - before
+
+
+def _host(session: Session, migration_id: int, host: str) -> Host:
+    h = session.scalars(select(Host).where(Host.migration_id == migration_id, Host.name == host)).one_or_none()
+    if h is None:
+        raise StoreError(f"host {host!r} is not part of migration {migration_id}")
+    return h
+
+
+def heartbeat(session: Session, migration_id: int, host: str, now: float | None = None) -> str:
+    """An agent is alive; returns its desired mode (so one round trip does both)."""
+    h = _host(session, migration_id, host)
+    h.last_heartbeat = _now(now)
+    return h.desired_mode
+
+
+def desired_mode(session: Session, migration_id: int, host: str) -> str:
+    """The mode the controller wants on `host` (PERF, DUAL or RING)."""
+    return _host(session, migration_id, host).desired_mode
+
+
+def report_applied(session: Session, migration_id: int, host: str, mode: str, now: float | None = None) -> None:
+    """An agent has written `mode` into its kernel mode map."""
+    if mode not in MODES:
+        raise MigratorError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    h = _host(session, migration_id, host)
+    ts = _now(now)
+    h.applied_mode, h.applied_at, h.last_heartbeat = mode, ts, ts
+
+
+def report_fingerprint(session: Session, migration_id: int, fingerprint: str) -> None:
+    """An agent or the data plane sees this event schema fingerprint; a change blocks advancing."""
+    _note_fingerprint(get_migration(session, migration_id), {"schema_fingerprint": fingerprint})
+
+
+# ---- read side -------------------------------------------------------------------------------
+
+def transition_dict(t: Transition) -> dict:
+    return {"id": t.id, "from": t.from_phase, "from_slice": t.from_slice, "to": t.to_phase,
+            "to_slice": t.to_slice, "actor": t.actor, "reason": t.reason,
+            "window_ids": json.loads(t.window_ids), "status": t.status, "at": t.created_at,
+            "confirmed_at": t.confirmed_at}
+
+
+def history(session: Session, migration_id: int) -> list[dict]:
+    """Every transition of a migration, oldest first (pending intents included, marked 'intent')."""
+    rows = session.scalars(select(Transition).where(Transition.migration_id == migration_id)
+                           .order_by(Transition.id)).all()
+    return [transition_dict(t) for t in rows]
+
+
+WINDOW_COLUMNS = ("id", "phase", "slice", "host", "channel", "index", "start", "end", "mode", "attempts",
+                  "delivered", "dropped_full", "dropped_other", "lost", "loss_rate", "lag_p50_ms",
+                  "lag_p99_ms", "lag_max_ms", "inversions", "consumer_cpu_s", "residual", "settled")
+
+
+def list_windows(session: Session, migration_id: int, *, phase: str | None = None, host: str | None = None,
+                 channel: str | None = None, last: int | None = None) -> list[dict]:
+    """Windows with their host verdicts, newest `last` of them (all when None), oldest first."""
+    cols = [getattr(Window, c) for c in WINDOW_COLUMNS]
+    q = select(*cols).where(Window.migration_id == migration_id)
+    if phase:
+        q = q.where(Window.phase == phase)
+    if host:
+        q = q.where(Window.host == host)
+    if channel:
+        q = q.where(Window.channel == channel)
+    q = q.order_by(Window.id.desc())
+    if last is not None:
+        q = q.limit(last)
+    rows = [dict(r._mapping) for r in session.execute(q)]
+    rows.reverse()
+    if rows:
+        ids = [r["id"] for r in rows]
+        verdicts: dict[int, tuple] = {}
+        for chunk in range(0, len(ids), 500):
+            for wid, v, rule in session.execute(
+                    select(Verdict.window_id, Verdict.verdict, Verdict.rule)
+                    .where(Verdict.window_id.in_(ids[chunk:chunk + 500]), Verdict.scope == "host")):
+                verdicts[wid] = (v, rule)
+        for r in rows:
+            r["verdict"], r["rule"] = verdicts.get(r["id"], (None, None))
+    return rows
+
+
+def hosts(session: Session, migration_id: int) -> list[dict]:
+    """Hosts with slice, desired/applied mode and last heartbeat, in canary order."""
+    rows = session.scalars(select(Host).where(Host.migration_id == migration_id).order_by(Host.position)).all()
+    return [{"name": h.name, "slice": h.slice, "desired_mode": h.desired_mode, "applied_mode": h.applied_mode,
+             "applied_at": h.applied_at, "last_heartbeat": h.last_heartbeat} for h in rows]
+
+
+def lease_of(session: Session, migration_id: int) -> Lease | None:
+    return session.get(Lease, migration_id)
+
+
+def iter_window_rows(session: Session, migration_id: int) -> Iterable:
+    """All windows of a migration in index order (for what-if replays)."""
+    return session.execute(select(Window).where(Window.migration_id == migration_id)
+                           .order_by(Window.index, Window.host, Window.channel)).scalars()
+
+
+def set_desired(session: Session, migration_id: int, modes: dict[str, str]) -> None:
+    for h, mode in modes.items():
+        session.execute(update(Host).where(Host.migration_id == migration_id, Host.name == h).values(desired_mode=mode))
