@@ -6,7 +6,6 @@ same behaviour holds under the console script and under typer's CliRunner.
 """
 from __future__ import annotations
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -16,17 +15,17 @@ _state = {"debug": False}
 
 
 class MigratorGroup(TyperGroup):
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except MigratorError as exc:
             if _state["debug"]:
                 raise
-            click.echo(f"Error: {exc}", err=True)
-            raise click.exceptions.Exit(exc.exit_code) from None
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            raise click.exceptions.Exit(130) from None
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(

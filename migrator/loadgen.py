@@ -1,0 +1,65 @@
+"""Synthetic event generator: a child process making `count` getppid() calls at `rate` per second.
+
+Run as `python -m migrator.loadgen COUNT RATE`; it waits for one byte on stdin before starting so
+the parent can point the probe's target map at its pid first.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+
+def _generate(count: int, rate: float) -> None:
+    getppid = os.getppid
+    if rate <= 0:  # as fast as possible
+        for _ in range(count):
+            getppid()
+        return
+    tick = 0.001
+    per_tick = max(1, int(rate * tick))
+    start = time.perf_counter()
+    done = 0
+    while done < count:
+        n = min(per_tick, count - done)
+        for _ in range(n):
+            getppid()
+        done += n
+        ahead = start + done / rate - time.perf_counter()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+class LoadGen:
+    """Handle on a generator child: start() releases it, wait() reaps it."""
+
+    def __init__(self, count: int, rate: float = 0) -> None:
+        self.count, self.rate = count, rate
+        self.proc = subprocess.Popen([sys.executable, "-m", "migrator.loadgen", str(count), str(rate)],
+                                     stdin=subprocess.PIPE)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.proc.stdin.write(b"g")
+        self.proc.stdin.close()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+if __name__ == "__main__":
+    n, r = int(sys.argv[1]), float(sys.argv[2])
+    sys.stdin.buffer.read(1)
+    _generate(n, r)

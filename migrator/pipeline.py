@@ -1,0 +1,177 @@
+"""One host's data plane in one process: a loaded probe, both consumers, and window accounting."""
+from __future__ import annotations
+
+import select
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from migrator.bpf_loader import Counters, Probe
+from migrator.bpf_stats import close_stats, enable_stats, prog_run_stats
+from migrator.channels import PerfConsumer, RingConsumer
+from migrator.windows import ChannelMeter, ChannelWindow
+
+
+@dataclass
+class ChannelTotals:
+    """Cumulative balance of one channel since the pipeline started."""
+
+    attempts: int
+    delivered: int
+    dropped_full: int
+    dropped_other: int
+    lost: int
+    in_flight: int
+
+    @property
+    def residual(self) -> int:
+        return self.attempts - self.delivered - self.dropped_full - self.dropped_other - self.lost - self.in_flight
+
+
+class Pipeline:
+    """Drains both channels of one probe and closes per-channel windows that balance exactly.
+
+    Waiting is epoll on the ring map fd and the perf fds with a bounded timeout; after a wake-up
+    the loop waits out `batch_interval` since the previous drain, so records arrive in batches
+    instead of one wake-up each.
+    """
+
+    def __init__(self, probe: Probe, host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
+                 batch_interval: float = 0.005, keep_records: bool = False) -> None:
+        self.probe = probe
+        self.host = host
+        self.batch_interval = batch_interval
+        self.ring = RingConsumer(probe.ring_map_fd, probe.ring_bytes)
+        try:
+            self.perf = PerfConsumer(probe.perf_map, pages=perf_pages, wakeup_events=perf_wakeup_events)
+        except Exception:
+            self.ring.close()
+            raise
+        self._ep = select.epoll()
+        self._ep.register(self.ring.fileno(), select.EPOLLIN)
+        for fd in self.perf.fds():
+            self._ep.register(fd, select.EPOLLIN)
+        self._stats_fd = enable_stats()
+        self.meters = {"perf": ChannelMeter("perf"), "ring": ChannelMeter("ring")}
+        self.keep_records = keep_records
+        self.records: dict[str, list[np.ndarray]] = {"perf": [], "ring": []}
+        self.window_index = 0
+        self._win_start = time.time()
+        self._last_drain = 0.0
+        zero = Counters()
+        self._prev = {"perf": zero, "ring": zero}
+        self._prev_delivered = {"perf": 0, "ring": 0}
+        self._prev_parse = {"perf": 0, "ring": 0}
+        self._prev_run = prog_run_stats(probe.prog_fds())
+        self.delivered_total = {"perf": 0, "ring": 0}
+
+    # -- consuming ----------------------------------------------------------------------------
+    def _take(self, channel: str) -> int:
+        t0 = time.thread_time()
+        batch = (self.ring if channel == "ring" else self.perf).consume()
+        n = len(batch)
+        if n:
+            self.meters[channel].add(batch, time.monotonic_ns())
+            self.delivered_total[channel] += n
+            if self.keep_records:
+                self.records[channel].append(batch)
+        self.meters[channel].cpu_s += time.thread_time() - t0
+        return n
+
+    def drain(self) -> int:
+        """Consume everything both channels hold right now."""
+        self._last_drain = time.monotonic()
+        return self._take("perf") + self._take("ring")
+
+    def poll(self, timeout: float = 0.1) -> int:
+        """Wait up to `timeout` s for data (epoll), keep to the batch interval, drain both channels."""
+        wait = self._last_drain + self.batch_interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        if not (self.ring.in_flight() or self.perf.in_flight()):
+            self._ep.poll(timeout)
+        return self.drain()
+
+    # -- accounting ---------------------------------------------------------------------------
+    def snapshot(self, tries: int = 5) -> tuple[dict[str, Counters], bool]:
+        """Drain between two counter reads until they agree, so counters and consumers balance.
+
+        `settled` is False when events kept arriving on every try (then the close is best effort).
+        """
+        for _ in range(tries):
+            before = self.probe.counters()
+            self.drain()
+            after = self.probe.counters()
+            if before == after:
+                return after, True
+        return after, False
+
+    def totals(self, counters: dict[str, Counters]) -> dict[str, ChannelTotals]:
+        out = {}
+        for ch, c in counters.items():
+            in_flight = (self.ring if ch == "ring" else self.perf).in_flight()
+            if ch == "perf":  # perf's -ENOSPC is the kernel's own "lost" count
+                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], 0, c.other, c.full, in_flight)
+            else:
+                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], c.full, c.other, 0, in_flight)
+        return out
+
+    def close_window(self) -> list[ChannelWindow]:
+        """Close the current window: one ChannelWindow per channel, then start the next."""
+        counters, settled = self.snapshot()
+        end = time.time()
+        totals = self.totals(counters)
+        run_ns, run_cnt = prog_run_stats(self.probe.prog_fds())
+        mode = self.probe.mode
+        out = []
+        for ch in ("perf", "ring"):
+            m, d, t = self.meters[ch], counters[ch] - self._prev[ch], totals[ch]
+            parse = (self.ring if ch == "ring" else self.perf).parse_errors
+            p50, p99, pmax = m.lag_summary()
+            w = ChannelWindow(
+                host=self.host, channel=ch, index=self.window_index, start=self._win_start, end=end, mode=mode,
+                attempts=d.attempts, delivered=m.delivered,
+                dropped_full=d.full if ch == "ring" else 0, dropped_other=d.other,
+                lost=d.full if ch == "perf" else 0,
+                parse_errors=parse - self._prev_parse[ch], in_flight=t.in_flight,
+                lag_p50_ms=p50, lag_p99_ms=p99, lag_max_ms=pmax, inversions=m.inversions,
+                consumer_cpu_s=m.cpu_s, bpf_run_ns=run_ns - self._prev_run[0], bpf_run_cnt=run_cnt - self._prev_run[1],
+                residual=t.residual, settled=settled,
+                extra={"seq_min": m.seq_min, "seq_max": m.seq_max},
+            )
+            if ch == "perf":
+                w.extra["lost_reported"] = self.perf.lost_reported
+            out.append(w)
+            self._prev[ch] = counters[ch]
+            self._prev_parse[ch] = parse
+            m.reset()
+        self._prev_run = (run_ns, run_cnt)
+        self._win_start = end
+        self.window_index += 1
+        return out
+
+    def run(self, seconds: float, window: float, on_window=None, stop=None) -> list[ChannelWindow]:
+        """Consume for `seconds`, closing a window every `window` s; a final window closes at the end."""
+        windows: list[ChannelWindow] = []
+        t_end = time.monotonic() + seconds
+        next_close = time.monotonic() + window
+        while True:
+            now = time.monotonic()
+            if now >= next_close or now >= t_end:
+                ws = self.close_window()
+                windows.extend(ws)
+                if on_window:
+                    on_window(ws)
+                next_close += window
+                if now >= t_end or (stop is not None and stop()):
+                    break
+            self.poll(timeout=min(0.05, max(0.0, min(next_close, t_end) - time.monotonic())))
+        return windows
+
+    def close(self) -> None:
+        self._ep.close()
+        self.perf.close()
+        self.ring.close()
+        close_stats(self._stats_fd)
+        self._stats_fd = None
