@@ -58,7 +58,9 @@ class Pipeline:
         self.records: dict[str, list[np.ndarray]] = {"perf": [], "ring": []}
         self.window_index = 0
         self._win_start = time.time()
-        self._last_drain = 0.0
+        self._last_drain = time.monotonic()
+        # Assume the producer ceiling (~2.2 M/s here) until drains have measured the real rate.
+        self._rate = {"perf": 2.5e6, "ring": 2.5e6}
         zero = Counters()
         self._prev = {"perf": zero, "ring": zero}
         self._prev_delivered = {"perf": 0, "ring": 0}
@@ -81,16 +83,36 @@ class Pipeline:
 
     def drain(self) -> int:
         """Consume everything both channels hold right now."""
-        self._last_drain = time.monotonic()
-        return self._take("perf") + self._take("ring")
+        now = time.monotonic()
+        dt = max(now - self._last_drain, 1e-4)
+        self._last_drain = now
+        n_perf, n_ring = self._take("perf"), self._take("ring")
+        # Fast attack, slow decay: one quiet gap must not make the next sleep overrun a buffer.
+        self._rate = {"perf": max(n_perf / dt, 0.95 * self._rate["perf"]),
+                      "ring": max(n_ring / dt, 0.95 * self._rate["ring"])}
+        return n_perf + n_ring
+
+    def _headroom(self) -> float:
+        """Seconds until the fullest buffer reaches half its capacity at the last drain's rate."""
+        perf_cap = self.perf.capacity_per_cpu()
+        ring_cap = self.ring.capacity()
+        room = [
+            (perf_cap / 2 - self.perf.max_pending()) / max(self._rate["perf"], 1.0),
+            (ring_cap / 2 - self.ring.in_flight()) / max(self._rate["ring"], 1.0),
+        ]
+        return max(0.0, min(room))
 
     def poll(self, timeout: float = 0.1) -> int:
-        """Wait up to `timeout` s for data (epoll), keep to the batch interval, drain both channels."""
-        wait = self._last_drain + self.batch_interval - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+        """Wait up to `timeout` s for data (epoll), let the batch grow, drain both channels.
+
+        The batch grows for up to `batch_interval` since the last drain, but never past the point
+        where a buffer would be half full at the rate just seen: batching must not cause drops.
+        """
         if not (self.ring.in_flight() or self.perf.in_flight()):
             self._ep.poll(timeout)
+        wait = min(self._last_drain + self.batch_interval - time.monotonic(), self._headroom())
+        if wait > 0:
+            time.sleep(wait)
         return self.drain()
 
     # -- accounting ---------------------------------------------------------------------------

@@ -157,6 +157,13 @@ class PerfConsumer:
         """Records written but not yet consumed (sample-sized estimate; LOST records are rare)."""
         return sum(b.pending_bytes() for b in self._bufs) // SAMPLE_SIZE
 
+    def max_pending(self) -> int:
+        """Records waiting in the fullest per-CPU buffer."""
+        return max((b.pending_bytes() for b in self._bufs), default=0) // SAMPLE_SIZE
+
+    def capacity_per_cpu(self) -> int:
+        return (self.pages * PAGE) // SAMPLE_SIZE
+
     def consume(self) -> np.ndarray:
         """Drain every CPU's buffer; one batch in CPU order (perf has no cross-CPU order)."""
         parts = []
@@ -171,35 +178,49 @@ class PerfConsumer:
         return batch
 
     def _decode(self, chunk: bytes) -> np.ndarray:
-        if len(chunk) % SAMPLE_SIZE == 0:
-            recs = np.frombuffer(chunk, dtype=PERF_REC)
-            if (recs["type"] == PERF_RECORD_SAMPLE).all() and (recs["size"] == SAMPLE_SIZE).all():
-                batch, bad = split_versions(recs["ev"])
-                self.parse_errors += bad
-                return batch
-        return self._walk(chunk)
-
-    def _walk(self, chunk: bytes) -> np.ndarray:
-        """Slow path, record by record: LOST records, other sizes, older versions."""
+        """Runs of fixed-size samples decode as one numpy view; only the odd record between runs
+        (a LOST record after an overflow, another size or version) takes the slow path."""
         out = []
         pos, end = 0, len(chunk)
-        mv = memoryview(chunk)
         while end - pos >= 8:
-            rtype = int.from_bytes(mv[pos : pos + 4], "little")
-            size = int.from_bytes(mv[pos + 6 : pos + 8], "little")
-            if size < 8:
-                break  # corrupt header: nothing after it can be trusted
-            if rtype == PERF_RECORD_SAMPLE:
-                raw = int.from_bytes(mv[pos + 8 : pos + 12], "little")
-                rec = decode_one(mv[pos + 12 : pos + 12 + raw])
-                if rec is None:
-                    self.parse_errors += 1
-                else:
-                    out.append(rec)
-            elif rtype == PERF_RECORD_LOST:
-                self.lost_reported += int.from_bytes(mv[pos + 16 : pos + 24], "little")
-            pos += size
-        return np.concatenate(out) if out else empty_batch()
+            n = (end - pos) // SAMPLE_SIZE
+            if n:
+                recs = np.frombuffer(chunk, dtype=PERF_REC, count=n, offset=pos)
+                odd = (recs["type"] != PERF_RECORD_SAMPLE) | (recs["size"] != SAMPLE_SIZE)
+                k = int(np.argmax(odd)) if odd.any() else n
+                if k:
+                    batch, bad = split_versions(recs["ev"][:k])
+                    self.parse_errors += bad
+                    out.append(batch)
+                    pos += k * SAMPLE_SIZE
+                    if k == n:
+                        continue
+            pos = self._one(chunk, pos, out)
+            if pos < 0:
+                break
+        if not out:
+            return empty_batch()
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _one(self, chunk: bytes, pos: int, out: list) -> int:
+        """Decode the single record at `pos`; returns the next position, -1 if the header is corrupt."""
+        mv = memoryview(chunk)
+        if len(chunk) - pos < 8:
+            return -1
+        rtype = int.from_bytes(mv[pos : pos + 4], "little")
+        size = int.from_bytes(mv[pos + 6 : pos + 8], "little")
+        if size < 8:
+            return -1  # nothing after a corrupt header can be trusted
+        if rtype == PERF_RECORD_SAMPLE:
+            raw = int.from_bytes(mv[pos + 8 : pos + 12], "little")
+            rec = decode_one(mv[pos + 12 : pos + 12 + raw])
+            if rec is None:
+                self.parse_errors += 1
+            else:
+                out.append(rec)
+        elif rtype == PERF_RECORD_LOST:
+            self.lost_reported += int.from_bytes(mv[pos + 16 : pos + 24], "little")
+        return pos + size
 
     def close(self) -> None:
         perf_map = getattr(self, "_perf_map", None)

@@ -50,6 +50,9 @@ class RingConsumer:
         """Records written but not yet consumed."""
         return (int(self._prod[0]) - self._cons.value) // STRIDE
 
+    def capacity(self) -> int:
+        return self.size // STRIDE
+
     def consume(self, max_records: int | None = None) -> np.ndarray:
         """Decode every complete record up to the first busy one and release them in one store."""
         cons = self._cons.value
