@@ -63,7 +63,7 @@ def check_revision(engine: Engine, url: str, *, upgrade_if_older: bool) -> str:
     script = ScriptDirectory.from_config(alembic_config())
     with engine.connect() as conn:
         current = current_revision(conn)
-        has_tables = bool(inspect(conn).get_table_names())
+        has_tables = bool(set(inspect(conn).get_table_names()) - {"alembic_version"})
         conn.rollback()
     if current == head:
         return head

@@ -1,0 +1,251 @@
+"""The controller: judge new windows, keep the streak, advance or roll back by itself, hold a lease.
+
+`Controller.step(session, now)` does one round inside the caller's transaction: it judges every
+window index that is complete (all needed windows in) or late (`grace_windows` windows past its
+end), writes host and group verdicts, updates the streak, and, when the policy says so, writes a
+transition intent. The loop (`run_controller`) commits that, then applies and confirms it through
+phases.finish_transition, which is also what recovers an intent left behind by a crash.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrator.config import Config, config_from_snapshot
+from migrator.errors import ApplyTimeout, GuardFailed, LeaseHeld, MigratorError
+from migrator.phases import (
+    FINAL,
+    MEASURED,
+    DbApplier,
+    ModeApplier,
+    Phase,
+    finish_transition,
+    label,
+    lock_migration,
+    next_step,
+    request_transition,
+    slice_count,
+)
+from migrator.policy import BREACH, NO_DATA, PASS, GroupVerdict, StreakState, judge_group, judged_hosts, needed, next_streak
+from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
+
+log = logging.getLogger("migrator.controller")
+
+# Columns the policy reads; loading only these keeps a 1000-host step cheap.
+_JUDGE_COLS = [Window.id, Window.host, Window.channel, Window.index, Window.start, Window.end, Window.mode,
+               Window.attempts, Window.delivered, Window.dropped_full, Window.dropped_other, Window.lost,
+               Window.lag_p99_ms, Window.inversions, Window.consumer_cpu_s]
+
+
+@dataclass
+class StepResult:
+    phase: str
+    slice: int
+    judged: list[GroupVerdict] = field(default_factory=list)
+    transition_id: int | None = None
+    target: str | None = None
+    blocked: str | None = None
+    pending: bool = False
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def acquire_lease(session: Session, migration_id: int, holder: str, now: float, ttl: float) -> None:
+    """Take or renew the migration's lease; LeaseHeld while another holder's lease is unexpired."""
+    lease = session.get(Lease, migration_id, with_for_update=True)
+    if lease is None:
+        session.add(Lease(migration_id=migration_id, holder=holder, acquired_at=now, expires_at=now + ttl))
+        session.flush()
+        return
+    if lease.holder != holder and lease.expires_at > now:
+        raise LeaseHeld(migration_id, lease.holder, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expires_at)))
+    if lease.holder != holder:
+        lease.holder, lease.acquired_at = holder, now
+    lease.expires_at = now + ttl
+
+
+def release_lease(session: Session, migration_id: int, holder: str) -> None:
+    """Give the lease up (only our own)."""
+    session.execute(delete(Lease).where(Lease.migration_id == migration_id, Lease.holder == holder))
+
+
+class Controller:
+    """Drives one migration. Stateless between steps: everything it needs is re-read from the store."""
+
+    def __init__(self, session_factory: sessionmaker[Session], migration_id: int, *,
+                 applier: ModeApplier | None = None, holder: str | None = None, lease_seconds: float = 15.0,
+                 grace_windows: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+        self.session_factory, self.migration_id = session_factory, migration_id
+        self.applier = applier or DbApplier()
+        self.holder = holder or default_holder()
+        self.lease_seconds, self.grace_windows, self.clock = lease_seconds, grace_windows, clock
+        self._config: Config | None = None
+
+    def config(self, m: Migration) -> Config:
+        if self._config is None:
+            self._config = config_from_snapshot(m.config_json, "", f"migration {m.id} config snapshot")
+        return self._config
+
+    # -- one round ---------------------------------------------------------------------------
+
+    def step(self, session: Session, now: float) -> StepResult:
+        """Judge what is judgeable, update the streak, and write an intent if a move is due."""
+        m = lock_migration(session, self.migration_id)
+        res = StepResult(m.phase, m.slice)
+        if m.pending_transition_id is not None:
+            res.pending, res.transition_id = True, m.pending_transition_id
+            return res
+        paused = m.phase == Phase.PAUSED
+        phase, slice_ = (m.paused_phase, m.paused_slice or 0) if paused else (m.phase, m.slice)
+        if phase not in MEASURED:
+            return res
+        cfg = self.config(m)
+        hosts = [(h, s) for h, s in session.execute(
+            select(Host.name, Host.slice).where(Host.migration_id == m.id).order_by(Host.position))]
+        judged = judged_hosts(phase, slice_, hosts)
+        need = needed(phase, judged, hosts)
+        rows = session.execute(select(*_JUDGE_COLS).where(
+            Window.migration_id == m.id, Window.index > m.judged_index, Window.start >= m.phase_since)).all()
+        by_index: dict[int, dict[str, dict]] = defaultdict(dict)
+        for r in rows:
+            by_index[r.index].setdefault(r.host, {})[r.channel] = r
+        state = StreakState(m.streak, tuple(json.loads(m.streak_window_ids)), m.clean_windows)
+        grace = self.grace_windows * cfg.window_seconds
+        verdict_rows: list[dict] = []
+        fired = False
+        for index in sorted(by_index):
+            group = by_index[index]
+            have = {(h, c) for h, chans in group.items() for c in chans}
+            if not need <= have and now < max(w.end for chans in group.values() for w in chans.values()) + grace:
+                break  # incomplete and not late yet: judge in order, so wait
+            gv = judge_group(phase, index, judged, group, cfg.thresholds)
+            state = next_streak(state, gv.verdict, gv.window_id, cfg.no_data)
+            res.judged.append(gv)
+            verdict_rows.extend(
+                {"migration_id": m.id, "window_id": hv.window_id, "scope": "host", "host": hv.host, "index": index,
+                 "phase": phase, "slice": slice_, "verdict": hv.verdict, "rule": hv.rule,
+                 "values": json.dumps(hv.values), "streak": 0, "decided_at": now} for hv in gv.hosts)
+            verdict_rows.append(
+                {"migration_id": m.id, "window_id": gv.window_id, "scope": "slice", "host": None, "index": index,
+                 "phase": phase, "slice": slice_, "verdict": gv.verdict, "rule": gv.rule,
+                 "values": json.dumps(gv.values), "streak": state.streak, "decided_at": now})
+            m.judged_index = index
+            if state.streak >= cfg.rollback_after:
+                fired = True
+                break
+        if verdict_rows:
+            session.execute(insert(Verdict), verdict_rows)
+        m.streak, m.streak_window_ids, m.clean_windows = state.streak, json.dumps(list(state.window_ids)), state.clean
+        slices = slice_count(session, m.id)
+        here = label(phase, slice_, slices)
+        if fired:
+            ids = list(state.window_ids[-cfg.rollback_after:])
+            t = request_transition(
+                session, m.id, Phase.ROLLED_BACK, actor="auto", now=now, holder=self.holder, window_ids=ids,
+                reason=f"{cfg.rollback_after} consecutive breaching windows in {here} "
+                       f"(indexes {res.judged[-cfg.rollback_after].index if len(res.judged) >= cfg.rollback_after else '...'}"
+                       f"..{res.judged[-1].index}); last: {res.judged[-1].rule}",
+                evidence={"rules": [g.rule for g in res.judged[-cfg.rollback_after:]]})
+            res.transition_id, res.target = t.id, t.to_phase
+            return res
+        if paused:
+            return res  # pausing stops advancing, never protecting
+        rule = cfg.phase_rule(phase)
+        if state.clean >= rule.min_clean_windows:
+            if rule.manual_gate:
+                res.blocked = f"{here}: {state.clean} clean windows; manual gate: waiting for `migrator advance`"
+                return res
+            target, to_slice = next_step(phase, slice_, slices)
+            try:
+                t = request_transition(session, m.id, target, to_slice=to_slice, actor="auto", now=now,
+                                       holder=self.holder, min_clean=rule.min_clean_windows,
+                                       reason=f"{state.clean} clean windows in {here} (min {rule.min_clean_windows})")
+            except GuardFailed as exc:
+                res.blocked = str(exc)
+                return res
+            res.transition_id, res.target = t.id, t.to_phase
+        return res
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def finish(self) -> Transition | None:
+        """Apply and confirm a pending intent (ours or a crashed process's); retried later on timeout."""
+        try:
+            return finish_transition(self.session_factory, self.migration_id, self.applier, self.clock)
+        except ApplyTimeout as exc:
+            log.warning("%s", exc)
+            return None
+
+    def run(self, *, stop: threading.Event | None = None, deadline: float | None = None,
+            poll_interval: float | None = None, on_step: Callable[[StepResult], None] | None = None) -> str:
+        """Lease, recover, then step until a final phase, `stop`, or `deadline` (clock time). Returns the phase."""
+        stop = stop or threading.Event()
+        sf = self.session_factory
+        with sf() as s, s.begin():
+            acquire_lease(s, self.migration_id, self.holder, self.clock(), self.lease_seconds)
+            m = s.get(Migration, self.migration_id)
+            interval = poll_interval if poll_interval is not None else min(1.0, self.config(m).window_seconds / 4)
+        phase = m.phase
+        try:
+            self.finish()
+            while not stop.is_set() and (deadline is None or self.clock() < deadline):
+                now = self.clock()
+                with sf() as s, s.begin():
+                    acquire_lease(s, self.migration_id, self.holder, now, self.lease_seconds)
+                    res = self.step(s, now)
+                if res.transition_id is not None:
+                    self.finish()
+                with sf() as s:
+                    phase = s.get(Migration, self.migration_id).phase
+                if on_step:
+                    on_step(res)
+                if phase in FINAL:
+                    break
+                stop.wait(interval)
+        finally:
+            with sf() as s, s.begin():
+                release_lease(s, self.migration_id, self.holder)
+        return phase
+
+
+def start_migration(session_factory: sessionmaker[Session], migration_id: int, *, schema_fingerprint: str,
+                    applier: ModeApplier | None = None, clock: Callable[[], float] = time.time) -> None:
+    """PLANNED -> DUAL_INSTRUMENT, freezing the schema fingerprint; a no-op when already started."""
+    applier = applier or DbApplier()
+    finish_transition(session_factory, migration_id, applier, clock)
+    with session_factory() as s, s.begin():
+        m = lock_migration(s, migration_id)
+        if m.phase != Phase.PLANNED:
+            return
+        m.schema_fingerprint = schema_fingerprint
+        request_transition(s, migration_id, Phase.DUAL_INSTRUMENT, actor="manual", now=clock(),
+                           reason=f"start (schema fingerprint {schema_fingerprint})")
+    finish_transition(session_factory, migration_id, applier, clock)
+
+
+def run_controller(session_factory: sessionmaker[Session], migration_id: int, *, applier: ModeApplier | None = None,
+                   stop: threading.Event | None = None, deadline: float | None = None,
+                   poll_interval: float | None = None, holder: str | None = None, lease_seconds: float = 15.0,
+                   grace_windows: float = 2.0, clock: Callable[[], float] = time.time,
+                   on_step: Callable[[StepResult], None] | None = None) -> str:
+    """Run the controller loop in-process until the migration is final, `stop` is set or `deadline` passes."""
+    ctl = Controller(session_factory, migration_id, applier=applier, holder=holder, lease_seconds=lease_seconds,
+                     grace_windows=grace_windows, clock=clock)
+    return ctl.run(stop=stop, deadline=deadline, poll_interval=poll_interval, on_step=on_step)
+
+
+__all__ = ["Controller", "StepResult", "run_controller", "start_migration", "acquire_lease", "release_lease",
+           "MigratorError", "PASS", "BREACH", "NO_DATA"]
