@@ -275,7 +275,8 @@ def finish_transition(session_factory: sessionmaker[Session], migration_id: int,
         t = s.get(Transition, m.pending_transition_id)
         modes = json.loads(t.modes)
     _fault_point("before_apply", t.id)
-    applier.apply(session_factory, migration_id, modes)
+    if modes:  # PAUSED changes nothing on the hosts
+        applier.apply(session_factory, migration_id, modes)
     _fault_point("before_confirm", t.id)
     with session_factory() as s, s.begin():
         confirm_transition(s, migration_id, t.id, clock())
