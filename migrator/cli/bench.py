@@ -51,8 +51,8 @@ def render_table(result: dict) -> str:
                        for i, cell in enumerate(r)).rstrip() for r in [header, *rows]]
     r = result["ratios"]
     lines.append("")
-    lines.append(f"ratios (events per consumer CPU-s, ours / bcc): ring {_fmt('x', r['ring'])}x, "
-                 f"perf {_fmt('x', r['perf'])}x")
+    ratio = {k: "-" if v is None else f"{v:.1f}x" for k, v in r.items()}
+    lines.append(f"ratios (events per consumer CPU-s, ours / bcc): ring {ratio['ring']}, perf {ratio['perf']}")
     for name, ok in targets(result).items():
         lines.append(f"target {name}: {'met' if ok else 'MISSED'}")
     return "\n".join(lines)
