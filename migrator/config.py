@@ -332,7 +332,7 @@ def load_config(path: str | Path) -> Config:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(shown, "<file>", "does not exist", "create it with `migrator init --write-default`, or pass --config") from None
+        raise ConfigError(shown, "<file>", "does not exist", "copy the commented canary.toml shipped with migrator, or pass --config") from None
     except OSError as exc:
         raise ConfigError(shown, "<file>", f"cannot be read: {exc.strerror or exc}", "pass the path of a readable canary.toml") from None
     try:

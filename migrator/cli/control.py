@@ -1,0 +1,214 @@
+"""Commands that drive a migration: init, plan, start, advance, pause, resume, rollback, abort.
+
+Each one loads canary.toml first (so an invalid config writes nothing), opens the database
+(upgrading an older one, refusing a newer one), calls one core function, and renders.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import typer
+
+from migrator import ops
+from migrator.cli import app
+from migrator.cli.render import emit_json
+from migrator.config import Config, load_config
+from migrator.controller import run_controller, start_migration
+from migrator.phases import DbApplier, label
+from migrator.store import api, open_store
+
+CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."
+
+
+def config_option() -> Path:
+    return typer.Option(None, "--config", "-c", help=CONFIG_HELP, show_default=False)
+
+
+def resolve_config(path: Path | None) -> Config:
+    return load_config(path or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")))
+
+
+def writer(path: Path | None):
+    """Config first (nothing is written when it is invalid), then the upgraded store."""
+    cfg = resolve_config(path)
+    return cfg, open_store(cfg.database_url)
+
+
+@app.command("plan")
+def plan_cmd(config: Path = config_option(),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Read-only: validate canary.toml and show the phases and slices (never opens the database).
+
+    Example: migrator plan -c canary.toml
+    """
+    cfg = resolve_config(config)
+    phases = [{"phase": p, "min_clean_windows": cfg.phase_rule(p).min_clean_windows,
+               "manual_gate": cfg.phase_rule(p).manual_gate} for p in ("DUAL_INSTRUMENT", "SHADOW")]
+    phases += [{"phase": "CANARY", "slice": k, "ring_hosts": list(h), "min_clean_windows": cfg.phases.canary.min_clean_windows,
+                "manual_gate": cfg.phases.canary.manual_gate} for k, h in enumerate(cfg.slice_hosts, 1)]
+    phases.append({"phase": "COMPLETE"})
+    if as_json:
+        emit_json({"config": cfg.to_dict(), "config_hash": cfg.hash, "database_url": cfg.database_url,
+                   "hosts": list(cfg.host_names), "phases": phases})
+        return
+    typer.echo(f"{cfg.path}: valid (hash {cfg.hash[:12]}), database {cfg.database_url}")
+    typer.echo(f"hosts ({len(cfg.host_names)}): {', '.join(cfg.host_names)}")
+    typer.echo(f"rollback after {cfg.rollback_after} consecutive breaching windows of {cfg.window_seconds:g} s; "
+               f"no-data: {cfg.no_data}")
+    for p in phases:
+        if p["phase"] == "COMPLETE":
+            typer.echo("  COMPLETE          all hosts RING")
+            continue
+        name = label(p["phase"], p.get("slice", 0), len(cfg.slice_hosts))
+        gate = ", manual gate" if p["manual_gate"] else ""
+        what = (f"RING on {len(p['ring_hosts'])}/{len(cfg.host_names)} hosts" if "ring_hosts" in p else "all hosts DUAL")
+        typer.echo(f"  {name:<17} {what}; {p['min_clean_windows']} clean windows{gate}")
+
+
+@app.command("init")
+def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
+             name: str = typer.Option("", "--name", help="A name for this migration."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Create or upgrade the database and record the plan as a PLANNED migration.
+
+    Running it again with the same canary.toml changes nothing.
+
+    Example: migrator init canary.toml
+    """
+    cfg, sf = writer(config_file)
+    with sf() as s, s.begin():
+        m, created = ops.init_migration(s, cfg, name=name)
+        out = {"migration_id": m.id, "phase": m.phase, "created": created, "config_hash": m.config_hash,
+               "database_url": cfg.database_url, "hosts": len(cfg.host_names), "slices": len(cfg.slice_hosts)}
+    if as_json:
+        emit_json(out)
+    else:
+        verb = "recorded" if created else "already recorded"
+        typer.echo(f"migration {out['migration_id']} {verb}: {out['phase']}, {out['hosts']} hosts, "
+                   f"{out['slices']} slices, config {out['config_hash'][:12]}, database {cfg.database_url}")
+
+
+@app.command("start")
+def start_cmd(config: Path = config_option(),
+              schema_fingerprint: str = typer.Option(None, "--schema-fingerprint",
+                                                     help="Event schema fingerprint to freeze (default: the data plane's)."),
+              confirm_timeout: float = typer.Option(None, "--confirm-timeout", min=0.0,
+                                                    help="Wait this long for agents to apply each mode change."),
+              run: bool = typer.Option(True, "--run/--no-run", help="Keep driving the migration (the controller loop)."),
+              seconds: float = typer.Option(None, "--for", min=0.0, help="Stop the loop after this many seconds."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Start the PLANNED migration (DUAL_INSTRUMENT) and drive it to COMPLETE or ROLLED_BACK.
+
+    Also resumes driving an already started migration, finishing a transition a crash left
+    half-done. A second `start` on the same migration refuses while the first holds the lease.
+
+    Example: migrator start -c canary.toml --confirm-timeout 10
+    """
+    cfg, sf = writer(config)
+    with sf() as s:
+        m = api.active_migration(s)
+        if m is None:
+            raise ops.StoreError("no active migration in this database; run `migrator init` first")
+        ops.check_same_config(m, cfg)
+        mid = m.id
+    applier = DbApplier(confirm_timeout=confirm_timeout)
+    start_migration(sf, mid, schema_fingerprint=schema_fingerprint or ops.default_fingerprint(), applier=applier)
+    phase = None
+    if run:
+        import time
+        deadline = None if seconds is None else time.time() + seconds
+        on_step = None if as_json else _print_step
+        phase = run_controller(sf, mid, applier=applier, stop=threading.Event(), deadline=deadline, on_step=on_step)
+    with sf() as s:
+        rep = ops.status_report(s, mid)
+    if as_json:
+        emit_json(rep)
+    else:
+        typer.echo(f"migration {mid}: {rep['label']}" + ("" if phase else " (controller not running)"))
+
+
+def _print_step(res) -> None:
+    for g in res.judged:
+        typer.echo(f"window {g.index}: {g.verdict} ({g.rule})")
+    if res.target:
+        typer.echo(f"-> {res.target}")
+
+
+def _move(op: str, config: Path | None, migration: int | None, reason: str, confirm_timeout: float | None,
+          as_json: bool) -> None:
+    cfg, sf = writer(config)
+    with sf() as s:
+        mid = api.get_migration(s, migration).id
+    t = ops.manual_move(sf, mid, op, reason=reason, applier=DbApplier(confirm_timeout=confirm_timeout))
+    if as_json:
+        emit_json(t)
+    else:
+        typer.echo(f"migration {mid}: {t['label']} (transition {t['id']}, {t['reason']})")
+
+
+def _migration_option():
+    return typer.Option(None, "--migration", "-m", help="Migration id (default: the newest).")
+
+
+def _timeout_option():
+    return typer.Option(None, "--confirm-timeout", min=0.0, help="Wait this long for agents to apply the new modes.")
+
+
+@app.command("advance")
+def advance_cmd(config: Path = config_option(), migration: int = _migration_option(),
+                reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
+                confirm_timeout: float = _timeout_option(),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Move to the next phase or canary slice (passes a manual gate; clean-window and schema guards still apply).
+
+    Example: migrator advance --reason "dashboards look fine"
+    """
+    _move("advance", config, migration, reason, confirm_timeout, as_json)
+
+
+@app.command("pause")
+def pause_cmd(config: Path = config_option(), migration: int = _migration_option(),
+              reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Stop advancing (hosts keep their modes; automatic rollback stays armed).
+
+    Example: migrator pause --reason "change freeze"
+    """
+    _move("pause", config, migration, reason, None, as_json)
+
+
+@app.command("resume")
+def resume_cmd(config: Path = config_option(), migration: int = _migration_option(),
+               reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
+               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Go back to the phase (and slice) the migration was paused in.
+
+    Example: migrator resume
+    """
+    _move("resume", config, migration, reason, None, as_json)
+
+
+@app.command("rollback")
+def rollback_cmd(config: Path = config_option(), migration: int = _migration_option(),
+                 reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
+                 confirm_timeout: float = _timeout_option(),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Put every host back on PERF now (ROLLED_BACK, final).
+
+    Example: migrator rollback --reason "p99 lag regression on mig1"
+    """
+    _move("rollback", config, migration, reason, confirm_timeout, as_json)
+
+
+@app.command("abort")
+def abort_cmd(config: Path = config_option(), migration: int = _migration_option(),
+              reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
+              confirm_timeout: float = _timeout_option(),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Cancel the migration (ABORTED, final): every host back on PERF.
+
+    Example: migrator abort --reason "wrong host list"
+    """
+    _move("abort", config, migration, reason, confirm_timeout, as_json)

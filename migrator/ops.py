@@ -1,0 +1,145 @@
+"""Operator operations the CLI commands call: each takes explicit arguments and knows nothing of typer."""
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrator.config import Config, config_from_snapshot
+from migrator.errors import MigratorError, StoreError
+from migrator.phases import DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
+from migrator.policy import what_if as replay
+from migrator.store import api
+from migrator.store.models import Host, Lease, Migration, Verdict, Window
+
+
+def default_fingerprint() -> str:
+    """The data plane's event schema fingerprint (migrator.schema), 'unknown' if it cannot be computed."""
+    try:
+        from migrator.schema import fingerprint
+        return fingerprint()
+    except Exception:  # the data plane may be absent on a controller-only host
+        return "unknown"
+
+
+def init_migration(session: Session, config: Config, *, name: str = "", now: float | None = None) -> tuple[Migration, bool]:
+    """Record the plan as a PLANNED migration; (migration, created). The same config again is a no-op."""
+    active = api.active_migration(session)
+    if active is not None:
+        if active.config_hash == config.hash:
+            return active, False
+        raise MigratorError(
+            f"migration {active.id} is {active.phase} with another config (hash {active.config_hash[:12]}, "
+            f"{config.path} has {config.hash[:12]}); finish or `migrator abort` it before starting a new plan")
+    return api.create_migration(session, config, name=name, now=now), True
+
+
+def snapshot_config(m: Migration) -> Config:
+    """The config a migration was initialised with (the controller never re-reads the file)."""
+    return config_from_snapshot(m.config_json, "", f"migration {m.id} config snapshot")
+
+
+def check_same_config(m: Migration, config: Config) -> None:
+    """Refuse to drive a migration with a canary.toml that changed since `init`."""
+    if m.config_hash != config.hash:
+        raise MigratorError(
+            f"{config.path} changed since migration {m.id} was initialised (hash {config.hash[:12]}, "
+            f"recorded {m.config_hash[:12]}); revert it, or abort and `migrator init` again")
+
+
+def manual_move(session_factory: sessionmaker[Session], migration_id: int, op: str, *, reason: str = "",
+                applier: ModeApplier | None = None) -> dict:
+    """advance | pause | resume | rollback | abort, by an operator; returns the transition as a dict."""
+    with session_factory() as s:
+        m = api.get_migration(s, migration_id)
+        slices = slice_count(s, m.id)
+        cfg = snapshot_config(m)
+        phase, slice_ = m.phase, m.slice
+        paused_phase, paused_slice = m.paused_phase, m.paused_slice
+    kw: dict = {}
+    if op == "advance":
+        target, to_slice = next_step(phase, slice_, slices)
+        if phase in ("DUAL_INSTRUMENT", "SHADOW", "CANARY"):
+            kw["min_clean"] = cfg.phase_rule(phase).min_clean_windows
+    elif op == "pause":
+        target, to_slice = Phase.PAUSED, 0
+    elif op == "resume":
+        if phase != Phase.PAUSED:
+            from migrator.errors import TransitionNotAllowed
+            raise TransitionNotAllowed(label(phase, slice_, slices), "resume", f"{phase} is not PAUSED")
+        target, to_slice = Phase(paused_phase), paused_slice or 0
+    elif op == "rollback":
+        target, to_slice = Phase.ROLLED_BACK, 0
+    elif op == "abort":
+        target, to_slice = Phase.ABORTED, 0
+    else:
+        raise ValueError(op)
+    t = transition(session_factory, migration_id, target, to_slice=to_slice, actor="manual",
+                   reason=reason or f"operator {op}", applier=applier or DbApplier(), **kw)
+    with session_factory() as s:
+        d = api.transition_dict(s.get(type(t), t.id))
+        d["label"] = f"{label(d['from'], d['from_slice'], slices)} -> {label(d['to'], d['to_slice'], slices)}"
+        return d
+
+
+def status_report(session: Session, migration_id: int | None = None, now: float | None = None) -> dict:
+    """Phase, slice, last judged window, streak k/N, clean windows, hosts, lease, last window per channel."""
+    m = api.get_migration(session, migration_id)
+    cfg = snapshot_config(m)
+    slices = slice_count(session, m.id)
+    eff = m.paused_phase if m.phase == "PAUSED" else m.phase
+    rule = cfg.phase_rule(eff) if eff in ("DUAL_INSTRUMENT", "SHADOW", "CANARY") else None
+    last = {}
+    for ch in ("perf", "ring"):
+        wid = session.scalar(select(func.max(Window.id)).where(Window.migration_id == m.id, Window.channel == ch))
+        if wid is not None:
+            w = session.get(Window, wid)
+            last[ch] = {"id": w.id, "host": w.host, "index": w.index, "mode": w.mode, "attempts": w.attempts,
+                        "loss_rate": w.loss_rate, "lag_p99_ms": w.lag_p99_ms, "end": w.end}
+    gv = session.scalars(select(Verdict).where(Verdict.migration_id == m.id, Verdict.scope == "slice")
+                         .order_by(Verdict.id.desc()).limit(1)).first()
+    lease = session.get(Lease, m.id)
+    ts = time.time() if now is None else now
+    pending = None
+    if m.pending_transition_id:
+        t = api.transition_dict(session.get(__import__("migrator.store.models", fromlist=["Transition"]).Transition,
+                                            m.pending_transition_id))
+        pending = {"id": t["id"], "to": t["to"], "to_slice": t["to_slice"]}
+    return {
+        "migration_id": m.id, "name": m.name, "phase": m.phase, "slice": m.slice, "slices": slices,
+        "label": label(m.phase, m.slice, slices), "paused_phase": m.paused_phase,
+        "phase_since": m.phase_since, "config_hash": m.config_hash, "schema_fingerprint": m.schema_fingerprint,
+        "reported_fingerprint": m.reported_fingerprint, "window": m.judged_index,
+        "streak": m.streak, "rollback_after": cfg.rollback_after, "no_data": cfg.no_data,
+        "clean_windows": m.clean_windows, "min_clean_windows": rule.min_clean_windows if rule else None,
+        "manual_gate": rule.manual_gate if rule else None, "pending": pending,
+        "last_verdict": ({"index": gv.index, "verdict": gv.verdict, "rule": gv.rule} if gv else None),
+        "last_window": last,
+        "lease": ({"holder": lease.holder, "expires_at": lease.expires_at, "live": lease.expires_at > ts}
+                  if lease else None),
+        "hosts": api.hosts(session, m.id),
+    }
+
+
+def what_if_report(session: Session, migration_id: int | None = None, **overrides) -> dict:
+    """Replay a migration's stored windows under other thresholds / rollback_after (read-only)."""
+    m = api.get_migration(session, migration_id)
+    hosts = [(h, s) for h, s in session.execute(select(Host.name, Host.slice).where(Host.migration_id == m.id)
+                                                .order_by(Host.position))]
+    actual = [t for t in api.history(session, m.id) if t["to"] == "ROLLED_BACK" and t["actor"] == "auto"]
+    report = replay(snapshot_config(m), hosts, api.iter_window_rows(session, m.id), **overrides)
+    report["migration_id"] = m.id
+    report["actual_rollback"] = ({"transition_id": actual[0]["id"], "window_ids": actual[0]["window_ids"]}
+                                 if actual else None)
+    return report
+
+
+def require_migration(session: Session, migration_id: int | None) -> Migration:
+    m = api.get_migration(session, migration_id)
+    return m
+
+
+__all__ = ["init_migration", "manual_move", "status_report", "what_if_report", "default_fingerprint",
+           "check_same_config", "snapshot_config", "StoreError", "json"]
