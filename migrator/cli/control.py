@@ -13,7 +13,7 @@ import typer
 
 from migrator import ops
 from migrator.cli import app
-from migrator.cli.render import emit_json
+from migrator.cli._out import emit_json
 from migrator.config import Config, load_config
 from migrator.controller import run_controller, start_migration
 from migrator.phases import DbApplier, label

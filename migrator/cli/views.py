@@ -10,7 +10,7 @@ import typer
 from migrator import ops
 from migrator.cli import app
 from migrator.cli.control import config_option, resolve_config
-from migrator.cli.render import emit_json
+from migrator.cli._out import emit_json
 from migrator.store import api, open_store
 
 RO = "Read-only: never writes to the database."
