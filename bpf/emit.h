@@ -35,8 +35,11 @@
 #define ENOSPC 28
 #endif
 
-/* Bump when struct event changes; userspace keeps a parser for every version shipped. */
+/* Bump when struct event changes; userspace keeps a parser for every version shipped.
+ * Tests build old (or unknown) producers with -DSCHEMA_VERSION=N to prove the parser copes. */
+#ifndef SCHEMA_VERSION
 #define SCHEMA_VERSION 2
+#endif
 
 /* Mode map values. Zero (an untouched map) is PERF: the safe default. */
 #define MODE_PERF 0
@@ -74,6 +77,13 @@ struct event {
 
 _Static_assert(sizeof(struct event) == 64, "migrator/schema.py LAYOUTS[2] must match");
 
+/* Bytes written per record: a version 1 producer wrote the layout without `value`. */
+#if SCHEMA_VERSION == 1
+#define EMIT_SIZE 56
+#else
+#define EMIT_SIZE sizeof(struct event)
+#endif
+
 struct chan_counters {
     u64 attempts;
     u64 ok;
@@ -99,7 +109,7 @@ static __always_inline void emit_perf(void *ctx, struct event *ev)
     if (!c)
         return;
     c->attempts++;
-    int err = events_perf.perf_submit(ctx, ev, sizeof(*ev));
+    int err = events_perf.perf_submit(ctx, ev, EMIT_SIZE);
     if (err == 0)
         c->ok++;
     else if (err == -ENOSPC)
@@ -116,12 +126,12 @@ static __always_inline void emit_ring(struct event *ev)
         return;
     c->attempts++;
 #if RING_SUBMIT_OUTPUT
-    int err = events_ring.ringbuf_output(ev, sizeof(*ev), RING_WAKEUP_FLAGS);
+    int err = events_ring.ringbuf_output(ev, EMIT_SIZE, RING_WAKEUP_FLAGS);
 #else
     int err = -ENOSPC;
-    struct event *slot = events_ring.ringbuf_reserve(sizeof(*ev));
+    struct event *slot = events_ring.ringbuf_reserve(EMIT_SIZE);
     if (slot) {
-        __builtin_memcpy(slot, ev, sizeof(*ev));
+        __builtin_memcpy(slot, ev, EMIT_SIZE);
         events_ring.ringbuf_submit(slot, RING_WAKEUP_FLAGS);
         err = 0;
     }
@@ -135,7 +145,7 @@ static __always_inline void emit_ring(struct event *ev)
     u32 zero = 0;
     void *rb = ring_ref.lookup(&zero);
     u64 avail = rb ? bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA) : 0;
-    if (rb && avail + sizeof(*ev) + 8 > RING_BYTES)
+    if (rb && avail + EMIT_SIZE + 8 > RING_BYTES)
         c->full++;
     else
         c->other++;

@@ -68,6 +68,7 @@ class Probe:
         ring_submit: str = "reserve",
         wakeup: str = "adaptive",
         print_c: bool = False,
+        extra_cflags: tuple[str, ...] = (),
     ) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so non-kernel commands work without it
 
@@ -85,6 +86,7 @@ class Probe:
             f"-DRING_PAGES={ring_bytes // PAGE}",
             f"-DRING_SUBMIT_OUTPUT={SUBMITS[ring_submit]}",
             f"-DRING_WAKEUP_FLAGS={WAKEUPS[wakeup]}",
+            *extra_cflags,
         ]
         if print_c:
             print(f"/* cflags: {' '.join(cflags)} */\n{text}")

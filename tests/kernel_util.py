@@ -1,0 +1,26 @@
+"""Helpers for tests that load real BPF programs: root check and a drained-collection loop."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root (CI runs as root)")
+
+
+def collect(pipe, until, timeout: float = 30.0) -> None:
+    """Poll the pipeline until `until()` is true, then drain once more."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "timed out waiting for events"
+        pipe.poll(timeout=0.01)
+    pipe.drain()
+
+
+def records(pipe, channel: str) -> np.ndarray:
+    parts = pipe.records[channel]
+    from migrator.schema import empty_batch
+
+    return np.concatenate(parts) if parts else empty_batch()

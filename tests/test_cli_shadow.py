@@ -1,0 +1,40 @@
+"""`migrator shadow` through the CLI: one JSON object per window and channel, then a summary."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from kernel_util import needs_root
+from migrator.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.kernel
+@needs_root
+def test_shadow_json_windows_balance():
+    res = runner.invoke(app, ["shadow", "--seconds", "2", "--window", "500ms", "--rate", "50000", "--json"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    windows = [x for x in lines if x["type"] == "window"]
+    summary = lines[-1]
+    assert summary["type"] == "summary"
+    assert len(windows) == 2 * summary["windows"] and summary["windows"] >= 4
+    for ch in ("perf", "ring"):
+        t = summary["channels"][ch]
+        assert t["attempts"] == 100_000
+        assert t["delivered"] + t["dropped_full"] + t["dropped_other"] + t["lost"] == 100_000
+        assert (t["final_residual"], t["parse_errors"]) == (0, 0)
+        assert sum(w["attempts"] for w in windows if w["channel"] == ch) == 100_000
+
+
+def test_shadow_rejects_a_bad_window():
+    res = runner.invoke(app, ["shadow", "--window", "fast"])
+    assert res.exit_code == 1
+    assert "Error: --window: 'fast' is not a positive duration" in res.stderr
+
+
+def test_shadow_rejects_an_unknown_probe():
+    res = runner.invoke(app, ["shadow", "--probe", "kprobe", "--seconds", "1"])
+    assert res.exit_code == 1
+    assert "unknown probe 'kprobe'" in res.stderr
