@@ -50,6 +50,7 @@ def main() -> None:
 
 # Registration: each module adds its commands to `app` at import time.
 from migrator.cli import doctor  # noqa: E402,F401
+from migrator.cli import shadow  # noqa: E402,F401
 from migrator.cli import bench  # noqa: E402,F401
 from migrator.cli import control  # noqa: E402,F401
 from migrator.cli import views  # noqa: E402,F401
