@@ -67,9 +67,13 @@ class RingConsumer:
         # Fast path: a prefix of fixed-size records of the current layout, discards masked out.
         odd = (lens & np.uint32(~DISCARD & 0xFFFFFFFF)) != RECORD_SIZE
         k = int(np.argmax(odd)) if odd.any() else n
-        head = recs[:k]
+        # Copy the committed prefix out as raw bytes, one memcpy (its headers were read above, so
+        # no payload is read before its header), and hand out field views of the private copy: a
+        # strided structured copy of "ev" costs ~15 ns per record, the memcpy ~1.5.
+        head = np.empty(k, dtype=RING_REC)
+        head.view(np.uint8)[:] = recs[:k].view(np.uint8)
         keep = (head["len"] & np.uint32(DISCARD)) == 0
-        batch = head["ev"][keep] if not keep.all() else head["ev"].copy()
+        batch = head["ev"][keep] if not keep.all() else head["ev"]
         pos = cons + k * STRIDE
         extra: list[np.ndarray] = []
         if k < n or (prod - pos) >= HDR:
