@@ -80,6 +80,39 @@ class LabError(MigratorError):
     """Network namespace lab set-up or tear-down failed."""
 
 
+class LabPermissionError(LabError):
+    """The lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for namespaces)."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        super().__init__(f"lab {action} needs root (network namespaces, veth, tc); run it with sudo")
+
+
+class LabConfigError(LabError):
+    """A lab option (host count, prefix, profile, rate) is out of range: names it and the fix."""
+
+    def __init__(self, option: str, value: object, fix: str) -> None:
+        self.option, self.value, self.fix = option, value, fix
+        super().__init__(f"lab: {option}={value!r} is not valid (fix: {fix})")
+
+
+class LabNameCollision(LabError):
+    """A name the lab wants is taken by something the lab did not make."""
+
+    def __init__(self, name: str, what: str, fix: str) -> None:
+        self.name, self.what, self.fix = name, what, fix
+        super().__init__(f"lab: {name!r} already exists and is {what}, not a lab object (fix: {fix})")
+
+
+class LabHostNotFound(LabError):
+    """A lab host named on the command line or in code does not exist."""
+
+    def __init__(self, host: str, prefix: str) -> None:
+        self.host, self.prefix = host, prefix
+        super().__init__(f"lab host {host!r} not found; create it with `migrator lab up --prefix {prefix}` "
+                         f"or list hosts with `migrator lab status --prefix {prefix}`")
+
+
 class TransitionPending(MigratorError):
     """A transition was recorded (intent) but not yet confirmed; no second one may start."""
 

@@ -1,0 +1,54 @@
+"""Lab naming: every lab object is found again from its name, so names are the only state."""
+from __future__ import annotations
+
+import os
+import re
+
+from migrator.errors import LabConfigError, LabPermissionError
+
+IFNAMSIZ = 15  # kernel limit on interface names, without the NUL
+MAX_HOSTS = 64
+# Ends in a letter: with a trailing digit, lab "mt1" host 23 and lab "mt12" host 3 would share a name.
+_PREFIX_RE = re.compile(r"^[a-z](?:[a-z0-9]{0,6}[a-z])?$")
+
+
+def check_prefix(prefix: str) -> str:
+    """Refuse prefixes that could match non-lab names or overflow an interface name."""
+    if not _PREFIX_RE.match(prefix or ""):
+        raise LabConfigError("prefix", prefix, "use 1-8 lowercase letters or digits, starting and ending with a letter, e.g. 'mig'")
+    return prefix
+
+
+def check_hosts(n_hosts: int) -> int:
+    if not isinstance(n_hosts, int) or not 1 <= n_hosts <= MAX_HOSTS:
+        raise LabConfigError("hosts", n_hosts, f"choose 1 to {MAX_HOSTS} hosts")
+    return n_hosts
+
+
+def require_root(action: str) -> None:
+    if os.geteuid() != 0:
+        raise LabPermissionError(action)
+
+
+def ns_name(prefix: str, i: int) -> str:
+    return f"{prefix}{i}"
+
+
+def root_ifname(prefix: str, i: int) -> str:
+    return f"{prefix}{i}-h"
+
+
+def host_ifname(prefix: str, i: int) -> str:
+    return f"{prefix}{i}-n"
+
+
+def ns_index(prefix: str, name: str) -> int | None:
+    """Host number of a namespace name of this prefix (mig3 -> 3), else None."""
+    m = re.fullmatch(re.escape(prefix) + r"([1-9][0-9]*)", name)
+    return int(m.group(1)) if m else None
+
+
+def if_index(prefix: str, ifname: str) -> int | None:
+    """Host number of a lab interface name of this prefix (mig3-h, mig3-n -> 3), else None."""
+    m = re.fullmatch(re.escape(prefix) + r"([1-9][0-9]*)-[hn]", ifname)
+    return int(m.group(1)) if m else None
