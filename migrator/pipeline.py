@@ -116,43 +116,55 @@ class Pipeline:
         return self.drain()
 
     # -- accounting ---------------------------------------------------------------------------
-    def snapshot(self, tries: int = 5) -> tuple[dict[str, Counters], bool]:
-        """Drain between two counter reads until they agree, so counters and consumers balance.
+    def snapshot(self, tries: int = 20) -> tuple[dict[str, Counters], dict[str, int], bool]:
+        """Counters and buffer occupancy read between two identical counter reads.
 
-        `settled` is False when events kept arriving on every try (then the close is best effort).
+        Two equal reads mean no program counted anything in between, so the drain and the
+        occupancy inside the bracket balance the counters exactly. `settled` is False when events
+        kept arriving on every try; the close is then best effort and says so.
         """
+        self.drain()
         for _ in range(tries):
             before = self.probe.counters()
             self.drain()
+            in_flight = {"perf": self.perf.in_flight(), "ring": self.ring.in_flight()}
             after = self.probe.counters()
             if before == after:
-                return after, True
-        return after, False
+                return after, in_flight, True
+        return after, in_flight, False
 
-    def totals(self, counters: dict[str, Counters]) -> dict[str, ChannelTotals]:
+    def totals(self, counters: dict[str, Counters], in_flight: dict[str, int]) -> dict[str, ChannelTotals]:
         out = {}
         for ch, c in counters.items():
-            in_flight = (self.ring if ch == "ring" else self.perf).in_flight()
+            in_flight_n = in_flight[ch]
             if ch == "perf":  # perf's -ENOSPC is the kernel's own "lost" count
-                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], 0, c.other, c.full, in_flight)
+                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], 0, c.other, c.full, in_flight_n)
             else:
-                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], c.full, c.other, 0, in_flight)
+                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], c.full, c.other, 0, in_flight_n)
         return out
 
-    def close_window(self) -> list[ChannelWindow]:
-        """Close the current window: one ChannelWindow per channel, then start the next."""
-        counters, settled = self.snapshot()
+    def close_window(self, index: int | None = None) -> list[ChannelWindow]:
+        """Close the current window: one ChannelWindow per channel, then start the next.
+
+        `index` names the window (agents use the shared clock so all hosts agree); by default
+        windows are numbered from 0. Records still waiting in a buffer count in the lag at their
+        current age, so a consumer that stopped shows as lag, not as silence.
+        """
+        counters, in_flight, settled = self.snapshot()
         end = time.time()
-        totals = self.totals(counters)
+        now_ns = time.monotonic_ns()
+        totals = self.totals(counters, in_flight)
         run_ns, run_cnt = prog_run_stats(self.probe.prog_fds())
         mode = self.probe.mode
         out = []
         for ch in ("perf", "ring"):
             m, d, t = self.meters[ch], counters[ch] - self._prev[ch], totals[ch]
             parse = (self.ring if ch == "ring" else self.perf).parse_errors
-            p50, p99, pmax = m.lag_summary()
+            oldest = (self.ring if ch == "ring" else self.perf).oldest_ktime()
+            backlog_ms = (now_ns - oldest) / 1e6 if oldest is not None else 0.0
+            p50, p99, pmax = m.lag_summary(backlog_ms, t.in_flight)
             w = ChannelWindow(
-                host=self.host, channel=ch, index=self.window_index, start=self._win_start, end=end, mode=mode,
+                host=self.host, channel=ch, index=self.window_index if index is None else index, start=self._win_start, end=end, mode=mode,
                 attempts=d.attempts, delivered=m.delivered,
                 dropped_full=d.full if ch == "ring" else 0, dropped_other=d.other,
                 lost=d.full if ch == "perf" else 0,
@@ -160,7 +172,7 @@ class Pipeline:
                 lag_p50_ms=p50, lag_p99_ms=p99, lag_max_ms=pmax, inversions=m.inversions,
                 consumer_cpu_s=m.cpu_s, bpf_run_ns=run_ns - self._prev_run[0], bpf_run_cnt=run_cnt - self._prev_run[1],
                 residual=t.residual, settled=settled,
-                extra={"seq_min": m.seq_min, "seq_max": m.seq_max},
+                extra={"seq_min": m.seq_min, "seq_max": m.seq_max, "backlog_age_ms": round(backlog_ms, 3)},
             )
             if ch == "perf":
                 w.extra["lost_reported"] = self.perf.lost_reported

@@ -119,7 +119,14 @@ class ChannelMeter:
         self.seq_min = lo if self.seq_min is None else min(self.seq_min, lo)
         self.seq_max = hi if self.seq_max is None else max(self.seq_max, hi)
 
-    def lag_summary(self) -> tuple[float | None, float | None, float | None]:
-        if self.delivered == 0:
+    def lag_summary(self, backlog_age_ms: float = 0.0, backlog: int = 0) -> tuple[float | None, float | None, float | None]:
+        """(p50, p99, max) in ms. `backlog` records still waiting are at least `backlog_age_ms`
+        old: they count at that age, so a stalled consumer reads as growing lag."""
+        if self.delivered == 0 and backlog == 0:
             return None, None, None
-        return _percentile_ms(self.hist, 0.50), _percentile_ms(self.hist, 0.99), self.lag_max_ns / 1e6
+        hist = self.hist
+        if backlog:
+            hist = hist.copy()
+            hist[_lag_bins(np.array([int(backlog_age_ms * 1e6)]))[0]] += backlog
+        return (_percentile_ms(hist, 0.50), _percentile_ms(hist, 0.99),
+                max(self.lag_max_ns / 1e6, backlog_age_ms))

@@ -107,6 +107,20 @@ class _CpuBuffer:
         self.tail.value = head
         return chunk
 
+    def oldest_ktime(self) -> int | None:
+        """ktime_ns of the record at the tail if it is a sample, else None."""
+        head, tail = int(self.head[0]), self.tail.value
+        if head - tail < SAMPLE_SIZE:
+            return None
+        base = self.data_off
+        hdr = self.mm[base + tail % self.data_size : base + tail % self.data_size + 8]
+        if int.from_bytes(hdr[:4], "little") != PERF_RECORD_SAMPLE:
+            return None
+        pos = (tail + 12 + 16) % self.data_size
+        if pos + 8 > self.data_size:
+            return None  # the field straddles the wrap: skip this estimate
+        return int.from_bytes(self.mm[base + pos : base + pos + 8], "little")
+
     def pending_bytes(self) -> int:
         return int(self.head[0]) - self.tail.value
 
@@ -156,6 +170,11 @@ class PerfConsumer:
     def in_flight(self) -> int:
         """Records written but not yet consumed (sample-sized estimate; LOST records are rare)."""
         return sum(b.pending_bytes() for b in self._bufs) // SAMPLE_SIZE
+
+    def oldest_ktime(self) -> int | None:
+        """ktime_ns of the oldest record waiting in any CPU's buffer, None when all are empty."""
+        ks = [k for k in (b.oldest_ktime() for b in self._bufs) if k is not None]
+        return min(ks) if ks else None
 
     def max_pending(self) -> int:
         """Records waiting in the fullest per-CPU buffer."""

@@ -50,6 +50,17 @@ class RingConsumer:
         """Records written but not yet consumed."""
         return (int(self._prod[0]) - self._cons.value) // STRIDE
 
+    def oldest_ktime(self) -> int | None:
+        """ktime_ns of the oldest record still waiting (None when empty or it is not complete)."""
+        cons = self._cons.value
+        if int(self._prod[0]) - cons < STRIDE:
+            return None
+        off = PAGE + (cons & self.mask)
+        hdr = int.from_bytes(self._prod_mm[off : off + 4], "little")
+        if hdr & BUSY:
+            return None
+        return int.from_bytes(self._prod_mm[off + HDR + 16 : off + HDR + 24], "little")
+
     def capacity(self) -> int:
         return self.size // STRIDE
 
