@@ -147,7 +147,7 @@ class Controller:
                 fired = True
                 break
         if verdict_rows:
-            session.execute(insert(Verdict), verdict_rows)
+            session.connection().execute(insert(Verdict.__table__), verdict_rows)  # Core executemany
         m.streak, m.streak_window_ids, m.clean_windows = state.streak, json.dumps(list(state.window_ids)), state.clean
         slices = slice_count(session, m.id)
         here = label(phase, slice_, slices)

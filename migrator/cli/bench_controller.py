@@ -1,0 +1,37 @@
+"""`migrator bench controller`: evaluate + persist throughput and history query times."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from migrator.bench_controller import bench_controller
+from migrator.cli._out import emit_json
+from migrator.cli.bench import bench_app
+
+
+@bench_app.command("controller")
+def controller_cmd(hosts: int = typer.Option(1000, "--hosts", min=1, help="Hosts per window index."),
+                   windows: int = typer.Option(100, "--windows", min=1, help="Windows per host."),
+                   db_windows: int = typer.Option(1_000_000, "--db-windows", min=100, help="Windows in the history database."),
+                   db: Path = typer.Option(None, "--db", help="Keep/reuse the history database at this path."),
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Controller throughput (windows/s evaluated and persisted) and `history`/`windows --last 100` times.
+
+    No BPF, no root: SQLite files in a temporary directory (or --db).
+
+    Examples: migrator bench controller;  migrator bench controller --hosts 50 --windows 5 --db-windows 5000 --json
+    """
+    res = bench_controller(hosts=hosts, windows=windows, db_windows=db_windows, db_path=db)
+    if as_json:
+        emit_json(res)
+        return
+    e, q, h = res["evaluate"], res["queries"], res["history_db"]
+    typer.echo(f"evaluate+persist: {e['windows']} windows ({e['hosts']} hosts x {e['windows_per_host']} x 2 channels) "
+               f"in {e['seconds']} s = {e['windows_per_s']} windows/s (record {e['record_seconds']} s, judge {e['judge_seconds']} s)")
+    how = "reused" if h["reused"] else f"built in {h['build_seconds']} s"
+    typer.echo(f"history db: {h['windows']} windows ({how})")
+    typer.echo(f"history {q['history_ms']} ms; windows --last 100 {q['windows_last_100_ms']} ms; "
+               f"--host {q['windows_host_last_100_ms']} ms; --phase {q['windows_phase_last_100_ms']} ms")
+    for name, ok in res["targets"].items():
+        typer.echo(f"  {'ok  ' if ok else 'MISS'} {name}")
