@@ -67,9 +67,17 @@ class Pipeline:
         self._prev_parse = {"perf": 0, "ring": 0}
         self._prev_run = prog_run_stats(probe.prog_fds())
         self.delivered_total = {"perf": 0, "ring": 0}
+        self.stall_ring_until = 0.0
 
     # -- consuming ----------------------------------------------------------------------------
+    @property
+    def ring_stalled(self) -> bool:
+        """Fault injection: while True the ring is not consumed (it fills and ages)."""
+        return time.monotonic() < self.stall_ring_until
+
     def _take(self, channel: str) -> int:
+        if channel == "ring" and self.ring_stalled:
+            return 0
         t0 = time.thread_time()
         batch = (self.ring if channel == "ring" else self.perf).consume()
         n = len(batch)
@@ -96,10 +104,9 @@ class Pipeline:
         """Seconds until the fullest buffer reaches half its capacity at the last drain's rate."""
         perf_cap = self.perf.capacity_per_cpu()
         ring_cap = self.ring.capacity()
-        room = [
-            (perf_cap / 2 - self.perf.max_pending()) / max(self._rate["perf"], 1.0),
-            (ring_cap / 2 - self.ring.in_flight()) / max(self._rate["ring"], 1.0),
-        ]
+        room = [(perf_cap / 2 - self.perf.max_pending()) / max(self._rate["perf"], 1.0)]
+        if not self.ring_stalled:
+            room.append((ring_cap / 2 - self.ring.in_flight()) / max(self._rate["ring"], 1.0))
         return max(0.0, min(room))
 
     def poll(self, timeout: float = 0.1) -> int:
@@ -108,8 +115,11 @@ class Pipeline:
         The batch grows for up to `batch_interval` since the last drain, but never past the point
         where a buffer would be half full at the rate just seen: batching must not cause drops.
         """
-        if not (self.ring.in_flight() or self.perf.in_flight()):
+        ring_waiting = self.ring.in_flight() and not self.ring_stalled
+        if not (ring_waiting or self.perf.in_flight()):
             self._ep.poll(timeout)
+            if self.ring_stalled:
+                time.sleep(min(timeout, 0.01))  # the ring's fd stays readable while stalled
         wait = min(self._last_drain + self.batch_interval - time.monotonic(), self._headroom())
         if wait > 0:
             time.sleep(wait)

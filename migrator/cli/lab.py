@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
 from migrator import lab as core
 from migrator.cli import app
+from migrator.errors import MigratorError
 
 lab_app = typer.Typer(
     help="Simulated hosts on this machine: network namespaces joined by veth pairs (needs root).\n\n"
@@ -103,3 +105,53 @@ def traffic(
     res = core.start_traffic(h, profile=profile, pps=pps, seconds=seconds, count=count, port=port).wait()
     typer.echo(f"{host}: sent {res.sent}, received {res.received} in {res.elapsed:.3f} s "
                f"({res.sent / res.elapsed if res.elapsed else 0:.0f} pps)")
+
+
+@lab_app.command("run")
+def run(
+    config: Path = typer.Option(None, "--config", "-c", help="Base canary.toml (default: $MIGRATOR_CONFIG or ./canary.toml)."),
+    hosts: int = typer.Option(None, "--hosts", "-n", help="Lab hosts (default: lab.hosts of the config)."),
+    window: float = typer.Option(None, "--window", help="Window seconds (default: the config's)."),
+    rollback_after: int = typer.Option(None, "--rollback-after", help="N consecutive breaches (default: the config's)."),
+    fault: str = typer.Option(None, "--fault", help="Inject a fault on the first canary host: stall-ring."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Where the run's canary.toml, database and agent logs go."),
+    timeout: float = typer.Option(110.0, "--timeout", help="Give up after this many seconds."),
+    keep: bool = typer.Option(False, "--keep", help="Leave the lab hosts up afterwards."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result (phase, history) as JSON at the end."),
+) -> None:
+    """Run a whole perf -> ring migration on lab hosts, live, then print its history.
+
+    The run gets its own directory (canary.toml, SQLite database, agent logs) so it can be
+    inspected afterwards with `migrator status|history|windows -c <run-dir>/canary.toml`.
+
+    Examples:
+      migrator lab run                        # 4 hosts, ends COMPLETE
+      migrator lab run --fault stall-ring     # the canary host stalls: ends ROLLED_BACK
+    """
+    import time as _time
+
+    from migrator.cli.control import resolve_config
+    from migrator.labrun import run_lab_migration
+
+    if fault is not None and fault not in ("stall-ring",):
+        raise MigratorError(f"--fault {fault!r} unknown; choose stall-ring")
+    base = resolve_config(config)
+    run_dir = run_dir or Path("runs") / _time.strftime("%Y%m%d-%H%M%S")
+    say = (lambda line: typer.echo(line, err=True)) if json_out else typer.echo
+    res = run_lab_migration(base, run_dir.resolve(), hosts=hosts, window=window, rollback_after=rollback_after,
+                            fault=fault, timeout=timeout, keep_lab=keep, say=say)
+    if json_out:
+        typer.echo(json.dumps({"migration_id": res.migration_id, "phase": res.phase, "seconds": res.seconds,
+                               "run_dir": str(res.run_dir), "final_modes": res.final_modes,
+                               "fault_host": res.fault_host, "history": res.history}, default=str, sort_keys=True))
+    else:
+        typer.echo("")
+        typer.echo(f"history of migration {res.migration_id} ({res.seconds:.1f} s, database {res.database_url}):")
+        for t in res.history:
+            ws = t["window_ids"]
+            wtxt = f" windows {ws[0]}..{ws[-1]} ({len(ws)})" if ws else ""
+            typer.echo(f"  {t['from']:<15} -> {t['to']:<15} {t['actor']:<6} {t['reason']}{wtxt}")
+        typer.echo(f"final: {res.phase}; host modes: {', '.join(f'{h}={m}' for h, m in sorted(res.final_modes.items()))}")
+        typer.echo(f"inspect: migrator history -c {res.config_path}")
+    if res.phase not in ("COMPLETE", "ROLLED_BACK"):
+        raise typer.Exit(1)

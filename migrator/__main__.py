@@ -1,0 +1,4 @@
+"""`python -m migrator` is the `migrator` command."""
+from migrator.cli import main
+
+main()

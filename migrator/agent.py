@@ -1,0 +1,232 @@
+"""The per-host agent: the data plane of one host, steered by and reporting to the database only.
+
+It loads the probe, applies the host's desired mode (PERF / DUAL / RING) with one map write,
+closes a window per channel on the shared clock (index = start // window_seconds, so every
+host's window k covers the same period), writes it with a heartbeat, and applies fault
+injections dropped into its fault file. Controller and agents share nothing but rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrator.bpf_loader import Probe
+from migrator.config import Config
+from migrator.errors import MigratorError
+from migrator.loadgen import LoadGen
+from migrator.pipeline import Pipeline
+from migrator.schema import fingerprint
+from migrator.store.api import active_migration, heartbeat, record_windows, report_applied
+from migrator.store.models import Migration
+from migrator.windows import ChannelWindow
+
+log = logging.getLogger("migrator.agent")
+FAULT_DIR = Path(os.environ.get("MIGRATOR_FAULT_DIR", "/run/migrator/faults"))
+FAULT_KINDS = ("stall-ring",)
+
+
+def fault_path(host: str, fault_dir: Path = FAULT_DIR) -> Path:
+    return fault_dir / f"{host}.json"
+
+
+def inject_fault(host: str, kind: str, seconds: float, fault_dir: Path = FAULT_DIR) -> Path:
+    """Ask `host`'s agent to misbehave: it picks the file up within a poll and deletes it."""
+    if kind not in FAULT_KINDS:
+        raise MigratorError(f"fault {kind!r} unknown; choose one of {', '.join(FAULT_KINDS)}")
+    if seconds <= 0:
+        raise MigratorError("fault --seconds must be positive")
+    fault_dir.mkdir(parents=True, exist_ok=True)
+    path = fault_path(host, fault_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"kind": kind, "seconds": seconds, "at": time.time()}))
+    tmp.replace(path)  # atomic: the agent never reads half a file
+    return path
+
+
+@dataclass
+class AgentState:
+    """What the agent knows about itself (exposed for tests and the live view)."""
+
+    mode: str = "PERF"
+    ring_confirmed: bool = False
+    windows_sent: int = 0
+    windows_pending: int = 0
+    db_down_since: float | None = None
+    switches: list[dict] = field(default_factory=list)
+
+
+class Agent:
+    """One host's agent. `run()` blocks until `stop` is set, `deadline` passes or the migration ends."""
+
+    def __init__(self, session_factory: sessionmaker[Session], config: Config, host: str,
+                 migration_id: int | None = None, *, lab_prefix: str | None = None,
+                 fault_dir: Path = FAULT_DIR, mode_poll: float = 0.01) -> None:
+        self.sf, self.cfg, self.host = session_factory, config, host
+        self.migration_id = migration_id
+        self.lab_prefix = lab_prefix if lab_prefix is not None else config.lab.prefix
+        self.fault_dir = fault_dir
+        self.mode_poll = mode_poll
+        self.state = AgentState()
+        self._pending: list[ChannelWindow] = []
+        self._fp = fingerprint()
+
+    # -- database side -----------------------------------------------------------------------
+    def _migration_id(self) -> int:
+        if self.migration_id is None:
+            with self.sf() as s:
+                m = active_migration(s)
+                if m is None:
+                    raise MigratorError("no active migration in the database; run `migrator init` first")
+                self.migration_id = m.id
+        return self.migration_id
+
+    def _sync(self, now: float) -> tuple[str, bool, str]:
+        """Send pending windows, heartbeat, read the desired mode; one transaction."""
+        with self.sf() as s, s.begin():
+            if self._pending:
+                record_windows(s, self.migration_id, self._pending, now=now)
+            desired = heartbeat(s, self.migration_id, self.host, now=now)
+            m = s.get(Migration, self.migration_id)
+            settled = m.pending_transition_id is None
+            phase = m.phase
+        self.state.windows_sent += len(self._pending)
+        self._pending = []
+        return desired, settled, phase
+
+    def _read_desired(self) -> tuple[str, bool, str]:
+        with self.sf() as s:
+            from migrator.store.models import Host
+
+            row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase)
+                            .join(Migration, Migration.id == Host.migration_id)
+                            .where(Host.migration_id == self.migration_id, Host.name == self.host)).one_or_none()
+        if row is None:
+            raise MigratorError(f"host {self.host!r} is not part of migration {self.migration_id}")
+        return row[0], row[1] is None, row[2]
+
+    # -- kernel side -------------------------------------------------------------------------
+    def _apply(self, probe: Probe, mode: str, settled: bool) -> None:
+        if mode != self.state.mode:
+            t0 = time.time()
+            probe.set_mode(mode)
+            assert probe.mode == mode  # read back: the map is the truth
+            self.state.switches.append({"from": self.state.mode, "to": mode, "at": t0, "read_back": time.time()})
+            self.state.mode = mode
+            try:
+                with self.sf() as s, s.begin():
+                    report_applied(s, self.migration_id, self.host, mode, now=t0)
+            except SQLAlchemyError as exc:
+                log.warning("%s: could not report mode %s: %s", self.host, mode, exc)
+        self.state.ring_confirmed = mode == "RING" and settled
+
+    def _safe_mode(self, probe: Probe) -> None:
+        """Without the database, fall back to PERF unless RING was already confirmed here."""
+        if self.state.mode != "PERF" and not self.state.ring_confirmed:
+            probe.set_mode("PERF")
+            self.state.switches.append({"from": self.state.mode, "to": "PERF", "at": time.time(), "reason": "db lost"})
+            self.state.mode = "PERF"
+
+    def _check_fault(self, pipe: Pipeline) -> None:
+        path = fault_path(self.host, self.fault_dir)
+        if not path.exists():
+            return
+        try:
+            spec = json.loads(path.read_text())
+            path.unlink()
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable fault file %s: %s", self.host, path, exc)
+            return
+        if spec.get("kind") == "stall-ring":
+            pipe.stall_ring_until = time.monotonic() + float(spec["seconds"])
+            log.warning("%s: fault: ring consumer stalled for %s s", self.host, spec["seconds"])
+
+    def _load(self) -> tuple[Probe, object]:
+        b = self.cfg.buffers
+        probe = Probe(self.cfg.probe.name, ring_bytes=b.ring_bytes, ring_submit=b.ring_submit, wakeup=b.wakeup)
+        extra = None
+        try:
+            if self.cfg.probe.name == "tc":
+                from migrator.lab import attach_probe, get_host
+
+                attach_probe(get_host(self.host, self.lab_prefix), probe.tc_fn.fd)
+            elif self.cfg.probe.name == "synthetic":
+                extra = LoadGen(self.cfg.probe.rate * 24 * 3600, self.cfg.probe.rate)
+                probe.set_target(extra.pid)
+                extra.start()
+        except Exception:
+            probe.close()
+            raise
+        return probe, extra
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, deadline: float | None = None) -> str:
+        """Serve until stopped; returns why it stopped."""
+        stop = stop or threading.Event()
+        self._migration_id()
+        win = self.cfg.window_seconds
+        probe, gen = self._load()
+        pipe = Pipeline(probe, host=self.host, perf_pages=self.cfg.buffers.perf_pages)
+        probe.set_mode("PERF")  # safe until the database says otherwise
+        why = "stopped"
+        try:
+            try:
+                desired, settled, phase = self._read_desired()
+                self._apply(probe, desired, settled)
+            except SQLAlchemyError:
+                self.state.db_down_since = time.time()
+            next_close = (math.floor(time.time() / win) + 1) * win
+            next_check = 0.0
+            while not stop.is_set():
+                now = time.time()
+                if deadline is not None and now >= deadline:
+                    why = "deadline"
+                    break
+                if now >= next_close:
+                    ws = pipe.close_window(index=int(round(next_close / win)) - 1)
+                    for w in ws:
+                        w.extra["schema_fingerprint"] = self._fp
+                        if self.state.db_down_since is not None:
+                            w.extra["db_gap_since"] = self.state.db_down_since
+                    self._pending.extend(ws)
+                    next_close += win
+                    if now > next_close:  # we fell behind (suspended?): skip, never fake windows
+                        next_close = (math.floor(now / win) + 1) * win
+                    try:
+                        desired, settled, phase = self._sync(now)
+                        if self.state.db_down_since is not None:
+                            log.warning("%s: database back after %.1f s", self.host, now - self.state.db_down_since)
+                            self.state.db_down_since = None
+                        self._apply(probe, desired, settled)
+                    except SQLAlchemyError as exc:
+                        if self.state.db_down_since is None:
+                            self.state.db_down_since = now
+                            log.warning("%s: database unreachable (%s); holding a safe mode", self.host, exc)
+                        self._safe_mode(probe)
+                    self.state.windows_pending = len(self._pending)
+                    if phase in ("COMPLETE", "ROLLED_BACK", "ABORTED") and not self._pending:
+                        pass  # keep serving: the pipeline still carries events in its final mode
+                elif time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.mode_poll
+                    try:
+                        desired, settled, phase = self._read_desired()
+                        self._apply(probe, desired, settled)
+                    except SQLAlchemyError:
+                        self._safe_mode(probe)
+                    self._check_fault(pipe)
+                pipe.poll(timeout=max(0.0, min(self.mode_poll, next_close - time.time())))
+        finally:
+            if gen is not None:
+                gen.kill()
+            pipe.close()
+            probe.close()
+        return why

@@ -1,0 +1,59 @@
+"""`migrator agent`: run one host's data plane against the migration database."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import typer
+
+from migrator import ops
+from migrator.agent import FAULT_KINDS, Agent, inject_fault
+from migrator.cli import app
+from migrator.cli.control import config_option, writer
+from migrator.store import api
+
+
+@app.command("agent")
+def agent_cmd(
+    host: str = typer.Option(..., "--host", help="This host's name, as listed in the migration."),
+    config: Path = config_option(),
+    migration: int = typer.Option(None, "--migration", help="Migration id (default: the active one)."),
+    seconds: float = typer.Option(None, "--seconds", help="Stop after this long (default: until SIGTERM/Ctrl-C)."),
+) -> None:
+    """Load the probe on this host, follow the desired mode, write a window per channel per period.
+
+    The agent talks to nothing but the database: it reads its host's desired mode (PERF, DUAL,
+    RING) and writes windows and heartbeats. Without the database it holds PERF unless RING was
+    already confirmed, and sends the windows it kept once the database is back.
+
+    Example: migrator agent --host mig1 -c canary.toml
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg, sf = writer(config)
+    with sf() as s:
+        m = api.get_migration(s, migration) if migration else api.active_migration(s)
+        if m is None:
+            raise ops.MigratorError("no active migration in the database; run `migrator init` first")
+        mid, snap = m.id, ops.snapshot_config(m)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    deadline = time.time() + seconds if seconds else None
+    why = Agent(sf, snap, host, mid).run(stop=stop, deadline=deadline)
+    typer.echo(f"agent {host}: {why}", err=True)
+
+
+@app.command("fault")
+def fault_cmd(
+    host: str = typer.Argument(..., help="Host whose agent should misbehave."),
+    kind: str = typer.Argument(..., help=f"One of: {', '.join(FAULT_KINDS)}."),
+    seconds: float = typer.Option(5.0, "--seconds", help="How long the fault lasts."),
+) -> None:
+    """Inject a fault into a running agent (lab and drills only).
+
+    Example: migrator fault mig1 stall-ring --seconds 6
+    """
+    path = inject_fault(host, kind, seconds)
+    typer.echo(f"fault {kind} for {seconds:g} s queued for {host} ({path})")
