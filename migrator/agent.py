@@ -115,12 +115,17 @@ class Agent:
         return row[0], row[1] is None, row[2]
 
     # -- kernel side -------------------------------------------------------------------------
-    def _apply(self, probe: Probe, mode: str, settled: bool) -> None:
+    def _apply(self, probe: Probe, mode: str, settled: bool, pipe: Pipeline | None = None) -> None:
         if mode != self.state.mode:
             t0 = time.time()
             probe.set_mode(mode)
-            assert probe.mode == mode  # read back: the map is the truth
-            self.state.switches.append({"from": self.state.mode, "to": mode, "at": t0, "read_back": time.time()})
+            read_back = probe.mode  # the map is the truth
+            t1 = time.time()
+            if read_back != mode:
+                raise MigratorError(f"{self.host}: mode map reads {read_back} after writing {mode}")
+            self.state.switches.append({"from": self.state.mode, "to": mode, "at": t0, "read_back": t1})
+            if pipe is not None and mode != "RING":
+                pipe.watch("perf")
             self.state.mode = mode
             try:
                 with self.sf() as s, s.begin():
@@ -128,6 +133,18 @@ class Agent:
             except SQLAlchemyError as exc:
                 log.warning("%s: could not report mode %s: %s", self.host, mode, exc)
         self.state.ring_confirmed = mode == "RING" and settled
+
+    def _switch_evidence(self, pipe: Pipeline) -> dict | None:
+        """The last mode switch with its timings, reported once its first perf record arrived."""
+        if not self.state.switches or self.state.switches[-1].get("reported"):
+            return None
+        sw = self.state.switches[-1]
+        first = pipe.first_after.get("perf")
+        if sw["to"] != "RING" and first is None and time.time() - sw["at"] < 5 * self.cfg.window_seconds:
+            return None  # wait a little for the first perf record
+        sw["reported"] = True
+        return {"from": sw["from"], "to": sw["to"], "at": sw["at"], "read_back": sw.get("read_back"),
+                "first_perf_at": first}
 
     def _safe_mode(self, probe: Probe) -> None:
         """Without the database, fall back to PERF unless RING was already confirmed here."""
@@ -193,8 +210,11 @@ class Agent:
                     break
                 if now >= next_close:
                     ws = pipe.close_window(index=int(round(next_close / win)) - 1)
+                    switch = self._switch_evidence(pipe)
                     for w in ws:
                         w.extra["schema_fingerprint"] = self._fp
+                        if switch:
+                            w.extra["mode_switch"] = switch
                         if self.state.db_down_since is not None:
                             w.extra["db_gap_since"] = self.state.db_down_since
                     self._pending.extend(ws)
@@ -206,7 +226,7 @@ class Agent:
                         if self.state.db_down_since is not None:
                             log.warning("%s: database back after %.1f s", self.host, now - self.state.db_down_since)
                             self.state.db_down_since = None
-                        self._apply(probe, desired, settled)
+                        self._apply(probe, desired, settled, pipe)
                     except SQLAlchemyError as exc:
                         if self.state.db_down_since is None:
                             self.state.db_down_since = now
@@ -219,7 +239,7 @@ class Agent:
                     next_check = time.monotonic() + self.mode_poll
                     try:
                         desired, settled, phase = self._read_desired()
-                        self._apply(probe, desired, settled)
+                        self._apply(probe, desired, settled, pipe)
                     except SQLAlchemyError:
                         self._safe_mode(probe)
                     self._check_fault(pipe)

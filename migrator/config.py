@@ -277,6 +277,11 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     )
 
 
+def percent_of(percent: float, n_hosts: int) -> int:
+    """Hosts in a percentage slice: rounded up, at least one."""
+    return max(1, math.ceil(percent * n_hosts / 100 - 1e-9))
+
+
 def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
     """Resolve slices to cumulative host sets: counts and percentages take the next hosts in order."""
     n = len(host_names)
@@ -298,7 +303,7 @@ def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
             m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", s)
             if not m or not 0 < float(m.group(1)) <= 100:
                 raise p.err(fld, f"must be a percentage like \"50%\" in (0, 100], got {s!r}", 'write e.g. "50%"')
-            count, spec = max(1, math.ceil(float(m.group(1)) * n / 100 - 1e-9)), s.strip()
+            count, spec = percent_of(float(m.group(1)), n), s.strip()
         elif isinstance(s, list):
             unknown = [h for h in s if h not in host_names]
             if unknown or not s:

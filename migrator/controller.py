@@ -63,14 +63,33 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def holder_is_dead(holder: str) -> bool:
+    """True when the holder id names a process on this host that no longer exists.
+
+    A controller killed with SIGKILL cannot release its lease; on the same host we can tell it is
+    gone and take over at once instead of making the operator wait for the expiry.
+    """
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def acquire_lease(session: Session, migration_id: int, holder: str, now: float, ttl: float) -> None:
-    """Take or renew the migration's lease; LeaseHeld while another holder's lease is unexpired."""
+    """Take or renew the migration's lease; LeaseHeld while another live holder's lease is unexpired."""
     lease = session.get(Lease, migration_id, with_for_update=True)
     if lease is None:
         session.add(Lease(migration_id=migration_id, holder=holder, acquired_at=now, expires_at=now + ttl))
         session.flush()
         return
-    if lease.holder != holder and lease.expires_at > now:
+    if lease.holder != holder and lease.expires_at > now and not holder_is_dead(lease.holder):
         raise LeaseHeld(migration_id, lease.holder, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expires_at)))
     if lease.holder != holder:
         lease.holder, lease.acquired_at = holder, now
@@ -153,11 +172,10 @@ class Controller:
         here = label(phase, slice_, slices)
         if fired:
             ids = list(state.window_ids[-cfg.rollback_after:])
+            last = res.judged[-1]
             t = request_transition(
                 session, m.id, Phase.ROLLED_BACK, actor="auto", now=now, holder=self.holder, window_ids=ids,
-                reason=f"{cfg.rollback_after} consecutive breaching windows in {here} "
-                       f"(indexes {res.judged[-cfg.rollback_after].index if len(res.judged) >= cfg.rollback_after else '...'}"
-                       f"..{res.judged[-1].index}); last: {res.judged[-1].rule}",
+                reason=f"{cfg.rollback_after} consecutive breaching windows in {here}; last: {last.rule}",
                 evidence={"rules": [g.rule for g in res.judged[-cfg.rollback_after:]]})
             res.transition_id, res.target = t.id, t.to_phase
             return res
@@ -169,9 +187,16 @@ class Controller:
                 res.blocked = f"{here}: {state.clean} clean windows; manual gate: waiting for `migrator advance`"
                 return res
             target, to_slice = next_step(phase, slice_, slices)
+            # The evidence: the clean slice windows that justified the move, oldest first.
+            clean_ids = session.scalars(
+                select(Verdict.window_id).where(Verdict.migration_id == m.id, Verdict.scope == "slice",
+                                                Verdict.phase == phase, Verdict.slice == slice_,
+                                                Verdict.verdict == PASS, Verdict.decided_at >= m.phase_since)
+                .order_by(Verdict.index.desc()).limit(max(state.clean, 1))).all()[::-1]
             try:
                 t = request_transition(session, m.id, target, to_slice=to_slice, actor="auto", now=now,
                                        holder=self.holder, min_clean=rule.min_clean_windows,
+                                       window_ids=[i for i in clean_ids if i is not None],
                                        reason=f"{state.clean} clean windows in {here} (min {rule.min_clean_windows})")
             except GuardFailed as exc:
                 res.blocked = str(exc)

@@ -20,10 +20,11 @@ from sqlalchemy import select
 
 from migrator import ops
 from migrator.agent import FAULT_DIR, inject_fault
-from migrator.config import Config, load_config, parse_config
+from migrator.config import Config, load_config, percent_of
 from migrator.controller import StepResult, run_controller, start_migration
 from migrator.errors import MigratorError
 from migrator.phases import DbApplier, label
+from migrator.policy import StreakState, next_streak
 from migrator.schema import fingerprint
 from migrator.store import api, open_store
 from migrator.store.models import Host, Migration, Window
@@ -56,6 +57,25 @@ def dump_toml(d: dict, prefix: str = "") -> str:
     return out
 
 
+def fit_slices(slices: list, n_hosts: int) -> list:
+    """The plan's count/percentage slices for `n_hosts` lab hosts: slices that would not grow at
+    this size are merged into the next, and the last covers every host."""
+    out, last = [], 0
+    for spec in slices:
+        if isinstance(spec, int):
+            count, keep = min(spec, n_hosts), min(spec, n_hosts)
+        elif isinstance(spec, str) and spec.strip().endswith("%"):
+            count, keep = percent_of(float(spec.strip()[:-1]), n_hosts), spec
+        else:
+            return slices  # host-name slices are the operator's explicit plan: keep them as written
+        if count > last:
+            out.append(keep)
+            last = count
+    if last < n_hosts:
+        out.append("100%")
+    return out
+
+
 def lab_config(base: Config, run_dir: Path, *, hosts: int | None, window: float | None,
                rollback_after: int | None, prefix: str | None) -> tuple[Config, Path]:
     """The run's own canary.toml: the base plan with a fresh database in `run_dir` and overrides."""
@@ -64,6 +84,7 @@ def lab_config(base: Config, run_dir: Path, *, hosts: int | None, window: float 
     d["hosts"] = []
     if hosts is not None:
         d["lab"]["hosts"] = hosts
+    d["slices"] = fit_slices(d["slices"], d["lab"]["hosts"])
     if prefix is not None:
         d["lab"]["prefix"] = prefix
     if window is not None:
@@ -136,6 +157,76 @@ def wait_agents_ready(sf, migration_id: int, hosts: list[str], agents: AgentProc
         time.sleep(0.1)
 
 
+class LabStage:
+    """Everything but the controller: lab hosts, a PLANNED migration, one agent each, traffic.
+
+    A context manager, so whatever happens the traffic and agents stop and the lab comes down.
+    The main job drives it with an in-process controller; tests may drive it with `migrator start`.
+    """
+
+    def __init__(self, base: Config, run_dir: Path, *, hosts: int | None = None, window: float | None = None,
+                 rollback_after: int | None = None, prefix: str | None = None, pps: int | None = None,
+                 traffic_seconds: float = 140.0, keep_lab: bool = False, say: Callable[[str], None] = print) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir, self.say, self.keep_lab = run_dir, say, keep_lab
+        self.cfg, self.cfg_path = lab_config(base, run_dir, hosts=hosts, window=window,
+                                             rollback_after=rollback_after, prefix=prefix)
+        self.names = list(self.cfg.host_names)
+        self.pps = pps or self.cfg.lab.pps
+        self.traffic_seconds = traffic_seconds
+        self.sf = open_store(self.cfg.database_url)
+        self.traffic: list = []
+        self.agents: AgentProcs | None = None
+        self.mid = 0
+
+    def __enter__(self) -> "LabStage":
+        from migrator.lab import lab_up, start_traffic
+
+        cfg = self.cfg
+        self.say(f"lab: {len(self.names)} hosts ({', '.join(self.names)}), windows of {cfg.window_seconds:g} s, "
+                 f"slices {list(cfg.slices)}, rollback after {cfg.rollback_after}, run directory {self.run_dir}")
+        try:
+            by_name = {h.name: h for h in lab_up(len(self.names), cfg.lab.prefix)}
+            with self.sf() as s, s.begin():
+                m, _ = ops.init_migration(s, cfg, name=f"lab run {self.run_dir.name}")
+                self.mid = m.id
+            self.say("agents: loading the TC probe on every host ...")
+            self.agents = AgentProcs(self.names, self.cfg_path, self.mid, self.run_dir)
+            wait_agents_ready(self.sf, self.mid, self.names, self.agents)
+            for h in self.names:
+                self.traffic.append(start_traffic(by_name[h], "steady", pps=self.pps, seconds=self.traffic_seconds))
+            self.say(f"traffic: {self.pps} packets/s into each host")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from migrator.lab import lab_down
+
+        for t in self.traffic:
+            try:
+                t.stop()
+            except Exception:
+                pass
+        if self.agents is not None:
+            self.agents.stop()
+        if not self.keep_lab:
+            lab_down(self.cfg.lab.prefix)
+
+    def phase(self) -> tuple[str, int, int | None]:
+        with self.sf() as s:
+            m = s.get(Migration, self.mid)
+            return m.phase, m.slice, m.pending_transition_id
+
+    def result(self, seconds: float) -> LabRun:
+        with self.sf() as s:
+            return LabRun(self.mid, s.get(Migration, self.mid).phase, self.run_dir, self.cfg_path,
+                          self.cfg.database_url, self.names, history=api.history(s, self.mid), seconds=seconds,
+                          final_modes=dict(s.execute(select(Host.name, Host.applied_mode)
+                                                     .where(Host.migration_id == self.mid)).all()))
+
+
 def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, window: float | None = None,
                       rollback_after: int | None = None, prefix: str | None = None, fault: str | None = None,
                       fault_seconds: float | None = None, pps: int | None = None, timeout: float = 110.0,
@@ -143,57 +234,41 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
                       say: Callable[[str], None] = print, on_step: Callable[[StepResult, dict], None] | None = None,
                       stop: threading.Event | None = None) -> LabRun:
     """Run a whole migration on lab hosts; returns when the migration is final (or on timeout)."""
-    from migrator.lab import lab_down, lab_up, start_traffic
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, cfg_path = lab_config(base, run_dir, hosts=hosts, window=window, rollback_after=rollback_after, prefix=prefix)
-    names = list(cfg.host_names)
     t0 = time.monotonic()
-    say(f"lab: {len(names)} hosts ({', '.join(names)}), windows of {cfg.window_seconds:g} s, "
-        f"rollback after {cfg.rollback_after}, run directory {run_dir}")
-    lab_hosts = lab_up(len(names), cfg.lab.prefix)
-    by_name = {h.name: h for h in lab_hosts}
-    sf = open_store(cfg.database_url)
-    with sf() as s, s.begin():
-        m, _ = ops.init_migration(s, cfg, name=f"lab run {run_dir.name}")
-        mid = m.id
-    agents = AgentProcs(names, cfg_path, mid, run_dir)
-    traffic = []
     stop = stop or threading.Event()
-    result = LabRun(mid, "PLANNED", run_dir, cfg_path, cfg.database_url, names)
-    try:
-        say("agents: loading the TC probe on every host ...")
-        wait_agents_ready(sf, mid, names, agents)
-        rate = pps or cfg.lab.pps
-        for h in names:
-            traffic.append(start_traffic(by_name[h], "steady", pps=rate, seconds=timeout + 30))
-        say(f"traffic: {rate} packets/s into each host")
+    stage = LabStage(base, run_dir, hosts=hosts, window=window, rollback_after=rollback_after, prefix=prefix,
+                     pps=pps, traffic_seconds=timeout + 30, keep_lab=keep_lab, say=say)
+    cfg, sf = stage.cfg, stage.sf
+    fault_host = cfg.slice_hosts[0][0] if fault else None
+    with stage:
+        mid = stage.mid
         applier = DbApplier(confirm_timeout=15.0, poll_interval=0.005)
         start_migration(sf, mid, schema_fingerprint=fingerprint(), applier=applier)
-        fault_host = cfg.slice_hosts[0][0] if fault else None
-        result.fault_host = fault_host
-        seen = {"fault": False, "last": None}
+        seen = {"fault": False, "where": None, "streak": StreakState()}
 
         def step(res: StepResult) -> None:
             with sf() as s:
                 st = ops_status(s, mid, cfg)
+            if seen["where"] != (res.phase, res.slice):
+                seen["where"], seen["streak"] = (res.phase, res.slice), StreakState()
+            if on_step:
+                on_step(res, st)
+            here = label(res.phase, res.slice, len(cfg.slice_hosts))
+            for gv in res.judged:
+                seen["streak"] = next_streak(seen["streak"], gv.verdict, gv.window_id, cfg.no_data)
+                say(render_line(time.monotonic() - t0, here, seen["streak"].streak, gv, cfg))
+            if res.transition_id is not None:
+                say(f"  -> {st['label']} (transition {res.transition_id})")
             if fault and not seen["fault"] and st["phase"] == "CANARY" and st["slice"] == 1:
                 secs = fault_seconds or cfg.window_seconds * (cfg.rollback_after + 4)
                 inject_fault(fault_host, fault, secs)
                 seen["fault"] = True
                 say(f"fault: {fault} on {fault_host} for {secs:g} s")
-            if on_step:
-                on_step(res, st)
-            for gv in res.judged:
-                say(render_line(time.monotonic() - t0, st, gv, cfg))
-            if res.transition_id is not None:
-                say(f"  -> {res.target} (transition {res.transition_id})")
-            if agents.dead():
-                raise MigratorError(f"agent(s) {', '.join(agents.dead())} died; see agent-*.log in {run_dir}")
+            if stage.agents.dead():
+                raise MigratorError(f"agent(s) {', '.join(stage.agents.dead())} died; see agent-*.log in {run_dir}")
 
         phase = run_controller(sf, mid, applier=applier, stop=stop, deadline=time.time() + timeout,
                                poll_interval=0.01, on_step=step)
-        result.phase = phase
         if phase in FINAL:
             # A few more windows in the final mode: the evidence that the new primary path delivers.
             end = time.monotonic() + after_final_windows * cfg.window_seconds + 0.5
@@ -201,22 +276,9 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
                 time.sleep(0.05)
         else:
             say(f"timeout: the migration is still {phase} after {timeout:.0f} s")
-    finally:
-        for t in traffic:
-            try:
-                t.stop()
-            except Exception:
-                pass
-        agents.stop()
-        with sf() as s:
-            result.history = api.history(s, mid)
-            result.final_modes = dict(s.execute(select(Host.name, Host.applied_mode)
-                                               .where(Host.migration_id == mid)).all())
-            result.phase = s.get(Migration, mid).phase
-        if not keep_lab:
-            lab_down(cfg.lab.prefix)
-        result.seconds = time.monotonic() - t0
-    return result
+    res = stage.result(time.monotonic() - t0)
+    res.fault_host = fault_host
+    return res
 
 
 def ops_status(s, mid: int, cfg: Config) -> dict:
@@ -225,14 +287,14 @@ def ops_status(s, mid: int, cfg: Config) -> dict:
             "label": label(m.phase, m.slice, len(cfg.slice_hosts))}
 
 
-def render_line(elapsed: float, st: dict, gv, cfg: Config) -> str:
+def render_line(elapsed: float, here: str, streak: int, gv, cfg: Config) -> str:
     """One live-view line per judged window: phase, window, verdict, streak k/N, ring vs perf."""
     loss = [hv.values.get("loss_rate") for hv in gv.hosts if hv.values.get("loss_rate") is not None]
     lag = [hv.values.get("lag_p99_ms") for hv in gv.hosts if hv.values.get("lag_p99_ms") is not None]
     base = next((hv.values["baseline"] for hv in gv.hosts if hv.values.get("baseline")), None)
-    ring = f"ring loss {100 * max(loss):.2f}% p99 {max(lag):.1f}ms" if loss and lag else "ring -"
+    ring = (f"ring loss {100 * max(loss):.2f}%" if loss else "ring loss -") + (f" p99 {max(lag):.1f}ms" if lag else "")
     perf = (f"perf loss {100 * (base.get('loss_rate') or 0):.2f}% p99 {base.get('lag_p99_ms') or 0:.1f}ms"
             if base else "perf -")
     why = "" if gv.verdict == "pass" else f"  [{gv.rule}]"
-    return (f"[{elapsed:5.1f}s] {st['label']:<14} win {gv.index % 10000:04d} {gv.verdict.upper():<7} "
-            f"streak {st['streak']}/{cfg.rollback_after} clean {st['clean']}  {ring} | {perf}{why}")
+    return (f"[{elapsed:5.1f}s] {here:<16} win {gv.index % 10000:04d} {gv.verdict.upper():<7} "
+            f"streak {streak}/{cfg.rollback_after}  {ring} | {perf}{why}")

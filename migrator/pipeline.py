@@ -68,8 +68,17 @@ class Pipeline:
         self._prev_run = prog_run_stats(probe.prog_fds())
         self.delivered_total = {"perf": 0, "ring": 0}
         self.stall_ring_until = 0.0
+        # Rollback timing: after watch(channel), the wall time of the first record delivered on it.
+        self.watch_first: dict[str, float | None] = {}
+        self.first_after: dict[str, float | None] = {}
 
     # -- consuming ----------------------------------------------------------------------------
+    def watch(self, channel: str) -> None:
+        """Note when the next record arrives on `channel` (first delivery after a mode switch)."""
+        self.drain()  # what is already buffered predates the switch
+        self.watch_first[channel] = time.time()
+        self.first_after[channel] = None
+
     @property
     def ring_stalled(self) -> bool:
         """Fault injection: while True the ring is not consumed (it fills and ages)."""
@@ -82,6 +91,8 @@ class Pipeline:
         batch = (self.ring if channel == "ring" else self.perf).consume()
         n = len(batch)
         if n:
+            if self.watch_first.get(channel) is not None and self.first_after.get(channel) is None:
+                self.first_after[channel] = time.time()
             self.meters[channel].add(batch, time.monotonic_ns())
             self.delivered_total[channel] += n
             if self.keep_records:

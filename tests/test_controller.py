@@ -18,7 +18,7 @@ from migrator.controller import Controller, acquire_lease, run_controller, start
 from migrator.errors import LeaseHeld
 from migrator.phases import DbApplier, Phase, transition
 from migrator.store import api, open_store
-from migrator.store.models import Host, Migration, Transition, Verdict
+from migrator.store.models import Host, Migration, Transition, Verdict, Window
 
 from conftest import T0, RecordingApplier, window
 
@@ -130,6 +130,8 @@ def test_auto_advance_after_min_clean_windows_and_manual_gate(toml_file):
     with sf() as s:
         t = api.history(s, mid)[-1]
         assert (t["to"], t["actor"], t["reason"]) == ("SHADOW", "auto", "2 clean windows in DUAL_INSTRUMENT (min 2)")
+        # the advance names the windows that justified it: index 0 and 1, oldest first
+        assert [s.get(Window, i).index for i in t["window_ids"]] == [0, 1]
 
     sf, mid, ctl = setup(toml_file, [(Phase.DUAL_INSTRUMENT, 0)], gate="true")
     with sf() as s, s.begin():
@@ -274,3 +276,20 @@ def test_sigkill_between_intent_and_confirm_recovers_exactly_once(toml_file, poi
         assert [(h["to"], h["status"]) for h in hist].count(("ROLLED_BACK", "confirmed")) == 1
         assert len(hist) == 4
         assert {h["desired_mode"] for h in api.hosts(s, mid)} == {"PERF"}
+
+
+def test_lease_of_a_dead_local_controller_is_taken_over_at_once(toml_file):
+    sf, mid, _ = setup(toml_file, [])
+    import socket as _socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = f"{_socket.gethostname()}:{gone.pid}:deadbeef"
+    alive = f"{_socket.gethostname()}:{os.getpid()}:cafe0000"
+    with sf() as s, s.begin():
+        acquire_lease(s, mid, dead, T0, 60)
+    with sf() as s, s.begin():
+        acquire_lease(s, mid, alive, T0 + 1, 60)  # no wait for the expiry at T0 + 60
+    with sf() as s, s.begin():
+        with pytest.raises(LeaseHeld):
+            acquire_lease(s, mid, dead, T0 + 2, 60)  # but a live holder keeps it
