@@ -113,8 +113,15 @@ class LabRun:
     final_modes: dict[str, str] = field(default_factory=dict)
 
 
+def _die_with_parent() -> None:
+    # A `lab run` killed with SIGKILL must not leave agents holding probes on the lab hosts.
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class AgentProcs:
-    """One `migrator agent` child per host."""
+    """One `migrator agent` child per host; they get SIGTERM if this process dies."""
 
     def __init__(self, hosts: list[str], config_path: Path, migration_id: int, log_dir: Path) -> None:
         self.procs: dict[str, subprocess.Popen] = {}
@@ -122,7 +129,8 @@ class AgentProcs:
             log = open(log_dir / f"agent-{h}.log", "w")
             self.procs[h] = subprocess.Popen(
                 [sys.executable, "-m", "migrator", "agent", "--host", h, "-c", str(config_path),
-                 "--migration", str(migration_id)], stdout=log, stderr=subprocess.STDOUT)
+                 "--migration", str(migration_id)], stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent)
 
     def dead(self) -> list[str]:
         return [h for h, p in self.procs.items() if p.poll() is not None]
