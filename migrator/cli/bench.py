@@ -84,3 +84,35 @@ def consumers(
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo(render_table(result))
+
+
+@bench_app.command("rollback")
+def rollback_cmd(
+    runs: int = typer.Option(3, "--runs", min=1, help="Lab migrations to roll back (one sample each)."),
+    hosts: int = typer.Option(2, "--hosts", min=2, help="Lab hosts (the first is the canary slice)."),
+    window: float = typer.Option(1.0, "--window", help="Window seconds."),
+    pps: int = typer.Option(2000, "--pps", help="Packets per second into each host."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Rollback latency: Nth breaching window end -> slice mode maps read PERF -> first perf record.
+
+    Each run is a real lab migration whose canary host's ring consumer is stalled; the timings
+    come from the database (window end, transition) and the agents' own switch reports.
+
+    Example: migrator bench rollback --runs 5
+    """
+    from migrator.bench_rollback import bench_rollback
+
+    res = bench_rollback(runs=runs, hosts=hosts, window=window, pps=pps,
+                         progress=lambda m: typer.echo(m, err=True))
+    if json_out:
+        typer.echo(json.dumps(res, sort_keys=True))
+        return
+    typer.echo(f"{'RUN':<4} {'DECIDED_MS':>10} {'CONFIRMED_MS':>12} {'MAP_PERF_MS':>11} {'FIRST_PERF_MS':>13}")
+    for i, r in enumerate(res["runs"], 1):
+        typer.echo(f"{i:<4} {r['decided_ms']:>10} {r['confirmed_ms']:>12} {r['map_perf_ms']:>11} {r['first_perf_ms']!s:>13}")
+    s = res["summary"]
+    typer.echo(f"median: map PERF {s['map_perf_ms']['median']} ms, first perf record {s['first_perf_ms']['median']} ms "
+               f"(max {s['map_perf_ms']['max']} / {s['first_perf_ms']['max']} ms)")
+    for name, ok in res["targets"].items():
+        typer.echo(f"target {name}: {'met' if ok else 'MISSED'}")
