@@ -1,15 +1,7 @@
-"""Shared output helpers for commands: JSON lines and fixed-width window lines."""
+"""Fixed-width window lines for the data-plane commands (JSON goes through cli._out)."""
 from __future__ import annotations
 
-import json
-
-import typer
-
 from migrator.windows import ChannelWindow
-
-
-def emit_json(obj) -> None:
-    typer.echo(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _ms(v: float | None) -> str:

@@ -6,7 +6,8 @@ import dataclasses
 import typer
 
 from migrator.cli import app
-from migrator.cli.render import WINDOW_HEADER, emit_json, window_line
+from migrator.cli._out import emit_json
+from migrator.cli.render import WINDOW_HEADER, window_line
 from migrator.shadow import parse_duration, run_shadow
 
 
