@@ -16,19 +16,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrator.agent_link import DbLink, Desired
 from migrator.bpf_loader import Probe
 from migrator.config import Config
 from migrator.errors import MigratorError
 from migrator.loadgen import LoadGen
 from migrator.pipeline import Pipeline
 from migrator.schema import fingerprint
-from migrator.store.api import active_migration, heartbeat, record_windows, report_applied
-from migrator.store.models import Migration
-from migrator.windows import ChannelWindow
+from migrator.store.api import active_migration
 
 log = logging.getLogger("migrator.agent")
 FAULT_DIR = Path(os.environ.get("MIGRATOR_FAULT_DIR", "/run/migrator/faults"))
@@ -59,28 +56,27 @@ class AgentState:
 
     mode: str = "PERF"
     ring_confirmed: bool = False
-    windows_sent: int = 0
-    windows_pending: int = 0
-    db_down_since: float | None = None
     switches: list[dict] = field(default_factory=list)
+    safe_mode_entered: list[float] = field(default_factory=list)
 
 
 class Agent:
-    """One host's agent. `run()` blocks until `stop` is set, `deadline` passes or the migration ends."""
+    """One host's agent. `run()` blocks until `stop` is set or `deadline` passes."""
 
     def __init__(self, session_factory: sessionmaker[Session], config: Config, host: str,
                  migration_id: int | None = None, *, lab_prefix: str | None = None,
-                 fault_dir: Path = FAULT_DIR, mode_poll: float = 0.01) -> None:
+                 fault_dir: Path = FAULT_DIR, mode_poll: float = 0.01, db_lost_after: float | None = None) -> None:
         self.sf, self.cfg, self.host = session_factory, config, host
         self.migration_id = migration_id
         self.lab_prefix = lab_prefix if lab_prefix is not None else config.lab.prefix
         self.fault_dir = fault_dir
         self.mode_poll = mode_poll
+        # Without a successful round trip for this long the database counts as lost.
+        self.db_lost_after = db_lost_after if db_lost_after is not None else 3 * config.window_seconds
         self.state = AgentState()
-        self._pending: list[ChannelWindow] = []
+        self.link: DbLink | None = None
         self._fp = fingerprint()
 
-    # -- database side -----------------------------------------------------------------------
     def _migration_id(self) -> int:
         if self.migration_id is None:
             with self.sf() as s:
@@ -90,32 +86,9 @@ class Agent:
                 self.migration_id = m.id
         return self.migration_id
 
-    def _sync(self, now: float) -> tuple[str, bool, str]:
-        """Send pending windows, heartbeat, read the desired mode; one transaction."""
-        with self.sf() as s, s.begin():
-            if self._pending:
-                record_windows(s, self.migration_id, self._pending, now=now)
-            desired = heartbeat(s, self.migration_id, self.host, now=now)
-            m = s.get(Migration, self.migration_id)
-            settled = m.pending_transition_id is None
-            phase = m.phase
-        self.state.windows_sent += len(self._pending)
-        self._pending = []
-        return desired, settled, phase
-
-    def _read_desired(self) -> tuple[str, bool, str]:
-        with self.sf() as s:
-            from migrator.store.models import Host
-
-            row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase)
-                            .join(Migration, Migration.id == Host.migration_id)
-                            .where(Host.migration_id == self.migration_id, Host.name == self.host)).one_or_none()
-        if row is None:
-            raise MigratorError(f"host {self.host!r} is not part of migration {self.migration_id}")
-        return row[0], row[1] is None, row[2]
-
     # -- kernel side -------------------------------------------------------------------------
-    def _apply(self, probe: Probe, mode: str, settled: bool, pipe: Pipeline | None = None) -> None:
+    def _apply(self, probe: Probe, pipe: Pipeline, desired: Desired) -> None:
+        mode = desired.mode
         if mode != self.state.mode:
             t0 = time.time()
             probe.set_mode(mode)
@@ -124,15 +97,22 @@ class Agent:
             if read_back != mode:
                 raise MigratorError(f"{self.host}: mode map reads {read_back} after writing {mode}")
             self.state.switches.append({"from": self.state.mode, "to": mode, "at": t0, "read_back": t1})
-            if pipe is not None and mode != "RING":
+            if mode != "RING":
                 pipe.watch("perf")
             self.state.mode = mode
-            try:
-                with self.sf() as s, s.begin():
-                    report_applied(s, self.migration_id, self.host, mode, now=t0)
-            except SQLAlchemyError as exc:
-                log.warning("%s: could not report mode %s: %s", self.host, mode, exc)
-        self.state.ring_confirmed = mode == "RING" and settled
+            self.link.report(mode, t0)
+        self.state.ring_confirmed = mode == "RING" and desired.settled
+
+    def _safe_mode(self, probe: Probe) -> None:
+        """Without the database, fall back to PERF unless RING was already confirmed here."""
+        if self.state.mode != "PERF" and not self.state.ring_confirmed:
+            probe.set_mode("PERF")
+            now = time.time()
+            self.state.switches.append({"from": self.state.mode, "to": "PERF", "at": now, "read_back": now,
+                                        "reason": "database lost"})
+            self.state.safe_mode_entered.append(now)
+            self.state.mode = "PERF"
+            log.warning("%s: database lost: holding PERF until it is back", self.host)
 
     def _switch_evidence(self, pipe: Pipeline) -> dict | None:
         """The last mode switch with its timings, reported once its first perf record arrived."""
@@ -145,13 +125,6 @@ class Agent:
         sw["reported"] = True
         return {"from": sw["from"], "to": sw["to"], "at": sw["at"], "read_back": sw.get("read_back"),
                 "first_perf_at": first}
-
-    def _safe_mode(self, probe: Probe) -> None:
-        """Without the database, fall back to PERF unless RING was already confirmed here."""
-        if self.state.mode != "PERF" and not self.state.ring_confirmed:
-            probe.set_mode("PERF")
-            self.state.switches.append({"from": self.state.mode, "to": "PERF", "at": time.time(), "reason": "db lost"})
-            self.state.mode = "PERF"
 
     def _check_fault(self, pipe: Pipeline) -> None:
         path = fault_path(self.host, self.fault_dir)
@@ -189,64 +162,51 @@ class Agent:
     def run(self, stop: threading.Event | None = None, deadline: float | None = None) -> str:
         """Serve until stopped; returns why it stopped."""
         stop = stop or threading.Event()
-        self._migration_id()
+        mid = self._migration_id()
         win = self.cfg.window_seconds
         probe, gen = self._load()
         pipe = Pipeline(probe, host=self.host, perf_pages=self.cfg.buffers.perf_pages)
         probe.set_mode("PERF")  # safe until the database says otherwise
+        self.link = DbLink(self.sf, mid, self.host, poll=self.mode_poll, lost_after=self.db_lost_after)
+        self.link.start()
         why = "stopped"
         try:
-            try:
-                desired, settled, phase = self._read_desired()
-                self._apply(probe, desired, settled)
-            except SQLAlchemyError:
-                self.state.db_down_since = time.time()
             next_close = (math.floor(time.time() / win) + 1) * win
-            next_check = 0.0
+            next_fault_check = 0.0
             while not stop.is_set():
                 now = time.time()
                 if deadline is not None and now >= deadline:
                     why = "deadline"
                     break
                 if now >= next_close:
-                    ws = pipe.close_window(index=int(round(next_close / win)) - 1)
-                    switch = self._switch_evidence(pipe)
-                    for w in ws:
-                        w.extra["schema_fingerprint"] = self._fp
-                        if switch:
-                            w.extra["mode_switch"] = switch
-                        if self.state.db_down_since is not None:
-                            w.extra["db_gap_since"] = self.state.db_down_since
-                    self._pending.extend(ws)
+                    self._close(pipe, int(round(next_close / win)) - 1)
                     next_close += win
-                    if now > next_close:  # we fell behind (suspended?): skip, never fake windows
+                    if now > next_close:  # we fell behind (suspended?): skip ahead, never fake windows
                         next_close = (math.floor(now / win) + 1) * win
-                    try:
-                        desired, settled, phase = self._sync(now)
-                        if self.state.db_down_since is not None:
-                            log.warning("%s: database back after %.1f s", self.host, now - self.state.db_down_since)
-                            self.state.db_down_since = None
-                        self._apply(probe, desired, settled, pipe)
-                    except SQLAlchemyError as exc:
-                        if self.state.db_down_since is None:
-                            self.state.db_down_since = now
-                            log.warning("%s: database unreachable (%s); holding a safe mode", self.host, exc)
-                        self._safe_mode(probe)
-                    self.state.windows_pending = len(self._pending)
-                    if phase in ("COMPLETE", "ROLLED_BACK", "ABORTED") and not self._pending:
-                        pass  # keep serving: the pipeline still carries events in its final mode
-                elif time.monotonic() >= next_check:
-                    next_check = time.monotonic() + self.mode_poll
-                    try:
-                        desired, settled, phase = self._read_desired()
-                        self._apply(probe, desired, settled, pipe)
-                    except SQLAlchemyError:
-                        self._safe_mode(probe)
+                if self.link.up and self.link.desired is not None:
+                    self._apply(probe, pipe, self.link.desired)
+                elif not self.link.up:
+                    self._safe_mode(probe)
+                if time.monotonic() >= next_fault_check:
+                    next_fault_check = time.monotonic() + 0.05
                     self._check_fault(pipe)
                 pipe.poll(timeout=max(0.0, min(self.mode_poll, next_close - time.time())))
         finally:
             if gen is not None:
                 gen.kill()
+            self.link.stop()
             pipe.close()
             probe.close()
         return why
+
+    def _close(self, pipe: Pipeline, index: int) -> None:
+        ws = pipe.close_window(index=index)
+        switch = self._switch_evidence(pipe)
+        for w in ws:
+            w.extra["schema_fingerprint"] = self._fp
+            if switch:
+                w.extra["mode_switch"] = switch
+            gap = self.link.gap_since
+            if gap is not None:
+                w.extra["db_gap_since"] = gap
+        self.link.send(ws)

@@ -1,0 +1,122 @@
+"""The agent's link to the database, on its own thread so a slow or lost database never stalls
+the consumers. The data path only reads `desired`/`up` and hands windows and mode reports over."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrator.store.api import heartbeat, record_windows, report_applied
+from migrator.store.models import Host, Migration
+from migrator.windows import ChannelWindow
+
+log = logging.getLogger("migrator.agent")
+
+
+@dataclass(frozen=True)
+class Desired:
+    mode: str
+    settled: bool  # no transition pending: what the host runs is confirmed
+    phase: str
+
+
+class DbLink(threading.Thread):
+    """Polls the host's desired mode, sends windows and mode reports, tracks the last good round trip."""
+
+    def __init__(self, sf: sessionmaker[Session], migration_id: int, host: str, *, poll: float = 0.01,
+                 lost_after: float = 3.0) -> None:
+        super().__init__(name=f"dblink-{host}", daemon=True)
+        self.sf, self.migration_id, self.host = sf, migration_id, host
+        self.poll, self.lost_after = poll, lost_after
+        self.desired: Desired | None = None
+        self.last_ok = time.monotonic()
+        self.last_ok_wall = time.time()
+        self.down_since: float | None = None  # wall time of the first failed round trip
+        self.sent = 0
+        self._outbox: list[ChannelWindow] = []
+        self._reports: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._beat_due = 0.0
+
+    # -- the data path's side ------------------------------------------------------------------
+    @property
+    def up(self) -> bool:
+        """False once no round trip succeeded for `lost_after` seconds."""
+        return time.monotonic() - self.last_ok < self.lost_after
+
+    @property
+    def gap_since(self) -> float | None:
+        """Wall time of the last good round trip while the link is down (errors or a hung call)."""
+        if self.up and self.down_since is None:
+            return None
+        return self.last_ok_wall
+
+    def send(self, windows: list[ChannelWindow]) -> None:
+        with self._lock:
+            self._outbox.extend(windows)
+            self._beat_due = 0.0
+
+    def report(self, mode: str, at: float) -> None:
+        with self._lock:
+            self._reports.append((mode, at))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._outbox)
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        """Stop polling; try once more to deliver what is queued."""
+        self._halt.set()
+        self.join(flush_timeout)
+
+    # -- the thread ----------------------------------------------------------------------------
+    def read_desired(self) -> Desired:
+        with self.sf() as s:
+            row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase)
+                            .join(Migration, Migration.id == Host.migration_id)
+                            .where(Host.migration_id == self.migration_id, Host.name == self.host)).one()
+        return Desired(row[0], row[1] is None, row[2])
+
+    def _round_trip(self) -> None:
+        with self._lock:
+            windows, reports = list(self._outbox), list(self._reports)
+        now = time.time()
+        if windows or reports or time.monotonic() >= self._beat_due:
+            with self.sf() as s, s.begin():
+                if windows:
+                    record_windows(s, self.migration_id, windows, now=now)  # idempotent on the index
+                for mode, at in reports:
+                    report_applied(s, self.migration_id, self.host, mode, now=at)
+                heartbeat(s, self.migration_id, self.host, now=now)
+            with self._lock:
+                del self._outbox[: len(windows)]
+                del self._reports[: len(reports)]
+            self.sent += len(windows)
+            self._beat_due = time.monotonic() + 1.0
+        self.desired = self.read_desired()
+
+    def run(self) -> None:
+        while True:
+            stopping = self._halt.is_set()
+            try:
+                self._round_trip()
+                if self.down_since is not None or not self.up:
+                    log.warning("%s: database back after %.1f s without a round trip; kept windows sent",
+                                self.host, time.time() - self.last_ok_wall)
+                self.down_since = None
+                self.last_ok, self.last_ok_wall = time.monotonic(), time.time()
+            except SQLAlchemyError as exc:
+                if self.down_since is None:
+                    self.down_since = time.time()
+                    log.warning("%s: database unreachable: %s", self.host, str(exc).splitlines()[0])
+                if not stopping:
+                    self._halt.wait(0.2)
+            if stopping:
+                return
+            self._halt.wait(self.poll)
