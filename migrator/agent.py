@@ -26,10 +26,13 @@ from migrator.loadgen import LoadGen
 from migrator.pipeline import Pipeline
 from migrator.schema import fingerprint
 from migrator.store.api import active_migration
+from migrator.windows import ChannelWindow, merge_windows
 
 log = logging.getLogger("migrator.agent")
 FAULT_DIR = Path(os.environ.get("MIGRATOR_FAULT_DIR", "/run/migrator/faults"))
-FAULT_KINDS = ("stall-ring",)
+# Agent-side faults (the lab adds traffic bursts and CPU load from outside the agent).
+FAULT_KINDS = ("stall-ring", "shrink-ring")
+SHRUNK_RING_BYTES = 4 * 4096  # 16 KiB: ~227 records
 
 
 def fault_path(host: str, fault_dir: Path = FAULT_DIR) -> Path:
@@ -75,6 +78,7 @@ class Agent:
         self.db_lost_after = db_lost_after if db_lost_after is not None else 3 * config.window_seconds
         self.state = AgentState()
         self.link: DbLink | None = None
+        self._carry: list[ChannelWindow] = []
         self._fp = fingerprint()
 
     def _migration_id(self) -> int:
@@ -126,37 +130,49 @@ class Agent:
         return {"from": sw["from"], "to": sw["to"], "at": sw["at"], "read_back": sw.get("read_back"),
                 "first_perf_at": first}
 
-    def _check_fault(self, pipe: Pipeline) -> None:
+    def _check_fault(self, pipe: Pipeline) -> dict | None:
+        """Apply a stall at once; return a shrink request for the loop (it needs a reload)."""
         path = fault_path(self.host, self.fault_dir)
         if not path.exists():
-            return
+            return None
         try:
             spec = json.loads(path.read_text())
             path.unlink()
         except (OSError, ValueError) as exc:
             log.warning("%s: unreadable fault file %s: %s", self.host, path, exc)
-            return
+            return None
         if spec.get("kind") == "stall-ring":
             pipe.stall_ring_until = time.monotonic() + float(spec["seconds"])
             log.warning("%s: fault: ring consumer stalled for %s s", self.host, spec["seconds"])
+        elif spec.get("kind") == "shrink-ring":
+            return spec
+        return None
 
-    def _load(self) -> tuple[Probe, object]:
+    def _load(self, ring_bytes: int | None = None, mode: str = "PERF") -> tuple[Probe, object, Pipeline]:
+        """Compile and load the probe, open both consumers, set `mode`, and only then attach it,
+        so the first event it sees already has a perf fd, a ring consumer and the right mode."""
         b = self.cfg.buffers
-        probe = Probe(self.cfg.probe.name, ring_bytes=b.ring_bytes, ring_submit=b.ring_submit, wakeup=b.wakeup)
-        extra = None
+        probe = Probe(self.cfg.probe.name, ring_bytes=ring_bytes or b.ring_bytes, ring_submit=b.ring_submit,
+                      wakeup=b.wakeup)
+        gen = pipe = None
         try:
+            pipe = Pipeline(probe, host=self.host, perf_pages=b.perf_pages)
+            probe.set_mode(mode)
             if self.cfg.probe.name == "tc":
                 from migrator.lab import attach_probe, get_host
 
+                # replace-filter: an already attached program is swapped atomically
                 attach_probe(get_host(self.host, self.lab_prefix), probe.tc_fn.fd)
             elif self.cfg.probe.name == "synthetic":
-                extra = LoadGen(self.cfg.probe.rate * 24 * 3600, self.cfg.probe.rate)
-                probe.set_target(extra.pid)
-                extra.start()
+                gen = LoadGen(self.cfg.probe.rate * 24 * 3600, self.cfg.probe.rate)
+                probe.set_target(gen.pid)
+                gen.start()
         except Exception:
+            if pipe is not None:
+                pipe.close()
             probe.close()
             raise
-        return probe, extra
+        return probe, gen, pipe
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, deadline: float | None = None) -> str:
@@ -164,15 +180,14 @@ class Agent:
         stop = stop or threading.Event()
         mid = self._migration_id()
         win = self.cfg.window_seconds
-        probe, gen = self._load()
-        pipe = Pipeline(probe, host=self.host, perf_pages=self.cfg.buffers.perf_pages)
-        probe.set_mode("PERF")  # safe until the database says otherwise
+        probe, gen, pipe = self._load()  # PERF: safe until the database says otherwise
         self.link = DbLink(self.sf, mid, self.host, poll=self.mode_poll, lost_after=self.db_lost_after)
         self.link.start()
         why = "stopped"
         try:
             next_close = (math.floor(time.time() / win) + 1) * win
             next_fault_check = 0.0
+            restore_at: float | None = None
             while not stop.is_set():
                 now = time.time()
                 if deadline is not None and now >= deadline:
@@ -189,7 +204,16 @@ class Agent:
                     self._safe_mode(probe)
                 if time.monotonic() >= next_fault_check:
                     next_fault_check = time.monotonic() + 0.05
-                    self._check_fault(pipe)
+                    shrink = self._check_fault(pipe)
+                    if shrink:
+                        ring = int(shrink.get("ring_bytes", SHRUNK_RING_BYTES))
+                        log.warning("%s: fault: ring shrunk to %d bytes for %s s", self.host, ring, shrink["seconds"])
+                        probe, gen, pipe = self._reload(probe, gen, pipe, ring)
+                        restore_at = time.monotonic() + float(shrink["seconds"])
+                    elif restore_at is not None and time.monotonic() >= restore_at:
+                        log.warning("%s: fault over: ring back to %d bytes", self.host, self.cfg.buffers.ring_bytes)
+                        probe, gen, pipe = self._reload(probe, gen, pipe, None)
+                        restore_at = None
                 pipe.poll(timeout=max(0.0, min(self.mode_poll, next_close - time.time())))
         finally:
             if gen is not None:
@@ -199,8 +223,27 @@ class Agent:
             probe.close()
         return why
 
+    def _reload(self, probe: Probe, gen, pipe: Pipeline, ring_bytes: int | None):
+        """Reload the probe with another ring size (the shrink-ring fault and its end).
+
+        A reload, unlike a mode switch, replaces programs and maps. The new probe is loaded,
+        given its consumers and the current mode, and swapped onto the hook before the old one
+        is closed, so no event goes unseen; the old maps' part of the running window is closed
+        (its books balance) and merged into the window the new maps close.
+        """
+        new = self._load(ring_bytes=ring_bytes, mode=self.state.mode)
+        if gen is not None:
+            gen.kill()
+        self._carry = pipe.close_window(index=-1)
+        pipe.close()
+        probe.close()
+        return new
+
     def _close(self, pipe: Pipeline, index: int) -> None:
         ws = pipe.close_window(index=index)
+        if self._carry:
+            ws = [merge_windows(old, new) for old, new in zip(self._carry, ws)]
+            self._carry = []
         switch = self._switch_evidence(pipe)
         for w in ws:
             w.extra["schema_fingerprint"] = self._fp

@@ -19,7 +19,7 @@ from typing import Callable
 from sqlalchemy import select
 
 from migrator import ops
-from migrator.agent import FAULT_DIR, inject_fault
+from migrator.agent import FAULT_KINDS, inject_fault
 from migrator.config import Config, load_config, percent_of
 from migrator.controller import StepResult, run_controller, start_migration
 from migrator.errors import MigratorError
@@ -30,6 +30,8 @@ from migrator.store import api, open_store
 from migrator.store.models import Host, Migration, Window
 
 FINAL = ("COMPLETE", "ROLLED_BACK", "ABORTED")
+LAB_FAULTS = (*FAULT_KINDS, "burst", "cpu-load")
+BURST_PORT = 47001  # the steady generator's receiver holds the default port
 
 
 def _toml_value(v) -> str:
@@ -184,6 +186,7 @@ class LabStage:
         self.traffic_seconds = traffic_seconds
         self.sf = open_store(self.cfg.database_url)
         self.traffic: list = []
+        self.faults: list = []
         self.agents: AgentProcs | None = None
         self.mid = 0
 
@@ -217,10 +220,29 @@ class LabStage:
                 t.stop()
             except Exception:
                 pass
+        for f in self.faults:
+            if f.poll() is None:
+                f.kill()
+                f.wait()
         if self.agents is not None:
             self.agents.stop()
         if not self.keep_lab:
             lab_down(self.cfg.lab.prefix)
+
+    def inject(self, fault: str, host: str, seconds: float) -> None:
+        """A fault on one lab host: agent-side (stall-ring, shrink-ring) or from outside (burst, cpu-load)."""
+        from migrator.lab import cpu_load, get_host, start_traffic
+
+        if fault in FAULT_KINDS:
+            inject_fault(host, fault, seconds)
+        elif fault == "burst":
+            # As fast as the generator goes, for the fault's duration: beyond what a shrunk ring holds.
+            self.traffic.append(start_traffic(get_host(host, self.cfg.lab.prefix), "burst", count=200_000,
+                                              seconds=seconds, port=BURST_PORT))
+        elif fault == "cpu-load":
+            self.faults.append(cpu_load(seconds, cpu=0))
+        else:
+            raise MigratorError(f"fault {fault!r} unknown; choose one of {', '.join(LAB_FAULTS)}")
 
     def phase(self) -> tuple[str, int, int | None]:
         with self.sf() as s:
@@ -269,7 +291,7 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
                 say(f"  -> {st['label']} (transition {res.transition_id})")
             if fault and not seen["fault"] and st["phase"] == "CANARY" and st["slice"] == 1:
                 secs = fault_seconds or cfg.window_seconds * (cfg.rollback_after + 4)
-                inject_fault(fault_host, fault, secs)
+                stage.inject(fault, fault_host, secs)
                 seen["fault"] = True
                 say(f"fault: {fault} on {fault_host} for {secs:g} s")
             if stage.agents.dead():

@@ -62,6 +62,29 @@ class ChannelWindow:
         return d
 
 
+def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
+    """One window from two consecutive parts of it (a probe reload inside a window).
+
+    Counts add up; lag figures take the worse part (percentiles of two parts cannot be combined
+    exactly, and the worse one is the safe reading); the residual adds the two pipelines' books.
+    Records still in the first part's buffers died with its maps: they count as lost.
+    """
+    def worse(x, y):
+        return y if x is None else x if y is None else max(x, y)
+
+    return ChannelWindow(
+        host=b.host, channel=b.channel, index=b.index, start=a.start, end=b.end, mode=b.mode,
+        attempts=a.attempts + b.attempts, delivered=a.delivered + b.delivered,
+        dropped_full=a.dropped_full + b.dropped_full, dropped_other=a.dropped_other + b.dropped_other,
+        lost=a.lost + b.lost + a.in_flight, parse_errors=a.parse_errors + b.parse_errors, in_flight=b.in_flight,
+        lag_p50_ms=worse(a.lag_p50_ms, b.lag_p50_ms), lag_p99_ms=worse(a.lag_p99_ms, b.lag_p99_ms),
+        lag_max_ms=worse(a.lag_max_ms, b.lag_max_ms), inversions=a.inversions + b.inversions,
+        consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=a.bpf_run_ns + b.bpf_run_ns,
+        bpf_run_cnt=a.bpf_run_cnt + b.bpf_run_cnt, residual=a.residual + b.residual,
+        settled=a.settled and b.settled, extra={**a.extra, **b.extra, "reloaded": True, "lost_in_reload": a.in_flight},
+    )
+
+
 # Lag histogram: 8 bins per power of two of nanoseconds (about 9 % resolution), bounded memory
 # however many events a window holds.
 _BINS_PER_OCTAVE = 8

@@ -67,8 +67,12 @@ def test_agent_follows_the_desired_mode_and_reports_it(started):
     agent, stop, t = run_agent(cfg, sf, mid, 30)
     try:
         wait_for(lambda: agent.state.mode == "DUAL")
-        with sf() as s:
-            assert {h["name"]: h["applied_mode"] for h in api.hosts(s, mid)} == {"h1": "DUAL"}
+
+        def applied():
+            with sf() as s:
+                return {h["name"]: h["applied_mode"] for h in api.hosts(s, mid)}
+
+        wait_for(lambda: applied() == {"h1": "DUAL"}, timeout=2)  # reported by the link thread
         wait_for(lambda: len(windows(sf, mid)) >= 6)
     finally:
         stop.set()
@@ -114,3 +118,45 @@ c.execute("rollback")
     assert gap, "the windows closed during the outage carry the gap"
     assert any(w.mode == "PERF" for w in gap)  # the safe mode, read from the map at close
     assert all(w.residual == 0 for w in ws if w.settled)
+
+
+def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
+    cfg, sf, mid = started
+    agent = Agent(sf, cfg, "h1", mid, fault_dir=tmp_path / "faults")
+    stop = threading.Event()
+    t = threading.Thread(target=agent.run, kwargs={"stop": stop, "deadline": time.time() + 30})
+    t.start()
+    try:
+        wait_for(lambda: agent.state.mode == "DUAL")
+        wait_for(lambda: len(windows(sf, mid)) >= 4)
+        from migrator.agent import inject_fault
+
+        inject_fault("h1", "shrink-ring", 1.0, fault_dir=tmp_path / "faults")
+        wait_for(lambda: sum("reloaded" in json.loads(w.extra) for w in windows(sf, mid)) >= 4, timeout=10)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join(20)
+    ws = windows(sf, mid)
+    idx = sorted({w.index for w in ws})
+    assert idx == list(range(idx[0], idx[-1] + 1)) and len(ws) == 2 * len(idx)
+    reloaded = [w for w in ws if "reloaded" in json.loads(w.extra)]
+    assert {w.channel for w in reloaded} == {"perf", "ring"} and len(reloaded) == 4  # shrink, then restore
+    assert all(w.residual == 0 for w in ws if w.settled)
+    for ch in ("perf", "ring"):  # the whole stream balances across both reloads
+        mine = [w for w in ws if w.channel == ch]
+        out = sum(w.delivered + w.dropped_full + w.dropped_other + w.lost for w in mine)
+        assert sum(w.attempts for w in mine) - out == mine[-1].in_flight, ch
+
+
+def test_merge_windows_adds_counts_and_keeps_the_worse_lag():
+    from migrator.windows import ChannelWindow, merge_windows
+
+    a = ChannelWindow(host="h", channel="ring", index=-1, start=0.0, end=0.4, mode="DUAL", attempts=100,
+                      delivered=90, dropped_full=4, in_flight=6, lag_p99_ms=5.0, residual=0)
+    b = ChannelWindow(host="h", channel="ring", index=7, start=0.4, end=1.0, mode="DUAL", attempts=200,
+                      delivered=200, lag_p99_ms=2.0, residual=0)
+    m = merge_windows(a, b)
+    assert (m.index, m.start, m.end, m.attempts, m.delivered, m.dropped_full) == (7, 0.0, 1.0, 300, 290, 4)
+    assert (m.lost, m.in_flight, m.lag_p99_ms, m.residual) == (6, 0, 5.0, 0)  # a's waiting records died with its maps
+    assert m.extra["lost_in_reload"] == 6

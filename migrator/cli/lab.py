@@ -113,7 +113,9 @@ def run(
     hosts: int = typer.Option(None, "--hosts", "-n", help="Lab hosts (default: lab.hosts of the config)."),
     window: float = typer.Option(None, "--window", help="Window seconds (default: the config's)."),
     rollback_after: int = typer.Option(None, "--rollback-after", help="N consecutive breaches (default: the config's)."),
-    fault: str = typer.Option(None, "--fault", help="Inject a fault on the first canary host: stall-ring."),
+    fault: str = typer.Option(None, "--fault", help="Inject a fault on the first canary host when its canary starts: "
+                              "stall-ring, shrink-ring, burst or cpu-load."),
+    fault_seconds: float = typer.Option(None, "--fault-seconds", help="How long the fault lasts (default: N + 4 windows)."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where the run's canary.toml, database and agent logs go."),
     timeout: float = typer.Option(110.0, "--timeout", help="Give up after this many seconds."),
     keep: bool = typer.Option(False, "--keep", help="Leave the lab hosts up afterwards."),
@@ -127,19 +129,22 @@ def run(
     Examples:
       migrator lab run                        # 4 hosts, ends COMPLETE
       migrator lab run --fault stall-ring     # the canary host stalls: ends ROLLED_BACK
+      migrator lab run --fault shrink-ring    # the canary's ring shrinks to 16 KiB for a while
     """
     import time as _time
 
     from migrator.cli.control import resolve_config
     from migrator.labrun import run_lab_migration
 
-    if fault is not None and fault not in ("stall-ring",):
-        raise MigratorError(f"--fault {fault!r} unknown; choose stall-ring")
+    from migrator.labrun import LAB_FAULTS
+
+    if fault is not None and fault not in LAB_FAULTS:
+        raise MigratorError(f"--fault {fault!r} unknown; choose one of {', '.join(LAB_FAULTS)}")
     base = resolve_config(config)
     run_dir = run_dir or Path("runs") / _time.strftime("%Y%m%d-%H%M%S")
     say = (lambda line: typer.echo(line, err=True)) if json_out else typer.echo
     res = run_lab_migration(base, run_dir.resolve(), hosts=hosts, window=window, rollback_after=rollback_after,
-                            fault=fault, timeout=timeout, keep_lab=keep, say=say)
+                            fault=fault, fault_seconds=fault_seconds, timeout=timeout, keep_lab=keep, say=say)
     if json_out:
         typer.echo(json.dumps({"migration_id": res.migration_id, "phase": res.phase, "seconds": res.seconds,
                                "run_dir": str(res.run_dir), "final_modes": res.final_modes,

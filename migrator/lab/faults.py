@@ -23,8 +23,11 @@ def cpu_load(seconds: float, cpu: int | None = None, duty: float = 1.0) -> subpr
         raise LabConfigError("duty", duty, "choose 0 < duty <= 1")
     if cpu is not None and cpu not in os.sched_getaffinity(0):
         raise LabConfigError("cpu", cpu, f"choose one of {sorted(os.sched_getaffinity(0))}")
-    return subprocess.Popen([sys.executable, "-m", "migrator.lab.faults", str(seconds),
-                             "-1" if cpu is None else str(cpu), str(duty)])
+    # `-c` rather than `-m migrator.lab.faults`: the package imports this module first, and runpy
+    # warns about running a module that is already imported.
+    return subprocess.Popen([sys.executable, "-c", "import sys; from migrator.lab.faults import _burn; "
+                             "_burn(float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))",
+                             str(seconds), "-1" if cpu is None else str(cpu), str(duty)])
 
 
 def _burn(seconds: float, cpu: int, duty: float) -> None:
@@ -43,6 +46,3 @@ def _burn(seconds: float, cpu: int, duty: float) -> None:
         if duty < 1:
             time.sleep(period * (1 - duty))
 
-
-if __name__ == "__main__":
-    _burn(float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))
