@@ -25,7 +25,7 @@ from migrator.errors import MigratorError
 from migrator.loadgen import LoadGen
 from migrator.pipeline import Pipeline
 from migrator.schema import fingerprint
-from migrator.store.api import active_migration
+from migrator.store.api import active_migration, hosts
 from migrator.windows import ChannelWindow, merge_windows
 
 log = logging.getLogger("migrator.agent")
@@ -82,12 +82,17 @@ class Agent:
         self._fp = fingerprint()
 
     def _migration_id(self) -> int:
-        if self.migration_id is None:
-            with self.sf() as s:
+        """The migration to serve (the active one by default); refuses a host it does not list."""
+        with self.sf() as s:
+            if self.migration_id is None:
                 m = active_migration(s)
                 if m is None:
                     raise MigratorError("no active migration in the database; run `migrator init` first")
                 self.migration_id = m.id
+            names = [h["name"] for h in hosts(s, self.migration_id)]
+        if self.host not in names:
+            raise MigratorError(f"host {self.host!r} is not part of migration {self.migration_id}; "
+                                f"its hosts are: {', '.join(names)} (fix: --host one of them, or add it to canary.toml)")
         return self.migration_id
 
     # -- kernel side -------------------------------------------------------------------------

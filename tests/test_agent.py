@@ -160,3 +160,14 @@ def test_merge_windows_adds_counts_and_keeps_the_worse_lag():
     assert (m.index, m.start, m.end, m.attempts, m.delivered, m.dropped_full) == (7, 0.0, 1.0, 300, 290, 4)
     assert (m.lost, m.in_flight, m.lag_p99_ms, m.residual) == (6, 0, 5.0, 0)  # a's waiting records died with its maps
     assert m.extra["lost_in_reload"] == 6
+
+
+def test_agent_refuses_a_host_the_migration_does_not_list(started, tmp_path):
+    cfg, sf, mid = started
+    from typer.testing import CliRunner
+
+    from migrator.cli import app
+
+    res = CliRunner().invoke(app, ["agent", "--host", "nosuch", "-c", str(tmp_path / "canary.toml")])
+    assert res.exit_code == 1
+    assert f"Error: host 'nosuch' is not part of migration {mid}; its hosts are: h1" in res.stderr

@@ -32,6 +32,7 @@ def agent_cmd(
     Example: migrator agent --host mig1 -c canary.toml
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg, sf = writer(config)
     with sf() as s:
         m = api.get_migration(s, migration) if migration else api.active_migration(s)

@@ -7,7 +7,8 @@ import typer
 
 from migrator.cli import app
 
-bench_app = typer.Typer(help="Benchmarks on the real kernel: consumers side by side, same synthetic stream.",
+bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
+                             "controller (windows/s, query times), rollback (latency on the lab).",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
