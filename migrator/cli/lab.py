@@ -30,7 +30,8 @@ HEADER = f"{'HOST':<8} {'ROOT_IF':<10} {'ROOT_ADDR':<13} {'HOST_IF':<10} {'HOST_
 
 
 @lab_app.command("up")
-def up(hosts: int = typer.Option(3, "--hosts", "-n", help="Number of hosts (1-64)."), prefix: str = PREFIX) -> None:
+def up(hosts: int = typer.Option(3, "--hosts", "-n", help="Number of hosts (1-64)."), prefix: str = PREFIX,
+       json_out: bool = typer.Option(False, "--json", help="Print a JSON list of hosts.")) -> None:
     """Create the lab, or repair it: running it again on an existing lab is safe.
 
     Each host gets a namespace, a veth pair with a /30 in 10.213.0.0/16, static neighbours,
@@ -41,13 +42,16 @@ def up(hosts: int = typer.Option(3, "--hosts", "-n", help="Number of hosts (1-64
         sudo migrator lab up --hosts 4
     """
     made = core.lab_up(hosts, prefix)
+    if json_out:
+        typer.echo(json.dumps([h.to_dict() for h in made], indent=2))
+        return
     typer.echo(HEADER)
     for h in made:
         typer.echo(_row(h))
 
 
 @lab_app.command("down")
-def down(prefix: str = PREFIX) -> None:
+def down(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", help="Print what was removed as JSON.")) -> None:
     """Remove every namespace, veth and qdisc of the lab, including leftovers of a crashed run.
 
     Example:
@@ -55,6 +59,9 @@ def down(prefix: str = PREFIX) -> None:
         sudo migrator lab down --prefix mig
     """
     removed = core.lab_down(prefix)
+    if json_out:
+        typer.echo(json.dumps(removed, sort_keys=True))
+        return
     if not any(removed.values()):
         typer.echo(f"Nothing to remove for prefix {prefix!r}.")
         return
@@ -91,6 +98,7 @@ def traffic(
     count: int = typer.Option(None, "--count", help="Upper bound on datagrams (burst: required)."),
     port: int = typer.Option(core.traffic.DEFAULT_PORT, "--port", help="UDP port of the listener in the host."),
     prefix: str = typer.Option(None, "--prefix", "-p", help="Lab prefix (default: HOST without its number)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Send UDP datagrams from the root namespace to HOST; stops by itself at --count or --seconds.
 
@@ -103,6 +111,9 @@ def traffic(
     core.traffic.check_args(profile, pps, seconds, count)
     h = core.get_host(host, prefix)
     res = core.start_traffic(h, profile=profile, pps=pps, seconds=seconds, count=count, port=port).wait()
+    if json_out:
+        typer.echo(json.dumps({"host": host, "sent": res.sent, "received": res.received, "elapsed": res.elapsed}))
+        return
     typer.echo(f"{host}: sent {res.sent}, received {res.received} in {res.elapsed:.3f} s "
                f"({res.sent / res.elapsed if res.elapsed else 0:.0f} pps)")
 
