@@ -127,8 +127,9 @@ def _run_path(name: str, spec: PathSpec, events: int, rate: float, ring_bytes: i
                 got, lag_p99 = pipe.delivered_total[ch], w.lag_p99_ms
                 notes.update(inversions=w.inversions, residual=w.residual, parse_errors=w.parse_errors)
             else:
-                got, lag_p99 = ref.tally.delivered, ref.tally.lag_p99_ms()
-                notes.update(inversions=ref.tally.inversions(), lost_reported=ref.tally.lost_reported)
+                m = ref.tally.meter()
+                got, lag_p99 = ref.tally.delivered, m.lag_summary()[1]
+                notes.update(inversions=m.inversions, lost_reported=ref.tally.lost_reported)
         finally:
             gen.kill()
             if pipe is not None:

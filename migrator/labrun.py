@@ -6,7 +6,6 @@ lab up -> init -> one agent process per host -> traffic -> controller in this pr
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from migrator.phases import DbApplier, label
 from migrator.policy import StreakState, next_streak
 from migrator.schema import fingerprint
 from migrator.store import api, open_store
-from migrator.store.models import Host, Migration, Window
+from migrator.store.models import Host, Migration
 
 FINAL = ("COMPLETE", "ROLLED_BACK", "ABORTED")
 LAB_FAULTS = (*FAULT_KINDS, "burst", "cpu-load")
@@ -156,8 +155,7 @@ def wait_agents_ready(sf, migration_id: int, hosts: list[str], agents: AgentProc
     while True:
         with sf() as s:
             beat = dict(s.execute(select(Host.name, Host.last_heartbeat).where(Host.migration_id == migration_id)).all())
-            applied = dict(s.execute(select(Host.name, Host.applied_mode).where(Host.migration_id == migration_id)).all())
-        missing = [h for h in hosts if not beat.get(h) and not applied.get(h)]
+        missing = [h for h in hosts if not beat.get(h)]
         if not missing:
             return
         if agents.dead():
@@ -261,8 +259,7 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
                       rollback_after: int | None = None, prefix: str | None = None, fault: str | None = None,
                       fault_seconds: float | None = None, pps: int | None = None, timeout: float = 110.0,
                       after_final_windows: int = 2, keep_lab: bool = False,
-                      say: Callable[[str], None] = print, on_step: Callable[[StepResult, dict], None] | None = None,
-                      stop: threading.Event | None = None) -> LabRun:
+                      say: Callable[[str], None] = print, stop: threading.Event | None = None) -> LabRun:
     """Run a whole migration on lab hosts; returns when the migration is final (or on timeout)."""
     t0 = time.monotonic()
     stop = stop or threading.Event()
@@ -277,25 +274,24 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
         seen = {"fault": False, "where": None, "streak": StreakState()}
 
         def step(res: StepResult) -> None:
-            with sf() as s:
-                st = ops_status(s, mid, cfg)
+            # Called every controller round (10 ms): touch the database only after a move.
             if seen["where"] != (res.phase, res.slice):
                 seen["where"], seen["streak"] = (res.phase, res.slice), StreakState()
-            if on_step:
-                on_step(res, st)
             here = label(res.phase, res.slice, len(cfg.slice_hosts))
             for gv in res.judged:
                 seen["streak"] = next_streak(seen["streak"], gv.verdict, gv.window_id, cfg.no_data)
                 say(render_line(time.monotonic() - t0, here, seen["streak"].streak, gv, cfg))
-            if res.transition_id is not None:
-                say(f"  -> {st['label']} (transition {res.transition_id})")
-            if fault and not seen["fault"] and st["phase"] == "CANARY" and st["slice"] == 1:
+            if stage.agents.dead():
+                raise MigratorError(f"agent(s) {', '.join(stage.agents.dead())} died; see agent-*.log in {run_dir}")
+            if res.transition_id is None:
+                return
+            phase, slice_, _ = stage.phase()
+            say(f"  -> {label(phase, slice_, len(cfg.slice_hosts))} (transition {res.transition_id})")
+            if fault and not seen["fault"] and (phase, slice_) == ("CANARY", 1):
                 secs = fault_seconds or cfg.window_seconds * (cfg.rollback_after + 4)
                 stage.inject(fault, fault_host, secs)
                 seen["fault"] = True
                 say(f"fault: {fault} on {fault_host} for {secs:g} s")
-            if stage.agents.dead():
-                raise MigratorError(f"agent(s) {', '.join(stage.agents.dead())} died; see agent-*.log in {run_dir}")
 
         phase = run_controller(sf, mid, applier=applier, stop=stop, deadline=time.time() + timeout,
                                poll_interval=0.01, on_step=step)
@@ -309,12 +305,6 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
     res = stage.result(time.monotonic() - t0)
     res.fault_host = fault_host
     return res
-
-
-def ops_status(s, mid: int, cfg: Config) -> dict:
-    m = s.get(Migration, mid)
-    return {"phase": m.phase, "slice": m.slice, "streak": m.streak, "clean": m.clean_windows,
-            "label": label(m.phase, m.slice, len(cfg.slice_hosts))}
 
 
 def render_line(elapsed: float, here: str, streak: int, gv, cfg: Config) -> str:

@@ -63,7 +63,6 @@ class Pipeline:
         self._rate = {"perf": 2.5e6, "ring": 2.5e6}
         zero = Counters()
         self._prev = {"perf": zero, "ring": zero}
-        self._prev_delivered = {"perf": 0, "ring": 0}
         self._prev_parse = {"perf": 0, "ring": 0}
         self._prev_run = prog_run_stats(probe.prog_fds())
         self.delivered_total = {"perf": 0, "ring": 0}

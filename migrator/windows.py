@@ -5,7 +5,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-CHANNELS = ("perf", "ring")
 MODES = ("PERF", "DUAL", "RING")
 
 
@@ -124,14 +123,18 @@ class ChannelMeter:
 
     def add(self, batch: np.ndarray, now_ns: int) -> None:
         """Fold one decoded batch in: count, lag (consume time - ktime), ordering inversions."""
-        n = len(batch)
+        if len(batch):
+            self.add_lags(batch["seq"], now_ns - batch["ktime_ns"].astype(np.int64))
+
+    def add_lags(self, seq: np.ndarray, lag: np.ndarray) -> None:
+        """Fold records in given their seq and lag in ns, in consumption order."""
+        n = len(seq)
         if n == 0:
             return
         self.delivered += n
-        lag = now_ns - batch["ktime_ns"].astype(np.int64)
         self.hist += np.bincount(_lag_bins(lag), minlength=_NBINS)
         self.lag_max_ns = max(self.lag_max_ns, int(lag.max()))
-        seq = batch["seq"].astype(np.int64)
+        seq = seq.astype(np.int64)
         run_max = np.maximum.accumulate(seq)
         prev = np.empty_like(run_max)
         prev[0] = self.max_seq

@@ -42,8 +42,8 @@ def started(tmp_path):
     return cfg, sf, mid
 
 
-def run_agent(cfg, sf, mid, seconds):
-    agent = Agent(sf, cfg, "h1", mid)
+def run_agent(cfg, sf, mid, seconds, **kw):
+    agent = Agent(sf, cfg, "h1", mid, **kw)
     stop = threading.Event()
     t = threading.Thread(target=agent.run, kwargs={"stop": stop, "deadline": time.time() + seconds})
     t.start()
@@ -55,6 +55,13 @@ def wait_for(cond, timeout=10.0):
     while not cond():
         assert time.monotonic() < end, "condition not met in time"
         time.sleep(0.02)
+
+
+def assert_each_window_once(ws) -> None:
+    """Every index from the first to the last, once per channel: none missing, none doubled."""
+    idx = sorted({w.index for w in ws})
+    assert idx == list(range(idx[0], idx[-1] + 1))
+    assert len(ws) == 2 * len(idx)
 
 
 def windows(sf, mid):
@@ -111,9 +118,7 @@ c.execute("rollback")
         stop.set()
         t.join(40)
     ws = windows(sf, mid)
-    idx = sorted({w.index for w in ws})
-    assert idx == list(range(idx[0], idx[-1] + 1))  # no window missing across the outage
-    assert len(ws) == 2 * len(idx)  # one per channel per index: nothing written twice
+    assert_each_window_once(ws)  # across the outage
     gap = [w for w in ws if "db_gap_since" in json.loads(w.extra)]
     assert gap, "the windows closed during the outage carry the gap"
     assert any(w.mode == "PERF" for w in gap)  # the safe mode, read from the map at close
@@ -122,10 +127,7 @@ c.execute("rollback")
 
 def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
     cfg, sf, mid = started
-    agent = Agent(sf, cfg, "h1", mid, fault_dir=tmp_path / "faults")
-    stop = threading.Event()
-    t = threading.Thread(target=agent.run, kwargs={"stop": stop, "deadline": time.time() + 30})
-    t.start()
+    agent, stop, t = run_agent(cfg, sf, mid, 30, fault_dir=tmp_path / "faults")
     try:
         wait_for(lambda: agent.state.mode == "DUAL")
         wait_for(lambda: len(windows(sf, mid)) >= 4)
@@ -138,8 +140,7 @@ def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
         stop.set()
         t.join(20)
     ws = windows(sf, mid)
-    idx = sorted({w.index for w in ws})
-    assert idx == list(range(idx[0], idx[-1] + 1)) and len(ws) == 2 * len(idx)
+    assert_each_window_once(ws)
     reloaded = [w for w in ws if "reloaded" in json.loads(w.extra)]
     assert {w.channel for w in reloaded} == {"perf", "ring"} and len(reloaded) == 4  # shrink, then restore
     assert all(w.residual == 0 for w in ws if w.settled)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 import pytest
+from kernel_util import needs_root
 from typer.testing import CliRunner
 
 from migrator import doctor as core
@@ -17,9 +17,6 @@ EXPECTED_NAMES = {
     "kernel_headers", "bcc", "lockdown", "memlock", "kprobes",
 }
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root: doctor creates BPF maps and the test unmounts tracefs"
-)
 
 
 def _rows(output: str) -> dict[str, str]:

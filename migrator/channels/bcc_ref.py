@@ -13,7 +13,7 @@ from array import array
 
 import numpy as np
 
-from migrator.windows import _lag_bins, _NBINS, _percentile_ms
+from migrator.windows import ChannelMeter
 
 # struct event_hdr as u64 words: [0] version/flags/cpu, [1] seq, [2] ktime_ns. Indexing an
 # array made in place at the pointer is the cheapest ctypes read measured here (~0.2 us,
@@ -33,20 +33,11 @@ class _Tally:
     def delivered(self) -> int:
         return len(self.seqs)
 
-    def lag_p99_ms(self) -> float | None:
-        """Binned like ChannelMeter, so both kinds of path report the same statistic."""
-        if not self.lags:
-            return None
-        lag = np.frombuffer(self.lags, dtype=np.int64)
-        return _percentile_ms(np.bincount(_lag_bins(lag), minlength=_NBINS), 0.99)
-
-    def inversions(self) -> int:
-        """Records whose seq is below one already seen (ChannelMeter's definition)."""
-        if not self.seqs:
-            return 0
-        seq = np.frombuffer(self.seqs, dtype=np.uint64).astype(np.int64)
-        run_max = np.maximum.accumulate(seq)
-        return int((seq[1:] < run_max[:-1]).sum())
+    def meter(self) -> ChannelMeter:
+        """The same summary the pipeline's paths get (lag histogram, inversions), at the end."""
+        m = ChannelMeter("ref")
+        m.add_lags(np.frombuffer(self.seqs, dtype=np.uint64), np.frombuffer(self.lags, dtype=np.int64))
+        return m
 
 
 def _make_callback(t: _Tally):

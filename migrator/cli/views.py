@@ -178,5 +178,5 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
     else:
         typer.echo("would not roll back")
     act = rep["actual_rollback"]
-    typer.echo(f"actually: " + (f"rolled back by transition {act['transition_id']} (windows {act['window_ids']})"
+    typer.echo("actually: " + (f"rolled back by transition {act['transition_id']} (windows {act['window_ids']})"
                                 if act else "no automatic rollback"))
