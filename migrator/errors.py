@@ -34,6 +34,15 @@ class BPFLoadError(MigratorError):
         super().__init__(f"Failed to load probe {probe!r}: {reason}")
 
 
+class AttachError(MigratorError):
+    """A program could not be attached to a network device (tc), optionally in a namespace."""
+
+    def __init__(self, device: str, netns: str | None, problem: str, fix: str) -> None:
+        self.device, self.netns, self.problem, self.fix = device, netns, problem, fix
+        where = f"{device} in network namespace {netns}" if netns else device
+        super().__init__(f"Failed to attach to {where}: {problem} (fix: {fix})")
+
+
 class ChannelError(MigratorError):
     """A consumer could not open or read its channel."""
 

@@ -7,7 +7,7 @@ import pytest
 
 from migrator.config import Config, load_config
 from migrator.store import open_store
-from migrator.windows import ChannelWindow
+from migrator.dataplane.windows import ChannelWindow
 
 T0 = 1_000_000.0  # a fixed clock: transitions confirm at T0, windows start after it
 

@@ -24,6 +24,6 @@ def collect(pipe, until, timeout: float = 30.0) -> None:
 
 def records(pipe, channel: str) -> np.ndarray:
     parts = pipe.records[channel]
-    from migrator.schema import empty_batch
+    from migrator.dataplane.schema import empty_batch
 
     return np.concatenate(parts) if parts else empty_batch()

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from kernel_util import needs_root
-from migrator.agent import Agent
+from migrator.agent.loop import Agent
 from migrator.config import load_config
-from migrator.phases import DbApplier, Phase, transition
+from migrator.control.phases import DbApplier, Phase, transition
 from migrator.store import api, open_store
 from migrator.store.db import sqlite_path
 from migrator.store.models import Window
@@ -131,7 +131,7 @@ def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
     try:
         wait_for(lambda: agent.state.mode == "DUAL")
         wait_for(lambda: len(windows(sf, mid)) >= 4)
-        from migrator.agent import inject_fault
+        from migrator.agent.loop import inject_fault
 
         inject_fault("h1", "shrink-ring", 1.0, fault_dir=tmp_path / "faults")
         wait_for(lambda: sum("reloaded" in json.loads(w.extra) for w in windows(sf, mid)) >= 4, timeout=10)
@@ -151,7 +151,7 @@ def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
 
 
 def test_merge_windows_adds_counts_and_keeps_the_worse_lag():
-    from migrator.windows import ChannelWindow, merge_windows
+    from migrator.dataplane.windows import ChannelWindow, merge_windows
 
     a = ChannelWindow(host="h", channel="ring", index=-1, start=0.0, end=0.4, mode="DUAL", attempts=100,
                       delivered=90, dropped_full=4, in_flight=6, lag_p99_ms=5.0, residual=0)

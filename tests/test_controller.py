@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from migrator.config import load_config
-from migrator.controller import Controller, acquire_lease, run_controller, start_migration
+from migrator.control.controller import Controller, acquire_lease, run_controller, start_migration
 from migrator.errors import LeaseHeld
-from migrator.phases import DbApplier, Phase, transition
+from migrator.control.phases import DbApplier, Phase, transition
 from migrator.store import api, open_store
 from migrator.store.models import Host, Migration, Transition, Verdict, Window
 
@@ -241,7 +241,7 @@ def test_expired_lease_is_taken_over(toml_file):
 
 CRASH_SCRIPT = textwrap.dedent("""
     import sys
-    from migrator.phases import DbApplier, transition
+    from migrator.control.phases import DbApplier, transition
     from migrator.store import open_store
     sf = open_store(sys.argv[1])
     transition(sf, int(sys.argv[2]), "ROLLED_BACK", applier=DbApplier(), reason="operator rollback")

@@ -9,7 +9,7 @@ import pytest
 from kernel_util import needs_root
 from typer.testing import CliRunner
 
-from migrator import doctor as core
+from migrator.tools import doctor as core
 from migrator.cli import app
 
 EXPECTED_NAMES = {

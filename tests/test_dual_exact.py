@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from kernel_util import collect, needs_root, records
-from migrator.bpf_loader import Probe
-from migrator.loadgen import LoadGen
-from migrator.pipeline import Pipeline
+from migrator.dataplane.loader import Probe
+from migrator.dataplane.loadgen import LoadGen
+from migrator.dataplane.pipeline import Pipeline
 
 pytestmark = [pytest.mark.kernel, needs_root]
 N = 100_000

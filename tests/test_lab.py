@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from kernel_util import needs_root
 from migrator.cli import app
 from migrator.errors import LabConfigError, LabNameCollision
-from migrator.lab import attach_probe, cpu_load, detach_probe, lab_down, lab_status, lab_up, start_traffic
+from migrator.tools.lab import attach_probe, cpu_load, detach_probe, lab_down, lab_status, lab_up, start_traffic
 
 pytestmark = [pytest.mark.kernel, needs_root]
 PREFIX = f"mt{os.getpid() % 1000}t"  # never the operator's "mig"; unique per test run
@@ -76,7 +76,7 @@ def test_up_is_idempotent_and_repairs(lab):
 
 
 def test_down_after_sigkill_mid_up(lab):
-    code = ("import sys, time\nfrom migrator.lab import lab_up\n"
+    code = ("import sys, time\nfrom migrator.tools.lab import lab_up\n"
             f"lab_up(40, {lab!r}, progress=lambda h: print(h.name, flush=True))\ntime.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -133,8 +133,8 @@ def test_bad_prefix_refused():
 
 
 def test_tc_probe_counts_sent_packets_exactly(lab):
-    from migrator.bpf_loader import Probe
-    from migrator.channels import RingConsumer
+    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.channels import RingConsumer
 
     host = lab_up(1, lab)[0]
     with Probe("tc", ring_bytes=1 << 20) as probe:

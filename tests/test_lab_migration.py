@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from kernel_util import needs_root
 from migrator.config import load_config
-from migrator.labrun import LabStage, run_lab_migration
+from migrator.tools.lab.run import LabStage, run_lab_migration
 from migrator.store.models import Verdict, Window
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, needs_root]

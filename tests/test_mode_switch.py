@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from kernel_util import collect, needs_root, records
-from migrator.bpf_loader import Probe
-from migrator.loadgen import LoadGen
-from migrator.pipeline import Pipeline
-from migrator.schema import MODE_VALUES
+from migrator.dataplane.loader import Probe
+from migrator.dataplane.loadgen import LoadGen
+from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.schema import MODE_VALUES
 
 pytestmark = [pytest.mark.kernel, needs_root]
 

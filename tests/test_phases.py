@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from migrator.errors import GuardFailed, TransitionNotAllowed, TransitionPending
-from migrator.phases import Phase, check_transition, finish_transition, modes_for, next_step, request_transition, transition
+from migrator.control.phases import Phase, check_transition, finish_transition, modes_for, next_step, request_transition, transition
 from migrator.store import api
 from migrator.store.models import Migration, Transition
 

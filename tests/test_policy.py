@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from migrator.config import parse_config
-from migrator.policy import BREACH, NO_DATA, PASS, Baseline, StreakState, judge_group, judge_host, next_streak, what_if
+from migrator.control.policy import BREACH, NO_DATA, PASS, Baseline, StreakState, judge_group, judge_host, next_streak, what_if
 
 from conftest import window
 

@@ -4,9 +4,9 @@ import subprocess
 import pytest
 
 from kernel_util import collect, needs_root, records
-from migrator.bpf_loader import Probe
-from migrator.pipeline import Pipeline
-from migrator.schema import render
+from migrator.dataplane.loader import Probe
+from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.schema import render
 
 pytestmark = [pytest.mark.kernel, needs_root]
 

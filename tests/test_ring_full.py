@@ -2,9 +2,9 @@
 import pytest
 
 from kernel_util import needs_root
-from migrator.bpf_loader import Probe
-from migrator.channels import RingConsumer
-from migrator.loadgen import LoadGen
+from migrator.dataplane.loader import Probe
+from migrator.dataplane.channels import RingConsumer
+from migrator.dataplane.loadgen import LoadGen
 
 pytestmark = [pytest.mark.kernel, needs_root]
 N = 50_000

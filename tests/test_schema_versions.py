@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from kernel_util import collect, needs_root, records
-from migrator.bpf_loader import Probe
-from migrator.loadgen import LoadGen
-from migrator.pipeline import Pipeline
-from migrator.schema import CURRENT_VERSION, EVENT_DTYPE, LAYOUTS, decode_one, fingerprint, upgrade
+from migrator.dataplane.loader import Probe
+from migrator.dataplane.loadgen import LoadGen
+from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.schema import CURRENT_VERSION, EVENT_DTYPE, LAYOUTS, decode_one, fingerprint, upgrade
 
 N = 2_000
 

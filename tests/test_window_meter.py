@@ -1,8 +1,8 @@
 """Window arithmetic on recorded batches: lag percentiles, ordering inversions, loss rate."""
 import numpy as np
 
-from migrator.schema import EVENT_DTYPE
-from migrator.windows import ChannelMeter, ChannelWindow
+from migrator.dataplane.schema import EVENT_DTYPE
+from migrator.dataplane.windows import ChannelMeter, ChannelWindow
 
 
 def batch(seqs, lags_ns, now=10_000_000_000):

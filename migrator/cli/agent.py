@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from migrator import ops
-from migrator.agent import FAULT_KINDS, Agent, inject_fault
+from migrator.control import moves as ops
+from migrator.agent.loop import FAULT_KINDS, Agent, inject_fault
 from migrator.cli import app
 from migrator.cli.control import config_option, writer
 from migrator.store import api

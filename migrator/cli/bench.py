@@ -78,7 +78,7 @@ def consumers(
 
         sudo migrator bench consumers --events 20000 --json | jq .ratios
     """
-    from migrator.bench_consumers import bench_consumers  # loads bcc: only when the command runs
+    from migrator.tools.bench.consumers import bench_consumers  # loads bcc: only when the command runs
 
     result = bench_consumers(events, rate, progress=lambda msg: typer.echo(msg, err=True))
     if json_out:
@@ -102,7 +102,7 @@ def rollback_cmd(
 
     Example: migrator bench rollback --runs 5
     """
-    from migrator.bench_rollback import bench_rollback
+    from migrator.tools.bench.rollback import bench_rollback
 
     res = bench_rollback(runs=runs, hosts=hosts, window=window, pps=pps,
                          progress=lambda m: typer.echo(m, err=True))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from migrator.bench_controller import bench_controller
+from migrator.tools.bench.controller import bench_controller
 from migrator.cli._out import emit_json
 from migrator.cli.bench import bench_app
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import typer
 
-from migrator import ops
+from migrator.control import moves as ops
 from migrator.cli import app
 from migrator.cli._out import emit_json
 from migrator.config import Config, load_config
-from migrator.controller import run_controller, start_migration
-from migrator.phases import DbApplier, label
+from migrator.control.controller import run_controller, start_migration
+from migrator.control.phases import DbApplier, label
 from migrator.store import api, open_store
 
 CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."

@@ -5,7 +5,7 @@ import json
 
 import typer
 
-from migrator import doctor as core
+from migrator.tools import doctor as core
 from migrator.cli import app
 
 _COLOURS = {"OK": "green", "FAIL": "red", "WARN": "yellow"}

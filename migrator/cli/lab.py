@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from migrator import lab as core
+from migrator.tools import lab as core
 from migrator.cli import app
 from migrator.errors import MigratorError
 
@@ -145,9 +145,9 @@ def run(
     import time as _time
 
     from migrator.cli.control import resolve_config
-    from migrator.labrun import run_lab_migration
+    from migrator.tools.lab.run import run_lab_migration
 
-    from migrator.labrun import LAB_FAULTS
+    from migrator.tools.lab.run import LAB_FAULTS
 
     if fault is not None and fault not in LAB_FAULTS:
         raise MigratorError(f"--fault {fault!r} unknown; choose one of {', '.join(LAB_FAULTS)}")

@@ -8,7 +8,7 @@ import typer
 from migrator.cli import app
 from migrator.cli._out import emit_json
 from migrator.cli.render import WINDOW_HEADER, window_line
-from migrator.shadow import parse_duration, run_shadow
+from migrator.tools.shadow import parse_duration, run_shadow
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from migrator import ops
+from migrator.control import moves as ops
 from migrator.cli import app
 from migrator.cli.control import config_option, resolve_config
 from migrator.cli._out import emit_json

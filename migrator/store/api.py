@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from migrator.config import Config
 from migrator.errors import MigratorError, StoreError
 from migrator.store.models import Host, Lease, Migration, Slice, Transition, Verdict, Window
-from migrator.windows import MODES, ChannelWindow
+from migrator.dataplane.windows import MODES, ChannelWindow
 
 WINDOW_FIELDS = [f.name for f in fields(ChannelWindow) if f.name != "extra"]
 FINAL_PHASES = ("COMPLETE", "ROLLED_BACK", "ABORTED")

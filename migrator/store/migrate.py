@@ -1,11 +1,9 @@
 """Alembic driven from code: the CLI upgrades older databases and refuses newer ones.
 
-The migration scripts live in `migrations/` at the project root; env.py takes the connection we
+The migration scripts live in `migrations/` at the project root (shipped as `migrator.migrations`); env.py takes the connection we
 pass through `config.attributes`, so one connection (and its SQLite pragmas) does the work.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -15,14 +13,13 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect
 
 from migrator.errors import StoreError
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+from migrator.resources import migrations_dir
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
     """An alembic Config pointing at our scripts, optionally carrying a live connection."""
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg

@@ -1,6 +1,6 @@
 """Traffic generator for lab hosts: UDP datagrams from the root namespace to a host's address.
 
-Runs as its own process (`python -m migrator.lab.traffic ...`) so the agent or controller is not
+Runs as its own process (`python -m migrator.tools.lab.traffic ...`) so the agent or controller is not
 slowed. It binds the receiving socket inside the host's namespace itself, so datagrams reach a
 listener (no ICMP port-unreachable replies add packets) and it can report what arrived. Every
 run is bounded twice: by `count` and by `seconds` (plus an alarm as a backstop); it always stops
@@ -9,7 +9,7 @@ by itself and prints one JSON line: {"sent", "received", "elapsed"}.
 Profiles: `steady` sends `pps` datagrams per second for `seconds` (or until `count`);
 `burst` sends `count` datagrams as fast as the socket takes them (within `seconds`).
 
-    python -m migrator.lab.traffic --netns mig1 --src 10.213.1.1 --dst 10.213.1.2 --profile burst --count 1000
+    python -m migrator.tools.lab.traffic --netns mig1 --src 10.213.1.1 --dst 10.213.1.2 --profile burst --count 1000
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def start_traffic(host, profile: str = "steady", pps: float = 1000, seconds: flo
     count = check_args(profile, pps, seconds, count)
     if not host.root_addr or not host.host_addr:
         raise LabError(f"lab host {host.name} has no addresses; repair it with `migrator lab up`")
-    argv = [sys.executable, "-m", "migrator.lab.traffic", "--netns", host.netns, "--src", host.root_addr,
+    argv = [sys.executable, "-m", "migrator.tools.lab.traffic", "--netns", host.netns, "--src", host.root_addr,
             "--dst", host.host_addr, "--port", str(port), "--profile", profile, "--pps", str(pps),
             "--seconds", str(seconds), "--count", str(count), "--size", str(size)]
     return TrafficProcess(argv, seconds + GRACE)
@@ -110,7 +110,7 @@ def _on_term(signum, frame) -> None:
 
 
 def _receiver(netns_name: str, dst: str, port: int) -> socket.socket:
-    from migrator.lab.netns import entered
+    from migrator.dataplane.netns import entered
 
     with entered(netns_name):  # a socket keeps the namespace it was made in
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -172,7 +172,7 @@ def run(netns_name: str, src: str, dst: str, port: int, profile: str, pps: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m migrator.lab.traffic", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m migrator.tools.lab.traffic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--netns", required=True)
     ap.add_argument("--src", required=True)
     ap.add_argument("--dst", required=True)

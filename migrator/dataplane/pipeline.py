@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from migrator.bpf_loader import Counters, Probe
-from migrator.bpf_stats import close_stats, enable_stats, prog_run_stats
-from migrator.channels import PerfConsumer, RingConsumer
-from migrator.windows import ChannelMeter, ChannelWindow
+from migrator.dataplane.loader import Counters, Probe
+from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
+from migrator.dataplane.channels import PerfConsumer, RingConsumer
+from migrator.dataplane.windows import ChannelMeter, ChannelWindow
 
 
 @dataclass

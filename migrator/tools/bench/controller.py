@@ -15,11 +15,11 @@ from pathlib import Path
 from sqlalchemy import func, insert, select
 
 from migrator.config import parse_config
-from migrator.controller import Controller
-from migrator.phases import Phase, transition
+from migrator.control.controller import Controller
+from migrator.control.phases import Phase, transition
 from migrator.store import api, open_store
 from migrator.store.models import Migration, Window
-from migrator.windows import ChannelWindow
+from migrator.dataplane.windows import ChannelWindow
 
 T0 = 1_700_000_000.0
 

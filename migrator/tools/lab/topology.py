@@ -16,13 +16,14 @@ from typing import Callable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from migrator.errors import LabError, LabNameCollision
-from migrator.lab import names, netns
+from migrator.errors import LabError, LabHostNotFound, LabNameCollision
+from migrator.dataplane import netns
+from migrator.dataplane.tc import HOOKS, attach_tc, detach_tc, find_link, has_clsact, netns_route
+from migrator.tools.lab import names
 
 LAB_NET = ipaddress.ip_network("10.213.0.0/16")  # private block; one /30 per host, never routed out
 PREFIXLEN = 30
 CLSACT_HANDLE = 0xFFFF0000
-HOOKS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 LOCK_PATH = "/run/migrator-lab.lock"
 
 
@@ -51,16 +52,6 @@ def _lab_lock():
     with open(LOCK_PATH, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
-
-
-def _ns_ipr(name: str) -> IPRoute:
-    # flags=0: never create the namespace as a side effect of looking into it.
-    return IPRoute(netns=name, flags=0)
-
-
-def _link(ipr: IPRoute, ifname: str):
-    found = ipr.get_links(ifname=ifname) if ipr.link_lookup(ifname=ifname) else []
-    return found[0] if found else None
 
 
 def _kind(link) -> str | None:
@@ -92,7 +83,7 @@ def _free_subnet(ipr: IPRoute) -> ipaddress.IPv4Network:
 
 
 def _check_free(ipr: IPRoute, ifname: str, fix: str) -> None:
-    link = _link(ipr, ifname)
+    link = find_link(ipr, ifname)
     if link is not None and _kind(link) != "veth":
         raise LabNameCollision(ifname, f"a {_kind(link) or 'non-veth'} link", fix)
 
@@ -104,20 +95,20 @@ def _up_host(ipr: IPRoute, prefix: str, i: int) -> LabHost:
     _check_free(ipr, hif, fix)
     if not netns.is_mounted(ns):
         netns.create(ns)
-    with _ns_ipr(ns) as nsr:
-        root = _link(ipr, rif)
-        peer = _link(nsr, hif)
+    with netns_route(ns) as nsr:
+        root = find_link(ipr, rif)
+        peer = find_link(nsr, hif)
         if root is not None and peer is None:  # half a pair (peer elsewhere): rebuild it
             ipr.link("del", index=root["index"])
             root = None
-        stray = _link(ipr, hif)
+        stray = find_link(ipr, hif)
         if stray is not None:  # a host end that never made it into the namespace
             ipr.link("del", index=stray["index"])
         if root is None:
             if peer is not None:
                 nsr.link("del", index=peer["index"])
             ipr.link("add", ifname=rif, kind="veth", peer={"ifname": hif, "net_ns_fd": ns})
-            root, peer = _link(ipr, rif), _link(nsr, hif)
+            root, peer = find_link(ipr, rif), find_link(nsr, hif)
         # IPv6 off on both ends before they come up: no RS/ND/MLD, only the traffic we send.
         netns.write_sysctl(f"net.ipv6.conf.{rif}.disable_ipv6", "1")
         netns.write_sysctl(f"net.ipv6.conf.{hif}.disable_ipv6", "1", netns=ns)
@@ -135,13 +126,9 @@ def _up_host(ipr: IPRoute, prefix: str, i: int) -> LabHost:
         ipr.link("set", index=root["index"], state="up")
         nsr.link("set", index=peer["index"], state="up")
         nsr.link("set", index=nsr.link_lookup(ifname="lo")[0], state="up")
-        if not _has_clsact(nsr, peer["index"]):
+        if not has_clsact(nsr, peer["index"]):
             nsr.tc("add", "clsact", peer["index"])
         return _describe(nsr, prefix, i, root_addr)
-
-
-def _has_clsact(nsr: IPRoute, index: int) -> bool:
-    return any(q.get("TCA_KIND") == "clsact" for q in nsr.get_qdiscs(index))
 
 
 def _filter_names(nsr: IPRoute, index: int) -> dict[str, list[str]]:
@@ -159,10 +146,10 @@ def _describe(nsr: IPRoute | None, prefix: str, i: int, root_addr: str | None) -
                    root_if=names.root_ifname(prefix, i), host_if=names.host_ifname(prefix, i), root_addr=root_addr)
     if nsr is None:
         return host
-    peer = _link(nsr, host.host_if)
+    peer = find_link(nsr, host.host_if)
     if peer is not None:
         host.host_addr = _lab_addr(_addrs_v4(nsr, peer["index"]))
-        host.qdisc = _has_clsact(nsr, peer["index"])
+        host.qdisc = has_clsact(nsr, peer["index"])
         if host.qdisc:
             host.filters = _filter_names(nsr, peer["index"])
     return host
@@ -212,7 +199,7 @@ def lab_status(prefix: str = "mig") -> list[LabHost]:
             root = links.get(i)
             root_addr = _lab_addr(_addrs_v4(ipr, root["index"])) if root is not None else None
             if names.ns_name(prefix, i) in have_ns and netns.is_mounted(names.ns_name(prefix, i)):
-                with _ns_ipr(names.ns_name(prefix, i)) as nsr:
+                with netns_route(names.ns_name(prefix, i)) as nsr:
                     out.append(_describe(nsr, prefix, i, root_addr))
             else:
                 out.append(_describe(None, prefix, i, root_addr))
@@ -221,8 +208,6 @@ def lab_status(prefix: str = "mig") -> list[LabHost]:
 
 def get_host(name: str, prefix: str | None = None) -> LabHost:
     """The lab host called `name` (e.g. 'mig2'); prefix defaults to the name without its number."""
-    from migrator.errors import LabHostNotFound
-
     if prefix is None:
         prefix = name.rstrip("0123456789") or name
     for host in lab_status(prefix):
@@ -244,12 +229,12 @@ def lab_down(prefix: str = "mig") -> dict[str, list[str]]:
                 netns.remove(ns)
                 removed["netns"].append(ns)
                 continue
-            with _ns_ipr(ns) as nsr:
+            with netns_route(ns) as nsr:
                 for link in nsr.get_links():
                     ifname = link.get("IFLA_IFNAME")
                     if names.if_index(prefix, ifname) is None:
                         continue
-                    if _has_clsact(nsr, link["index"]):
+                    if has_clsact(nsr, link["index"]):
                         nsr.tc("del", "clsact", link["index"])
                         removed["qdiscs"].append(f"{ns}/{ifname}")
                     nsr.link("del", index=link["index"])  # takes its root-side peer with it
@@ -267,3 +252,13 @@ def lab_down(prefix: str = "mig") -> dict[str, list[str]]:
                     if exc.code != 19:  # ENODEV: went with its peer meanwhile
                         raise
     return removed
+
+
+def attach_probe(host: LabHost, prog_fd: int, direction: str = "ingress", name: str = "tc_packet") -> None:
+    """Attach a SCHED_CLS program on the lab host's interface, inside its namespace."""
+    attach_tc(prog_fd, host.host_if, host.netns, direction, name)
+
+
+def detach_probe(host: LabHost, direction: str | None = None) -> int:
+    """Remove the lab host's BPF filters from one hook (None: both); returns how many."""
+    return detach_tc(host.host_if, host.netns, direction)

@@ -13,7 +13,7 @@ from array import array
 
 import numpy as np
 
-from migrator.windows import ChannelMeter
+from migrator.dataplane.windows import ChannelMeter
 
 # struct event_hdr as u64 words: [0] version/flags/cpu, [1] seq, [2] ktime_ns. Indexing an
 # array made in place at the pointer is the cheapest ctypes read measured here (~0.2 us,

@@ -18,15 +18,16 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrator.agent_link import DbLink, Desired
-from migrator.bpf_loader import Probe
+from migrator.agent.link import DbLink, Desired
+from migrator.dataplane.loader import Probe
 from migrator.config import Config
 from migrator.errors import MigratorError
-from migrator.loadgen import LoadGen
-from migrator.pipeline import Pipeline
-from migrator.schema import fingerprint
+from migrator.dataplane.loadgen import LoadGen
+from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.tc import attach_tc
+from migrator.dataplane.schema import fingerprint
 from migrator.store.api import active_migration, hosts
-from migrator.windows import ChannelWindow, merge_windows
+from migrator.dataplane.windows import ChannelWindow, merge_windows
 
 log = logging.getLogger("migrator.agent")
 FAULT_DIR = Path(os.environ.get("MIGRATOR_FAULT_DIR", "/run/migrator/faults"))
@@ -67,11 +68,14 @@ class Agent:
     """One host's agent. `run()` blocks until `stop` is set or `deadline` passes."""
 
     def __init__(self, session_factory: sessionmaker[Session], config: Config, host: str,
-                 migration_id: int | None = None, *, lab_prefix: str | None = None,
+                 migration_id: int | None = None, *, tc_device: str | None = None, tc_netns: str | None = None,
                  fault_dir: Path = FAULT_DIR, mode_poll: float = 0.01, db_lost_after: float | None = None) -> None:
         self.sf, self.cfg, self.host = session_factory, config, host
         self.migration_id = migration_id
-        self.lab_prefix = lab_prefix if lab_prefix is not None else config.lab.prefix
+        # Where the tc demo probe attaches: by default the lab's layout (device <host>-n inside
+        # the namespace named after the host).
+        self.tc_device = tc_device or f"{host}-n"
+        self.tc_netns = tc_netns if tc_netns is not None else host
         self.fault_dir = fault_dir
         self.mode_poll = mode_poll
         # Without a successful round trip for this long the database counts as lost.
@@ -164,10 +168,8 @@ class Agent:
             pipe = Pipeline(probe, host=self.host, perf_pages=b.perf_pages)
             probe.set_mode(mode)
             if self.cfg.probe.name == "tc":
-                from migrator.lab import attach_probe, get_host
-
                 # replace-filter: an already attached program is swapped atomically
-                attach_probe(get_host(self.host, self.lab_prefix), probe.tc_fn.fd)
+                attach_tc(probe.tc_fn.fd, self.tc_device, self.tc_netns or None)
             elif self.cfg.probe.name == "synthetic":
                 gen = LoadGen(self.cfg.probe.rate * 24 * 3600, self.cfg.probe.rate)
                 probe.set_target(gen.pid)

@@ -17,14 +17,14 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from migrator import ops
-from migrator.agent import FAULT_KINDS, inject_fault
+from migrator.control import moves as ops
+from migrator.agent.loop import FAULT_KINDS, inject_fault
 from migrator.config import Config, load_config, percent_of
-from migrator.controller import StepResult, run_controller, start_migration
+from migrator.control.controller import StepResult, run_controller, start_migration
 from migrator.errors import MigratorError
-from migrator.phases import DbApplier, label
-from migrator.policy import StreakState, next_streak
-from migrator.schema import fingerprint
+from migrator.control.phases import DbApplier, label
+from migrator.control.policy import StreakState, next_streak
+from migrator.dataplane.schema import fingerprint
 from migrator.store import api, open_store
 from migrator.store.models import Host, Migration
 
@@ -189,7 +189,7 @@ class LabStage:
         self.mid = 0
 
     def __enter__(self) -> "LabStage":
-        from migrator.lab import lab_up, start_traffic
+        from migrator.tools.lab import lab_up, start_traffic
 
         cfg = self.cfg
         self.say(f"lab: {len(self.names)} hosts ({', '.join(self.names)}), windows of {cfg.window_seconds:g} s, "
@@ -211,7 +211,7 @@ class LabStage:
         return self
 
     def __exit__(self, *exc) -> None:
-        from migrator.lab import lab_down
+        from migrator.tools.lab import lab_down
 
         for t in self.traffic:
             try:
@@ -229,7 +229,7 @@ class LabStage:
 
     def inject(self, fault: str, host: str, seconds: float) -> None:
         """A fault on one lab host: agent-side (stall-ring, shrink-ring) or from outside (burst, cpu-load)."""
-        from migrator.lab import cpu_load, get_host, start_traffic
+        from migrator.tools.lab import cpu_load, get_host, start_traffic
 
         if fault in FAULT_KINDS:
             inject_fault(host, fault, seconds)

@@ -11,7 +11,7 @@ from typing import Callable
 from sqlalchemy import select
 
 from migrator.config import load_config
-from migrator.labrun import run_lab_migration
+from migrator.tools.lab.run import run_lab_migration
 from migrator.store import open_store
 from migrator.store.models import Transition, Window
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from migrator.errors import ChannelError
-from migrator.schema import EVENT_DTYPE, RECORD_SIZE, decode_one, empty_batch, split_versions
+from migrator.dataplane.schema import EVENT_DTYPE, RECORD_SIZE, decode_one, empty_batch, split_versions
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BUSY = 1 << 31

@@ -1,6 +1,6 @@
 """Synthetic event generator: a child process making `count` getppid() calls at `rate` per second.
 
-Run as `python -m migrator.loadgen COUNT RATE`; it waits for one byte on stdin before starting so
+Run as `python -m migrator.dataplane.loadgen COUNT RATE`; it waits for one byte on stdin before starting so
 the parent can point the probe's target map at its pid first.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class LoadGen:
 
     def __init__(self, count: int, rate: float = 0) -> None:
         self.count, self.rate = count, rate
-        self.proc = subprocess.Popen([sys.executable, "-m", "migrator.loadgen", str(count), str(rate)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "migrator.dataplane.loadgen", str(count), str(rate)],
                                      stdin=subprocess.PIPE)
 
     @property

@@ -5,11 +5,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from migrator.bpf_loader import Probe
+from migrator.dataplane.loader import Probe
 from migrator.errors import MigratorError
-from migrator.loadgen import LoadGen
-from migrator.pipeline import Pipeline
-from migrator.windows import ChannelWindow
+from migrator.dataplane.loadgen import LoadGen
+from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.windows import ChannelWindow
 
 
 def parse_duration(text: str, option: str = "--window") -> float:

@@ -7,10 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrator.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
-from migrator.schema import MODE_NAMES, MODE_VALUES
+from migrator.dataplane.schema import MODE_NAMES, MODE_VALUES
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 PROBES = {"synthetic": "synthetic.bpf.c", "proc": "proc.bpf.c", "tc": "tc_packet.bpf.c"}
 WAKEUPS = {"adaptive": 0, "no_wakeup": 1, "force_wakeup": 2}
 SUBMITS = {"reserve": 0, "output": 1}
@@ -42,12 +42,12 @@ def render_source(probe: str) -> str:
     file, so the shared emit library must be part of it rather than a real #include.
     """
     try:
-        path = BPF_DIR / PROBES[probe]
+        path = bpf_dir() / PROBES[probe]
     except KeyError:
         raise MigratorError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}") from None
 
     def inline(m: re.Match) -> str:
-        inc = BPF_DIR / m.group(1)
+        inc = bpf_dir() / m.group(1)
         return f"/* ---- inlined {inc.name} ---- */\n{inc.read_text()}\n/* ---- end {inc.name} ---- */\n"
 
     return re.sub(r'^#include "([^"]+)"[ \t]*$', inline, path.read_text(), flags=re.M)

@@ -9,16 +9,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.config import Config, config_from_snapshot
 from migrator.errors import MigratorError, StoreError
-from migrator.phases import DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
-from migrator.policy import what_if as replay
+from migrator.control.phases import DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
+from migrator.control.policy import what_if as replay
 from migrator.store import api
 from migrator.store.models import Host, Lease, Migration, Verdict, Window
 
 
 def default_fingerprint() -> str:
-    """The data plane's event schema fingerprint (migrator.schema), 'unknown' if it cannot be computed."""
+    """The data plane's event schema fingerprint (migrator.dataplane.schema), 'unknown' if it cannot be computed."""
     try:
-        from migrator.schema import fingerprint
+        from migrator.dataplane.schema import fingerprint
         return fingerprint()
     except Exception:  # the data plane may be absent on a controller-only host
         return "unknown"

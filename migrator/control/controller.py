@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.config import Config, config_from_snapshot
 from migrator.errors import ApplyTimeout, GuardFailed, LeaseHeld, MigratorError
-from migrator.phases import (
+from migrator.control.phases import (
     FINAL,
     MEASURED,
     DbApplier,
@@ -37,10 +37,10 @@ from migrator.phases import (
     request_transition,
     slice_count,
 )
-from migrator.policy import BREACH, NO_DATA, PASS, GroupVerdict, StreakState, judge_group, judged_hosts, needed, next_streak
+from migrator.control.policy import BREACH, NO_DATA, PASS, GroupVerdict, StreakState, judge_group, judged_hosts, needed, next_streak
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
-log = logging.getLogger("migrator.controller")
+log = logging.getLogger("migrator.control.controller")
 
 # Columns the policy reads; loading only these keeps a 1000-host step cheap.
 _JUDGE_COLS = [Window.id, Window.host, Window.channel, Window.index, Window.start, Window.end, Window.mode,

@@ -1,5 +1,5 @@
 """Fault helpers the lab can inject by itself: bounded CPU load (burst traffic is a profile of
-migrator.lab.traffic). Stalling the ring consumer and shrinking the ring are agent-side."""
+migrator.tools.lab.traffic). Stalling the ring consumer and shrinking the ring are agent-side."""
 from __future__ import annotations
 
 import os
@@ -23,9 +23,9 @@ def cpu_load(seconds: float, cpu: int | None = None, duty: float = 1.0) -> subpr
         raise LabConfigError("duty", duty, "choose 0 < duty <= 1")
     if cpu is not None and cpu not in os.sched_getaffinity(0):
         raise LabConfigError("cpu", cpu, f"choose one of {sorted(os.sched_getaffinity(0))}")
-    # `-c` rather than `-m migrator.lab.faults`: the package imports this module first, and runpy
+    # `-c` rather than `-m migrator.tools.lab.faults`: the package imports this module first, and runpy
     # warns about running a module that is already imported.
-    return subprocess.Popen([sys.executable, "-c", "import sys; from migrator.lab.faults import _burn; "
+    return subprocess.Popen([sys.executable, "-c", "import sys; from migrator.tools.lab.faults import _burn; "
                              "_burn(float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))",
                              str(seconds), "-1" if cpu is None else str(cpu), str(duty)])
 

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from migrator.bpf_loader import Probe
-from migrator.bpf_stats import close_stats, enable_stats, prog_run_stats
-from migrator.channels.bcc_ref import BccPerfRef, BccRingRef
+from migrator.dataplane.loader import Probe
+from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
+from migrator.tools.bench.bcc_ref import BccPerfRef, BccRingRef
 from migrator.errors import MigratorError
-from migrator.loadgen import LoadGen
-from migrator.pipeline import Pipeline
+from migrator.dataplane.loadgen import LoadGen
+from migrator.dataplane.pipeline import Pipeline
 
 PATHS = ("bcc-ring", "bcc-perf", "ring", "perf")
 KEYS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s", "lag_p99_ms")
