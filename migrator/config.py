@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from migrator.errors import ConfigError
+from migrator.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, is_host_name, is_lab_prefix, parse_percent,
+                            percent_of)
 
 NO_DATA_ACTIONS = ("hold", "breach", "reset")
 PROBES = ("tc", "synthetic", "proc")
@@ -24,7 +25,6 @@ RING_SUBMIT = ("reserve", "output")
 WAKEUPS = ("adaptive", "no_wakeup", "force_wakeup")
 PAGE_SIZE = 4096
 PHASE_KEYS = ("dual_instrument", "shadow", "canary")
-_HOST_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class Probe:
+class ProbeConfig:
     name: str = "tc"
     rate: int = 20000
 
@@ -85,7 +85,7 @@ class Config:
     no_data: str = "hold"
     phases: Phases = Phases()
     thresholds: Thresholds = Thresholds()
-    probe: Probe = Probe()
+    probe: ProbeConfig = ProbeConfig()
     buffers: Buffers = Buffers()
     lab: Lab = Lab()
     # Resolved at load time: the host list and the cumulative host set of each canary slice.
@@ -230,7 +230,7 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     )
 
     pr = p.section(data, "probe", ("name", "rate"))
-    probe = Probe(p.choice(pr, "name", "tc", "probe.name", PROBES),
+    probe = ProbeConfig(p.choice(pr, "name", "tc", "probe.name", PROBES),
                   p.integer(pr, "rate", 20000, "probe.rate", minimum=1))
 
     bu = p.section(data, "buffers", ("ring_bytes", "perf_pages", "ring_submit", "wakeup"))
@@ -248,9 +248,8 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
 
     la = p.section(data, "lab", ("hosts", "prefix", "pps"))
     prefix = la.get("prefix", "mig")
-    if not isinstance(prefix, str) or not _HOST_RE.match(prefix):
-        raise p.err("lab.prefix", f"must be a non-empty name of letters, digits, '_', '-' or '.', got {prefix!r}",
-                    'write e.g. prefix = "mig"')
+    if not is_lab_prefix(prefix):
+        raise p.err("lab.prefix", f"must be {LAB_PREFIX_RULE}, got {prefix!r}", 'write e.g. prefix = "mig"')
     lab = Lab(p.integer(la, "hosts", 4, "lab.hosts", minimum=1), prefix,
               p.integer(la, "pps", 2000, "lab.pps", minimum=1))
 
@@ -258,8 +257,8 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     if not isinstance(hosts_raw, list):
         raise p.err("hosts", f"must be an array of host names, got {_tname(hosts_raw)}", 'write hosts = ["web1", "web2"] or hosts = []')
     for i, h in enumerate(hosts_raw):
-        if not isinstance(h, str) or not _HOST_RE.match(h):
-            raise p.err(f"hosts[{i}]", f"must be a host name (letters, digits, '_', '-', '.'), got {h!r}",
+        if not is_host_name(h):
+            raise p.err(f"hosts[{i}]", f"must be a host name ({HOST_NAME_RULE}), got {h!r}",
                         "quote each host name")
     if len(set(hosts_raw)) != len(hosts_raw):
         dup = next(h for h in hosts_raw if hosts_raw.count(h) > 1)
@@ -275,11 +274,6 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
         phases=Phases(**rules), thresholds=thresholds, probe=probe, buffers=buffers, lab=lab,
         host_names=host_names, slice_hosts=slice_hosts, database_url=url,
     )
-
-
-def percent_of(percent: float, n_hosts: int) -> int:
-    """Hosts in a percentage slice: rounded up, at least one."""
-    return max(1, math.ceil(percent * n_hosts / 100 - 1e-9))
 
 
 def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
@@ -300,10 +294,10 @@ def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
                 raise p.err(fld, f"must be between 1 and {n} hosts, got {s}", f"use a count from 1 to {n}")
             count, spec = s, s
         elif isinstance(s, str):
-            m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", s)
-            if not m or not 0 < float(m.group(1)) <= 100:
+            pct = parse_percent(s)
+            if pct is None or not 0 < pct <= 100:
                 raise p.err(fld, f"must be a percentage like \"50%\" in (0, 100], got {s!r}", 'write e.g. "50%"')
-            count, spec = percent_of(float(m.group(1)), n), s.strip()
+            count, spec = percent_of(pct, n), s.strip()
         elif isinstance(s, list):
             unknown = [h for h in s if h not in host_names]
             if unknown or not s:

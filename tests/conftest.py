@@ -7,7 +7,7 @@ import pytest
 
 from migrator.config import Config, load_config
 from migrator.store import open_store
-from migrator.dataplane.windows import ChannelWindow
+from migrator.records import ChannelWindow
 
 T0 = 1_000_000.0  # a fixed clock: transitions confirm at T0, windows start after it
 
@@ -47,6 +47,18 @@ def window(host: str, channel: str, index: int, *, mode: str = "DUAL", attempts:
     return ChannelWindow(host=host, channel=channel, index=index, start=s, end=s + 1.0, mode=mode,
                          attempts=attempts, delivered=attempts - lost - dropped, lost=lost, dropped_full=dropped,
                          lag_p50_ms=lag, lag_p99_ms=lag, lag_max_ms=lag, **kw)
+
+
+def record(session, migration_id: int, w: ChannelWindow) -> int:
+    """Store one window through the agents' write path (api.record_windows); returns its row id."""
+    from sqlalchemy import select
+
+    from migrator.store import api
+    from migrator.store.models import Window
+
+    api.record_windows(session, migration_id, [w])
+    return session.scalar(select(Window.id).where(Window.migration_id == migration_id, Window.host == w.host,
+                                                  Window.channel == w.channel, Window.index == w.index))
 
 
 class RecordingApplier:

@@ -151,7 +151,7 @@ def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
 
 
 def test_merge_windows_adds_counts_and_keeps_the_worse_lag():
-    from migrator.dataplane.windows import ChannelWindow, merge_windows
+    from migrator.records import ChannelWindow, merge_windows
 
     a = ChannelWindow(host="h", channel="ring", index=-1, start=0.0, end=0.4, mode="DUAL", attempts=100,
                       delivered=90, dropped_full=4, in_flight=6, lag_p99_ms=5.0, residual=0)

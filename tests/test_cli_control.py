@@ -13,7 +13,7 @@ from migrator.cli import app
 from migrator.store import api, make_engine, open_store
 from migrator.store.migrate import head_revision
 
-from conftest import window
+from conftest import window, record
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_init_plan_start_and_views(cfg_path):
         for i in range(3):
             for h in ("h1", "h2"):
                 for ch in ("ring", "perf"):
-                    api.record_window(s, 1, window(h, ch, i, start=2e9 + i, lost=5 if ch == "ring" else 0))
+                    record(s, 1, window(h, ch, i, start=2e9 + i, lost=5 if ch == "ring" else 0))
 
     r = run("windows", "-c", cfg_path, "--host", "h1", "--channel", "ring", "--last", "2", "--json")
     assert r.exit_code == 0

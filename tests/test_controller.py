@@ -20,7 +20,7 @@ from migrator.control.phases import DbApplier, Phase, transition
 from migrator.store import api, open_store
 from migrator.store.models import Host, Migration, Transition, Verdict, Window
 
-from conftest import T0, RecordingApplier, window
+from conftest import T0, RecordingApplier, window, record
 
 N = 3
 
@@ -47,9 +47,9 @@ def canary_index(sf, mid, i, verdict):
     lost = {"B": 50, "P": 0, "N": 0}[verdict]
     attempts = 0 if verdict == "N" else 1000
     with sf() as s, s.begin():
-        ring_id = api.record_window(s, mid, window("h1", "ring", i, mode="RING", attempts=attempts, lost=lost))
+        ring_id = record(s, mid, window("h1", "ring", i, mode="RING", attempts=attempts, lost=lost))
         for h in ("h2", "h3"):
-            api.record_window(s, mid, window(h, "perf", i, mode="PERF"))
+            record(s, mid, window(h, "perf", i, mode="PERF"))
     return ring_id
 
 
@@ -123,7 +123,7 @@ def test_auto_advance_after_min_clean_windows_and_manual_gate(toml_file):
     with sf() as s, s.begin():
         for i in range(2):
             for h in ("h1", "h2", "h3"):
-                api.record_window(s, mid, window(h, "ring", i))
+                record(s, mid, window(h, "ring", i))
     res = step(sf, ctl)
     assert [g.verdict for g in res.judged] == ["pass", "pass"] and res.target == "SHADOW"
     ctl.finish()
@@ -137,7 +137,7 @@ def test_auto_advance_after_min_clean_windows_and_manual_gate(toml_file):
     with sf() as s, s.begin():
         for i in range(2):
             for h in ("h1", "h2", "h3"):
-                api.record_window(s, mid, window(h, "ring", i))
+                record(s, mid, window(h, "ring", i))
     res = step(sf, ctl)
     assert res.target is None
     assert res.blocked == "DUAL_INSTRUMENT: 2 clean windows; manual gate: waiting for `migrator advance`"
@@ -148,7 +148,7 @@ def test_schema_fingerprint_change_blocks_advance(toml_file):
     with sf() as s, s.begin():
         for i in range(2):
             for h in ("h1", "h2", "h3"):
-                api.record_window(s, mid, window(h, "ring", i, extra={"schema_fingerprint": "fp2" if h == "h3" else "fp1"}))
+                record(s, mid, window(h, "ring", i, extra={"schema_fingerprint": "fp2" if h == "h3" else "fp1"}))
     res = step(sf, ctl)
     assert res.target is None
     assert res.blocked == ("cannot go from DUAL_INSTRUMENT to SHADOW: guard 'schema_fingerprint': event schema changed "
@@ -159,7 +159,7 @@ def test_incomplete_index_waits_until_late_then_missing_host_is_no_data(toml_fil
     sf, mid, ctl = setup(toml_file, [(Phase.DUAL_INSTRUMENT, 0)])
     with sf() as s, s.begin():
         for h in ("h1", "h2"):
-            api.record_window(s, mid, window(h, "ring", 0))
+            record(s, mid, window(h, "ring", 0))
     end = T0 + 11.0
     assert step(sf, ctl, now=end + 1.0).judged == []
     res = step(sf, ctl, now=end + 2.0)
@@ -169,9 +169,9 @@ def test_incomplete_index_waits_until_late_then_missing_host_is_no_data(toml_fil
 def test_windows_are_idempotent_and_stamped_with_their_phase(toml_file):
     sf, mid, _ = setup(toml_file, [(Phase.DUAL_INSTRUMENT, 0)])
     with sf() as s, s.begin():
-        a = api.record_window(s, mid, window("h1", "ring", 0))
-        b = api.record_window(s, mid, window("h1", "ring", 0, lost=999))
-        c = api.record_window(s, mid, window("h1", "perf", 0, start=T0 - 5))  # began before DUAL was confirmed
+        a = record(s, mid, window("h1", "ring", 0))
+        b = record(s, mid, window("h1", "ring", 0, lost=999))
+        c = record(s, mid, window("h1", "perf", 0, start=T0 - 5))  # began before DUAL was confirmed
         assert api.record_windows(s, mid, [window("h1", "ring", 0), window("h2", "ring", 0)]) == 1
     assert a == b
     with sf() as s:

@@ -14,7 +14,7 @@ from migrator.cli import app
 
 EXPECTED_NAMES = {
     "privileges", "kernel", "btf", "ringbuf", "perf_event_array", "tracefs", "bpffs",
-    "kernel_headers", "bcc", "lockdown", "memlock", "kprobes",
+    "kernel_headers", "bcc", "lockdown", "memlock", "kprobes", "bpf_sources",
 }
 
 

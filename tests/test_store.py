@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from migrator.cli import app
 from migrator.store import api
 
-from conftest import T0, window
+from conftest import T0, window, record
 
 
 def test_record_windows_bulk_is_idempotent(session_factory, config):
@@ -17,7 +17,7 @@ def test_record_windows_bulk_is_idempotent(session_factory, config):
         ws = [window(h, c, i) for h in ("h1", "h2") for c in ("ring", "perf") for i in range(3)]
         assert api.record_windows(s, mid, ws) == 12
         assert api.record_windows(s, mid, ws) == 0
-        assert api.record_window(s, mid, ws[0]) == api.list_windows(s, mid, last=12)[0]["id"]
+        assert record(s, mid, ws[0]) == api.list_windows(s, mid, last=12)[0]["id"]
         assert len(api.list_windows(s, mid)) == 12
 
 

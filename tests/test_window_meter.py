@@ -2,7 +2,8 @@
 import numpy as np
 
 from migrator.dataplane.schema import EVENT_DTYPE
-from migrator.dataplane.windows import ChannelMeter, ChannelWindow
+from migrator.dataplane.windows import ChannelMeter
+from migrator.records import ChannelWindow
 
 
 def batch(seqs, lags_ns, now=10_000_000_000):

@@ -27,7 +27,7 @@ from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.tc import attach_tc
 from migrator.dataplane.schema import fingerprint
 from migrator.store.api import active_migration, hosts
-from migrator.dataplane.windows import ChannelWindow, merge_windows
+from migrator.records import ChannelWindow, merge_windows
 
 log = logging.getLogger("migrator.agent")
 FAULT_DIR = Path(os.environ.get("MIGRATOR_FAULT_DIR", "/run/migrator/faults"))

@@ -12,6 +12,7 @@ import typer
 from migrator.control import moves as ops
 from migrator.agent.loop import FAULT_KINDS, Agent, inject_fault
 from migrator.cli import app
+from migrator.errors import MigratorError
 from migrator.cli.control import config_option, writer
 from migrator.store import api
 
@@ -37,7 +38,7 @@ def agent_cmd(
     with sf() as s:
         m = api.get_migration(s, migration) if migration else api.active_migration(s)
         if m is None:
-            raise ops.MigratorError("no active migration in the database; run `migrator init` first")
+            raise MigratorError("no active migration in the database; run `migrator init` first")
         mid, snap = m.id, ops.snapshot_config(m)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

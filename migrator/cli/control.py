@@ -13,6 +13,7 @@ import typer
 
 from migrator.control import moves as ops
 from migrator.cli import app
+from migrator.errors import StoreError
 from migrator.cli._out import emit_json
 from migrator.config import Config, load_config
 from migrator.control.controller import run_controller, start_migration
@@ -110,7 +111,7 @@ def start_cmd(config: Path = config_option(),
     with sf() as s:
         m = api.active_migration(s)
         if m is None:
-            raise ops.StoreError("no active migration in this database; run `migrator init` first")
+            raise StoreError("no active migration in this database; run `migrator init` first")
         ops.check_same_config(m, cfg)
         mid = m.id
     applier = DbApplier(confirm_timeout=confirm_timeout)

@@ -1,7 +1,7 @@
 """Fixed-width window lines for the data-plane commands (JSON goes through cli._out)."""
 from __future__ import annotations
 
-from migrator.dataplane.windows import ChannelWindow
+from migrator.records import ChannelWindow
 
 
 def _ms(v: float | None) -> str:

@@ -13,7 +13,6 @@ from migrator.cli.control import config_option, resolve_config
 from migrator.cli._out import emit_json
 from migrator.store import api, open_store
 
-RO = "Read-only: never writes to the database."
 
 
 def reader(path: Path | None):

@@ -1,14 +1,13 @@
 """Operator operations the CLI commands call: each takes explicit arguments and knows nothing of typer."""
 from __future__ import annotations
 
-import json
 import time
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.config import Config, config_from_snapshot
-from migrator.errors import MigratorError, StoreError
+from migrator.errors import MigratorError
 from migrator.control.phases import DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
 from migrator.control.policy import what_if as replay
 from migrator.store import api
@@ -136,10 +135,5 @@ def what_if_report(session: Session, migration_id: int | None = None, **override
     return report
 
 
-def require_migration(session: Session, migration_id: int | None) -> Migration:
-    m = api.get_migration(session, migration_id)
-    return m
-
-
 __all__ = ["init_migration", "manual_move", "status_report", "what_if_report", "default_fingerprint",
-           "check_same_config", "snapshot_config", "StoreError", "json"]
+           "check_same_config", "snapshot_config"]

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from enum import StrEnum
 from typing import Protocol
 
 from sqlalchemy import bindparam, select, update
@@ -33,21 +32,9 @@ from migrator.errors import (
     TransitionPending,
 )
 from migrator.store.models import Host, Migration, Transition
+from migrator.vocab import FINAL, MEASURED, Phase
 
 
-class Phase(StrEnum):
-    PLANNED = "PLANNED"
-    DUAL_INSTRUMENT = "DUAL_INSTRUMENT"
-    SHADOW = "SHADOW"
-    CANARY = "CANARY"
-    COMPLETE = "COMPLETE"
-    ROLLED_BACK = "ROLLED_BACK"
-    PAUSED = "PAUSED"
-    ABORTED = "ABORTED"
-
-
-FINAL = frozenset({Phase.COMPLETE, Phase.ROLLED_BACK, Phase.ABORTED})
-MEASURED = frozenset({Phase.DUAL_INSTRUMENT, Phase.SHADOW, Phase.CANARY})
 
 LEGAL: dict[Phase, frozenset[Phase]] = {
     Phase.PLANNED: frozenset({Phase.DUAL_INSTRUMENT, Phase.ABORTED}),

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+from migrator.dataplane.syscalls import NR_BPF, libc as _libc
 
-NR_BPF = 321  # x86_64
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
 INFO_SIZE = 232  # sizeof(struct bpf_prog_info) in the 6.1 uapi; the kernel accepts a prefix
 OFF_RUN_TIME_NS, OFF_RUN_CNT = 192, 200
 
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
 
 
 class _InfoAttr(ct.Structure):

@@ -5,11 +5,10 @@ import ctypes as ct
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from migrator.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
-from migrator.dataplane.schema import MODE_NAMES, MODE_VALUES
+from migrator.vocab import MODE_NAMES, MODE_VALUES
 
 PROBES = {"synthetic": "synthetic.bpf.c", "proc": "proc.bpf.c", "tc": "tc_packet.bpf.c"}
 WAKEUPS = {"adaptive": 0, "no_wakeup": 1, "force_wakeup": 2}
@@ -33,6 +32,29 @@ class Counters:
 
     def __sub__(self, o: "Counters") -> "Counters":
         return Counters(self.attempts - o.attempts, self.ok - o.ok, self.full - o.full, self.other - o.other)
+
+    def losses(self, channel: str) -> "Losses":
+        """How this channel's refusals enter the books: dropped by cause, and lost.
+
+        perf's -ENOSPC is the kernel's own "lost" (what PERF_RECORD_LOST reports); a ring
+        refusal is a drop, attributed to "full" or "other" by emit.h at failure time.
+        """
+        if channel == "perf":
+            return Losses(dropped_full=0, dropped_other=self.other, lost=self.full)
+        return Losses(dropped_full=self.full, dropped_other=self.other, lost=0)
+
+
+@dataclass(frozen=True)
+class Losses:
+    """A channel's undelivered records by cause, as the window books count them."""
+
+    dropped_full: int
+    dropped_other: int
+    lost: int
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_full + self.dropped_other
 
 
 def render_source(probe: str) -> str:

@@ -10,7 +10,8 @@ import numpy as np
 from migrator.dataplane.loader import Counters, Probe
 from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
 from migrator.dataplane.channels import PerfConsumer, RingConsumer
-from migrator.dataplane.windows import ChannelMeter, ChannelWindow
+from migrator.dataplane.windows import ChannelMeter
+from migrator.records import ChannelWindow
 
 
 @dataclass
@@ -156,11 +157,9 @@ class Pipeline:
     def totals(self, counters: dict[str, Counters], in_flight: dict[str, int]) -> dict[str, ChannelTotals]:
         out = {}
         for ch, c in counters.items():
-            in_flight_n = in_flight[ch]
-            if ch == "perf":  # perf's -ENOSPC is the kernel's own "lost" count
-                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], 0, c.other, c.full, in_flight_n)
-            else:
-                out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], c.full, c.other, 0, in_flight_n)
+            loss = c.losses(ch)
+            out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], loss.dropped_full, loss.dropped_other,
+                                    loss.lost, in_flight[ch])
         return out
 
     def close_window(self, index: int | None = None) -> list[ChannelWindow]:
@@ -179,6 +178,7 @@ class Pipeline:
         out = []
         for ch in ("perf", "ring"):
             m, d, t = self.meters[ch], counters[ch] - self._prev[ch], totals[ch]
+            loss = d.losses(ch)
             parse = (self.ring if ch == "ring" else self.perf).parse_errors
             oldest = (self.ring if ch == "ring" else self.perf).oldest_ktime()
             backlog_ms = (now_ns - oldest) / 1e6 if oldest is not None else 0.0
@@ -186,8 +186,7 @@ class Pipeline:
             w = ChannelWindow(
                 host=self.host, channel=ch, index=self.window_index if index is None else index, start=self._win_start, end=end, mode=mode,
                 attempts=d.attempts, delivered=m.delivered,
-                dropped_full=d.full if ch == "ring" else 0, dropped_other=d.other,
-                lost=d.full if ch == "perf" else 0,
+                dropped_full=loss.dropped_full, dropped_other=loss.dropped_other, lost=loss.lost,
                 parse_errors=parse - self._prev_parse[ch], in_flight=t.in_flight,
                 lag_p50_ms=p50, lag_p99_ms=p99, lag_max_ms=pmax, inversions=m.inversions,
                 consumer_cpu_s=m.cpu_s, bpf_run_ns=run_ns - self._prev_run[0], bpf_run_cnt=run_cnt - self._prev_run[1],

@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 
+from migrator.vocab import MODE_NAMES
+
 _HDR = [
     ("schema_version", "<u2"),
     ("flags", "<u2"),
@@ -34,8 +36,6 @@ EVENT_DTYPE = LAYOUTS[CURRENT_VERSION]  # every decoded batch has this dtype
 RECORD_SIZE = EVENT_DTYPE.itemsize  # 64; emit.h asserts the same size
 
 KINDS = {1: "synthetic", 2: "fork", 3: "exec", 4: "exit", 5: "packet"}
-MODE_NAMES = {0: "PERF", 1: "DUAL", 2: "RING"}
-MODE_VALUES = {v: k for k, v in MODE_NAMES.items()}
 assert RECORD_SIZE == 64 and LAYOUTS[1].itemsize == 56
 
 

@@ -9,16 +9,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from migrator.config import Config
 from migrator.errors import MigratorError, StoreError
 from migrator.store.models import Host, Lease, Migration, Slice, Transition, Verdict, Window
-from migrator.dataplane.windows import MODES, ChannelWindow
+from migrator.records import ChannelWindow
+from migrator.vocab import FINAL, MODES, first_slices
 
 WINDOW_FIELDS = [f.name for f in fields(ChannelWindow) if f.name != "extra"]
-FINAL_PHASES = ("COMPLETE", "ROLLED_BACK", "ABORTED")
 
 
 def _now(now: float | None) -> float:
@@ -35,12 +35,10 @@ def create_migration(session: Session, config: Config, *, name: str = "", schema
                   slice=0, phase_since=ts, streak=0, streak_window_ids="[]", clean_windows=0, judged_index=-1)
     session.add(m)
     session.flush()
-    first_slice: dict[str, int] = {}
     for k, members in enumerate(config.slice_hosts, start=1):
         session.add(Slice(migration_id=m.id, number=k, spec=json.dumps(config.slices[k - 1]),
                           host_count=len(members)))
-        for h in members:
-            first_slice.setdefault(h, k)
+    first_slice = first_slices(config.slice_hosts)
     session.execute(insert(Host), [
         {"migration_id": m.id, "name": h, "position": i, "slice": first_slice[h], "desired_mode": "PERF"}
         for i, h in enumerate(config.host_names)])
@@ -62,7 +60,7 @@ def get_migration(session: Session, migration_id: int | None = None) -> Migratio
 
 def active_migration(session: Session) -> Migration | None:
     """The newest migration that is not final (what agents and `start` work on), or None."""
-    return session.scalars(select(Migration).where(Migration.phase.not_in(FINAL_PHASES))
+    return session.scalars(select(Migration).where(Migration.phase.not_in([str(p) for p in FINAL]))
                            .order_by(Migration.id.desc()).limit(1)).first()
 
 
@@ -97,23 +95,10 @@ def _note_fingerprint(m: Migration, extra: dict) -> None:
         m.reported_fingerprint = str(fp)
 
 
-def record_window(session: Session, migration_id: int, w: ChannelWindow, now: float | None = None) -> int:
-    """Store one window (agents call this); a re-sent (host, channel, index) returns the existing id."""
-    existing = session.scalar(select(Window.id).where(
-        Window.migration_id == migration_id, Window.host == w.host,
-        Window.channel == w.channel, Window.index == w.index))
-    if existing is not None:
-        return existing
-    m = get_migration(session, migration_id)
-    phase, slice_ = _window_phase(session, m, w.start)
-    row = _window_row(migration_id, phase, slice_, w, _now(now))
-    wid = session.execute(insert(Window).returning(Window.id), [row]).scalar_one()
-    _note_fingerprint(m, w.extra)
-    return wid
-
 
 def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWindow], now: float | None = None) -> int:
-    """Bulk record_window (one executemany); duplicates are skipped. Returns how many were new."""
+    """Store windows (the one write path: agents, the library and tests); a re-sent (host, channel,
+    index) is skipped. One executemany; returns how many were new."""
     if not ws:
         return 0
     m = get_migration(session, migration_id)
@@ -245,7 +230,3 @@ def iter_window_rows(session: Session, migration_id: int) -> Iterable:
     return session.execute(select(Window).where(Window.migration_id == migration_id)
                            .order_by(Window.index, Window.host, Window.channel)).scalars()
 
-
-def set_desired(session: Session, migration_id: int, modes: dict[str, str]) -> None:
-    for h, mode in modes.items():
-        session.execute(update(Host).where(Host.migration_id == migration_id, Host.name == h).values(desired_mode=mode))

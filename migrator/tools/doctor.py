@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from migrator.dataplane.syscalls import NR_BPF, libc
+
 SETUP = "bash scripts/setup.sh"
 
 REQUIRED = "required"  # a failure makes doctor exit 1
@@ -34,8 +36,6 @@ MIN_MEMLOCK_BYTES = 64 << 20
 BPF_MAP_CREATE = 0
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
-# bpf(2) has no libc wrapper; these are the syscall numbers per architecture.
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "armv7l": 386, "i686": 357, "ppc64le": 361, "s390x": 351}
 
 DEBIAN_BCC_DIR = "/usr/lib/python3/dist-packages"
 
@@ -175,13 +175,11 @@ class _MapCreateAttr(ctypes.Structure):
 
 def bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes = b"") -> int:
     """Create a BPF map with bpf(2) and return its fd; raises OSError with the kernel's errno."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
+    if NR_BPF < 0:
         raise OSError(errno.ENOSYS, f"bpf syscall number unknown for {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
     attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
                           max_entries=max_entries, map_name=name[:15])
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(BPF_MAP_CREATE), ctypes.byref(attr),
+    fd = libc.syscall(ctypes.c_long(NR_BPF), ctypes.c_int(BPF_MAP_CREATE), ctypes.byref(attr),
                       ctypes.c_uint(ctypes.sizeof(attr)))
     if fd < 0:
         err = ctypes.get_errno()
@@ -339,6 +337,19 @@ def check_kprobes(config_path: str = "/proc/config.gz") -> Check:
     return Check("kprobes", True, f"{state}; not required: migrator attaches to tracepoints only", "", WARN)
 
 
+def check_bpf_sources(directory: Path | None = None) -> Check:
+    """The BPF sources migrator compiles (emit.h and the demo probes) are where the package says."""
+    from migrator.dataplane.loader import PROBES
+    from migrator.resources import bpf_dir
+
+    where = directory or bpf_dir()
+    missing = [name for name in ("emit.h", *PROBES.values()) if not (where / name).is_file()]
+    if missing:
+        return Check("bpf_sources", False, f"{where}: missing {', '.join(missing)}",
+                     "reinstall migrator (the wheel ships bpf/ as migrator.bpf)")
+    return Check("bpf_sources", True, str(where))
+
+
 # (name, check) in display order; the name is also used if a check itself crashes.
 CHECKS: tuple[tuple[str, Callable[[], Check]], ...] = (
     ("privileges", check_privileges),
@@ -353,6 +364,7 @@ CHECKS: tuple[tuple[str, Callable[[], Check]], ...] = (
     ("lockdown", check_lockdown),
     ("memlock", check_memlock),
     ("kprobes", check_kprobes),
+    ("bpf_sources", check_bpf_sources),
 )
 CHECK_NAMES = tuple(name for name, _ in CHECKS)
 

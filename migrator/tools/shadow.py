@@ -9,7 +9,7 @@ from migrator.dataplane.loader import Probe
 from migrator.errors import MigratorError
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
-from migrator.dataplane.windows import ChannelWindow
+from migrator.records import ChannelWindow
 
 
 def parse_duration(text: str, option: str = "--window") -> float:

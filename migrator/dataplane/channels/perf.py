@@ -14,9 +14,9 @@ import numpy as np
 
 from migrator.errors import ChannelError
 from migrator.dataplane.schema import EVENT_DTYPE, RECORD_SIZE, decode_one, empty_batch, split_versions
+from migrator.dataplane.syscalls import NR_PERF_EVENT_OPEN, libc as _libc
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-NR_PERF_EVENT_OPEN = 298  # x86_64
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_BPF_OUTPUT = 10
 PERF_SAMPLE_RAW = 1 << 10
@@ -52,8 +52,6 @@ class PerfEventAttr(ct.Structure):
 
 
 assert ct.sizeof(PerfEventAttr) == 112
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
 
 
 def perf_event_open(cpu: int, wakeup_events: int, watermark_bytes: int) -> int:

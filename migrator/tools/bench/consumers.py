@@ -134,9 +134,8 @@ def _run_path(name: str, spec: PathSpec, events: int, rate: float, ring_bytes: i
             gen.kill()
             if pipe is not None:
                 pipe.close()
-    # perf's -ENOSPC is its "lost" (what PERF_RECORD_LOST reports); ring refusals are drops.
-    dropped = c.full + c.other if ch == "ring" else c.other
-    lost = c.full if ch == "perf" else 0
+    loss = c.losses(ch)
+    dropped, lost = loss.dropped, loss.lost
     wall = last - t0
     runs = run1[1] - run0[1]
     notes.update(timed_out=timed_out,

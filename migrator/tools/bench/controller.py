@@ -19,7 +19,7 @@ from migrator.control.controller import Controller
 from migrator.control.phases import Phase, transition
 from migrator.store import api, open_store
 from migrator.store.models import Migration, Window
-from migrator.dataplane.windows import ChannelWindow
+from migrator.records import ChannelWindow
 
 T0 = 1_700_000_000.0
 

@@ -5,17 +5,16 @@ import os
 import re
 
 from migrator.errors import LabConfigError, LabPermissionError
+from migrator.vocab import LAB_PREFIX_RULE, is_lab_prefix
 
 IFNAMSIZ = 15  # kernel limit on interface names, without the NUL
 MAX_HOSTS = 64
-# Ends in a letter: with a trailing digit, lab "mt1" host 23 and lab "mt12" host 3 would share a name.
-_PREFIX_RE = re.compile(r"^[a-z](?:[a-z0-9]{0,6}[a-z])?$")
 
 
 def check_prefix(prefix: str) -> str:
     """Refuse prefixes that could match non-lab names or overflow an interface name."""
-    if not _PREFIX_RE.match(prefix or ""):
-        raise LabConfigError("prefix", prefix, "use 1-8 lowercase letters or digits, starting and ending with a letter, e.g. 'mig'")
+    if not is_lab_prefix(prefix):
+        raise LabConfigError("prefix", prefix, f"use {LAB_PREFIX_RULE}")
     return prefix
 
 

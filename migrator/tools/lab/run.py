@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from migrator.control import moves as ops
 from migrator.agent.loop import FAULT_KINDS, inject_fault
-from migrator.config import Config, load_config, percent_of
+from migrator.config import Config, load_config
 from migrator.control.controller import StepResult, run_controller, start_migration
 from migrator.errors import MigratorError
 from migrator.control.phases import DbApplier, label
@@ -27,8 +27,8 @@ from migrator.control.policy import StreakState, next_streak
 from migrator.dataplane.schema import fingerprint
 from migrator.store import api, open_store
 from migrator.store.models import Host, Migration
+from migrator.vocab import FINAL, slice_size
 
-FINAL = ("COMPLETE", "ROLLED_BACK", "ABORTED")
 LAB_FAULTS = (*FAULT_KINDS, "burst", "cpu-load")
 BURST_PORT = 47001  # the steady generator's receiver holds the default port
 
@@ -63,14 +63,12 @@ def fit_slices(slices: list, n_hosts: int) -> list:
     this size are merged into the next, and the last covers every host."""
     out, last = [], 0
     for spec in slices:
-        if isinstance(spec, int):
-            count, keep = min(spec, n_hosts), min(spec, n_hosts)
-        elif isinstance(spec, str) and spec.strip().endswith("%"):
-            count, keep = percent_of(float(spec.strip()[:-1]), n_hosts), spec
-        else:
+        size = slice_size(spec, n_hosts)
+        if size is None:
             return slices  # host-name slices are the operator's explicit plan: keep them as written
+        count = min(size, n_hosts)
         if count > last:
-            out.append(keep)
+            out.append(count if isinstance(spec, int) else spec)
             last = count
     if last < n_hosts:
         out.append("100%")

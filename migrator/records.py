@@ -1,0 +1,83 @@
+"""The window record: the plain type the data plane produces and the store persists.
+
+It depends on nothing but the standard library, so the store does not depend on the data plane.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ChannelWindow:
+    """Everything measured for one channel of one host over one closed window.
+
+    Counts are deltas over the window. `lost` is perf's kernel-side overflow (the BPF program saw
+    -ENOSPC from bpf_perf_event_output, which is also what PERF_RECORD_LOST reports); `dropped_*`
+    are other refusals, by cause. `in_flight` is what sat in the buffer at close. `residual` is
+    attempts - delivered - dropped - lost - in_flight change, taken from a consistent snapshot
+    (`settled` True) or from a best effort under continuous load (`settled` False).
+    """
+
+    host: str
+    channel: str  # "perf" | "ring"
+    index: int  # window number on this host, from 0
+    start: float  # unix seconds
+    end: float  # unix seconds
+    mode: str = "DUAL"  # the host's mode map value when the window closed
+    attempts: int = 0
+    delivered: int = 0  # records decoded by our consumer
+    dropped_full: int = 0
+    dropped_other: int = 0
+    lost: int = 0
+    parse_errors: int = 0
+    in_flight: int = 0
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    lag_max_ms: float | None = None
+    inversions: int = 0
+    consumer_cpu_s: float = 0.0
+    bpf_run_ns: int = 0
+    bpf_run_cnt: int = 0
+    residual: int = 0
+    settled: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_full + self.dropped_other
+
+    @property
+    def loss_rate(self) -> float:
+        """Share of attempts the channel did not deliver (refused or lost); 0.0 with no attempts."""
+        if self.attempts <= 0:
+            return 0.0
+        return (self.dropped + self.lost) / self.attempts
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dropped"] = self.dropped
+        d["loss_rate"] = self.loss_rate
+        return d
+
+
+def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
+    """One window from two consecutive parts of it (a probe reload inside a window).
+
+    Counts add up; lag figures take the worse part (percentiles of two parts cannot be combined
+    exactly, and the worse one is the safe reading); the residual adds the two pipelines' books.
+    Records still in the first part's buffers died with its maps: they count as lost.
+    """
+    def worse(x, y):
+        return y if x is None else x if y is None else max(x, y)
+
+    return ChannelWindow(
+        host=b.host, channel=b.channel, index=b.index, start=a.start, end=b.end, mode=b.mode,
+        attempts=a.attempts + b.attempts, delivered=a.delivered + b.delivered,
+        dropped_full=a.dropped_full + b.dropped_full, dropped_other=a.dropped_other + b.dropped_other,
+        lost=a.lost + b.lost + a.in_flight, parse_errors=a.parse_errors + b.parse_errors, in_flight=b.in_flight,
+        lag_p50_ms=worse(a.lag_p50_ms, b.lag_p50_ms), lag_p99_ms=worse(a.lag_p99_ms, b.lag_p99_ms),
+        lag_max_ms=worse(a.lag_max_ms, b.lag_max_ms), inversions=a.inversions + b.inversions,
+        consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=a.bpf_run_ns + b.bpf_run_ns,
+        bpf_run_cnt=a.bpf_run_cnt + b.bpf_run_cnt, residual=a.residual + b.residual,
+        settled=a.settled and b.settled, extra={**a.extra, **b.extra, "reloaded": True, "lost_in_reload": a.in_flight},
+    )
