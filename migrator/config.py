@@ -29,12 +29,16 @@ PHASE_KEYS = ("dual_instrument", "shadow", "canary")
 
 @dataclass(frozen=True)
 class PhaseRule:
+    """When a phase may be left: the clean windows it needs and whether an operator must `advance`."""
+
     min_clean_windows: int = 3
     manual_gate: bool = False
 
 
 @dataclass(frozen=True)
 class Phases:
+    """The exit rule of each measured phase ([phases.*]); canary's applies to every slice."""
+
     dual_instrument: PhaseRule = PhaseRule()
     shadow: PhaseRule = PhaseRule()
     canary: PhaseRule = PhaseRule()  # applies to each slice
@@ -42,6 +46,8 @@ class Phases:
 
 @dataclass(frozen=True)
 class Thresholds:
+    """The limits a judged host window must stay within ([thresholds]); exceeding any one is a breach."""
+
     max_loss_rate: float = 0.001
     max_lag_p99_ms: float = 250.0
     max_loss_delta: float | None = None  # ring loss rate - perf loss rate, same window
@@ -53,12 +59,16 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class ProbeConfig:
+    """The event source the agents attach ([probe]) and the synthetic probe's event rate."""
+
     name: str = "tc"
     rate: int = 20000
 
 
 @dataclass(frozen=True)
 class Buffers:
+    """Perf and ring buffer sizes and the ring's submit and wakeup policy ([buffers])."""
+
     ring_bytes: int = 16 * 1024 * 1024
     perf_pages: int = 64
     ring_submit: str = "reserve"
@@ -67,6 +77,8 @@ class Buffers:
 
 @dataclass(frozen=True)
 class Lab:
+    """The simulated hosts of `migrator lab` ([lab]): how many, their name prefix, packets/s into each."""
+
     hosts: int = 4
     prefix: str = "mig"
     pps: int = 2000
@@ -331,7 +343,7 @@ def load_config(path: str | Path) -> Config:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(shown, "<file>", "does not exist", "copy the commented canary.toml shipped with migrator, or pass --config") from None
+        raise ConfigError(shown, "<file>", "does not exist", "write the commented default with `migrator init --example > canary.toml`, or pass --config") from None
     except OSError as exc:
         raise ConfigError(shown, "<file>", f"cannot be read: {exc.strerror or exc}", "pass the path of a readable canary.toml") from None
     try:

@@ -51,6 +51,14 @@ class ChannelError(MigratorError):
         super().__init__(f"{channel} channel: {reason}")
 
 
+class DrillError(MigratorError):
+    """A drill (fault injection) request is malformed: names the field, the value and the fix."""
+
+    def __init__(self, field: str, value: object, fix: str) -> None:
+        self.field, self.value, self.fix = field, value, fix
+        super().__init__(f"drill: {field}={value!r} is not valid (fix: {fix})")
+
+
 class TransitionNotAllowed(MigratorError):
     """An illegal phase move: names the current phase and the attempted one."""
 
@@ -72,6 +80,38 @@ class GuardFailed(MigratorError):
 
 class StoreError(MigratorError):
     """Database missing, newer than this code, or otherwise unusable."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be opened, read or written (driver, URL, file, server, lock, disk).
+
+    `url` is shown with its password hidden; `problem` says what went wrong, `fix` what to do.
+    Raised once, at the store's boundary, in place of the driver's exception.
+    """
+
+    def __init__(self, url: str, problem: str, fix: str) -> None:
+        self.url, self.problem, self.fix = url, problem, fix
+        super().__init__(f"database {url}: {problem} (fix: {fix})")
+
+
+class DatabaseMissing(StoreError):
+    """A read-only command found no database file (read-only openers never create one)."""
+
+    def __init__(self, path: str, fix: str = "run `migrator init` first") -> None:
+        self.path, self.fix = path, fix
+        super().__init__(f"no database at {path}; {fix}")
+
+
+class RevisionMismatch(StoreError):
+    """The database's alembic revision is not the one this code can use as it is.
+
+    `current` is the stamped revision (None: empty or not a migrator database), `head` this
+    code's newest one; the message says which way they differ and what to do.
+    """
+
+    def __init__(self, url: str, current: str | None, head: str, problem: str, fix: str) -> None:
+        self.url, self.current, self.head, self.problem, self.fix = url, current, head, problem, fix
+        super().__init__(f"database {url} {problem}; {fix}")
 
 
 class LeaseHeld(MigratorError):
@@ -143,3 +183,55 @@ class ApplyTimeout(MigratorError):
             f"migration {migration_id}: hosts {shown} did not apply their desired mode within "
             f"{timeout:g} s; check their agents (`migrator status`)"
         )
+
+
+class OptionError(MigratorError):
+    """A command-line option (or the argument of a library call standing for one) has an invalid
+    value: a usage error, so it exits 2 like every other usage error."""
+
+    exit_code = 2
+
+    def __init__(self, option: str, value: object, problem: str, fix: str) -> None:
+        self.option, self.value, self.problem, self.fix = option, value, problem, fix
+        super().__init__(f"{option}: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """The message without the option name (for typer.BadParameter, which names it itself)."""
+        return f"{self.value!r} {self.problem} (fix: {self.fix})"
+
+
+class ConfigChanged(MigratorError):
+    """canary.toml is not the one a migration was initialised with (compared by hash).
+
+    With `phase`, another migration is still active and `init` refuses a second plan; without,
+    a command that drives the migration refuses the edited file.
+    """
+
+    def __init__(self, migration_id: int, path: str, config_hash: str, recorded_hash: str,
+                 phase: str | None = None) -> None:
+        self.migration_id, self.path, self.phase = migration_id, path, phase
+        self.config_hash, self.recorded_hash = config_hash, recorded_hash
+        if phase is not None:
+            msg = (f"migration {migration_id} is {phase} with another config (hash {recorded_hash[:12]}, "
+                   f"{path} has {config_hash[:12]}); finish or `migrator abort` it before starting a new plan")
+        else:
+            msg = (f"{path} changed since migration {migration_id} was initialised (hash {config_hash[:12]}, "
+                   f"recorded {recorded_hash[:12]}); revert it, or abort and `migrator init` again")
+        super().__init__(msg)
+
+
+class BenchError(MigratorError):
+    """A benchmark could not produce a valid measurement: names the bench, what went wrong and the fix."""
+
+    def __init__(self, bench: str, problem: str, fix: str) -> None:
+        self.bench, self.problem, self.fix = bench, problem, fix
+        super().__init__(f"bench {bench}: {problem} (fix: {fix})")
+
+
+class InstallError(MigratorError):
+    """A file migrator ships (BPF sources, alembic scripts) is missing or unusable: reinstall."""
+
+    def __init__(self, path: str, problem: str, fix: str = "reinstall migrator (pip install --force-reinstall)") -> None:
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"{path}: {problem} (fix: {fix})")

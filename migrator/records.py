@@ -44,6 +44,7 @@ class ChannelWindow:
 
     @property
     def dropped(self) -> int:
+        """Refused records of both causes together (buffer full and other)."""
         return self.dropped_full + self.dropped_other
 
     @property
@@ -54,6 +55,7 @@ class ChannelWindow:
         return (self.dropped + self.lost) / self.attempts
 
     def to_dict(self) -> dict:
+        """The window as a plain dict, dropped and loss_rate included, for --json output."""
         d = asdict(self)
         d["dropped"] = self.dropped
         d["loss_rate"] = self.loss_rate

@@ -127,13 +127,13 @@ c.execute("rollback")
 
 def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
     cfg, sf, mid = started
-    agent, stop, t = run_agent(cfg, sf, mid, 30, fault_dir=tmp_path / "faults")
+    agent, stop, t = run_agent(cfg, sf, mid, 30, drills=True, drill_dir=tmp_path / "drills")
     try:
         wait_for(lambda: agent.state.mode == "DUAL")
         wait_for(lambda: len(windows(sf, mid)) >= 4)
-        from migrator.agent.loop import inject_fault
+        from migrator.agent.drills import inject
 
-        inject_fault("h1", "shrink-ring", 1.0, fault_dir=tmp_path / "faults")
+        inject("h1", "shrink-ring", 1.0, drill_dir=tmp_path / "drills")
         wait_for(lambda: sum("reloaded" in json.loads(w.extra) for w in windows(sf, mid)) >= 4, timeout=10)
         time.sleep(1.0)
     finally:
@@ -148,27 +148,3 @@ def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
         mine = [w for w in ws if w.channel == ch]
         out = sum(w.delivered + w.dropped_full + w.dropped_other + w.lost for w in mine)
         assert sum(w.attempts for w in mine) - out == mine[-1].in_flight, ch
-
-
-def test_merge_windows_adds_counts_and_keeps_the_worse_lag():
-    from migrator.records import ChannelWindow, merge_windows
-
-    a = ChannelWindow(host="h", channel="ring", index=-1, start=0.0, end=0.4, mode="DUAL", attempts=100,
-                      delivered=90, dropped_full=4, in_flight=6, lag_p99_ms=5.0, residual=0)
-    b = ChannelWindow(host="h", channel="ring", index=7, start=0.4, end=1.0, mode="DUAL", attempts=200,
-                      delivered=200, lag_p99_ms=2.0, residual=0)
-    m = merge_windows(a, b)
-    assert (m.index, m.start, m.end, m.attempts, m.delivered, m.dropped_full) == (7, 0.0, 1.0, 300, 290, 4)
-    assert (m.lost, m.in_flight, m.lag_p99_ms, m.residual) == (6, 0, 5.0, 0)  # a's waiting records died with its maps
-    assert m.extra["lost_in_reload"] == 6
-
-
-def test_agent_refuses_a_host_the_migration_does_not_list(started, tmp_path):
-    cfg, sf, mid = started
-    from typer.testing import CliRunner
-
-    from migrator.cli import app
-
-    res = CliRunner().invoke(app, ["agent", "--host", "nosuch", "-c", str(tmp_path / "canary.toml")])
-    assert res.exit_code == 1
-    assert f"Error: host 'nosuch' is not part of migration {mid}; its hosts are: h1" in res.stderr

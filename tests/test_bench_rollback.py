@@ -19,4 +19,8 @@ def test_bench_rollback_reports_ordered_timings():
     assert set(run["hosts"]) == {"mbr1"}
     # causality: the decision precedes the map write, which precedes the first perf record
     assert 0 <= run["decided_ms"] <= run["map_perf_ms"] <= run["first_perf_ms"]
-    assert run["map_perf_ms"] < 1000  # a sanity bound, not the 50 ms target (that is the benchmark's)
+    # Exact state instead of a bound on the durations (the benchmark reports those against its targets).
+    assert set(run) == {"window_end", "decided_ms", "confirmed_ms", "map_perf_ms", "first_perf_ms", "hosts"}
+    assert run["hosts"]["mbr1"] == {"map_perf_ms": run["map_perf_ms"], "first_perf_ms": run["first_perf_ms"]}
+    assert set(out["summary"]) == {"decided_ms", "confirmed_ms", "map_perf_ms", "first_perf_ms"}
+    assert out["summary"]["map_perf_ms"] == {"median": run["map_perf_ms"], "max": run["map_perf_ms"]}

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from migrator.cli import app
-from migrator.store import api, make_engine, open_store
+from migrator.store import make_engine, open_store
 from migrator.store.migrate import head_revision
 
 from conftest import window, record
@@ -99,16 +99,48 @@ def test_init_plan_start_and_views(cfg_path):
     assert (r.exit_code, r.stderr) == (1, "Error: cannot go from ROLLED_BACK to ABORTED: ROLLED_BACK is final\n")
 
 
+def db_files(db):
+    """The database as it is on disk: main file (bytes, mtime) and its -wal and -shm (exist, bytes)."""
+    def side(p):
+        return (p.exists(), p.read_bytes() if p.exists() else None)
+
+    return {"db": (db.read_bytes(), db.stat().st_mtime_ns),
+            "wal": side(db.with_name(db.name + "-wal")), "shm": side(db.with_name(db.name + "-shm")),
+            "dir": sorted(os.listdir(db.parent))}
+
+
 def test_read_only_commands_do_not_write(cfg_path):
     assert run("init", cfg_path).exit_code == 0
     settle()
     db = db_of(cfg_path)
-    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    before = db_files(db)
+    # init's connections are closed: everything is checkpointed into the main file
+    assert (before["wal"], before["shm"], before["dir"]) == ((False, None), (False, None), ["canary.toml", "migrator.db"])
     for cmd in (["status"], ["status", "--json"], ["history"], ["windows", "--last", "5"], ["what-if"]):
         r = run(*cmd, "-c", cfg_path)
         assert r.exit_code == 0, (cmd, r.output)
     settle()
-    assert (db.read_bytes(), db.stat().st_mtime_ns) == before
+    assert db_files(db) == before
+
+
+def test_db_files_sees_a_write_left_in_the_wal(cfg_path):
+    """The comparison above would catch a write that never reached the main file."""
+    import sqlite3
+
+    assert run("init", cfg_path).exit_code == 0
+    settle()
+    db = db_of(cfg_path)
+    before = db_files(db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("UPDATE migrations SET name = 'changed'")  # WAL mode: lands in -wal, main file untouched
+        after = db_files(db)
+    finally:
+        conn.close()
+    assert after["db"] == before["db"]
+    assert (after["wal"][0], after["shm"][0]) == (True, True) and after["wal"][1] != b""
+    assert after != before
 
 
 def test_read_only_commands_need_a_database(cfg_path):

@@ -30,11 +30,13 @@ def test_shadow_json_windows_balance():
 
 def test_shadow_rejects_a_bad_window():
     res = runner.invoke(app, ["shadow", "--window", "fast"])
-    assert res.exit_code == 1
-    assert "Error: --window: 'fast' is not a positive duration" in res.stderr
+    assert res.exit_code == 2  # a usage error, like every bad option value
+    assert "Invalid value for '--window'" in res.stderr
+    assert "'fast' is not a positive duration" in res.stderr
 
 
 def test_shadow_rejects_an_unknown_probe():
     res = runner.invoke(app, ["shadow", "--probe", "kprobe", "--seconds", "1"])
-    assert res.exit_code == 1
-    assert "unknown probe 'kprobe'" in res.stderr
+    assert res.exit_code == 2
+    assert "Invalid value for '--probe'" in res.stderr
+    assert "'kprobe' is not one of" in res.stderr

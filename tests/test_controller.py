@@ -240,11 +240,17 @@ def test_expired_lease_is_taken_over(toml_file):
 
 
 CRASH_SCRIPT = textwrap.dedent("""
-    import sys
+    import sys, time
     from migrator.control.phases import DbApplier, transition
     from migrator.store import open_store
+
+    def park(point, transition_id):  # the drill: wait to be SIGKILLed between two steps
+        if point == sys.argv[3]:
+            print(f"fault: {point} transition {transition_id}", file=sys.stderr, flush=True)
+            time.sleep(60)
+
     sf = open_store(sys.argv[1])
-    transition(sf, int(sys.argv[2]), "ROLLED_BACK", applier=DbApplier(), reason="operator rollback")
+    transition(sf, int(sys.argv[2]), "ROLLED_BACK", applier=DbApplier(), reason="operator rollback", step_hook=park)
 """)
 
 
@@ -252,8 +258,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 def test_sigkill_between_intent_and_confirm_recovers_exactly_once(toml_file, point):
     sf, mid, ctl = setup(toml_file, CANARY1)
     url = str(sf.kw["bind"].url)
-    env = dict(os.environ, MIGRATOR_FAULT_SLEEP=f"{point}:60")
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, url, str(mid)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, url, str(mid), point],
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()

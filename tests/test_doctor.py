@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import time
+import sys
 
 import pytest
 from kernel_util import needs_root
@@ -34,37 +35,47 @@ def _status(line: str) -> str:
 
 
 def _tracefs_mounts() -> list[tuple[str, str, str]]:
-    """(source, mountpoint, options) of every tracefs mount, in mount order."""
+    """(source, mountpoint, options) of every tracefs mount in this process's mount namespace."""
     return [(src, mp, opts) for src, mp, typ, opts in core.read_mounts() if typ == "tracefs"]
 
 
-def _run(*cmd: str) -> None:
-    # tracefs can be briefly busy (another process reading a format file); retry before failing.
-    for attempt in range(10):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+# Runs under `unshare -m --propagation private`: unmounts every tracefs of that private mount
+# namespace only (the host's mounts are never touched), runs doctor there and prints what it saw.
+IN_PRIVATE_NS = r"""
+import json, os, subprocess, sys, time
+if os.readlink("/proc/self/ns/mnt") == sys.argv[1]:
+    sys.exit("refusing to unmount: still in the host's mount namespace")
+from typer.testing import CliRunner
+from migrator.cli import app
+from migrator.tools import doctor as core
+
+def tracefs():
+    return [mp for _src, mp, typ, _opts in core.read_mounts() if typ == "tracefs"]
+
+before = tracefs()
+for mp in reversed(before):  # innermost first
+    for attempt in range(10):  # tracefs can be briefly busy
+        proc = subprocess.run(["umount", mp], capture_output=True, text=True)
         if proc.returncode == 0:
-            return
+            break
         time.sleep(0.2)
-    raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    else:
+        sys.exit(f"umount {mp} failed: {proc.stderr.strip()}")
+after = tracefs()
+text = CliRunner().invoke(app, ["doctor"])
+js = CliRunner().invoke(app, ["doctor", "--json"])
+print(json.dumps({"before": before, "after": after, "text_exit": text.exit_code, "text": text.output,
+                  "json_exit": js.exit_code, "json": js.stdout}))
+"""
 
 
-@pytest.fixture
-def tracefs_unmounted():
-    """Unmount every tracefs mount (e.g. also /sys/kernel/debug/tracing); restore them all after."""
-    before = _tracefs_mounts()
-    unmounted: list[tuple[str, str, str]] = []
-    try:
-        for src, mp, opts in reversed(before):  # innermost first
-            _run("umount", mp)
-            unmounted.append((src, mp, opts))
-        assert _tracefs_mounts() == [], "tracefs still mounted after umount"
-        yield before
-    finally:
-        for src, mp, opts in reversed(unmounted):  # original order, same source and options
-            # debugfs may have automounted its tracing dir again on access.
-            if mp not in {m for _s, m, _o in _tracefs_mounts()}:
-                _run("mount", "-t", "tracefs", "-o", opts, src, mp)
-        assert sorted(_tracefs_mounts()) == sorted(before), "tracefs mounts were not restored as found"
+def doctor_without_tracefs() -> dict:
+    """What doctor reports from a private mount namespace in which every tracefs is unmounted."""
+    host_ns = os.readlink("/proc/self/ns/mnt")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", IN_PRIVATE_NS, host_ns],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 @pytest.mark.kernel
@@ -95,18 +106,30 @@ def test_doctor_json():
 
 @pytest.mark.kernel
 @needs_root
-def test_doctor_names_the_tracefs_fix_when_unmounted(tracefs_unmounted):
-    result = CliRunner().invoke(app, ["doctor"])
-    assert result.exit_code == 1, result.output
-    row = _rows(result.output)["tracefs"]
-    assert _status(row) == "FAIL", row
-    assert "mount -t tracefs nodev /sys/kernel/tracing" in row
+def test_doctor_names_the_tracefs_fix_when_unmounted():
+    host_before = _tracefs_mounts()
+    assert "/sys/kernel/tracing" in [mp for _s, mp, _o in host_before]
+    seen = doctor_without_tracefs()
+    # The host's mounts are exactly as they were: the unmount happened in the private namespace.
+    assert _tracefs_mounts() == host_before
+    assert subprocess.run(["mountpoint", "-q", "/sys/kernel/tracing"]).returncode == 0
 
-    data = json.loads(CliRunner().invoke(app, ["doctor", "--json"]).output)
+    assert (seen["before"], seen["after"]) == ([mp for _s, mp, _o in host_before], [])
+    assert seen["text_exit"] == 1, seen["text"]
+    rows = _rows(seen["text"])
+    assert {name: _status(line) for name, line in rows.items()} == {
+        n: ("FAIL" if n == "tracefs" else "OK") for n in EXPECTED_NAMES}
+    assert "nothing mounted at /sys/kernel/tracing" in rows["tracefs"]
+    assert "mount -t tracefs nodev /sys/kernel/tracing" in rows["tracefs"]
+
+    assert seen["json_exit"] == 1
+    data = json.loads(seen["json"])
     assert data["ok"] is False
     failed = {c["name"]: c for c in data["checks"] if not c["ok"]}
     assert set(failed) == {"tracefs"}
-    assert "mount -t tracefs nodev /sys/kernel/tracing" in failed["tracefs"]["fix"]
+    assert (failed["tracefs"]["value"], failed["tracefs"]["fix"], failed["tracefs"]["status"]) == (
+        "nothing mounted at /sys/kernel/tracing",
+        "mount -t tracefs nodev /sys/kernel/tracing (or: bash scripts/setup.sh)", "FAIL")
 
 
 # The checks below read files we write, through the same path parameters doctor uses.
@@ -157,6 +180,98 @@ def test_kernel_version_and_privileges(tmp_path):
     assert core.check_privileges(str(status)).ok
 
 
-def test_bcc_outside_debian_dir_fails(tmp_path):
+LINK = "into the venv (bash scripts/setup.sh)"
+
+
+def fake_bcc(where, body: str):
+    """A package `bcc` under directory `where` whose __init__.py is `body`; returns `where`."""
+    (where / "bcc").mkdir(parents=True)
+    (where / "bcc" / "__init__.py").write_text(body)
+    return where
+
+
+@pytest.fixture
+def bcc_dirs(tmp_path):
+    """Import-path entries to point check_bcc at: Debian's dist-packages, a venv, fakes of the rest."""
+    t = tmp_path.resolve()
+    (t / "empty").mkdir()
+    return {
+        "debian": fake_bcc(t / "debian", "class BPF:\n    pass\n"),
+        "empty": t / "empty",
+        "nolib": fake_bcc(t / "nolib", "raise OSError('libbcc.so.0: cannot open shared object file')\n"),
+        "pypi": fake_bcc(t / "pypi", "# PyPI's bcc: an unrelated project\n__version__ = '0.0.1'\n"),
+        "local": fake_bcc(t / "local", "class BPF:\n    pass\n"),
+        "venv": t / "venv",
+    }
+
+
+def test_bcc_not_importable(bcc_dirs):
+    deb = bcc_dirs["debian"]
+    c = core.check_bcc(str(deb), search_path=[str(bcc_dirs["empty"])])
+    assert (c.ok, c.status, c.value, c.fix) == (
+        False, "FAIL", "import bcc failed: ModuleNotFoundError: No module named 'bcc'",
+        f"apt-get install python3-bpfcc and link {deb}/bcc {LINK}")
+    # libbcc.so missing: the import raises OSError; the same branch, the same fix
+    c = core.check_bcc(str(deb), search_path=[str(bcc_dirs["nolib"])])
+    assert (c.ok, c.value, c.fix) == (
+        False, "import bcc failed: OSError: libbcc.so.0: cannot open shared object file",
+        f"apt-get install python3-bpfcc and link {deb}/bcc {LINK}")
+
+
+def test_bcc_from_pypi_has_no_bpf(bcc_dirs):
+    deb, pypi = bcc_dirs["debian"], bcc_dirs["pypi"]
+    c = core.check_bcc(str(deb), search_path=[str(pypi)])
+    assert (c.ok, c.status, c.value, c.fix) == (
+        False, "FAIL", f"{pypi}/bcc has no bcc.BPF (PyPI's unrelated 'bcc'?)",
+        f"pip uninstall bcc (PyPI's 'bcc' is another project), then link {deb}/bcc {LINK}")
+
+
+def test_bcc_not_from_the_debian_dir(bcc_dirs):
+    deb, local, venv = bcc_dirs["debian"], bcc_dirs["local"], bcc_dirs["venv"]
+    c = core.check_bcc(str(deb), search_path=[str(local)])
+    assert (c.ok, c.status, c.value, c.fix) == (
+        False, "FAIL", f"{local}/bcc is not under {deb} (not Debian's python3-bpfcc)",
+        f"remove the bcc in {local} from the import path and link {deb}/bcc {LINK}")
+    # linked into the venv, but the link points at a source build, not at Debian's
+    venv.mkdir()
+    (venv / "bcc").symlink_to(local / "bcc")
+    c = core.check_bcc(str(deb), search_path=[str(venv)])
+    assert (c.ok, c.value, c.fix) == (
+        False, f"{local}/bcc (via link {venv}/bcc) is not under {deb} (not Debian's python3-bpfcc)",
+        f"remove the bcc in {venv} from the import path and link {deb}/bcc {LINK}")
+
+
+def test_bcc_failure_branches_have_distinct_fixes(bcc_dirs):
+    deb = str(bcc_dirs["debian"])
+    fixes = [core.check_bcc(deb, search_path=[str(bcc_dirs[k])]).fix for k in ("empty", "pypi", "local")]
+    assert len(set(fixes)) == 3, fixes
+    assert [f.split(" ")[:2] for f in fixes] == [["apt-get", "install"], ["pip", "uninstall"], ["remove", "the"]]
+
+
+def test_bcc_ok_from_the_debian_dir(bcc_dirs):
+    deb, venv = bcc_dirs["debian"], bcc_dirs["venv"]
+    loaded = sys.modules.get("bcc")
+    assert core.check_bcc(str(deb), search_path=[str(deb)]) == core.Check("bcc", True, f"bcc.BPF from {deb}/bcc")
+    venv.mkdir()
+    (venv / "bcc").symlink_to(deb / "bcc")
+    assert core.check_bcc(str(deb), search_path=[str(venv)]) == core.Check(
+        "bcc", True, f"bcc.BPF from {deb}/bcc (linked into the venv)")
+    assert sys.modules.get("bcc") is loaded  # the fakes were never registered as the process's bcc
+
+
+def test_real_bcc_judged_against_another_debian_dir(tmp_path):
+    """The default import (no search_path): this machine's bcc is not under tmp_path, whatever it is."""
+    try:
+        import bcc
+    except Exception as exc:  # noqa: BLE001 - a machine without bcc must get the install fix
+        expected = (False, f"import bcc failed: {type(exc).__name__}: {exc}",
+                    f"apt-get install python3-bpfcc and link {tmp_path}/bcc {LINK}")
+    else:
+        where = bcc.__file__
+        real = os.path.realpath(where)
+        shown = os.path.dirname(real) + ("" if real == where else f" (via link {os.path.dirname(where)})")
+        expected = (False, f"{shown} is not under {tmp_path} (not Debian's python3-bpfcc)",
+                    f"remove the bcc in {os.path.dirname(os.path.dirname(where))} from the import path "
+                    f"and link {tmp_path}/bcc {LINK}")
     c = core.check_bcc(debian_dir=str(tmp_path))
-    assert c.status == "FAIL" and "python3-bpfcc" in c.fix
+    assert (c.ok, c.value, c.fix) == expected

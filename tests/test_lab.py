@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from kernel_util import needs_root
 from migrator.cli import app
-from migrator.errors import LabConfigError, LabNameCollision
-from migrator.tools.lab import attach_probe, cpu_load, detach_probe, lab_down, lab_status, lab_up, start_traffic
+from migrator.errors import LabNameCollision
+from migrator.tools.lab import attach_probe, detach_probe, lab_down, lab_status, lab_up, start_traffic
 
 pytestmark = [pytest.mark.kernel, needs_root]
 PREFIX = f"mt{os.getpid() % 1000}t"  # never the operator's "mig"; unique per test run
@@ -126,12 +126,6 @@ def test_name_collision_with_non_lab_link(lab):
         sh(f"ip link del {lab}1-h")
 
 
-def test_bad_prefix_refused():
-    for bad in ("", "Mig", "mig1", "1mig", "toolongname", "a-b"):
-        with pytest.raises(LabConfigError):
-            lab_up(1, bad)
-
-
 def test_tc_probe_counts_sent_packets_exactly(lab):
     from migrator.dataplane.loader import Probe
     from migrator.dataplane.channels import RingConsumer
@@ -182,13 +176,3 @@ def test_traffic_stops_by_itself_within_bound(lab):
     time.sleep(0.5)
     early = stopped.stop()
     assert early.returncode == 0 and 10 <= early.sent <= 100
-
-
-def test_cpu_load_is_bounded_and_pinned():
-    cpu = sorted(os.sched_getaffinity(0))[-1]
-    t0 = time.monotonic()
-    proc = cpu_load(0.4, cpu=cpu)
-    time.sleep(0.2)
-    assert os.sched_getaffinity(proc.pid) == {cpu}
-    assert proc.wait(timeout=5) == 0
-    assert time.monotonic() - t0 < 3

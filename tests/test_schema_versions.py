@@ -64,7 +64,30 @@ def test_decode_one_accepts_every_shipped_version_and_rejects_others():
     assert upgrade(v2, CURRENT_VERSION) is v2
 
 
-def test_fingerprint_is_stable_and_layout_sensitive():
-    assert fingerprint() == fingerprint(CURRENT_VERSION)
-    assert fingerprint(1) != fingerprint(2)
-    assert fingerprint().startswith("v2:")
+# The fingerprints of the layouts as shipped, computed once and written down: any change to a
+# layout (a field's name, type or offset, or the record size) changes its digest and fails here.
+FINGERPRINTS = {1: "v1:26ff8305ff25ff2b", 2: "v2:911942445eea27db"}
+
+
+def test_fingerprint_pins_the_shipped_layouts():
+    assert CURRENT_VERSION == 2
+    assert fingerprint() == "v2:911942445eea27db"
+    assert fingerprint(1) == "v1:26ff8305ff25ff2b"
+    assert {v: fingerprint(v) for v in LAYOUTS} == FINGERPRINTS
+
+
+def test_fingerprint_changes_with_any_layout_change(monkeypatch):
+    """The pin above is worth something only if the digest follows the layout."""
+    from migrator.dataplane import schema
+
+    v2 = [(n, LAYOUTS[2].fields[n][0].str) for n in LAYOUTS[2].names]
+    renamed = [("val" if n == "value" else n, t) for n, t in v2]
+    retyped = [(n, "<i8" if n == "value" else t) for n, t in v2]
+    widened = v2[:-1] + [("value", "<u8"), ("pad", "<u4")]
+    seen = set()
+    for fields in (renamed, retyped, widened):
+        monkeypatch.setitem(schema.LAYOUTS, 2, np.dtype(fields))
+        fp = fingerprint(2)
+        assert fp.startswith("v2:") and fp != FINGERPRINTS[2], fields
+        seen.add(fp)
+    assert len(seen) == 3

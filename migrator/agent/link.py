@@ -20,6 +20,8 @@ log = logging.getLogger("migrator.agent")
 
 @dataclass(frozen=True)
 class Desired:
+    """What the database asks of this host right now: the mode to run, whether it is settled, the phase."""
+
     mode: str
     settled: bool  # no transition pending: what the host runs is confirmed
     phase: str
@@ -58,15 +60,18 @@ class DbLink(threading.Thread):
         return self.last_ok_wall
 
     def send(self, windows: list[ChannelWindow]) -> None:
+        """Queue closed windows for the link thread to write to the database on its next round trip."""
         with self._lock:
             self._outbox.extend(windows)
             self._beat_due = 0.0
 
     def report(self, mode: str, at: float) -> None:
+        """Queue a mode-applied report, so the controller learns this host has switched (and when)."""
         with self._lock:
             self._reports.append((mode, at))
 
     def pending(self) -> int:
+        """Windows still queued for the database (they pile up while it is unreachable)."""
         with self._lock:
             return len(self._outbox)
 
@@ -77,6 +82,7 @@ class DbLink(threading.Thread):
 
     # -- the thread ----------------------------------------------------------------------------
     def read_desired(self) -> Desired:
+        """Read the mode the controller wants for this host and whether a transition is still pending."""
         with self.sf() as s:
             row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase)
                             .join(Migration, Migration.id == Host.migration_id)
@@ -102,6 +108,7 @@ class DbLink(threading.Thread):
         self.desired = self.read_desired()
 
     def run(self) -> None:
+        """The link thread: a round trip every `poll` s, queued data kept across outages, one last flush on stop."""
         while True:
             stopping = self._halt.is_set()
             try:

@@ -2,15 +2,13 @@
 
 It loads the probe, applies the host's desired mode (PERF / DUAL / RING) with one map write,
 closes a window per channel on the shared clock (index = start // window_seconds, so every
-host's window k covers the same period), writes it with a heartbeat, and applies fault
-injections dropped into its fault file. Controller and agents share nothing but rows.
+host's window k covers the same period), writes it with a heartbeat, and, when started with
+drills on, acts out the faults an operator queues for it (agent/drills.py). Controller and agents share nothing but rows.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrator.agent.drills import DRILL_DIR, Drill, DrillBox
 from migrator.agent.link import DbLink, Desired
 from migrator.dataplane.loader import Probe
 from migrator.config import Config
@@ -30,28 +29,7 @@ from migrator.store.api import active_migration, hosts
 from migrator.records import ChannelWindow, merge_windows
 
 log = logging.getLogger("migrator.agent")
-FAULT_DIR = Path(os.environ.get("MIGRATOR_FAULT_DIR", "/run/migrator/faults"))
-# Agent-side faults (the lab adds traffic bursts and CPU load from outside the agent).
-FAULT_KINDS = ("stall-ring", "shrink-ring")
 SHRUNK_RING_BYTES = 4 * 4096  # 16 KiB: ~227 records
-
-
-def fault_path(host: str, fault_dir: Path = FAULT_DIR) -> Path:
-    return fault_dir / f"{host}.json"
-
-
-def inject_fault(host: str, kind: str, seconds: float, fault_dir: Path = FAULT_DIR) -> Path:
-    """Ask `host`'s agent to misbehave: it picks the file up within a poll and deletes it."""
-    if kind not in FAULT_KINDS:
-        raise MigratorError(f"fault {kind!r} unknown; choose one of {', '.join(FAULT_KINDS)}")
-    if seconds <= 0:
-        raise MigratorError("fault --seconds must be positive")
-    fault_dir.mkdir(parents=True, exist_ok=True)
-    path = fault_path(host, fault_dir)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"kind": kind, "seconds": seconds, "at": time.time()}))
-    tmp.replace(path)  # atomic: the agent never reads half a file
-    return path
 
 
 @dataclass
@@ -69,14 +47,16 @@ class Agent:
 
     def __init__(self, session_factory: sessionmaker[Session], config: Config, host: str,
                  migration_id: int | None = None, *, tc_device: str | None = None, tc_netns: str | None = None,
-                 fault_dir: Path = FAULT_DIR, mode_poll: float = 0.01, db_lost_after: float | None = None) -> None:
+                 drills: bool = False, drill_dir: Path = DRILL_DIR, mode_poll: float = 0.01,
+                 db_lost_after: float | None = None) -> None:
         self.sf, self.cfg, self.host = session_factory, config, host
         self.migration_id = migration_id
         # Where the tc demo probe attaches: by default the lab's layout (device <host>-n inside
         # the namespace named after the host).
         self.tc_device = tc_device or f"{host}-n"
         self.tc_netns = tc_netns if tc_netns is not None else host
-        self.fault_dir = fault_dir
+        # Drills exist only when asked for (`migrator agent --drills`, which the lab passes).
+        self.drills = DrillBox(host, drill_dir) if drills else None
         self.mode_poll = mode_poll
         # Without a successful round trip for this long the database counts as lost.
         self.db_lost_after = db_lost_after if db_lost_after is not None else 3 * config.window_seconds
@@ -139,23 +119,16 @@ class Agent:
         return {"from": sw["from"], "to": sw["to"], "at": sw["at"], "read_back": sw.get("read_back"),
                 "first_perf_at": first}
 
-    def _check_fault(self, pipe: Pipeline) -> dict | None:
+    def _check_drill(self, pipe: Pipeline) -> Drill | None:
         """Apply a stall at once; return a shrink request for the loop (it needs a reload)."""
-        path = fault_path(self.host, self.fault_dir)
-        if not path.exists():
+        d = self.drills.take() if self.drills is not None else None
+        if d is None:
             return None
-        try:
-            spec = json.loads(path.read_text())
-            path.unlink()
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable fault file %s: %s", self.host, path, exc)
+        if d.kind == "stall-ring":
+            pipe.stall_ring_until = time.monotonic() + d.seconds
+            log.warning("%s: drill: ring consumer stalled for %s s", self.host, d.seconds)
             return None
-        if spec.get("kind") == "stall-ring":
-            pipe.stall_ring_until = time.monotonic() + float(spec["seconds"])
-            log.warning("%s: fault: ring consumer stalled for %s s", self.host, spec["seconds"])
-        elif spec.get("kind") == "shrink-ring":
-            return spec
-        return None
+        return d
 
     def _load(self, ring_bytes: int | None = None, mode: str = "PERF") -> tuple[Probe, object, Pipeline]:
         """Compile and load the probe, open both consumers, set `mode`, and only then attach it,
@@ -193,7 +166,7 @@ class Agent:
         why = "stopped"
         try:
             next_close = (math.floor(time.time() / win) + 1) * win
-            next_fault_check = 0.0
+            next_drill_check = 0.0
             restore_at: float | None = None
             while not stop.is_set():
                 now = time.time()
@@ -209,16 +182,16 @@ class Agent:
                     self._apply(probe, pipe, self.link.desired)
                 elif not self.link.up:
                     self._safe_mode(probe)
-                if time.monotonic() >= next_fault_check:
-                    next_fault_check = time.monotonic() + 0.05
-                    shrink = self._check_fault(pipe)
+                if time.monotonic() >= next_drill_check:
+                    next_drill_check = time.monotonic() + 0.05
+                    shrink = self._check_drill(pipe)
                     if shrink:
-                        ring = int(shrink.get("ring_bytes", SHRUNK_RING_BYTES))
-                        log.warning("%s: fault: ring shrunk to %d bytes for %s s", self.host, ring, shrink["seconds"])
+                        ring = shrink.ring_bytes or SHRUNK_RING_BYTES
+                        log.warning("%s: drill: ring shrunk to %d bytes for %s s", self.host, ring, shrink.seconds)
                         probe, gen, pipe = self._reload(probe, gen, pipe, ring)
-                        restore_at = time.monotonic() + float(shrink["seconds"])
+                        restore_at = time.monotonic() + shrink.seconds
                     elif restore_at is not None and time.monotonic() >= restore_at:
-                        log.warning("%s: fault over: ring back to %d bytes", self.host, self.cfg.buffers.ring_bytes)
+                        log.warning("%s: drill over: ring back to %d bytes", self.host, self.cfg.buffers.ring_bytes)
                         probe, gen, pipe = self._reload(probe, gen, pipe, None)
                         restore_at = None
                 pipe.poll(timeout=max(0.0, min(self.mode_poll, next_close - time.time())))

@@ -9,13 +9,17 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
+from migrator import __version__
 from migrator.errors import MigratorError
 
 _state = {"debug": False}
 
 
 class MigratorGroup(TyperGroup):
+    """The root command group: migrator errors end as one `Error: ...` line and an exit code, in one place."""
+
     def invoke(self, ctx):  # type: ignore[override]
+        """Run the command; a MigratorError or Ctrl-C becomes a short message and exit code (--debug re-raises)."""
         try:
             return super().invoke(ctx)
         except MigratorError as exc:
@@ -32,14 +36,21 @@ app = typer.Typer(
     cls=MigratorGroup,
     help="Move an eBPF event pipeline from perf buffer to BPF ring buffer, in stages, with evidence.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"migrator {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Re-raise errors with a traceback.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Re-raise errors with a traceback."),
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"] = debug
 
 

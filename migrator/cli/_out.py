@@ -1,4 +1,4 @@
-"""JSON output for the control-plane commands (one line, stable key order)."""
+"""The one JSON emitter every command with --json uses: one line, stable key order."""
 from __future__ import annotations
 
 import json
@@ -7,4 +7,5 @@ import typer
 
 
 def emit_json(obj) -> None:
+    """Print `obj` as one line of JSON (sorted keys; dates and paths as strings)."""
     typer.echo(json.dumps(obj, sort_keys=True, default=str))

@@ -10,11 +10,12 @@ from pathlib import Path
 import typer
 
 from migrator.control import moves as ops
-from migrator.agent.loop import FAULT_KINDS, Agent, inject_fault
+from migrator.agent.drills import DRILL_KINDS, inject
+from migrator.agent.loop import Agent
 from migrator.cli import app
 from migrator.errors import MigratorError
 from migrator.cli.control import config_option, writer
-from migrator.store import api
+from migrator.store import api, database_errors
 
 
 @app.command("agent")
@@ -23,6 +24,9 @@ def agent_cmd(
     config: Path = config_option(),
     migration: int = typer.Option(None, "--migration", help="Migration id (default: the active one)."),
     seconds: float = typer.Option(None, "--seconds", help="Stop after this long (default: until SIGTERM/Ctrl-C)."),
+    drills: bool = typer.Option(False, "--drills", help="Act out faults queued with `migrator fault` (lab and rehearsals only)."),
+    tc_device: str = typer.Option(None, "--tc-device", help="Device the tc probe attaches to (default: <host>-n, the lab's)."),
+    tc_netns: str = typer.Option(None, "--tc-netns", help="Network namespace of that device (default: <host>, the lab's; '' for this one)."),
 ) -> None:
     """Load the probe on this host, follow the desired mode, write a window per channel per period.
 
@@ -35,7 +39,7 @@ def agent_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg, sf = writer(config)
-    with sf() as s:
+    with database_errors(sf), sf() as s:
         m = api.get_migration(s, migration) if migration else api.active_migration(s)
         if m is None:
             raise MigratorError("no active migration in the database; run `migrator init` first")
@@ -43,19 +47,20 @@ def agent_cmd(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.time() + seconds if seconds else None
-    why = Agent(sf, snap, host, mid).run(stop=stop, deadline=deadline)
+    agent = Agent(sf, snap, host, mid, drills=drills, tc_device=tc_device, tc_netns=tc_netns)
+    why = agent.run(stop=stop, deadline=deadline)
     typer.echo(f"agent {host}: {why}", err=True)
 
 
 @app.command("fault")
 def fault_cmd(
     host: str = typer.Argument(..., help="Host whose agent should misbehave."),
-    kind: str = typer.Argument(..., help=f"One of: {', '.join(FAULT_KINDS)}."),
+    kind: str = typer.Argument(..., help=f"One of: {', '.join(DRILL_KINDS)}."),
     seconds: float = typer.Option(5.0, "--seconds", help="How long the fault lasts."),
 ) -> None:
-    """Inject a fault into a running agent (lab and drills only).
+    """Queue a drill for a running agent started with --drills (lab and rehearsals only).
 
     Example: migrator fault mig1 stall-ring --seconds 6
     """
-    path = inject_fault(host, kind, seconds)
+    path = inject(host, kind, seconds)
     typer.echo(f"fault {kind} for {seconds:g} s queued for {host} ({path})")

@@ -1,11 +1,14 @@
 """`migrator bench ...`: side-by-side measurements on the real kernel (loads BPF; needs root)."""
 from __future__ import annotations
 
-import json
 
 import typer
 
 from migrator.cli import app
+from migrator.cli._out import emit_json
+from migrator.cli.shadow import usage
+from migrator.tools.lab.names import MAX_HOSTS
+from migrator.tools.shadow import check_seconds
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
                              "controller (windows/s, query times), rollback (latency on the lab).",
@@ -82,7 +85,7 @@ def consumers(
 
     result = bench_consumers(events, rate, progress=lambda msg: typer.echo(msg, err=True))
     if json_out:
-        typer.echo(json.dumps(result, indent=2))
+        emit_json(result)
     else:
         typer.echo(render_table(result))
 
@@ -90,9 +93,10 @@ def consumers(
 @bench_app.command("rollback")
 def rollback_cmd(
     runs: int = typer.Option(3, "--runs", min=1, help="Lab migrations to roll back (one sample each)."),
-    hosts: int = typer.Option(2, "--hosts", min=2, help="Lab hosts (the first is the canary slice)."),
-    window: float = typer.Option(1.0, "--window", help="Window seconds."),
-    pps: int = typer.Option(2000, "--pps", help="Packets per second into each host."),
+    hosts: int = typer.Option(2, "--hosts", min=2, max=MAX_HOSTS, help="Lab hosts (the first is the canary slice)."),
+    window: float = typer.Option(1.0, "--window", callback=usage(lambda v: check_seconds(v, "--window")),
+                                 help="Window seconds."),
+    pps: int = typer.Option(2000, "--pps", min=1, help="Packets per second into each host."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Rollback latency: Nth breaching window end -> slice mode maps read PERF -> first perf record.
@@ -107,7 +111,7 @@ def rollback_cmd(
     res = bench_rollback(runs=runs, hosts=hosts, window=window, pps=pps,
                          progress=lambda m: typer.echo(m, err=True))
     if json_out:
-        typer.echo(json.dumps(res, sort_keys=True))
+        emit_json(res)
         return
     typer.echo(f"{'RUN':<4} {'DECIDED_MS':>10} {'CONFIRMED_MS':>12} {'MAP_PERF_MS':>11} {'FIRST_PERF_MS':>13}")
     for i, r in enumerate(res["runs"], 1):

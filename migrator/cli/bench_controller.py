@@ -14,7 +14,8 @@ from migrator.cli.bench import bench_app
 def controller_cmd(hosts: int = typer.Option(1000, "--hosts", min=1, help="Hosts per window index."),
                    windows: int = typer.Option(100, "--windows", min=1, help="Windows per host."),
                    db_windows: int = typer.Option(1_000_000, "--db-windows", min=100, help="Windows in the history database."),
-                   db: Path = typer.Option(None, "--db", help="Keep/reuse the history database at this path."),
+                   db: Path = typer.Option(None, "--db", dir_okay=False,
+                                           help="Keep/reuse the history database at this path (a file)."),
                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Controller throughput (windows/s evaluated and persisted) and `history`/`windows --last 100` times.
 

@@ -18,16 +18,19 @@ from migrator.cli._out import emit_json
 from migrator.config import Config, load_config
 from migrator.control.controller import run_controller, start_migration
 from migrator.control.phases import DbApplier, label
-from migrator.store import api, open_store
+from migrator.resources import example_config
+from migrator.store import api, database_errors, open_store
 
 CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."
 
 
 def config_option() -> Path:
+    """The --config/-c option shared by every command that reads canary.toml."""
     return typer.Option(None, "--config", "-c", help=CONFIG_HELP, show_default=False)
 
 
 def resolve_config(path: Path | None) -> Config:
+    """Load the canary.toml a command should use: --config, else $MIGRATOR_CONFIG, else ./canary.toml."""
     return load_config(path or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")))
 
 
@@ -71,15 +74,23 @@ def plan_cmd(config: Path = config_option(),
 @app.command("init")
 def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
              name: str = typer.Option("", "--name", help="A name for this migration."),
+             example: bool = typer.Option(False, "--example", help="Print the commented default canary.toml and exit (writes nothing)."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Create or upgrade the database and record the plan as a PLANNED migration.
 
     Running it again with the same canary.toml changes nothing.
 
-    Example: migrator init canary.toml
+    Examples:
+
+        migrator init --example > canary.toml    # start from the shipped, commented plan
+
+        migrator init canary.toml
     """
+    if example:
+        typer.echo(example_config(), nl=False)
+        return
     cfg, sf = writer(config_file)
-    with sf() as s, s.begin():
+    with database_errors(sf), sf() as s, s.begin():
         m, created = ops.init_migration(s, cfg, name=name)
         out = {"migration_id": m.id, "phase": m.phase, "created": created, "config_hash": m.config_hash,
                "database_url": cfg.database_url, "hosts": len(cfg.host_names), "slices": len(cfg.slice_hosts)}
@@ -108,21 +119,22 @@ def start_cmd(config: Path = config_option(),
     Example: migrator start -c canary.toml --confirm-timeout 10
     """
     cfg, sf = writer(config)
-    with sf() as s:
+    with database_errors(sf), sf() as s:
         m = api.active_migration(s)
         if m is None:
             raise StoreError("no active migration in this database; run `migrator init` first")
         ops.check_same_config(m, cfg)
         mid = m.id
     applier = DbApplier(confirm_timeout=confirm_timeout)
-    start_migration(sf, mid, schema_fingerprint=schema_fingerprint or ops.default_fingerprint(), applier=applier)
-    phase = None
-    if run:
-        import time
-        deadline = None if seconds is None else time.time() + seconds
-        on_step = None if as_json else _print_step
-        phase = run_controller(sf, mid, applier=applier, stop=threading.Event(), deadline=deadline, on_step=on_step)
-    with sf() as s:
+    with database_errors(sf):
+        start_migration(sf, mid, schema_fingerprint=schema_fingerprint or ops.default_fingerprint(), applier=applier)
+        phase = None
+        if run:
+            import time
+            deadline = None if seconds is None else time.time() + seconds
+            on_step = None if as_json else _print_step
+            phase = run_controller(sf, mid, applier=applier, stop=threading.Event(), deadline=deadline, on_step=on_step)
+    with database_errors(sf), sf() as s:
         rep = ops.status_report(s, mid)
     if as_json:
         emit_json(rep)
@@ -140,9 +152,10 @@ def _print_step(res) -> None:
 def _move(op: str, config: Path | None, migration: int | None, reason: str, confirm_timeout: float | None,
           as_json: bool) -> None:
     cfg, sf = writer(config)
-    with sf() as s:
+    with database_errors(sf), sf() as s:
         mid = api.get_migration(s, migration).id
-    t = ops.manual_move(sf, mid, op, reason=reason, applier=DbApplier(confirm_timeout=confirm_timeout))
+    with database_errors(sf):
+        t = ops.manual_move(sf, mid, op, reason=reason, applier=DbApplier(confirm_timeout=confirm_timeout))
     if as_json:
         emit_json(t)
     else:

@@ -1,12 +1,11 @@
 """`migrator doctor`: can this host run the migration? Read-only: it changes nothing."""
 from __future__ import annotations
 
-import json
-
 import typer
 
 from migrator.tools import doctor as core
 from migrator.cli import app
+from migrator.cli._out import emit_json
 
 _COLOURS = {"OK": "green", "FAIL": "red", "WARN": "yellow"}
 
@@ -42,7 +41,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print {\"ok\": b
     checks = core.run_checks()
     ok = core.all_ok(checks)
     if json_out:
-        typer.echo(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=2))
+        emit_json({"ok": ok, "checks": [c.to_dict() for c in checks]})
     else:
         typer.echo(render_table(checks))
         failed = [c.name for c in checks if c.blocking]

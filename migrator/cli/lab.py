@@ -1,13 +1,13 @@
 """`migrator lab ...`: simulated hosts (network namespaces) on this machine, and their traffic."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from migrator.tools import lab as core
 from migrator.cli import app
+from migrator.cli._out import emit_json
 from migrator.errors import MigratorError
 
 lab_app = typer.Typer(
@@ -43,7 +43,7 @@ def up(hosts: int = typer.Option(3, "--hosts", "-n", help="Number of hosts (1-64
     """
     made = core.lab_up(hosts, prefix)
     if json_out:
-        typer.echo(json.dumps([h.to_dict() for h in made], indent=2))
+        emit_json([h.to_dict() for h in made])
         return
     typer.echo(HEADER)
     for h in made:
@@ -60,7 +60,7 @@ def down(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", he
     """
     removed = core.lab_down(prefix)
     if json_out:
-        typer.echo(json.dumps(removed, sort_keys=True))
+        emit_json(removed)
         return
     if not any(removed.values()):
         typer.echo(f"Nothing to remove for prefix {prefix!r}.")
@@ -80,7 +80,7 @@ def status(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", 
     """
     hosts = core.lab_status(prefix)
     if json_out:
-        typer.echo(json.dumps([h.to_dict() for h in hosts], indent=2))
+        emit_json([h.to_dict() for h in hosts])
     elif not hosts:
         typer.echo(f"No lab hosts with prefix {prefix!r}; create them with `migrator lab up --prefix {prefix}`.")
     else:
@@ -112,7 +112,7 @@ def traffic(
     h = core.get_host(host, prefix)
     res = core.start_traffic(h, profile=profile, pps=pps, seconds=seconds, count=count, port=port).wait()
     if json_out:
-        typer.echo(json.dumps({"host": host, "sent": res.sent, "received": res.received, "elapsed": res.elapsed}))
+        emit_json({"host": host, "sent": res.sent, "received": res.received, "elapsed": res.elapsed})
         return
     typer.echo(f"{host}: sent {res.sent}, received {res.received} in {res.elapsed:.3f} s "
                f"({res.sent / res.elapsed if res.elapsed else 0:.0f} pps)")
@@ -157,9 +157,9 @@ def run(
     res = run_lab_migration(base, run_dir.resolve(), hosts=hosts, window=window, rollback_after=rollback_after,
                             fault=fault, fault_seconds=fault_seconds, timeout=timeout, keep_lab=keep, say=say)
     if json_out:
-        typer.echo(json.dumps({"migration_id": res.migration_id, "phase": res.phase, "seconds": res.seconds,
-                               "run_dir": str(res.run_dir), "final_modes": res.final_modes,
-                               "fault_host": res.fault_host, "history": res.history}, default=str, sort_keys=True))
+        emit_json({"migration_id": res.migration_id, "phase": res.phase, "seconds": res.seconds,
+                   "run_dir": str(res.run_dir), "final_modes": res.final_modes,
+                   "fault_host": res.fault_host, "history": res.history})
     else:
         typer.echo("")
         typer.echo(f"history of migration {res.migration_id} ({res.seconds:.1f} s, database {res.database_url}):")

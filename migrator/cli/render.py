@@ -15,6 +15,7 @@ WINDOW_HEADER = (
 
 
 def window_line(w: ChannelWindow) -> str:
+    """One closed window as a fixed-width line under WINDOW_HEADER (`~` marks an unsettled residual)."""
     resid = str(w.residual) + ("" if w.settled else "~")
     return (
         f"{w.host:<8} {w.index:>4} {w.channel:<4} {w.mode:<4} {w.attempts:>9} {w.delivered:>9} {w.dropped:>7} "

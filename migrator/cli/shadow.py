@@ -2,25 +2,49 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
 
 import typer
 
 from migrator.cli import app
 from migrator.cli._out import emit_json
 from migrator.cli.render import WINDOW_HEADER, window_line
-from migrator.tools.shadow import parse_duration, run_shadow
+from migrator.dataplane.loader import SUBMITS, WAKEUPS
+from migrator.errors import OptionError
+from migrator.tools.shadow import (SHADOW_PROBES, check_perf_pages, check_rate, check_ring_bytes, check_seconds,
+                                   parse_duration, run_shadow)
+
+# Choices are Enums so that typer rejects anything else at parse time (exit 2) and lists them in --help.
+ProbeName = Enum("ProbeName", {p: p for p in SHADOW_PROBES}, type=str)
+RingSubmit = Enum("RingSubmit", {k: k for k in SUBMITS}, type=str)
+Wakeup = Enum("Wakeup", {k: k for k in WAKEUPS}, type=str)
+
+
+def usage(check):
+    """A typer callback/parser running `check` and turning its OptionError into a usage error (exit 2)."""
+    def callback(value):
+        try:
+            return check(value)
+        except OptionError as exc:
+            raise typer.BadParameter(exc.detail) from None
+    return callback
 
 
 @app.command()
 def shadow(
-    seconds: float = typer.Option(10.0, "--seconds", "-s", help="How long to run."),
-    window: str = typer.Option("1s", "--window", "-w", help="Window length: 1s, 500ms, 2.5."),
-    probe: str = typer.Option("synthetic", "--probe", help="synthetic (getppid of a generator) or proc (fork/exec/exit)."),
-    rate: float = typer.Option(100_000, "--rate", help="Synthetic events per second (0: as fast as possible)."),
-    ring_bytes: int = typer.Option(16 << 20, "--ring-bytes", help="Ring size, a power of two in bytes."),
-    perf_pages: int = typer.Option(64, "--perf-pages", help="Perf buffer pages per CPU, a power of two."),
-    ring_submit: str = typer.Option("reserve", "--ring-submit", help="reserve (reserve/submit) or output."),
-    wakeup: str = typer.Option("adaptive", "--wakeup", help="adaptive, no_wakeup or force_wakeup."),
+    seconds: float = typer.Option(10.0, "--seconds", "-s", callback=usage(check_seconds), help="How long to run."),
+    window: float = typer.Option("1s", "--window", "-w", parser=usage(parse_duration), metavar="<duration>",
+                                 help="Window length: 1s, 500ms, 2.5."),
+    probe: ProbeName = typer.Option("synthetic", "--probe",
+                                    help="synthetic (getppid of a generator) or proc (fork/exec/exit)."),
+    rate: float = typer.Option(100_000, "--rate", callback=usage(check_rate),
+                               help="Synthetic events per second (0: as fast as possible)."),
+    ring_bytes: int = typer.Option(16 << 20, "--ring-bytes", callback=usage(check_ring_bytes),
+                                   help="Ring size, a power of two in bytes."),
+    perf_pages: int = typer.Option(64, "--perf-pages", callback=usage(check_perf_pages),
+                                   help="Perf buffer pages per CPU, a power of two."),
+    ring_submit: RingSubmit = typer.Option("reserve", "--ring-submit", help="reserve (reserve/submit) or output."),
+    wakeup: Wakeup = typer.Option("adaptive", "--wakeup", help="adaptive, no_wakeup or force_wakeup."),
     print_c: bool = typer.Option(False, "--print-c", help="Print the generated BPF C before loading it."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per window and channel, then the summary."),
 ) -> None:
@@ -31,7 +55,7 @@ def shadow(
     The residual column is attempts - delivered - dropped - lost - in flight since the start; it
     is exact when the window closed on a quiet instant and marked ~ when events kept arriving.
     """
-    win = parse_duration(window)
+    win, probe = window, ProbeName(probe).value
     if not json_out:
         typer.echo(f"shadow: probe={probe} mode=DUAL window={win}s seconds={seconds} rate={rate:g}/s", err=True)
         typer.echo(WINDOW_HEADER)
@@ -44,7 +68,8 @@ def shadow(
                 typer.echo(window_line(w))
 
     _, summary = run_shadow(seconds, win, probe=probe, rate=rate, ring_bytes=ring_bytes, perf_pages=perf_pages,
-                            ring_submit=ring_submit, wakeup=wakeup, print_c=print_c, on_window=on_window)
+                            ring_submit=RingSubmit(ring_submit).value, wakeup=Wakeup(wakeup).value,
+                            print_c=print_c, on_window=on_window)
     if json_out:
         emit_json({"type": "summary", **dataclasses.asdict(summary)})
         return

@@ -11,11 +11,12 @@ from migrator.control import moves as ops
 from migrator.cli import app
 from migrator.cli.control import config_option, resolve_config
 from migrator.cli._out import emit_json
-from migrator.store import api, open_store
+from migrator.store import api, database_errors, open_store
 
 
 
 def reader(path: Path | None):
+    """Open the config's database read-only for the view commands (never creates or upgrades it)."""
     cfg = resolve_config(path)
     return open_store(cfg.database_url, readonly=True)
 
@@ -29,6 +30,7 @@ def _migration_option():
 
 
 def render_status(rep: dict) -> str:
+    """The text of `migrator status`: phase, streak, clean windows, lease, last windows and host modes."""
     lines = [f"migration {rep['migration_id']}: {rep['label']}"
              + (f" (paused in {rep['paused_phase']})" if rep["paused_phase"] else "")
              + f"   since {_ts(rep['phase_since'])}"]
@@ -65,14 +67,12 @@ def status_cmd(config: Path = config_option(), migration: int = _migration_optio
                as_json: bool = typer.Option(False, "--json", help="Print JSON (one line per refresh).")) -> None:
     """Read-only: phase, slice, window, breach streak k/N, clean windows, lease, last window per channel.
 
-    Read-only: never writes to the database.
-
     Examples: migrator status;  migrator status --watch --interval 2
     """
     sf = reader(config)
     try:
         while True:
-            with sf() as s:
+            with database_errors(sf), sf() as s:
                 rep = ops.status_report(s, migration)
             if as_json:
                 emit_json(rep)
@@ -92,12 +92,10 @@ def history_cmd(config: Path = config_option(), migration: int = _migration_opti
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Read-only: every transition: when, from, to, actor, reason, and the windows that triggered it.
 
-    Read-only: never writes to the database.
-
     Example: migrator history --json
     """
     sf = reader(config)
-    with sf() as s:
+    with database_errors(sf), sf() as s:
         m = api.get_migration(s, migration)
         rows = api.history(s, m.id)
     if as_json:
@@ -122,14 +120,12 @@ def windows_cmd(config: Path = config_option(), migration: int = _migration_opti
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Read-only: per-window measurements with their verdicts, per host and channel.
 
-    Read-only: never writes to the database.
-
     Examples: migrator windows --phase SHADOW --host mig1;  migrator windows --last 100 --json
     """
     if phase:
         phase = phase.upper()
     sf = reader(config)
-    with sf() as s:
+    with database_errors(sf), sf() as s:
         m = api.get_migration(s, migration)
         rows = api.list_windows(s, m.id, phase=phase, host=host, channel=channel, last=last)
     if as_json:
@@ -152,14 +148,12 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Read-only: replay stored windows under other thresholds / N; where would it have rolled back?
 
-    Read-only: never writes to the database.
-
     Example: migrator what-if --rollback-after 2 --max-loss-rate 0.0005
     """
     if no_data is not None and no_data not in ("hold", "breach", "reset"):
         raise typer.BadParameter("must be hold, breach or reset", param_hint="--no-data")
     sf = reader(config)
-    with sf() as s:
+    with database_errors(sf), sf() as s:
         rep = ops.what_if_report(s, migration, rollback_after=rollback_after, no_data=no_data,
                                  max_loss_rate=max_loss_rate, max_lag_p99_ms=max_lag_p99_ms)
     if as_json:

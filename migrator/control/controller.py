@@ -50,6 +50,8 @@ _JUDGE_COLS = [Window.id, Window.host, Window.channel, Window.index, Window.star
 
 @dataclass
 class StepResult:
+    """What one controller round did: windows judged, a transition written, or why a move is blocked."""
+
     phase: str
     slice: int
     judged: list[GroupVerdict] = field(default_factory=list)
@@ -60,6 +62,7 @@ class StepResult:
 
 
 def default_holder() -> str:
+    """A lease holder id (host:pid:random) naming this controller, so a dead one on the same host can be spotted."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -114,6 +117,7 @@ class Controller:
         self._config: Config | None = None
 
     def config(self, m: Migration) -> Config:
+        """The plan the migration was started with (its stored config snapshot), parsed once."""
         if self._config is None:
             self._config = config_from_snapshot(m.config_json, "", f"migration {m.id} config snapshot")
         return self._config

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.config import Config, config_from_snapshot
-from migrator.errors import MigratorError
+from migrator.errors import ConfigChanged, OptionError, TransitionNotAllowed
 from migrator.control.phases import DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
 from migrator.control.policy import what_if as replay
 from migrator.store import api
@@ -29,9 +29,7 @@ def init_migration(session: Session, config: Config, *, name: str = "", now: flo
     if active is not None:
         if active.config_hash == config.hash:
             return active, False
-        raise MigratorError(
-            f"migration {active.id} is {active.phase} with another config (hash {active.config_hash[:12]}, "
-            f"{config.path} has {config.hash[:12]}); finish or `migrator abort` it before starting a new plan")
+        raise ConfigChanged(active.id, config.path, config.hash, active.config_hash, phase=active.phase)
     return api.create_migration(session, config, name=name, now=now), True
 
 
@@ -43,14 +41,17 @@ def snapshot_config(m: Migration) -> Config:
 def check_same_config(m: Migration, config: Config) -> None:
     """Refuse to drive a migration with a canary.toml that changed since `init`."""
     if m.config_hash != config.hash:
-        raise MigratorError(
-            f"{config.path} changed since migration {m.id} was initialised (hash {config.hash[:12]}, "
-            f"recorded {m.config_hash[:12]}); revert it, or abort and `migrator init` again")
+        raise ConfigChanged(m.id, config.path, config.hash, m.config_hash)
+
+
+MOVES = ("advance", "pause", "resume", "rollback", "abort")
 
 
 def manual_move(session_factory: sessionmaker[Session], migration_id: int, op: str, *, reason: str = "",
                 applier: ModeApplier | None = None) -> dict:
     """advance | pause | resume | rollback | abort, by an operator; returns the transition as a dict."""
+    if op not in MOVES:
+        raise OptionError("move", op, "is not a manual move", f"use one of {', '.join(MOVES)}")
     with session_factory() as s:
         m = api.get_migration(s, migration_id)
         slices = slice_count(s, m.id)
@@ -66,15 +67,12 @@ def manual_move(session_factory: sessionmaker[Session], migration_id: int, op: s
         target, to_slice = Phase.PAUSED, 0
     elif op == "resume":
         if phase != Phase.PAUSED:
-            from migrator.errors import TransitionNotAllowed
             raise TransitionNotAllowed(label(phase, slice_, slices), "resume", f"{phase} is not PAUSED")
         target, to_slice = Phase(paused_phase), paused_slice or 0
     elif op == "rollback":
         target, to_slice = Phase.ROLLED_BACK, 0
-    elif op == "abort":
+    else:  # abort
         target, to_slice = Phase.ABORTED, 0
-    else:
-        raise ValueError(op)
     t = transition(session_factory, migration_id, target, to_slice=to_slice, actor="manual",
                    reason=reason or f"operator {op}", applier=applier or DbApplier(), **kw)
     with session_factory() as s:

@@ -15,10 +15,8 @@ A crash anywhere leaves at most one intent row, which the next writer re-applies
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -118,6 +116,7 @@ def modes_for(phase: str, slice_: int, hosts: list[tuple[str, int]]) -> dict[str
 
 
 def slice_count(session: Session, migration_id: int) -> int:
+    """How many canary slices the migration's plan has (0 before any are recorded)."""
     from migrator.store.models import Slice
     rows = session.scalars(select(Slice.number).where(Slice.migration_id == migration_id)).all()
     return max(rows, default=0)
@@ -206,7 +205,8 @@ def confirm_transition(session: Session, migration_id: int, transition_id: int, 
 class ModeApplier(Protocol):
     """Puts the desired mode on each host's kernel side; must be idempotent (it is re-run after a crash)."""
 
-    def apply(self, session_factory: sessionmaker[Session], migration_id: int, modes: dict[str, str]) -> None: ...
+    def apply(self, session_factory: sessionmaker[Session], migration_id: int, modes: dict[str, str]) -> None:
+        """Put `modes` (host -> PERF/DUAL/RING) in effect on the hosts; safe to repeat after a crash."""
 
 
 class DbApplier:
@@ -216,6 +216,7 @@ class DbApplier:
         self.confirm_timeout, self.poll_interval = confirm_timeout, poll_interval
 
     def apply(self, session_factory: sessionmaker[Session], migration_id: int, modes: dict[str, str]) -> None:
+        """Set the hosts' desired modes for their agents; with confirm_timeout, wait until each reports it applied."""
         if not modes:
             return
         with session_factory() as s, s.begin():
@@ -240,18 +241,13 @@ class DbApplier:
             time.sleep(self.poll_interval)
 
 
-def _fault_point(name: str, transition_id: int) -> None:
-    # Crash-recovery tests need a process parked between two steps of a transition so that they
-    # can SIGKILL it there: MIGRATOR_FAULT_SLEEP=<point>:<seconds>.
-    spec = os.environ.get("MIGRATOR_FAULT_SLEEP", "")
-    point, _, secs = spec.partition(":")
-    if point == name:
-        print(f"fault: {name} transition {transition_id}, sleeping {secs} s", file=sys.stderr, flush=True)
-        time.sleep(float(secs or 3600))
+# A drill hook: called with ("before_apply" | "before_confirm", transition id) so crash drills can
+# park a process between two steps of a transition and kill it there. None in production.
+StepHook = Callable[[str, int], None]
 
 
 def finish_transition(session_factory: sessionmaker[Session], migration_id: int, applier: ModeApplier,
-                      clock=time.time) -> Transition | None:
+                      clock=time.time, step_hook: StepHook | None = None) -> Transition | None:
     """Apply and confirm the migration's pending intent, if any; the same path serves crash recovery."""
     with session_factory() as s, s.begin():
         m = s.get(Migration, migration_id)
@@ -261,22 +257,24 @@ def finish_transition(session_factory: sessionmaker[Session], migration_id: int,
             return None
         t = s.get(Transition, m.pending_transition_id)
         modes = json.loads(t.modes)
-    _fault_point("before_apply", t.id)
+    if step_hook:
+        step_hook("before_apply", t.id)
     if modes:  # PAUSED changes nothing on the hosts
         applier.apply(session_factory, migration_id, modes)
-    _fault_point("before_confirm", t.id)
+    if step_hook:
+        step_hook("before_confirm", t.id)
     with session_factory() as s, s.begin():
         confirm_transition(s, migration_id, t.id, clock())
     return t
 
 
 def transition(session_factory: sessionmaker[Session], migration_id: int, target: str, *,
-               applier: ModeApplier, clock=time.time, **kw) -> Transition:
+               applier: ModeApplier, clock=time.time, step_hook: StepHook | None = None, **kw) -> Transition:
     """Finish any pending intent, then request, apply and confirm one move (manual commands use this)."""
     finish_transition(session_factory, migration_id, applier, clock)
     with session_factory() as s, s.begin():
         t = request_transition(s, migration_id, target, now=clock(), **kw)
-    finish_transition(session_factory, migration_id, applier, clock)
+    finish_transition(session_factory, migration_id, applier, clock, step_hook)
     return t
 
 

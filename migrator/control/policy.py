@@ -33,6 +33,8 @@ PASS, BREACH, NO_DATA = "pass", "breach", "no-data"
 
 @dataclass(frozen=True)
 class HostVerdict:
+    """One judged host's pass/breach/no-data for one window index, with the rules and numbers behind it."""
+
     host: str
     window_id: int | None
     verdict: str
@@ -42,6 +44,8 @@ class HostVerdict:
 
 @dataclass(frozen=True)
 class GroupVerdict:
+    """The verdict of one window index over all judged hosts: what the breach streak counts."""
+
     index: int
     verdict: str
     rule: str
@@ -52,6 +56,8 @@ class GroupVerdict:
 
 @dataclass(frozen=True)
 class StreakState:
+    """Where a phase position stands: consecutive breaches, their window ids, and clean windows so far."""
+
     streak: int = 0
     window_ids: tuple[int | None, ...] = ()
     clean: int = 0
@@ -83,6 +89,7 @@ class Baseline:
 
     @classmethod
     def of(cls, perf_windows: Iterable[Any]) -> "Baseline | None":
+        """The perf baseline of one window index from its perf windows; None when there are none."""
         ws = [w for w in perf_windows if w is not None]
         if not ws:
             return None

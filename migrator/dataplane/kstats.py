@@ -46,5 +46,6 @@ def prog_run_stats(prog_fds: list[int]) -> tuple[int, int]:
 
 
 def close_stats(fd: int | None) -> None:
+    """Give up the run-time accounting enable_stats() turned on (None: nothing to give up)."""
     if fd is not None:
         os.close(fd)

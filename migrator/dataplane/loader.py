@@ -18,6 +18,8 @@ CH_PERF, CH_RING = 0, 1
 
 
 class ChanCounters(ct.Structure):
+    """One CPU's counters of one channel, laid out as emit.h's struct chan_counters."""
+
     _fields_ = [("attempts", ct.c_uint64), ("ok", ct.c_uint64), ("full", ct.c_uint64), ("other", ct.c_uint64)]
 
 
@@ -54,6 +56,7 @@ class Losses:
 
     @property
     def dropped(self) -> int:
+        """Refusals of both causes together (buffer full and other)."""
         return self.dropped_full + self.dropped_other
 
 
@@ -129,14 +132,17 @@ class Probe:
     # -- maps ---------------------------------------------------------------------------------
     @property
     def ring_map_fd(self) -> int:
+        """The ring buffer map's fd, for the ring consumer to mmap."""
         return self.bpf["events_ring"].map_fd
 
     @property
     def perf_map(self):
+        """The perf event array map, for the perf consumer to install its per-CPU fds in."""
         return self.bpf["events_perf"]
 
     @property
     def ncpu(self) -> int:
+        """How many CPUs the kernel keeps per-CPU counters for."""
         return self._ncpu
 
     def set_mode(self, mode: str) -> None:
@@ -149,6 +155,7 @@ class Probe:
 
     @property
     def mode(self) -> str:
+        """The mode the probe runs now, read back from the mode map (the map is the truth)."""
         return MODE_NAMES.get(self.bpf["mode_map"][ct.c_int(0)].value, "?")
 
     def set_target(self, tgid: int) -> None:
@@ -157,6 +164,7 @@ class Probe:
 
     @property
     def next_seq(self) -> int:
+        """The sequence number the next event will get, to place a mode switch in the event stream."""
         return self.bpf["seq_map"][ct.c_int(0)].value
 
     def counters(self) -> dict[str, Counters]:
@@ -171,9 +179,11 @@ class Probe:
         return out
 
     def prog_fds(self) -> list[int]:
+        """The loaded programs' fds, to read their kernel run time and run count."""
         return [f.fd for f in self.bpf.funcs.values()]
 
     def close(self) -> None:
+        """Unload the probe: detach and free its programs and maps (safe to call twice)."""
         bpf, self.bpf = getattr(self, "bpf", None), None
         if bpf is not None:
             bpf.cleanup()

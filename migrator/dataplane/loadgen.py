@@ -41,19 +41,24 @@ class LoadGen:
 
     @property
     def pid(self) -> int:
+        """The child's pid, for the synthetic probe's target map."""
         return self.proc.pid
 
     def start(self) -> None:
+        """Let the child start its calls (once the probe targets its pid)."""
         self.proc.stdin.write(b"g")
         self.proc.stdin.close()
 
     def wait(self, timeout: float | None = None) -> int:
+        """Wait until the child has made all its calls; returns its exit code."""
         return self.proc.wait(timeout)
 
     def running(self) -> bool:
+        """True while the child is still generating events."""
         return self.proc.poll() is None
 
     def kill(self) -> None:
+        """Stop the child now if it is still running, and reap it."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

@@ -47,6 +47,7 @@ def entered(name: str | None):
 
 
 def list_netns() -> list[str]:
+    """Names of the named network namespaces (/var/run/netns), sorted."""
     return sorted(_netns.listnetns())
 
 
@@ -59,12 +60,14 @@ def is_mounted(name: str) -> bool:
 
 
 def create(name: str) -> None:
+    """Create a named network namespace, first clearing a mount point a crash left unbound."""
     if (NETNS_RUN_DIR / name).exists() and not is_mounted(name):
         remove(name)  # a crash between creating the mount point and binding it
     _netns.create(name)
 
 
 def remove(name: str) -> None:
+    """Delete a named network namespace."""
     _netns.remove(name)
 
 
@@ -76,6 +79,7 @@ def write_sysctl(key: str, value: str, netns: str | None = None) -> None:
 
 
 def read_sysctl(key: str, netns: str | None = None) -> str:
+    """sysctl key (dots are separators), read inside namespace `netns` when given."""
     path = Path("/proc/sys") / key.replace(".", "/")
     with entered(netns):
         return path.read_text().strip()

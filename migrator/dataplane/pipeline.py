@@ -27,6 +27,7 @@ class ChannelTotals:
 
     @property
     def residual(self) -> int:
+        """Records the books cannot account for: 0 when the channel balances exactly."""
         return self.attempts - self.delivered - self.dropped_full - self.dropped_other - self.lost - self.in_flight
 
 
@@ -155,6 +156,7 @@ class Pipeline:
         return after, in_flight, False
 
     def totals(self, counters: dict[str, Counters], in_flight: dict[str, int]) -> dict[str, ChannelTotals]:
+        """Each channel's cumulative books (attempts vs delivered, dropped, lost, in flight) from one snapshot."""
         out = {}
         for ch, c in counters.items():
             loss = c.losses(ch)
@@ -223,6 +225,7 @@ class Pipeline:
         return windows
 
     def close(self) -> None:
+        """Release both consumers, the epoll and the stats fd (the probe itself is the caller's)."""
         self._ep.close()
         self.perf.close()
         self.ring.close()

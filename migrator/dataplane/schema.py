@@ -52,6 +52,7 @@ def fingerprint(version: int = CURRENT_VERSION) -> str:
 
 
 def empty_batch() -> np.ndarray:
+    """A batch with no records, in the current event dtype (what a consumer returns when nothing waits)."""
     return np.empty(0, dtype=EVENT_DTYPE)
 
 

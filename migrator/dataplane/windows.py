@@ -32,6 +32,7 @@ class ChannelMeter:
         self.reset()
 
     def reset(self) -> None:
+        """Start a new window: clear counts, lag histogram and CPU time (ordering carries over)."""
         self.delivered = 0
         self.inversions = 0
         self.cpu_s = 0.0

@@ -1,10 +1,17 @@
-"""The store: models, sessions, alembic-from-code, and the core queries agents and CLI call."""
+"""The store: models, sessions, alembic-from-code, and the core queries agents and CLI call.
+
+Driver errors are translated at this boundary (migrator.store.guard): open_store raises
+DatabaseUnavailable / DatabaseMissing / RevisionMismatch (all StoreError) naming the database,
+never a raw SQLAlchemy or OS exception. Callers that commit wrap their work in
+`database_errors(session_factory)` to get the same for later failures (lock timeout, disk full).
+"""
 from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrator.errors import StoreError
+from migrator.errors import DatabaseMissing
 from migrator.store.db import make_engine, make_session_factory, sqlite_path
+from migrator.store.guard import database_errors, make_parent_dir, safe_url
 from migrator.store.migrate import check_revision
 
 
@@ -12,20 +19,22 @@ def open_store(url: str, *, readonly: bool = False) -> sessionmaker[Session]:
     """A session factory on `url`, upgraded to head (writers) or checked to be at head (readers).
 
     Read-only openers never create a missing SQLite file and never upgrade: they raise StoreError.
+    Every failure to reach or use the database raises a StoreError subclass naming it.
     """
     path = sqlite_path(url)
     if path is not None:
         if readonly and not path.exists():
-            raise StoreError(f"no database at {path}; run `migrator init` first")
+            raise DatabaseMissing(str(path))
         if not readonly:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_parent_dir(path, url)
     engine = make_engine(url, readonly=readonly)
     try:
-        check_revision(engine, url, upgrade_if_older=not readonly)
-    except Exception:
+        with database_errors(engine):
+            check_revision(engine, url, upgrade_if_older=not readonly)
+    except BaseException:
         engine.dispose()
         raise
     return make_session_factory(engine)
 
 
-__all__ = ["open_store", "make_engine", "make_session_factory", "sqlite_path"]
+__all__ = ["open_store", "make_engine", "make_session_factory", "sqlite_path", "database_errors", "safe_url"]

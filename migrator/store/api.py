@@ -167,6 +167,7 @@ def report_fingerprint(session: Session, migration_id: int, fingerprint: str) ->
 # ---- read side -------------------------------------------------------------------------------
 
 def transition_dict(t: Transition) -> dict:
+    """A transition row as the plain dict `history` prints and --json emits."""
     return {"id": t.id, "from": t.from_phase, "from_slice": t.from_slice, "to": t.to_phase,
             "to_slice": t.to_slice, "actor": t.actor, "reason": t.reason,
             "window_ids": json.loads(t.window_ids), "status": t.status, "at": t.created_at,
@@ -222,6 +223,7 @@ def hosts(session: Session, migration_id: int) -> list[dict]:
 
 
 def lease_of(session: Session, migration_id: int) -> Lease | None:
+    """The controller lease on a migration, if any controller ever took one."""
     return session.get(Lease, migration_id)
 
 

@@ -10,26 +10,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from migrator.store.guard import engine_error, parse_url
 
 BUSY_TIMEOUT_MS = 30_000
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL, None for other backends and in-memory databases."""
-    u = make_url(url)
+    """The file behind a SQLite URL, None for other backends and in-memory databases.
+
+    An URL that does not parse raises DatabaseUnavailable (naming it, password hidden)."""
+    u = parse_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None
     return Path(u.database)
 
 
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
-    """An engine for `url`; SQLite gets WAL, foreign_keys, busy_timeout and explicit BEGINs."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return create_engine(url, future=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    """An engine for `url`; SQLite gets WAL, foreign_keys, busy_timeout and explicit BEGINs.
+
+    An unparsable URL, an unknown scheme or a driver that is not installed raise DatabaseUnavailable.
+    No connection is made here: connect errors surface (translated) in check_revision / database_errors.
+    """
+    u = parse_url(url)
+    try:
+        if u.get_backend_name() != "sqlite":
+            return create_engine(u, future=True)
+        engine = create_engine(u, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    except Exception as exc:
+        err = engine_error(exc, u)
+        if err is None:
+            raise
+        raise err from exc
     begin_sql = "BEGIN" if readonly else "BEGIN IMMEDIATE"
 
     @event.listens_for(engine, "connect")

@@ -12,8 +12,9 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect
 
-from migrator.errors import StoreError
+from migrator.errors import InstallError, RevisionMismatch
 from migrator.resources import migrations_dir
+from migrator.store.guard import database_errors, safe_url
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
@@ -28,7 +29,8 @@ def alembic_config(connection: Connection | None = None) -> AlembicConfig:
 def head_revision() -> str:
     """The newest revision this code knows."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
+    if head is None:
+        raise InstallError(str(migrations_dir()), "no alembic revision scripts found (the package is incomplete)")
     return head
 
 
@@ -54,30 +56,32 @@ def check_revision(engine: Engine, url: str, *, upgrade_if_older: bool) -> str:
 
     A revision this code does not know means the database was written by a newer migrator:
     refuse rather than guess. An older one is upgraded when `upgrade_if_older`, else refused
-    (read-only commands must not write).
+    (read-only commands must not write). Driver errors (unreachable server, not a database,
+    lock timeout, ...) are raised as DatabaseUnavailable.
     """
     head = head_revision()
     script = ScriptDirectory.from_config(alembic_config())
-    with engine.connect() as conn:
-        current = current_revision(conn)
-        has_tables = bool(set(inspect(conn).get_table_names()) - {"alembic_version"})
-        conn.rollback()
+    shown = safe_url(url)
+    with database_errors(engine):
+        with engine.connect() as conn:
+            current = current_revision(conn)
+            has_tables = bool(set(inspect(conn).get_table_names()) - {"alembic_version"})
+            conn.rollback()
     if current == head:
         return head
     if current is not None:
         try:
             script.get_revision(current)
         except CommandError:
-            raise StoreError(
-                f"database {url} is at revision {current}, newer than this migrator "
-                f"(head {head}); upgrade migrator instead of using an older one"
-            ) from None
+            raise RevisionMismatch(
+                shown, current, head, f"is at revision {current}, newer than this migrator (head {head})",
+                "upgrade migrator instead of using an older one") from None
     elif has_tables:
-        raise StoreError(f"database {url} has tables but no migrator revision; use another database")
+        raise RevisionMismatch(shown, None, head, "has tables but no migrator revision", "use another database")
     if not upgrade_if_older:
-        raise StoreError(
-            f"database {url} is at revision {current or 'empty'}, older than this migrator "
-            f"(head {head}); run `migrator init` to upgrade it (read-only commands do not write)"
-        )
-    upgrade(engine)
+        raise RevisionMismatch(
+            shown, current, head, f"is at revision {current or 'empty'}, older than this migrator (head {head})",
+            "run `migrator init` to upgrade it (read-only commands do not write)")
+    with database_errors(engine):
+        upgrade(engine)
     return head

@@ -30,6 +30,7 @@ NAMING_CONVENTION = {
 
 
 class Base(DeclarativeBase):
+    """Declarative base of every table; its MetaData names constraints for SQLite batch mode."""
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 

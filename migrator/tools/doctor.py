@@ -260,21 +260,47 @@ def check_kernel_headers(release: str | None = None, modules_dir: str = "/lib/mo
     return Check("kernel_headers", True, value)
 
 
-def check_bcc(debian_dir: str = DEBIAN_BCC_DIR) -> Check:
-    """Debian's python3-bpfcc `bcc` module imports here (and it is not PyPI's unrelated `bcc`)."""
-    fix = f"apt-get install python3-bpfcc and link {debian_dir}/bcc into the venv ({SETUP}); pip uninstall bcc if PyPI's is installed"
-    try:
+def _import_bcc(search_path: list[str] | None):
+    """`import bcc`; with search_path, the `bcc` found first in those directories instead (the
+    module is not registered in sys.modules, so the process's own bcc is left alone)."""
+    if search_path is None:
         import bcc  # noqa: PLC0415 - importing is the check
+
+        return bcc
+    import importlib.machinery  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.machinery.PathFinder.find_spec("bcc", list(search_path))
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError("No module named 'bcc'", name="bcc")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_bcc(debian_dir: str = DEBIAN_BCC_DIR, search_path: list[str] | None = None) -> Check:
+    """Debian's python3-bpfcc `bcc` module imports here (and it is not PyPI's unrelated `bcc`).
+
+    search_path: directories to find `bcc` in instead of sys.path (tests point it at fakes).
+    """
+    link = f"link {debian_dir}/bcc into the venv ({SETUP})"
+    try:
+        bcc = _import_bcc(search_path)
     except Exception as exc:  # libbcc.so missing raises OSError, not ImportError
-        return Check("bcc", False, f"import bcc failed: {type(exc).__name__}: {exc}", fix)
+        return Check("bcc", False, f"import bcc failed: {type(exc).__name__}: {exc}",
+                     f"apt-get install python3-bpfcc and {link}")
     where = getattr(bcc, "__file__", None) or "?"
     real = os.path.realpath(where) if where != "?" else where
     shown = os.path.dirname(real) + ("" if real == where else f" (via link {os.path.dirname(where)})")
     if not hasattr(bcc, "BPF"):
-        return Check("bcc", False, f"{shown} has no bcc.BPF (PyPI's unrelated 'bcc'?)", fix)
+        return Check("bcc", False, f"{shown} has no bcc.BPF (PyPI's unrelated 'bcc'?)",
+                     f"pip uninstall bcc (PyPI's 'bcc' is another project), then {link}")
     base = os.path.realpath(debian_dir) + os.sep
     if not real.startswith(base):
-        return Check("bcc", False, f"{shown} is not under {debian_dir} (not Debian's python3-bpfcc)", fix)
+        # the import-path entry that supplied it: the parent of a bcc/ package, or of bcc.py
+        entry = os.path.dirname(os.path.dirname(where) if os.path.basename(where) == "__init__.py" else where)
+        return Check("bcc", False, f"{shown} is not under {debian_dir} (not Debian's python3-bpfcc)",
+                     f"remove the bcc in {entry} from the import path and {link}")
     return Check("bcc", True, f"bcc.BPF from {os.path.dirname(real)}" + ("" if real == where else " (linked into the venv)"))
 
 

@@ -163,6 +163,7 @@ class PerfConsumer:
         self._perf_map = perf_map
 
     def fds(self) -> list[int]:
+        """The per-CPU perf event fds, for the caller to wait on (epoll)."""
         return [b.fd for b in self._bufs]
 
     def in_flight(self) -> int:
@@ -179,6 +180,7 @@ class PerfConsumer:
         return max((b.pending_bytes() for b in self._bufs), default=0) // SAMPLE_SIZE
 
     def capacity_per_cpu(self) -> int:
+        """Records one CPU's buffer holds, so batching can stop short of overflowing it."""
         return (self.pages * PAGE) // SAMPLE_SIZE
 
     def consume(self) -> np.ndarray:
@@ -240,6 +242,7 @@ class PerfConsumer:
         return pos + size
 
     def close(self) -> None:
+        """Take the buffers out of the perf map, disable their events and free the mmaps and fds."""
         perf_map = getattr(self, "_perf_map", None)
         for b in self._bufs:
             if perf_map is not None:

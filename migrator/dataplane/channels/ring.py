@@ -44,6 +44,7 @@ class RingConsumer:
         self.consumed = 0
 
     def fileno(self) -> int:
+        """The ring map fd, for the caller to wait on (epoll)."""
         return self.map_fd
 
     def in_flight(self) -> int:
@@ -62,6 +63,7 @@ class RingConsumer:
         return int.from_bytes(self._prod_mm[off + HDR + 16 : off + HDR + 24], "little")
 
     def capacity(self) -> int:
+        """Records the ring holds, so batching can stop short of filling it."""
         return self.size // STRIDE
 
     def consume(self, max_records: int | None = None) -> np.ndarray:
@@ -118,6 +120,7 @@ class RingConsumer:
         return pos
 
     def close(self) -> None:
+        """Unmap the ring (the map and its fd stay with the probe)."""
         del self._cons
         self._prod = None
         self._cons_mm.close()

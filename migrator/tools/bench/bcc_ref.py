@@ -64,9 +64,11 @@ class BccRingRef:
         self.bpf["events_ring"].open_ring_buffer(_make_callback(self.tally))
 
     def poll(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for records and run the callback on each (bcc's ring_buffer_poll)."""
         self.bpf.ring_buffer_poll(timeout_ms)
 
     def consume(self) -> None:
+        """Run the callback on every record waiting now, without blocking."""
         self.bpf.ring_buffer_consume()
 
 
@@ -85,9 +87,11 @@ class BccPerfRef:
         self.bpf["events_perf"].open_perf_buffer(_make_callback(self.tally), page_cnt=page_cnt, lost_cb=lost)
 
     def poll(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for records and run the callback on each (bcc's perf_buffer_poll)."""
         self.bpf.perf_buffer_poll(timeout_ms)
 
     def consume(self) -> None:
+        """Run the callback on every record waiting now, without blocking."""
         self.bpf.perf_buffer_consume()
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 from migrator.dataplane.loader import Probe
 from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
 from migrator.tools.bench.bcc_ref import BccPerfRef, BccRingRef
-from migrator.errors import MigratorError
+from migrator.errors import OptionError
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 
@@ -25,6 +25,8 @@ KEYS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", 
 
 @dataclass(frozen=True)
 class PathSpec:
+    """One benchmarked path: which channel the probe writes, whose consumer reads it, which wakeup."""
+
     mode: str  # mode map value: which channel the probe writes
     consumer: str  # "bcc" or "ours"
     wakeup: str  # ring producer flag (Probe wakeup=); perf ignores it
@@ -161,9 +163,9 @@ def bench_consumers(events: int, rate: float = 0, *, ring_bytes: int = 16 << 20,
                     progress: Callable[[str], None] = lambda _msg: None) -> dict:
     """Run bcc-ring, bcc-perf, ring and perf in turn on the same synthetic stream; per-path figures and ratios."""
     if events <= 0:
-        raise MigratorError(f"--events must be positive, got {events}")
+        raise OptionError("--events", events, "is not a positive number of events", "use --events 1 or more")
     if rate < 0:
-        raise MigratorError(f"--rate must be >= 0 (0: as fast as the generator goes), got {rate}")
+        raise OptionError("--rate", rate, "is negative", "use --rate 0 (as fast as the generator goes) or more")
     if timeout_s is None:
         # bcc's perf callback path runs ~0.15 M events/s here; leave it room.
         floor = events / rate if rate > 0 else 0.0

@@ -12,12 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from migrator.config import parse_config
 from migrator.control.controller import Controller
 from migrator.control.phases import Phase, transition
-from migrator.store import api, open_store
+from migrator.errors import BenchError
+from migrator.store import api, database_errors, open_store
 from migrator.store.models import Migration, Window
 from migrator.records import ChannelWindow
 
@@ -81,7 +82,10 @@ def evaluate_and_persist(db: Path, hosts: int, windows: int) -> dict:
         t_step += time.perf_counter() - t
         judged += len(res.judged)
         breaches += sum(g.verdict == "breach" for g in res.judged)
-        assert res.transition_id is None, "bench data must not trigger a transition"
+        if res.transition_id is not None:
+            raise BenchError("controller", f"window {i} triggered transition {res.transition_id} in {db}; the "
+                                           "bench must stay in SHADOW to measure judging alone",
+                             "report this as a bug: the controller judged the bench's clean data as a reason to move")
     elapsed = time.perf_counter() - start
     n = hosts * windows * 2
     sf.kw["bind"].dispose()
@@ -92,7 +96,7 @@ def evaluate_and_persist(db: Path, hosts: int, windows: int) -> dict:
 
 
 def build_history_db(db: Path, db_windows: int, hosts: int = 1000, chunk: int = 50_000) -> dict:
-    """A database with one migration holding `db_windows` windows (bulk Core inserts); reused if big enough."""
+    """A database with one migration holding `db_windows` windows (written as agents write them); reused if big enough."""
     cfg = _config(hosts, db)
     sf = open_store(cfg.database_url)
     with sf() as s:
@@ -106,12 +110,13 @@ def build_history_db(db: Path, db_windows: int, hosts: int = 1000, chunk: int = 
     for tgt in (Phase.DUAL_INSTRUMENT, Phase.SHADOW):
         transition(sf, mid, tgt, applier=_NoopApplier(), clock=lambda: T0)
     names = cfg.host_names
-    rows: list[dict] = []
+    rows: list[ChannelWindow] = []
     written = 0
 
     def flush() -> None:
-        with sf() as s, s.begin():
-            s.connection().execute(insert(Window), rows)
+        # The one window write path agents use, in big batches.
+        with database_errors(sf), sf() as s, s.begin():
+            api.record_windows(s, mid, rows, now=T0)
         rows.clear()
 
     i = 0
@@ -120,12 +125,9 @@ def build_history_db(db: Path, db_windows: int, hosts: int = 1000, chunk: int = 
             for ch in ("ring", "perf"):
                 if written >= db_windows:
                     break
-                rows.append({"migration_id": mid, "phase": "SHADOW", "slice": 0, "recorded_at": T0 + i, "host": h,
-                             "channel": ch, "index": i, "start": T0 + i, "end": T0 + i + 1, "mode": "DUAL",
-                             "attempts": 2000, "delivered": 2000, "dropped_full": 0, "dropped_other": 0, "lost": 0,
-                             "parse_errors": 0, "in_flight": 0, "lag_p50_ms": 0.4, "lag_p99_ms": 1.5,
-                             "lag_max_ms": 3.0, "inversions": 0, "consumer_cpu_s": 0.01, "bpf_run_ns": 0,
-                             "bpf_run_cnt": 0, "residual": 0, "settled": True, "loss_rate": 0.0, "extra": "{}"})
+                rows.append(ChannelWindow(host=h, channel=ch, index=i, start=T0 + i, end=T0 + i + 1, mode="DUAL",
+                                          attempts=2000, delivered=2000, lag_p50_ms=0.4, lag_p99_ms=1.5,
+                                          lag_max_ms=3.0, consumer_cpu_s=0.01))
                 written += 1
                 if len(rows) >= chunk:
                     flush()
@@ -148,7 +150,10 @@ def time_queries(db: Path) -> dict:
             "windows_host_last_100_ms": _time(lambda: api.list_windows(s, mid, host=host, last=100)),
             "windows_phase_last_100_ms": _time(lambda: api.list_windows(s, mid, phase="SHADOW", last=100)),
         }
-        assert len(api.list_windows(s, mid, last=100)) == 100
+        got = len(api.list_windows(s, mid, last=100))
+        if got != 100:
+            raise BenchError("controller", f"`windows --last 100` on {db} returned {got} windows, not 100",
+                             "delete that history database (or pass another --db) so the bench builds a fresh one")
     sf.kw["bind"].dispose()
     return {k: round(v, 3) for k, v in out.items()}
 
@@ -157,10 +162,13 @@ def bench_controller(*, hosts: int = 1000, windows: int = 100, db_windows: int =
                      db_path: Path | None = None, workdir: Path | None = None) -> dict:
     """Run both parts; `db_path` keeps (and reuses) the big history database."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        part1 = evaluate_and_persist(Path(tmp) / "eval.db", hosts, windows)
+        eval_db = Path(tmp) / "eval.db"
+        with database_errors(f"sqlite:///{eval_db}"):  # a driver error: one line naming the file
+            part1 = evaluate_and_persist(eval_db, hosts, windows)
         big = Path(db_path) if db_path else Path(tmp) / "history.db"
-        build = build_history_db(big, db_windows)
-        queries = time_queries(big)
+        with database_errors(f"sqlite:///{big.resolve()}"):
+            build = build_history_db(big, db_windows)
+            queries = time_queries(big)
     return {"evaluate": part1, "history_db": {"path": str(db_path) if db_path else None, **build}, "queries": queries,
             "targets": {"windows_per_s >= 20000": part1["windows_per_s"] >= 20000,
                         "history < 100 ms": queries["history_ms"] < 100,

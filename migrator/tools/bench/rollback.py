@@ -11,6 +11,7 @@ from typing import Callable
 from sqlalchemy import select
 
 from migrator.config import load_config
+from migrator.errors import BenchError
 from migrator.tools.lab.run import run_lab_migration
 from migrator.store import open_store
 from migrator.store.models import Transition, Window
@@ -53,7 +54,10 @@ def measure_run(database_url: str, migration_id: int, slice_hosts: list[str]) ->
                 switches[w.host] = sw
     missing = sorted(set(slice_hosts) - set(switches))
     if missing:
-        raise RuntimeError(f"no PERF switch reported by {', '.join(missing)}")
+        raise BenchError("rollback", f"migration {migration_id} in {database_url}: no PERF switch reported by "
+                                     f"{', '.join(missing)} after the rollback",
+                         "rerun the scenario with `migrator lab run --fault stall-ring --run-dir DIR` and read "
+                         "the agent logs in DIR, then run the bench again")
     ms = lambda t: None if t is None else round((t - window_end) * 1000, 2)  # noqa: E731
     firsts = [sw["first_perf_at"] for sw in switches.values()]
     return {
@@ -80,7 +84,10 @@ def bench_rollback(runs: int = 3, hosts: int = 2, window: float = 1.0, rollback_
             res = run_lab_migration(base, Path(tmp) / f"run{i}", prefix="mbr", fault="stall-ring",
                                     say=lambda _: None, timeout=60, after_final_windows=2)
             if res.phase != "ROLLED_BACK":
-                raise RuntimeError(f"run {i + 1} ended {res.phase}, not ROLLED_BACK")
+                raise BenchError("rollback", f"run {i + 1} ended {res.phase}, not ROLLED_BACK (the stalled canary "
+                                             "host did not breach)",
+                                 "rerun the scenario with `migrator lab run --fault stall-ring --run-dir DIR` to see "
+                                 "why, or give it more traffic (--pps), then run the bench again")
             r = measure_run(res.database_url, res.migration_id, [res.fault_host])
             progress(f"  mode map PERF after {r['map_perf_ms']} ms, first perf record after {r['first_perf_ms']} ms")
             out.append(r)

@@ -19,25 +19,30 @@ def check_prefix(prefix: str) -> str:
 
 
 def check_hosts(n_hosts: int) -> int:
+    """Refuse a lab size outside 1..MAX_HOSTS before anything is created."""
     if not isinstance(n_hosts, int) or not 1 <= n_hosts <= MAX_HOSTS:
         raise LabConfigError("hosts", n_hosts, f"choose 1 to {MAX_HOSTS} hosts")
     return n_hosts
 
 
 def require_root(action: str) -> None:
+    """Refuse a lab `action` with a clear error unless running as root."""
     if os.geteuid() != 0:
         raise LabPermissionError(action)
 
 
 def ns_name(prefix: str, i: int) -> str:
+    """Name of lab host i and of its network namespace (mig3)."""
     return f"{prefix}{i}"
 
 
 def root_ifname(prefix: str, i: int) -> str:
+    """Root-namespace end of lab host i's veth pair (mig3-h)."""
     return f"{prefix}{i}-h"
 
 
 def host_ifname(prefix: str, i: int) -> str:
+    """Lab host i's own end of its veth pair, inside its namespace, where the probe attaches (mig3-n)."""
     return f"{prefix}{i}-n"
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 from sqlalchemy import select
 
 from migrator.control import moves as ops
-from migrator.agent.loop import FAULT_KINDS, inject_fault
+from migrator.agent.drills import DRILL_KINDS, inject
 from migrator.config import Config, load_config
 from migrator.control.controller import StepResult, run_controller, start_migration
 from migrator.errors import MigratorError
@@ -29,7 +29,7 @@ from migrator.store import api, open_store
 from migrator.store.models import Host, Migration
 from migrator.vocab import FINAL, slice_size
 
-LAB_FAULTS = (*FAULT_KINDS, "burst", "cpu-load")
+LAB_FAULTS = (*DRILL_KINDS, "burst", "cpu-load")
 BURST_PORT = 47001  # the steady generator's receiver holds the default port
 
 
@@ -128,13 +128,15 @@ class AgentProcs:
             log = open(log_dir / f"agent-{h}.log", "w")
             self.procs[h] = subprocess.Popen(
                 [sys.executable, "-m", "migrator", "agent", "--host", h, "-c", str(config_path),
-                 "--migration", str(migration_id)], stdout=log, stderr=subprocess.STDOUT,
+                 "--migration", str(migration_id), "--drills"], stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent)
 
     def dead(self) -> list[str]:
+        """Hosts whose agent process has exited, so the run can stop and point at their logs."""
         return [h for h, p in self.procs.items() if p.poll() is not None]
 
     def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every agent, then kill whichever is still running after `timeout` s."""
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -229,8 +231,8 @@ class LabStage:
         """A fault on one lab host: agent-side (stall-ring, shrink-ring) or from outside (burst, cpu-load)."""
         from migrator.tools.lab import cpu_load, get_host, start_traffic
 
-        if fault in FAULT_KINDS:
-            inject_fault(host, fault, seconds)
+        if fault in DRILL_KINDS:
+            inject(host, fault, seconds)
         elif fault == "burst":
             # As fast as the generator goes, for the fault's duration: beyond what a shrunk ring holds.
             self.traffic.append(start_traffic(get_host(host, self.cfg.lab.prefix), "burst", count=200_000,
@@ -241,11 +243,13 @@ class LabStage:
             raise MigratorError(f"fault {fault!r} unknown; choose one of {', '.join(LAB_FAULTS)}")
 
     def phase(self) -> tuple[str, int, int | None]:
+        """The migration's phase, slice and pending transition id now, for the live view and fault timing."""
         with self.sf() as s:
             m = s.get(Migration, self.mid)
             return m.phase, m.slice, m.pending_transition_id
 
     def result(self, seconds: float) -> LabRun:
+        """The run's outcome for the summary and tests: final phase, history, each host's applied mode."""
         with self.sf() as s:
             return LabRun(self.mid, s.get(Migration, self.mid).phase, self.run_dir, self.cfg_path,
                           self.cfg.database_url, self.names, history=api.history(s, self.mid), seconds=seconds,

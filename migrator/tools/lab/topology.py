@@ -43,6 +43,7 @@ class LabHost:
     filters: dict[str, list[str]] = field(default_factory=dict)  # hook -> BPF filter names
 
     def to_dict(self) -> dict:
+        """The host as a plain dict, for `lab up` / `lab status` --json."""
         return asdict(self)
 
 

@@ -70,6 +70,7 @@ class TrafficProcess:
 
     @property
     def pid(self) -> int:
+        """The generator child's pid, to find or signal it from outside."""
         return self.proc.pid
 
     def wait(self, timeout: float | None = None) -> TrafficResult:
@@ -172,6 +173,7 @@ def run(netns_name: str, src: str, dst: str, port: int, profile: str, pps: float
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the generator child: check the bounds, send, print the one-line JSON report."""
     ap = argparse.ArgumentParser(prog="python -m migrator.tools.lab.traffic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--netns", required=True)
     ap.add_argument("--src", required=True)

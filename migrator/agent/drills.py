@@ -1,0 +1,98 @@
+"""Drills: faults an operator (or the lab) asks a running agent to act out, to rehearse rollback.
+
+They exist only in an agent started with `--drills`. A drill is a small JSON file in a root-only
+directory (0700), named after the host and naming it inside; the agent that serves that host
+takes it, checks its shape, acts and deletes it. Anything else is refused with a log line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrator.errors import DrillError
+from migrator.vocab import HOST_NAME_RULE, is_host_name
+
+log = logging.getLogger("migrator.agent")
+DRILL_DIR = Path(os.environ.get("MIGRATOR_DRILL_DIR", "/run/migrator/drills"))
+# Agent-side drills (the lab adds traffic bursts and CPU load from outside the agent).
+DRILL_KINDS = ("stall-ring", "shrink-ring")
+MAX_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Drill:
+    """One requested fault: what, on which host, for how long."""
+
+    host: str
+    kind: str
+    seconds: float
+    ring_bytes: int | None = None
+
+
+def validate(host: object, kind: object, seconds: object) -> Drill:
+    """A Drill from untrusted values, or DrillError naming the field and the fix."""
+    if not is_host_name(host):
+        raise DrillError("host", host, f"a host name is {HOST_NAME_RULE}")
+    if kind not in DRILL_KINDS:
+        raise DrillError("kind", kind, f"choose one of {', '.join(DRILL_KINDS)}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or not 0 < seconds <= MAX_SECONDS:
+        raise DrillError("seconds", seconds, f"give a number of seconds in (0, {MAX_SECONDS:g}]")
+    return Drill(host, kind, float(seconds))
+
+
+def drill_path(host: str, drill_dir: Path = DRILL_DIR) -> Path:
+    """Where the drill for `host` is dropped."""
+    return drill_dir / f"{host}.json"
+
+
+def inject(host: str, kind: str, seconds: float, drill_dir: Path = DRILL_DIR) -> Path:
+    """Queue a drill for `host`'s agent (started with --drills); it is taken within a poll."""
+    d = validate(host, kind, seconds)
+    drill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(drill_dir, 0o700)  # mkdir's mode is masked, and an old directory may be wider
+    path = drill_path(d.host, drill_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"host": d.host, "kind": d.kind, "seconds": d.seconds, "at": time.time()}))
+    tmp.replace(path)  # atomic: the agent never reads half a file
+    return path
+
+
+class DrillBox:
+    """The agent's side: takes the drill file of its own host, if any, at most once per poll."""
+
+    def __init__(self, host: str, drill_dir: Path = DRILL_DIR) -> None:
+        self.host, self.path = host, drill_path(host, drill_dir)
+
+    def take(self) -> Drill | None:
+        """The pending drill for this host, or None; a malformed file is removed and logged once."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("%s: drill file %s unreadable (%s): ignored", self.host, self.path, exc)
+            return None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return None  # taken by another reader in between
+        try:
+            spec = json.loads(text)
+            if not isinstance(spec, dict):
+                raise DrillError("<file>", spec, 'write a JSON object {"host": ..., "kind": ..., "seconds": ...}')
+            d = validate(spec.get("host"), spec.get("kind"), spec.get("seconds"))
+            if d.host != self.host:
+                raise DrillError("host", d.host, f"this agent serves {self.host}")
+            ring = spec.get("ring_bytes")
+            if ring is not None and (isinstance(ring, bool) or not isinstance(ring, int) or ring <= 0):
+                raise DrillError("ring_bytes", ring, "give a positive power of two, at least one page")
+            return Drill(d.host, d.kind, d.seconds, ring)
+        except (ValueError, DrillError) as exc:
+            log.warning("%s: drill file %s refused: %s", self.host, self.path, exc)
+            return None

@@ -1,0 +1,224 @@
+"""Database errors at the store's edge: driver exceptions become one DatabaseUnavailable, once.
+
+Every way a user can point migrator at a database that does not work (an URL that does not
+parse, an unknown scheme, a driver that is not installed, a directory that cannot be created, a
+file that is not a database or is corrupt, a full disk, a lock held past the busy timeout, a
+server that is down or refuses the password) is turned here into a DatabaseUnavailable naming
+the database (URL with the password hidden), the problem and the fix.
+
+open_store, make_engine and check_revision translate on their own. Code that commits through a
+session factory wraps the work in `database_errors(...)` where a user-facing command should
+fail with one line instead of a traceback:
+
+    with database_errors(sf), sf() as s, s.begin():
+        ...
+
+IntegrityError is left alone: it means a bug or a race in our own writes, not a database the
+user has to fix. Code that must survive a database outage (the agent's link) catches
+SQLAlchemyError itself and is not wrapped.
+"""
+from __future__ import annotations
+
+import errno
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import URL, Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (ArgumentError, DBAPIError, IntegrityError, InterfaceError, NoSuchModuleError,
+                            OperationalError)
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrator.errors import DatabaseUnavailable
+
+# What to `pip install` for the DBAPI module SQLAlchemy failed to import.
+DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000", "asyncpg": "asyncpg",
+    "MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "mysql": "mysql-connector-python",
+    "oracledb": "oracledb", "pyodbc": "pyodbc", "pymssql": "pymssql",
+}
+URL_FIX = ('set database in canary.toml to a file path ("migrator.db") or an SQLAlchemy URL '
+           '(postgresql+psycopg://user:password@host/dbname)')
+
+Where = str | URL | Engine | sessionmaker | Session
+
+
+def _url_of(where: Where) -> URL | str:
+    if isinstance(where, Session):
+        where = where.get_bind()
+    if isinstance(where, sessionmaker):
+        where = where.kw["bind"]
+    if isinstance(where, Engine):
+        return where.url
+    return where
+
+
+def safe_url(where: Where) -> str:
+    """The database URL to show a user: password replaced by ***, even when the URL does not parse."""
+    url = _url_of(where)
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparsable: hide anything between user: and @ by hand
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+
+
+def parse_url(url: str | URL) -> URL:
+    """make_url, with an unparsable URL (ArgumentError, or ValueError for e.g. a non-numeric port)
+    reported as a DatabaseUnavailable instead of a driver-level exception."""
+    if isinstance(url, URL):
+        return url
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        text = _one_line(exc)
+        m = re.search(r"://[^:/@]*:([^@]+)@", str(url))
+        if m:
+            text = text.replace(m.group(1), "***")
+        raise DatabaseUnavailable(safe_url(url), f"is not a valid database URL ({text})", URL_FIX) from exc
+
+
+def _one_line(exc: BaseException, url: URL | str | None = None, limit: int = 300) -> str:
+    """The driver's message on one line, any password in it masked, at most `limit` characters."""
+    orig = getattr(exc, "orig", None)
+    text = " ".join(str(orig if orig is not None else exc).split())
+    if isinstance(exc, DBAPIError) and orig is None:
+        text = re.sub(r"^\([\w.]+\)\s*", "", text)
+    password = None
+    if url is not None:
+        try:
+            password = parse_url(url).password
+        except DatabaseUnavailable:
+            password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _server_fix(url: URL) -> str:
+    where = f"{url.host or 'localhost'}" + (f":{url.port}" if url.port else "")
+    return (f"check that the {url.get_backend_name()} server at {where} is running and reachable from here, "
+            f"and that the user, password and database name in the URL are right")
+
+
+def translate(exc: DBAPIError, where: Where) -> DatabaseUnavailable:
+    """The DatabaseUnavailable for a driver error raised while using the database at `where`."""
+    from migrator.store.db import BUSY_TIMEOUT_MS
+
+    raw = _url_of(where)
+    shown = safe_url(raw)
+    url = parse_url(raw)
+    text = _one_line(exc, url)
+    low = text.lower()
+    orig = getattr(exc, "orig", None)
+    code = str(getattr(orig, "sqlite_errorname", "") or "")
+    path = _sqlite_file(url)
+    if url.get_backend_name() == "sqlite":
+        where_file = str(path) if path else "the database"
+        folder = str(path.parent) if path else "its directory"
+        if code.startswith("SQLITE_NOTADB") or "file is not a database" in low:
+            return DatabaseUnavailable(
+                shown, "the file is not an SQLite database (file is not a database)",
+                f"point database in canary.toml at a new file or at a migrator database; move {where_file} "
+                "away if it is not needed")
+        if code.startswith("SQLITE_CORRUPT") or "malformed" in low:
+            return DatabaseUnavailable(
+                shown, f"the database file is corrupt ({text})",
+                f"restore {where_file} from a backup, or move it away and run `migrator init` to start a new one")
+        if code.startswith("SQLITE_FULL") or "disk is full" in low:
+            return DatabaseUnavailable(shown, "database or disk is full",
+                                       f"free space on the filesystem holding {folder}, then retry")
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in low:
+            return DatabaseUnavailable(
+                shown, f"database is locked: another process held its write lock for more than "
+                       f"{BUSY_TIMEOUT_MS / 1000:g} s",
+                "wait for the other writer (a running controller, `migrator init` or an sqlite3 shell with an "
+                "open transaction) to finish or stop it, then retry")
+        if code.startswith("SQLITE_READONLY") or "readonly database" in low:
+            return DatabaseUnavailable(
+                shown, "the database is read-only (attempt to write a readonly database)",
+                f"make {where_file} and {folder} writable by this user (SQLite's WAL mode writes "
+                f"{where_file}-wal and -shm beside it)")
+        if code.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM")) or "unable to open database file" in low:
+            if path is not None and path.is_dir():
+                return DatabaseUnavailable(shown, f"unable to open the database file: {path} is a directory",
+                                           "set database in canary.toml to a file path, not a directory")
+            if path is not None and path.exists():
+                return DatabaseUnavailable(
+                    shown, "unable to open the database file",
+                    f"make {where_file} and {folder} writable by this user on a read-write filesystem (SQLite's "
+                    f"WAL mode creates {path.name}-wal and {path.name}-shm beside it, even to read)")
+            return DatabaseUnavailable(
+                shown, "unable to create the database file",
+                f"check that {folder} exists, is writable by this user and is on a read-write filesystem")
+        if code.startswith("SQLITE_IOERR") or "disk i/o error" in low:
+            return DatabaseUnavailable(shown, f"disk I/O error ({text})",
+                                       f"check the filesystem holding {folder} (dmesg), then retry")
+        return DatabaseUnavailable(shown, text, f"check {where_file}, or point database in canary.toml at a new file")
+    if isinstance(exc, (OperationalError, InterfaceError)):  # refused, unreachable, wrong password, dropped
+        return DatabaseUnavailable(shown, f"cannot connect or the connection failed ({text})", _server_fix(url))
+    return DatabaseUnavailable(shown, text,
+                               "check the database user's privileges and the server's log, then retry")
+
+
+@contextmanager
+def database_errors(where: Where) -> Iterator[None]:
+    """Turn driver errors raised inside the block into DatabaseUnavailable (IntegrityError excepted)."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        raise translate(exc, where) from exc
+
+
+def engine_error(exc: BaseException, url: str | URL) -> DatabaseUnavailable | None:
+    """The DatabaseUnavailable for an error create_engine raised on `url`, None if not a user's problem."""
+    shown = safe_url(url)
+    if isinstance(exc, NoSuchModuleError):
+        u = parse_url(url)
+        return DatabaseUnavailable(
+            shown, f"unknown database scheme {u.drivername!r} (no SQLAlchemy dialect or driver by that name)", URL_FIX)
+    if isinstance(exc, ImportError):
+        mod = exc.name or _one_line(exc, url)
+        package = DRIVER_PACKAGES.get(mod.split(".")[0], mod)
+        return DatabaseUnavailable(
+            shown, f"its database driver is not installed (no Python module {mod!r})",
+            f"install it into migrator's environment (pip install {package}), or use an SQLite database")
+    if isinstance(exc, ArgumentError):
+        return DatabaseUnavailable(shown, f"is not a valid database URL ({_one_line(exc, url)})", URL_FIX)
+    return None
+
+
+def make_parent_dir(path: Path, url: str | URL) -> None:
+    """Create the directory of an SQLite file, or say which part of the path is in the way."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        shown = safe_url(url)
+        fix = "set database in canary.toml to a path whose directory exists or can be created, and is writable"
+        if isinstance(exc, (NotADirectoryError, FileExistsError)):
+            blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()),
+                           path.parent)
+            problem = f"cannot create directory {path.parent}: {blocker} is a file, not a directory"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            problem = f"cannot create directory {path.parent}: {exc.strerror}"
+        elif exc.errno == errno.ENOSPC:
+            problem = f"cannot create directory {path.parent}: no space left on device"
+            fix = f"free space on the filesystem holding {path.parent}, then retry"
+        else:
+            problem = f"cannot create directory {path.parent}: {exc.strerror or exc}"
+        raise DatabaseUnavailable(shown, problem, fix) from exc
+
+
+__all__ = ["DatabaseUnavailable", "database_errors", "engine_error", "make_parent_dir", "parse_url", "safe_url",
+           "translate"]

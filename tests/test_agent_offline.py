@@ -1,0 +1,62 @@
+"""Agent logic that needs neither root nor the kernel: window merging across a reload, and the
+refusal of a host the migration does not list (before any probe is loaded)."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from migrator.cli import app
+from migrator.config import load_config
+from migrator.control.phases import DbApplier, Phase, transition
+from migrator.records import ChannelWindow, merge_windows
+from migrator.store import api, open_store
+from migrator.store.models import Window
+
+PLAN = """
+hosts = ["h1"]
+slices = [1]
+window_seconds = 0.5
+[probe]
+name = "synthetic"
+rate = 4000
+"""
+
+
+@pytest.fixture
+def started(tmp_path):
+    (tmp_path / "canary.toml").write_text(PLAN)
+    cfg = load_config(tmp_path / "canary.toml")
+    sf = open_store(cfg.database_url)
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, cfg, schema_fingerprint="fp").id
+    transition(sf, mid, Phase.DUAL_INSTRUMENT, applier=DbApplier())
+    return cfg, sf, mid
+
+
+def test_merge_windows_adds_counts_and_keeps_the_worse_lag():
+    a = ChannelWindow(host="h", channel="ring", index=-1, start=0.0, end=0.4, mode="DUAL", attempts=100,
+                      delivered=90, dropped_full=4, in_flight=6, lag_p99_ms=5.0, residual=0)
+    b = ChannelWindow(host="h", channel="ring", index=7, start=0.4, end=1.0, mode="DUAL", attempts=200,
+                      delivered=200, lag_p99_ms=2.0, residual=0)
+    m = merge_windows(a, b)
+    assert (m.index, m.start, m.end, m.attempts, m.delivered, m.dropped_full) == (7, 0.0, 1.0, 300, 290, 4)
+    assert (m.lost, m.in_flight, m.lag_p99_ms, m.residual) == (6, 0, 5.0, 0)  # a's waiting records died with its maps
+    assert m.extra["lost_in_reload"] == 6
+
+
+def test_agent_refuses_a_host_the_migration_does_not_list(started, tmp_path):
+    cfg, sf, mid = started
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        res = CliRunner().invoke(app, ["agent", "--host", "nosuch", "-c", str(tmp_path / "canary.toml")])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)  # the command installs its own handler
+    assert (res.exit_code, res.stdout) == (1, "")
+    assert res.stderr == (f"Error: host 'nosuch' is not part of migration {mid}; its hosts are: h1 "
+                          "(fix: --host one of them, or add it to canary.toml)\n")
+    with sf() as s:  # refused before it loaded anything or wrote a row
+        assert s.scalar(select(func.count()).select_from(Window)) == 0
+        assert [(h["name"], h["applied_mode"], h["last_heartbeat"]) for h in api.hosts(s, mid)] == [("h1", None, None)]

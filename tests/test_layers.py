@@ -1,0 +1,202 @@
+"""Layering: a module may import only from its own layer or a lower one.
+
+base (errors, config, vocab, records, resources) = 0 <- dataplane = 1 <- store = 2 <- control = 3
+<- agent = 4 <- tools = 5 <- cli = 6. migrator/__init__.py and migrator/__main__.py are the
+package roots and are exempt. Every `import` and `from ... import` counts, at module level or
+nested in a function, class or `if`; relative imports are resolved against their package.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "migrator"
+
+LAYERS = {
+    "errors": 0, "config": 0, "vocab": 0, "records": 0, "resources": 0,
+    "dataplane": 1, "store": 2, "control": 3, "agent": 4, "tools": 5, "cli": 6,
+}
+ROOTS = {"migrator", "migrator.__main__"}  # the package roots: exempt as importers and as targets
+
+
+class UnmappedModule(Exception):
+    """A migrator module that belongs to no layer: the map above must be extended on purpose."""
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of a dotted migrator module name; None for the exempt roots."""
+    if module in ROOTS:
+        return None
+    parts = module.split(".")
+    if parts[0] != "migrator" or len(parts) < 2 or parts[1] not in LAYERS:
+        raise UnmappedModule(module)
+    return LAYERS[parts[1]]
+
+
+def module_name(path: Path, pkg: Path = PKG) -> tuple[str, bool]:
+    """(dotted name, is a package __init__) of a file under the migrator/ directory."""
+    rel = path.relative_to(pkg.parent).with_suffix("")
+    parts = list(rel.parts)
+    is_pkg = parts[-1] == "__init__"
+    if is_pkg:
+        parts.pop()
+    return ".".join(parts), is_pkg
+
+
+def imported_modules(source: str, module: str, is_package: bool = False,
+                     known: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+    """(imported migrator module, line) for every import in `source`, nested ones included.
+
+    `from P import n` counts as importing the module P.n when P.n is in `known` (the modules
+    that exist), else as importing P: `from migrator import cli` is migrator.cli, `from
+    migrator.tools.lab import lab_up` is migrator.tools.lab.
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    out: list[tuple[str, int]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                if node.level > 1:
+                    base = base[: len(base) - (node.level - 1)]
+                base_name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                base_name = node.module or ""
+            for a in node.names:
+                sub = f"{base_name}.{a.name}"
+                out.append((sub if sub in known else base_name, node.lineno))
+    return sorted({(m, line) for m, line in out if m == "migrator" or m.startswith("migrator.")},
+                  key=lambda x: (x[1], x[0]))
+
+
+def import_edges(sources: dict[str, tuple[str, bool]]) -> list[tuple[str, str, int]]:
+    """(importer, imported, line) over every module; the exempt roots import freely."""
+    known = set(sources) | set(package_sources())
+    edges = []
+    for mod, (src, is_pkg) in sorted(sources.items()):
+        if mod in ROOTS:
+            continue
+        edges += [(mod, target, line) for target, line in imported_modules(src, mod, is_pkg, known)]
+    return edges
+
+
+def upward_imports(edges: list[tuple[str, str, int]]) -> list[str]:
+    """"importer -> imported (line n)" for every import from a higher layer."""
+    bad = []
+    for mod, target, line in edges:
+        src_layer, dst_layer = layer_of(mod), layer_of(target)
+        if src_layer is not None and dst_layer is not None and dst_layer > src_layer:
+            bad.append(f"{mod} -> {target} (line {line})")
+    return bad
+
+
+def imports_between(edges: list[tuple[str, str, int]], importer_pkg: str, imported_pkg: str) -> list[str]:
+    def under(name: str, pkg: str) -> bool:
+        return name == pkg or name.startswith(pkg + ".")
+
+    return [f"{mod} -> {target} (line {line})" for mod, target, line in edges
+            if under(mod, importer_pkg) and under(target, imported_pkg)]
+
+
+def package_sources(pkg: Path = PKG) -> dict[str, tuple[str, bool]]:
+    out = {}
+    for path in sorted(pkg.rglob("*.py")):
+        name, is_pkg = module_name(path, pkg)
+        out[name] = (path.read_text(), is_pkg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def edges():
+    return import_edges(package_sources())
+
+
+# --- the real package ----------------------------------------------------------------------
+
+def test_every_module_is_in_a_layer():
+    unmapped = []
+    for name in package_sources():
+        try:
+            layer_of(name)
+        except UnmappedModule:
+            unmapped.append(name)
+    assert unmapped == []
+
+
+def test_scan_sees_the_package_and_nested_imports(edges):
+    """Guards the checker itself: it reads every file and sees imports inside functions."""
+    scanned = package_sources()
+    assert len(scanned) == len(list(PKG.rglob("*.py")))
+    assert {"migrator", "migrator.__main__", "migrator.tools.doctor", "migrator.store.api"} <= set(scanned)
+    found = {(m, t) for m, t, _ in edges}
+    assert ("migrator.cli.doctor", "migrator.tools.doctor") in found  # `from migrator.tools import doctor`
+    assert ("migrator.store.api", "migrator.store.models") in found
+    assert ("migrator.tools.doctor", "migrator.dataplane.loader") in found  # inside check_bpf_sources()
+    assert all(layer_of(t) is not None or t in ROOTS for _, t, _ in edges)  # no unmapped target
+
+
+def test_no_module_imports_from_a_higher_layer(edges):
+    assert upward_imports(edges) == []
+
+
+def test_agent_imports_nothing_from_tools(edges):
+    assert imports_between(edges, "migrator.agent", "migrator.tools") == []
+
+
+def test_store_imports_nothing_from_dataplane(edges):
+    assert imports_between(edges, "migrator.store", "migrator.dataplane") == []
+
+
+# --- the checker on synthetic sources ------------------------------------------------------
+
+def test_checker_reports_a_synthetic_upward_import():
+    src = "from migrator.errors import StoreError\nfrom migrator.control.phases import Phase\n"
+    edges = import_edges({"migrator.store.fake": (src, False)})
+    assert edges == [("migrator.store.fake", "migrator.errors", 1), ("migrator.store.fake", "migrator.control.phases", 2)]
+    assert upward_imports(edges) == ["migrator.store.fake -> migrator.control.phases (line 2)"]
+
+
+def test_checker_reports_nested_relative_and_package_form_imports():
+    sources = {
+        # nested in a function, plain `import`
+        "migrator.dataplane.fake": ("import numpy\n\ndef f():\n    if True:\n        import migrator.cli.views\n", False),
+        # relative, from a package __init__: `..control` from migrator.store is migrator.control
+        "migrator.store": ("from ..control import phases\nfrom . import api\n", True),
+        # `from migrator import cli` is the module migrator.cli
+        "migrator.config": ("class C:\n    def m(self):\n        from migrator import cli, vocab\n", False),
+        # the root may import anything; cli importing tools and agent is downward
+        "migrator": ("from migrator.cli import app\n", True),
+        "migrator.cli.fake": ("from migrator.tools import doctor\nfrom migrator.agent.loop import Agent\n", False),
+    }
+    edges = import_edges(sources)
+    assert upward_imports(edges) == [
+        "migrator.config -> migrator.cli (line 3)",
+        "migrator.dataplane.fake -> migrator.cli.views (line 5)",
+        "migrator.store -> migrator.control.phases (line 1)",
+    ]
+    assert ("migrator.store", "migrator.store.api", 2) in edges
+
+
+def test_checker_names_agent_to_tools_and_store_to_dataplane():
+    sources = {
+        "migrator.agent.fake": ("def f():\n    from migrator.tools.lab import lab_up\n", False),
+        "migrator.store.fake": ("from migrator.dataplane.schema import fingerprint\n", False),
+        "migrator.store.ok": ("from migrator.records import ChannelWindow\n", False),
+    }
+    edges = import_edges(sources)
+    assert imports_between(edges, "migrator.agent", "migrator.tools") == [
+        "migrator.agent.fake -> migrator.tools.lab (line 2)"]
+    assert imports_between(edges, "migrator.store", "migrator.dataplane") == [
+        "migrator.store.fake -> migrator.dataplane.schema (line 1)"]
+    # store -> dataplane is downward by layer number: only the explicit rule catches it
+    assert upward_imports(edges) == ["migrator.agent.fake -> migrator.tools.lab (line 2)"]
+
+
+def test_unmapped_module_is_refused():
+    with pytest.raises(UnmappedModule):
+        layer_of("migrator.newlayer.x")
+    assert (layer_of("migrator.vocab"), layer_of("migrator.dataplane.channels.perf"), layer_of("migrator.cli")) == (0, 1, 6)
