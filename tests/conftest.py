@@ -49,6 +49,32 @@ def window(host: str, channel: str, index: int, *, mode: str = "DUAL", attempts:
                          lag_p50_ms=lag, lag_p99_ms=lag, lag_max_ms=lag, **kw)
 
 
+AGENT_PLAN = """
+hosts = ["h1"]
+slices = [1]
+window_seconds = 0.5
+[probe]
+name = "synthetic"
+rate = 4000
+"""
+
+
+@pytest.fixture
+def started(tmp_path):
+    """One synthetic host h1 in a migration already in DUAL_INSTRUMENT: (config, session factory, id)."""
+    from migrator.control.phases import DbApplier, transition
+    from migrator.store import api
+    from migrator.vocab import Phase
+
+    (tmp_path / "canary.toml").write_text(AGENT_PLAN)
+    cfg = load_config(tmp_path / "canary.toml")
+    sf = open_store(cfg.database_url)
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, cfg, schema_fingerprint="fp").id
+    transition(sf, mid, Phase.DUAL_INSTRUMENT, applier=DbApplier())
+    return cfg, sf, mid
+
+
 def record(session, migration_id: int, w: ChannelWindow) -> int:
     """Store one window through the agents' write path (api.record_windows); returns its row id."""
     from sqlalchemy import select

@@ -13,33 +13,12 @@ from sqlalchemy import select
 
 from kernel_util import needs_root
 from migrator.agent.loop import Agent
-from migrator.config import load_config
-from migrator.control.phases import DbApplier, Phase, transition
-from migrator.store import api, open_store
+from migrator.store import api
 from migrator.store.db import sqlite_path
 from migrator.store.models import Window
 
 pytestmark = [pytest.mark.kernel, needs_root]
 
-PLAN = """
-hosts = ["h1"]
-slices = [1]
-window_seconds = 0.5
-[probe]
-name = "synthetic"
-rate = 4000
-"""
-
-
-@pytest.fixture
-def started(tmp_path):
-    (tmp_path / "canary.toml").write_text(PLAN)
-    cfg = load_config(tmp_path / "canary.toml")
-    sf = open_store(cfg.database_url)
-    with sf() as s, s.begin():
-        mid = api.create_migration(s, cfg, schema_fingerprint="fp").id
-    transition(sf, mid, Phase.DUAL_INSTRUMENT, applier=DbApplier())
-    return cfg, sf, mid
 
 
 def run_agent(cfg, sf, mid, seconds, **kw):

@@ -4,36 +4,14 @@ from __future__ import annotations
 
 import signal
 
-import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from migrator.cli import app
-from migrator.config import load_config
-from migrator.control.phases import DbApplier, Phase, transition
 from migrator.records import ChannelWindow, merge_windows
-from migrator.store import api, open_store
+from migrator.store import api
 from migrator.store.models import Window
 
-PLAN = """
-hosts = ["h1"]
-slices = [1]
-window_seconds = 0.5
-[probe]
-name = "synthetic"
-rate = 4000
-"""
-
-
-@pytest.fixture
-def started(tmp_path):
-    (tmp_path / "canary.toml").write_text(PLAN)
-    cfg = load_config(tmp_path / "canary.toml")
-    sf = open_store(cfg.database_url)
-    with sf() as s, s.begin():
-        mid = api.create_migration(s, cfg, schema_fingerprint="fp").id
-    transition(sf, mid, Phase.DUAL_INSTRUMENT, applier=DbApplier())
-    return cfg, sf, mid
 
 
 def test_merge_windows_adds_counts_and_keeps_the_worse_lag():
