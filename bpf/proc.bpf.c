@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Process lifecycle: fork, exec and exit, from tracepoint arguments only. */
-#include "emit.h"
+#include "demo.h"
 
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
-    struct event ev = {};
+    struct demo_event ev = {};
     ev.kind = KIND_FORK;
     ev.pid = args->parent_pid;
     ev.aux = args->child_pid;
@@ -16,7 +16,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-    struct event ev = {};
+    struct demo_event ev = {};
     ev.kind = KIND_EXEC;
     ev.pid = args->pid;
     ev.aux = args->old_pid;
@@ -28,7 +28,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
-    struct event ev = {};
+    struct demo_event ev = {};
     ev.kind = KIND_EXIT;
     ev.pid = args->pid;
     ev.aux = bpf_get_current_pid_tgid() >> 32;

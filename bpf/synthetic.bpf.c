@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Synthetic high-rate source: one event per getppid() call of one target process. */
-#include "emit.h"
+#include "demo.h"
 
 /* The tgid to watch, set from userspace; 0 watches nothing. */
 BPF_ARRAY(target_tgid, u32, 1);
@@ -17,7 +17,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
     if (!want || *want == 0 || *want != (u32)(id >> 32))
         return 0;
 
-    struct event ev = {};
+    struct demo_event ev = {};
     ev.kind = KIND_SYNTH;
     ev.pid = (u32)id;
     ev.aux = (u32)(id >> 32);

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* TC packet source for lab hosts: one event per packet seen on the host's interface. */
-#include "emit.h"
+#include "demo.h"
 
 int tc_packet(struct __sk_buff *skb)
 {
-    struct event ev = {};
+    struct demo_event ev = {};
     ev.kind = KIND_PACKET;
     ev.pid = skb->ifindex;
     ev.aux = skb->protocol;

@@ -235,3 +235,20 @@ class InstallError(MigratorError):
     def __init__(self, path: str, problem: str, fix: str = "reinstall migrator (pip install --force-reinstall)") -> None:
         self.path, self.problem, self.fix = path, problem, fix
         super().__init__(f"{path}: {problem} (fix: {fix})")
+
+
+class SchemaError(MigratorError):
+    """A payload layout cannot be registered: names the type, the version and the fix."""
+
+    def __init__(self, type_id: int, version: int, problem: str, fix: str) -> None:
+        self.type_id, self.version, self.problem, self.fix = type_id, version, problem, fix
+        super().__init__(f"event type {type_id} version {version} {problem} (fix: {fix})")
+
+
+class SourceError(MigratorError):
+    """A BPF program text cannot be prepared for migrator channels: names the file, the line,
+    what is wrong there and the fix."""
+
+    def __init__(self, file: str, line: int, problem: str, fix: str) -> None:
+        self.file, self.line, self.problem, self.fix = file, line, problem, fix
+        super().__init__(f"{file}:{line}: {problem} (fix: {fix})")

@@ -16,7 +16,7 @@ def _package_dir(package: str) -> Path:
 
 
 def bpf_dir() -> Path:
-    """The directory holding emit.h and the demo probes."""
+    """The directory holding migrator.h (the header operators include), demo.h and the demo probes."""
     return _package_dir("migrator.bpf")
 
 

@@ -26,7 +26,7 @@ class Phase(StrEnum):
 FINAL = frozenset({Phase.COMPLETE, Phase.ROLLED_BACK, Phase.ABORTED})
 MEASURED = frozenset({Phase.DUAL_INSTRUMENT, Phase.SHADOW, Phase.CANARY})
 
-# The mode map value of each mode: which channel(s) the BPF side writes (bpf/emit.h, MODE_*).
+# The mode map value of each mode: which channel(s) the BPF side writes (bpf/migrator.h, MIGRATOR_MODE_*).
 MODE_VALUES = {"PERF": 0, "DUAL": 1, "RING": 2}
 MODE_NAMES = {v: k for k, v in MODE_VALUES.items()}
 MODES = tuple(MODE_VALUES)

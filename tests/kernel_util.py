@@ -33,7 +33,11 @@ def collect(pipe, until, timeout: float = 30.0) -> None:
 
 
 def records(pipe, channel: str) -> np.ndarray:
-    parts = pipe.records[channel]
-    from migrator.dataplane.schema import empty_batch
+    """Every demo event a pipeline kept on `channel`, decoded (header fields + payload fields)."""
+    from migrator.dataplane.frames import Frames
+    from migrator.dataplane.schema import DEMO_TYPE, demo_registry
 
-    return np.concatenate(parts) if parts else empty_batch()
+    reg = demo_registry()
+    rows = reg.decode(Frames.concat(pipe.records[channel])).get(DEMO_TYPE)
+    assert reg.parse_errors == {}, reg.parse_errors
+    return rows if rows is not None else np.zeros(0, reg.decoded_dtype(DEMO_TYPE))

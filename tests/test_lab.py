@@ -129,6 +129,7 @@ def test_name_collision_with_non_lab_link(lab):
 def test_tc_probe_counts_sent_packets_exactly(lab):
     from migrator.dataplane.loader import Probe
     from migrator.dataplane.channels import RingConsumer
+    from migrator.dataplane.schema import DEMO_TYPE, demo_registry
 
     host = lab_up(1, lab)[0]
     with Probe("tc", ring_bytes=1 << 20) as probe:
@@ -145,8 +146,9 @@ def test_tc_probe_counts_sent_packets_exactly(lab):
             sent = burst.sent + steady.sent
             assert (burst.sent, steady.sent) == (700, 300)
             assert (burst.received, steady.received) == (700, 300)
-            events = ring.consume()
-            assert len(events) == sent
+            frames = ring.consume()
+            assert len(frames) == sent
+            events = demo_registry().decode(frames)[DEMO_TYPE]
             assert set(events["aux"].tolist()) == {ETH_P_IP_BE}
             assert set(events["len"].tolist()) == {14 + 20 + 8 + 64}
             assert np.all(np.diff(events["seq"].astype(np.int64)) == 1)

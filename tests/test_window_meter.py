@@ -1,13 +1,13 @@
 """Window arithmetic on recorded batches: lag percentiles, ordering inversions, loss rate."""
 import numpy as np
 
-from migrator.dataplane.schema import EVENT_DTYPE
+from migrator.dataplane.frames import HDR_DTYPE
 from migrator.dataplane.windows import ChannelMeter
 from migrator.records import ChannelWindow
 
 
 def batch(seqs, lags_ns, now=10_000_000_000):
-    b = np.zeros(len(seqs), dtype=EVENT_DTYPE)
+    b = np.zeros(len(seqs), dtype=HDR_DTYPE)
     b["seq"] = seqs
     b["ktime_ns"] = [now - x for x in lags_ns]
     return b, now

@@ -1,70 +1,27 @@
-"""Load a probe from bpf/ through bcc, expose its mode map, target and per-channel counters."""
+"""Load a demo probe from bpf/ through bcc: its programs, its target, and its migrator channel."""
 from __future__ import annotations
 
 import ctypes as ct
 import os
 import re
-from dataclasses import dataclass
 
+from migrator.dataplane import rewrite
+from migrator.dataplane.channel import Channel
 from migrator.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
-from migrator.vocab import MODE_NAMES, MODE_VALUES
+from migrator.dataplane.counters import Counters
 
 PROBES = {"synthetic": "synthetic.bpf.c", "proc": "proc.bpf.c", "tc": "tc_packet.bpf.c"}
 WAKEUPS = {"adaptive": 0, "no_wakeup": 1, "force_wakeup": 2}
 SUBMITS = {"reserve": 0, "output": 1}
 PAGE = os.sysconf("SC_PAGE_SIZE")
-CH_PERF, CH_RING = 0, 1
-
-
-class ChanCounters(ct.Structure):
-    """One CPU's counters of one channel, laid out as emit.h's struct chan_counters."""
-
-    _fields_ = [("attempts", ct.c_uint64), ("ok", ct.c_uint64), ("full", ct.c_uint64), ("other", ct.c_uint64)]
-
-
-@dataclass(frozen=True)
-class Counters:
-    """Kernel-side counters of one channel, summed over CPUs."""
-
-    attempts: int = 0
-    ok: int = 0
-    full: int = 0
-    other: int = 0
-
-    def __sub__(self, o: "Counters") -> "Counters":
-        return Counters(self.attempts - o.attempts, self.ok - o.ok, self.full - o.full, self.other - o.other)
-
-    def losses(self, channel: str) -> "Losses":
-        """How this channel's refusals enter the books: dropped by cause, and lost.
-
-        perf's -ENOSPC is the kernel's own "lost" (what PERF_RECORD_LOST reports); a ring
-        refusal is a drop, attributed to "full" or "other" by emit.h at failure time.
-        """
-        if channel == "perf":
-            return Losses(dropped_full=0, dropped_other=self.other, lost=self.full)
-        return Losses(dropped_full=self.full, dropped_other=self.other, lost=0)
-
-
-@dataclass(frozen=True)
-class Losses:
-    """A channel's undelivered records by cause, as the window books count them."""
-
-    dropped_full: int
-    dropped_other: int
-    lost: int
-
-    @property
-    def dropped(self) -> int:
-        """Refusals of both causes together (buffer full and other)."""
-        return self.dropped_full + self.dropped_other
 
 
 def render_source(probe: str) -> str:
-    """The C text handed to bcc: the probe with our own local headers inlined.
+    """The C text of a demo probe with demo.h inlined (migrator.h stays an #include).
 
-    bcc rewrites map method calls (`map.lookup()`, `ring.ringbuf_reserve()`) only in its main
-    file, so the shared emit library must be part of it rather than a real #include.
+    bcc rewrites map method calls only in its main file: demo.h declares the probes' channel,
+    so it must be part of the text that rewrite.prepare() expands.
     """
     try:
         path = bpf_dir() / PROBES[probe]
@@ -75,7 +32,7 @@ def render_source(probe: str) -> str:
         inc = bpf_dir() / m.group(1)
         return f"/* ---- inlined {inc.name} ---- */\n{inc.read_text()}\n/* ---- end {inc.name} ---- */\n"
 
-    return re.sub(r'^#include "([^"]+)"[ \t]*$', inline, path.read_text(), flags=re.M)
+    return re.sub(r'^#include "(demo\.h)"[ \t]*$', inline, path.read_text(), flags=re.M)
 
 
 def _check_pow2_pages(ring_bytes: int) -> None:
@@ -84,7 +41,7 @@ def _check_pow2_pages(ring_bytes: int) -> None:
 
 
 class Probe:
-    """One loaded probe: its programs, mode map, counters and both channels' maps."""
+    """One loaded demo probe: its programs and its migrator channel `events`."""
 
     def __init__(
         self,
@@ -106,11 +63,11 @@ class Probe:
         self.ring_bytes = ring_bytes
         self.wakeup = wakeup
         self.ring_submit = ring_submit
-        text = render_source(probe)
+        text = rewrite.prepare(render_source(probe), filename=PROBES[probe])
         cflags = [
-            f"-DRING_PAGES={ring_bytes // PAGE}",
-            f"-DRING_SUBMIT_OUTPUT={SUBMITS[ring_submit]}",
-            f"-DRING_WAKEUP_FLAGS={WAKEUPS[wakeup]}",
+            *rewrite.cflags(ring_wakeup=wakeup),
+            f"-DRING_BYTES={ring_bytes}",
+            f"-DDEMO_RESERVE={1 if ring_submit == 'reserve' else 0}",
             *extra_cflags,
         ]
         if print_c:
@@ -119,9 +76,7 @@ class Probe:
             self.bpf = BPF(text=text, cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception with the compiler/verifier text on stderr
             raise BPFLoadError(probe, str(exc)) from None
-        self._ncpu = len(self.bpf["counters"][ct.c_int(0)])
-        # The ring again as an inner map, so the kernel can attribute ring refusals (see emit.h).
-        self.bpf["ring_ref"][ct.c_int(0)] = ct.c_int(self.ring_map_fd)
+        self.channel = Channel(self.bpf, "events")
         self.tc_fn = None
         if probe == "tc":
             try:
@@ -129,34 +84,25 @@ class Probe:
             except Exception as exc:
                 raise BPFLoadError(probe, str(exc)) from None
 
-    # -- maps ---------------------------------------------------------------------------------
+    # -- the channel, as the pipeline reads it -------------------------------------------------
     @property
     def ring_map_fd(self) -> int:
         """The ring buffer map's fd, for the ring consumer to mmap."""
-        return self.bpf["events_ring"].map_fd
+        return self.channel.ring_map_fd
 
     @property
     def perf_map(self):
-        """The perf event array map, for the perf consumer to install its per-CPU fds in."""
-        return self.bpf["events_perf"]
-
-    @property
-    def ncpu(self) -> int:
-        """How many CPUs the kernel keeps per-CPU counters for."""
-        return self._ncpu
+        """The perf event array the perf consumer installs its per-CPU fds in."""
+        return self.channel.perf_map
 
     def set_mode(self, mode: str) -> None:
         """Switch channels with one map write: no reload, effective for the next event."""
-        try:
-            value = MODE_VALUES[mode]
-        except KeyError:
-            raise MigratorError(f"mode {mode!r} unknown; choose PERF, DUAL or RING") from None
-        self.bpf["mode_map"][ct.c_int(0)] = ct.c_uint32(value)
+        self.channel.set_mode(mode)
 
     @property
     def mode(self) -> str:
-        """The mode the probe runs now, read back from the mode map (the map is the truth)."""
-        return MODE_NAMES.get(self.bpf["mode_map"][ct.c_int(0)].value, "?")
+        """The mode the BPF side acts on."""
+        return self.channel.mode
 
     def set_target(self, tgid: int) -> None:
         """Synthetic probe only: the process whose getppid() calls become events (0: none)."""
@@ -164,26 +110,19 @@ class Probe:
 
     @property
     def next_seq(self) -> int:
-        """The sequence number the next event will get, to place a mode switch in the event stream."""
-        return self.bpf["seq_map"][ct.c_int(0)].value
+        """The seq the next event will carry."""
+        return self.channel.next_seq
 
     def counters(self) -> dict[str, Counters]:
         """Per-channel kernel counters summed over CPUs."""
-        table = self.bpf["counters"]
-        out = {}
-        for ch, name in ((CH_PERF, "perf"), (CH_RING, "ring")):
-            vals = table[ct.c_int(ch)]
-            out[name] = Counters(
-                sum(v.attempts for v in vals), sum(v.ok for v in vals), sum(v.full for v in vals), sum(v.other for v in vals)
-            )
-        return out
+        return self.channel.counters()
 
     def prog_fds(self) -> list[int]:
-        """The loaded programs' fds, to read their kernel run time and run count."""
+        """The fds of every loaded program (for run-time statistics)."""
         return [f.fd for f in self.bpf.funcs.values()]
 
     def close(self) -> None:
-        """Unload the probe: detach and free its programs and maps (safe to call twice)."""
+        """Detach and unload everything (bcc's cleanup)."""
         bpf, self.bpf = getattr(self, "bpf", None), None
         if bpf is not None:
             bpf.cleanup()

@@ -1,17 +1,33 @@
-"""One host's data plane in one process: a loaded probe, both consumers, and window accounting."""
+"""One channel's data plane in one process: both consumers, and window accounting."""
 from __future__ import annotations
 
 import select
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-import numpy as np
 
-from migrator.dataplane.loader import Counters, Probe
+from migrator.dataplane.counters import Counters
 from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
 from migrator.dataplane.channels import PerfConsumer, RingConsumer
+from migrator.dataplane.frames import Frames
 from migrator.dataplane.windows import ChannelMeter
 from migrator.records import ChannelWindow
+
+
+class ChannelSource(Protocol):
+    """What a pipeline reads: one migrator channel's maps and counters, and the programs behind it
+    (a demo Probe, or a Channel of the operator's program)."""
+
+    ring_map_fd: int
+    ring_bytes: int
+    perf_map: object
+    mode: str
+
+    def counters(self) -> dict[str, Counters]: ...
+
+    def prog_fds(self) -> list[int]: ...
 
 
 @dataclass
@@ -39,7 +55,7 @@ class Pipeline:
     instead of one wake-up each.
     """
 
-    def __init__(self, probe: Probe, host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
+    def __init__(self, probe: "ChannelSource", host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
                  batch_interval: float = 0.005, keep_records: bool = False) -> None:
         self.probe = probe
         self.host = host
@@ -57,12 +73,15 @@ class Pipeline:
         self._stats_fd = enable_stats()
         self.meters = {"perf": ChannelMeter("perf"), "ring": ChannelMeter("ring")}
         self.keep_records = keep_records
-        self.records: dict[str, list[np.ndarray]] = {"perf": [], "ring": []}
+        # Called with (channel, Frames) for every drained batch: the library routes events here.
+        self.on_batch: Callable[[str, Frames], None] | None = None
+        self.records: dict[str, list[Frames]] = {"perf": [], "ring": []}
         self.window_index = 0
         self._win_start = time.time()
         self._last_drain = time.monotonic()
-        # Assume the producer ceiling (~2.2 M/s here) until drains have measured the real rate.
-        self._rate = {"perf": 2.5e6, "ring": 2.5e6}
+        # Assume the producer ceiling (~2.2 M records/s of ~100 bytes here) until drains have
+        # measured the real rate, in bytes per second.
+        self._rate = {"perf": 2.5e8, "ring": 2.5e8}
         zero = Counters()
         self._prev = {"perf": zero, "ring": zero}
         self._prev_parse = {"perf": 0, "ring": 0}
@@ -94,7 +113,9 @@ class Pipeline:
         if n:
             if self.watch_first.get(channel) is not None and self.first_after.get(channel) is None:
                 self.first_after[channel] = time.time()
-            self.meters[channel].add(batch, time.monotonic_ns())
+            self.meters[channel].add(batch.hdr, time.monotonic_ns())
+            if self.on_batch is not None:
+                self.on_batch(channel, batch)
             self.delivered_total[channel] += n
             if self.keep_records:
                 self.records[channel].append(batch)
@@ -106,19 +127,21 @@ class Pipeline:
         now = time.monotonic()
         dt = max(now - self._last_drain, 1e-4)
         self._last_drain = now
+        b_perf, b_ring = self.perf.consumed_bytes, self.ring.consumed_bytes
         n_perf, n_ring = self._take("perf"), self._take("ring")
-        # Fast attack, slow decay: one quiet gap must not make the next sleep overrun a buffer.
-        self._rate = {"perf": max(n_perf / dt, 0.95 * self._rate["perf"]),
-                      "ring": max(n_ring / dt, 0.95 * self._rate["ring"])}
+        # Bytes per second per channel. Fast attack, slow decay: one quiet gap must not make the
+        # next sleep overrun a buffer.
+        self._rate = {"perf": max((self.perf.consumed_bytes - b_perf) / dt, 0.95 * self._rate["perf"]),
+                      "ring": max((self.ring.consumed_bytes - b_ring) / dt, 0.95 * self._rate["ring"])}
         return n_perf + n_ring
 
     def _headroom(self) -> float:
         """Seconds until the fullest buffer reaches half its capacity at the last drain's rate."""
         perf_cap = self.perf.capacity_per_cpu()
         ring_cap = self.ring.capacity()
-        room = [(perf_cap / 2 - self.perf.max_pending()) / max(self._rate["perf"], 1.0)]
+        room = [(perf_cap / 2 - self.perf.max_pending_bytes()) / max(self._rate["perf"], 1.0)]
         if not self.ring_stalled:
-            room.append((ring_cap / 2 - self.ring.in_flight()) / max(self._rate["ring"], 1.0))
+            room.append((ring_cap / 2 - self.ring.pending_bytes()) / max(self._rate["ring"], 1.0))
         return max(0.0, min(room))
 
     def poll(self, timeout: float = 0.1) -> int:
@@ -127,8 +150,8 @@ class Pipeline:
         The batch grows for up to `batch_interval` since the last drain, but never past the point
         where a buffer would be half full at the rate just seen: batching must not cause drops.
         """
-        ring_waiting = self.ring.in_flight() and not self.ring_stalled
-        if not (ring_waiting or self.perf.in_flight()):
+        ring_waiting = self.ring.pending_bytes() and not self.ring_stalled
+        if not (ring_waiting or self.perf.pending_bytes()):
             self._ep.poll(timeout)
             if self.ring_stalled:
                 time.sleep(min(timeout, 0.01))  # the ring's fd stays readable while stalled

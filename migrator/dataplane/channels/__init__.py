@@ -1,6 +1,5 @@
-"""The two consumers. Both drain their channel in batches and return numpy structured arrays of
-decoded records (dtype migrator.dataplane.schema.EVENT_DTYPE); bcc_ref keeps bcc's callback consumers as a
-reference path for the benchmark."""
+"""The two consumers. Both drain their channel in batches and return Frames (dataplane/frames.py):
+migrator's header of every record as one numpy array and the payloads in one private buffer."""
 from migrator.dataplane.channels.perf import PerfConsumer
 from migrator.dataplane.channels.ring import RingConsumer
 

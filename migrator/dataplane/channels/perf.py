@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from migrator.errors import ChannelError
-from migrator.dataplane.schema import EVENT_DTYPE, RECORD_SIZE, decode_one, empty_batch, split_versions
+from migrator.dataplane.frames import HDR_SIZE, Frames, headers_at, validate
 from migrator.dataplane.syscalls import NR_PERF_EVENT_OPEN, libc as _libc
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -28,13 +28,10 @@ PERF_EVENT_IOC_DISABLE = 0x2401
 # perf_event_mmap_page offsets
 OFF_DATA_HEAD, OFF_DATA_TAIL, OFF_DATA_OFFSET, OFF_DATA_SIZE = 1024, 1032, 1040, 1048
 
-# A sample record: header, u32 raw size, the raw payload padded so the record is 8-byte aligned.
-SAMPLE_SIZE = (8 + 4 + RECORD_SIZE + 7) & ~7
-PERF_REC = np.dtype(
-    [("type", "<u4"), ("misc", "<u2"), ("size", "<u2"), ("raw_size", "<u4"), ("ev", EVENT_DTYPE),
-     ("pad", f"V{SAMPLE_SIZE - 12 - RECORD_SIZE}")]
-)
-assert PERF_REC.itemsize == SAMPLE_SIZE
+# A sample record: perf_event_header (u32 type, u16 misc, u16 size), u32 raw size, the raw
+# record (migrator's header and the payload) padded so the sample is 8-byte aligned.
+SAMPLE_HDR = 12
+MIN_SAMPLE = (SAMPLE_HDR + HDR_SIZE + 7) & ~7
 
 
 class PerfEventAttr(ct.Structure):
@@ -108,19 +105,38 @@ class _CpuBuffer:
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the record at the tail if it is a sample, else None."""
         head, tail = int(self.head[0]), self.tail.value
-        if head - tail < SAMPLE_SIZE:
+        if head - tail < MIN_SAMPLE:
             return None
         base = self.data_off
         hdr = self.mm[base + tail % self.data_size : base + tail % self.data_size + 8]
         if int.from_bytes(hdr[:4], "little") != PERF_RECORD_SAMPLE:
             return None
-        pos = (tail + 12 + 16) % self.data_size
+        pos = (tail + SAMPLE_HDR + 24) % self.data_size
         if pos + 8 > self.data_size:
             return None  # the field straddles the wrap: skip this estimate
         return int.from_bytes(self.mm[base + pos : base + pos + 8], "little")
 
     def pending_bytes(self) -> int:
+        """Bytes between tail and head."""
         return int(self.head[0]) - self.tail.value
+
+    def count_samples(self) -> int:
+        """Samples between tail and head, walking their headers in place (nothing is consumed)."""
+        head, pos = int(self.head[0]), self.tail.value
+        n = 0
+        base = self.data_off
+        while head - pos >= 8:
+            start = pos % self.data_size
+            hdr = self.mm[base + start:base + min(start + 8, self.data_size)]
+            if len(hdr) < 8:  # a header split by the wrap
+                hdr += self.mm[base:base + 8 - len(hdr)]
+            rtype = int.from_bytes(hdr[:4], "little")
+            size = int.from_bytes(hdr[6:8], "little")
+            if size < 8:
+                break
+            n += rtype == PERF_RECORD_SAMPLE
+            pos += size
+        return n
 
     def close(self) -> None:
         del self.tail
@@ -147,6 +163,7 @@ class PerfConsumer:
         self.parse_errors = 0
         self.lost_reported = 0
         self.consumed = 0
+        self.consumed_bytes = 0
         self._bufs: list[_CpuBuffer] = []
         try:
             for cpu in cpus:
@@ -166,80 +183,87 @@ class PerfConsumer:
         """The per-CPU perf event fds, for the caller to wait on (epoll)."""
         return [b.fd for b in self._bufs]
 
+    def pending_bytes(self) -> int:
+        """Bytes written but not yet consumed, over every CPU."""
+        return sum(b.pending_bytes() for b in self._bufs)
+
     def in_flight(self) -> int:
-        """Records written but not yet consumed (sample-sized estimate; LOST records are rare)."""
-        return sum(b.pending_bytes() for b in self._bufs) // SAMPLE_SIZE
+        """Samples written but not yet consumed, counted by walking each CPU's buffer."""
+        return sum(b.count_samples() for b in self._bufs)
 
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the oldest record waiting in any CPU's buffer, None when all are empty."""
         ks = [k for k in (b.oldest_ktime() for b in self._bufs) if k is not None]
         return min(ks) if ks else None
 
-    def max_pending(self) -> int:
-        """Records waiting in the fullest per-CPU buffer."""
-        return max((b.pending_bytes() for b in self._bufs), default=0) // SAMPLE_SIZE
+    def max_pending_bytes(self) -> int:
+        """Bytes waiting in the fullest per-CPU buffer."""
+        return max((b.pending_bytes() for b in self._bufs), default=0)
 
     def capacity_per_cpu(self) -> int:
-        """Records one CPU's buffer holds, so batching can stop short of overflowing it."""
-        return (self.pages * PAGE) // SAMPLE_SIZE
+        """Bytes one CPU's buffer holds, so batching can stop short of overflowing it."""
+        return self.pages * PAGE
 
-    def consume(self) -> np.ndarray:
+    def consume(self) -> Frames:
         """Drain every CPU's buffer; one batch in CPU order (perf has no cross-CPU order)."""
         parts = []
         for b in self._bufs:
             chunk = b.take()
             if chunk:
+                self.consumed_bytes += len(chunk)
                 parts.append(self._decode(chunk))
-        if not parts:
-            return empty_batch()
-        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        self.consumed += len(batch)
-        return batch
+        frames = Frames.concat(parts)
+        self.consumed += len(frames)
+        return frames
 
-    def _decode(self, chunk: bytes) -> np.ndarray:
-        """Runs of fixed-size samples decode as one numpy view; only the odd record between runs
-        (a LOST record after an overflow, another size or version) takes the slow path."""
-        out = []
+    def _decode(self, chunk: bytes) -> Frames:
+        """Samples of one CPU: runs of one size are checked in one numpy step; a LOST record or a
+        sample of another size is read by its header alone."""
+        buf = np.frombuffer(chunk, dtype=np.uint8)
+        at_parts: list[np.ndarray] = []
+        room_parts: list[np.ndarray] = []
+        one_at: list[int] = []
+        one_room: list[int] = []
+        words = memoryview(chunk).cast("I") if len(chunk) % 4 == 0 else memoryview(chunk[: len(chunk) & ~3]).cast("I")
         pos, end = 0, len(chunk)
         while end - pos >= 8:
-            n = (end - pos) // SAMPLE_SIZE
-            if n:
-                recs = np.frombuffer(chunk, dtype=PERF_REC, count=n, offset=pos)
-                odd = (recs["type"] != PERF_RECORD_SAMPLE) | (recs["size"] != SAMPLE_SIZE)
-                k = int(np.argmax(odd)) if odd.any() else n
-                if k:
-                    batch, bad = split_versions(recs["ev"][:k])
-                    self.parse_errors += bad
-                    out.append(batch)
-                    pos += k * SAMPLE_SIZE
-                    if k == n:
+            rtype = words[pos >> 2]
+            size = words[(pos >> 2) + 1] >> 16
+            if size < 8:
+                break  # a corrupt header: nothing after it can be trusted
+            if rtype == PERF_RECORD_SAMPLE:
+                n = (end - pos) // size
+                if n > 8:  # maybe a run of samples of one size
+                    heads = np.ndarray((n, 2), dtype="<u4", buffer=buf, offset=pos, strides=(size, 4))
+                    odd = (heads[:, 0] != PERF_RECORD_SAMPLE) | ((heads[:, 1] >> 16) != size)
+                    k = int(np.argmax(odd)) if odd.any() else n
+                    if k > 1:
+                        raw = np.ndarray((k,), dtype="<u4", buffer=buf, offset=pos + 8, strides=(size,))
+                        at_parts.append(np.arange(pos + SAMPLE_HDR, pos + SAMPLE_HDR + k * size, size, dtype=np.int64))
+                        room_parts.append(raw.astype(np.int64))
+                        pos += k * size
                         continue
-            pos = self._one(chunk, pos, out)
-            if pos < 0:
-                break
-        if not out:
-            return empty_batch()
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-    def _one(self, chunk: bytes, pos: int, out: list) -> int:
-        """Decode the single record at `pos`; returns the next position, -1 if the header is corrupt."""
-        mv = memoryview(chunk)
-        if len(chunk) - pos < 8:
-            return -1
-        rtype = int.from_bytes(mv[pos : pos + 4], "little")
-        size = int.from_bytes(mv[pos + 6 : pos + 8], "little")
-        if size < 8:
-            return -1  # nothing after a corrupt header can be trusted
-        if rtype == PERF_RECORD_SAMPLE:
-            raw = int.from_bytes(mv[pos + 8 : pos + 12], "little")
-            rec = decode_one(mv[pos + 12 : pos + 12 + raw])
-            if rec is None:
-                self.parse_errors += 1
-            else:
-                out.append(rec)
-        elif rtype == PERF_RECORD_LOST:
-            self.lost_reported += int.from_bytes(mv[pos + 16 : pos + 24], "little")
-        return pos + size
+                one_at.append(pos + SAMPLE_HDR)
+                one_room.append(words[(pos >> 2) + 2])
+            elif rtype == PERF_RECORD_LOST:
+                self.lost_reported += words[(pos >> 2) + 4] | (words[(pos >> 2) + 5] << 32)
+            pos += size
+        if one_at:
+            at_parts.append(np.asarray(one_at, dtype=np.int64))
+            room_parts.append(np.asarray(one_room, dtype=np.int64))
+        if not at_parts:
+            return Frames.empty()
+        at = np.concatenate(at_parts)
+        room = np.concatenate(room_parts)
+        order = np.argsort(at, kind="stable") if len(at_parts) > 1 else None
+        if order is not None:
+            at, room = at[order], room[order]
+        hdr = headers_at(buf, at)
+        ok = validate(hdr, room)
+        if not ok.all():
+            self.parse_errors += int((~ok).sum())
+            hdr, at = hdr[ok], at[ok]
+        return Frames(hdr, buf, at + HDR_SIZE)
 
     def close(self) -> None:
         """Take the buffers out of the perf map, disable their events and free the mmaps and fds."""

@@ -3,7 +3,8 @@
 Layout (kernel/bpf/ringbuf.c): page 0 of the map fd is the consumer page (rw, u64 consumer_pos);
 from one page on, the producer page (u64 producer_pos) then the data area mapped twice back to
 back, so a record is never split across the wrap. Each record: u32 len (bit 31 busy, bit 30
-discard), u32 page offset, payload; records are 8-byte aligned.
+discard), u32 page offset, then the record (migrator's header and the payload); records are
+8-byte aligned.
 """
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ import os
 
 import numpy as np
 
+from migrator.dataplane.frames import HDR_SIZE, Frames, headers_at, strided_headers, validate
 from migrator.errors import ChannelError
-from migrator.dataplane.schema import EVENT_DTYPE, RECORD_SIZE, decode_one, empty_batch, split_versions
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BUSY = 1 << 31
 DISCARD = 1 << 30
-HDR = 8
-STRIDE = (RECORD_SIZE + HDR + 7) & ~7
-RING_REC = np.dtype([("len", "<u4"), ("pgoff", "<u4"), ("ev", EVENT_DTYPE)])
-assert RING_REC.itemsize == STRIDE
+RB_HDR = 8
+
+
+def _stride(size: int) -> int:
+    return (size + RB_HDR + 7) & ~7
 
 
 class RingConsumer:
@@ -40,89 +42,138 @@ class RingConsumer:
         # One aligned 8-byte store/load each: struct.pack_into on the mmap can tear (KERNEL_NOTES.md).
         self._cons = ct.c_uint64.from_buffer(self._cons_mm, 0)
         self._prod = np.frombuffer(self._prod_mm, dtype=np.uint64, count=1, offset=0)
+        self._data = np.frombuffer(self._prod_mm, dtype=np.uint8, offset=PAGE)
+        self._words = memoryview(self._prod_mm).cast("I")  # u32 at every 4-byte offset
         self.parse_errors = 0
         self.consumed = 0
+        self.consumed_bytes = 0
+        self._count_from = self._count_pos = -1  # in_flight's resumable walk
+        self._count_n = 0
 
     def fileno(self) -> int:
         """The ring map fd, for the caller to wait on (epoll)."""
         return self.map_fd
 
+    def pending_bytes(self) -> int:
+        """Bytes written but not yet consumed."""
+        return int(self._prod[0]) - self._cons.value
+
     def in_flight(self) -> int:
-        """Records written but not yet consumed."""
-        return (int(self._prod[0]) - self._cons.value) // STRIDE
+        """Records written (or being written) but not yet consumed, counted by walking them.
+
+        The walk resumes where the last count stopped while the consumer position has not moved,
+        so a stalled consumer's count stays cheap however much is waiting. A record still busy
+        is counted (it was attempted) but not walked past.
+        """
+        cons, prod = self._cons.value, int(self._prod[0])
+        if self._count_from != cons:
+            self._count_from, self._count_pos, self._count_n = cons, cons, 0
+        pos, n = self._count_pos, self._count_n
+        while prod - pos >= RB_HDR:
+            word = self._words[(PAGE + (pos & self.mask)) >> 2]
+            if word & BUSY:
+                return n + 1
+            n += 0 if word & DISCARD else 1
+            pos += _stride(word & ~DISCARD)
+        self._count_pos, self._count_n = pos, n
+        return n
 
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the oldest record still waiting (None when empty or it is not complete)."""
         cons = self._cons.value
-        if int(self._prod[0]) - cons < STRIDE:
+        if int(self._prod[0]) - cons < RB_HDR + HDR_SIZE:
             return None
         off = PAGE + (cons & self.mask)
-        hdr = int.from_bytes(self._prod_mm[off : off + 4], "little")
-        if hdr & BUSY:
+        if self._words[off >> 2] & BUSY:
             return None
-        return int.from_bytes(self._prod_mm[off + HDR + 16 : off + HDR + 24], "little")
+        at = off + RB_HDR + 24
+        return self._words[at >> 2] | (self._words[(at >> 2) + 1] << 32)
 
     def capacity(self) -> int:
-        """Records the ring holds, so batching can stop short of filling it."""
-        return self.size // STRIDE
+        """Bytes the ring holds, so batching can stop short of filling it."""
+        return self.size
 
-    def consume(self, max_records: int | None = None) -> np.ndarray:
-        """Decode every complete record up to the first busy one and release them in one store."""
+    def _committed(self, cons: int, prod: int, max_records: int | None) -> tuple[int, np.ndarray, np.ndarray]:
+        """Walk record headers from cons: (end of the committed prefix, record starts, length words).
+
+        A run of equal-size records is checked in one numpy step; other sizes one header at a
+        time. Stops at the first busy record: nothing after it may be read yet.
+        """
+        starts: list[np.ndarray] = []
+        words_out: list[np.ndarray] = []
+        one_starts: list[int] = []
+        one_words: list[int] = []
+        pos, count = cons, 0
+        words = self._words
+        limit = max_records if max_records is not None else 1 << 62
+
+        def flush_singles() -> None:
+            if one_starts:
+                starts.append(np.asarray(one_starts, dtype=np.int64))
+                words_out.append(np.asarray(one_words, dtype=np.int64))
+                one_starts.clear()
+                one_words.clear()
+
+        while prod - pos >= RB_HDR and count < limit:
+            word = words[(PAGE + (pos & self.mask)) >> 2]
+            if word & BUSY:
+                break
+            size = word & ~DISCARD
+            stride = _stride(size)
+            n = min((prod - pos) // stride, limit - count)
+            if n > 8:  # maybe a run of records of one size: one vectorised check
+                heads = np.ndarray((n,), dtype="<u4", buffer=self._prod_mm, offset=PAGE + (pos & self.mask),
+                                   strides=(stride,))
+                odd = (heads & np.uint32(~DISCARD & 0xFFFFFFFF)) != size
+                k = int(np.argmax(odd)) if odd.any() else n
+                if k > 1:
+                    flush_singles()
+                    starts.append(np.arange(pos - cons, pos - cons + k * stride, stride, dtype=np.int64))
+                    words_out.append(heads[:k].astype(np.int64))
+                    pos += k * stride
+                    count += k
+                    continue
+            one_starts.append(pos - cons)
+            one_words.append(word)
+            pos += stride
+            count += 1
+        flush_singles()
+        if not starts:
+            return pos, np.empty(0, np.int64), np.empty(0, np.int64)
+        return pos, np.concatenate(starts), np.concatenate(words_out)
+
+    def consume(self, max_records: int | None = None) -> Frames:
+        """Every complete record up to the first busy one, released to the kernel in one store."""
         cons = self._cons.value
         prod = int(self._prod[0])
         if prod == cons:
-            return empty_batch()
-        n = (prod - cons) // STRIDE
-        if max_records is not None:
-            n = min(n, max_records)
-        recs = np.frombuffer(self._prod_mm, dtype=RING_REC, count=n, offset=PAGE + (cons & self.mask))
-        lens = recs["len"]
-        # Fast path: a prefix of fixed-size records of the current layout, discards masked out.
-        odd = (lens & np.uint32(~DISCARD & 0xFFFFFFFF)) != RECORD_SIZE
-        k = int(np.argmax(odd)) if odd.any() else n
-        # Copy the committed prefix out as raw bytes, one memcpy (its headers were read above, so
-        # no payload is read before its header), and hand out field views of the private copy: a
-        # strided structured copy of "ev" costs ~15 ns per record, the memcpy ~1.5.
-        head = np.empty(k, dtype=RING_REC)
-        head.view(np.uint8)[:] = recs[:k].view(np.uint8)
-        keep = (head["len"] & np.uint32(DISCARD)) == 0
-        batch = head["ev"][keep] if not keep.all() else head["ev"]
-        pos = cons + k * STRIDE
-        extra: list[np.ndarray] = []
-        if k < n or (prod - pos) >= HDR:
-            pos = self._walk(pos, prod, extra)
-        del recs, lens, head
-        batch, bad = split_versions(batch)
-        self.parse_errors += bad
-        if extra:
-            batch = np.concatenate([batch, *extra])
-        self._cons.value = pos
-        self.consumed += len(batch)
-        return batch
-
-    def _walk(self, pos: int, prod: int, out: list[np.ndarray]) -> int:
-        """Slow path, one record at a time: busy stops, discard skips, other sizes/versions decode."""
-        mm = self._prod_mm
-        while prod - pos >= HDR:
-            off = PAGE + (pos & self.mask)
-            hdr = int.from_bytes(mm[off : off + 4], "little")
-            if hdr & BUSY:
-                break
-            size = hdr & ~(BUSY | DISCARD)
-            stride = (size + HDR + 7) & ~7
-            if not hdr & DISCARD:
-                rec = decode_one(mm[off + HDR : off + HDR + size])
-                if rec is None:
-                    self.parse_errors += 1
-                else:
-                    out.append(rec)
-            pos += stride
-        return pos
+            return Frames.empty()
+        end, starts, lens = self._committed(cons, prod, max_records)
+        if end == cons:
+            return Frames.empty()
+        # Headers were read above, so no payload is read before its header: copy the committed
+        # prefix out with one memcpy (the data area is mapped twice, so it never wraps).
+        first = cons & self.mask
+        buf = self._data[first:first + (end - cons)].copy()
+        self._cons.value = end
+        self.consumed_bytes += end - cons
+        keep = (lens & DISCARD) == 0
+        at = starts[keep] + RB_HDR
+        size = (lens & ~(BUSY | DISCARD))[keep]
+        if not len(at):
+            return Frames.empty()
+        uniform = (size == size[0]).all() and keep.all()
+        hdr = (strided_headers(buf, int(at[0]), _stride(int(size[0])), len(at)) if uniform
+               else headers_at(buf, at))
+        ok = validate(hdr, size)
+        if not ok.all():
+            self.parse_errors += int((~ok).sum())
+            hdr, at = hdr[ok], at[ok]
+        self.consumed += len(hdr)
+        return Frames(hdr, buf, at + HDR_SIZE)
 
     def close(self) -> None:
-        """Unmap the ring (the map and its fd stay with the probe)."""
+        """Unmap the ring (the map and its fd stay with the program)."""
         del self._cons
-        self._prod = None
-        self._cons_mm.close()
-        self._prod_mm.close()
-
+        self._prod = self._data = None
+        self._words.release()

@@ -15,10 +15,11 @@ import numpy as np
 
 from migrator.dataplane.windows import ChannelMeter
 
-# struct event_hdr as u64 words: [0] version/flags/cpu, [1] seq, [2] ktime_ns. Indexing an
+# migrator's header as u64 words: [0] version/flags/type/type_version, [1] len/cpu, [2] seq,
+# [3] ktime_ns (dataplane/frames.py). Indexing an
 # array made in place at the pointer is the cheapest ctypes read measured here (~0.2 us,
 # against ~0.45 us for ct.cast to a pointer and ~0.3 us for string_at + struct.unpack).
-_HDR_AT = (ct.c_uint64 * 3).from_address
+_HDR_AT = (ct.c_uint64 * 4).from_address
 
 
 class _Tally:
@@ -46,22 +47,22 @@ def _make_callback(t: _Tally):
 
     def cb(_ctx, data, _size):
         h = hdr_at(data)
-        seqs_append(h[1])
-        lags_append(mono() - h[2])
+        seqs_append(h[2])
+        lags_append(mono() - h[3])
         return 0
 
     return cb
 
 
 class BccRingRef:
-    """bcc `open_ring_buffer` + `ring_buffer_poll` on a probe's `events_ring`."""
+    """bcc `open_ring_buffer` + `ring_buffer_poll` on a probe's channel ring (`events__ring`)."""
 
     channel = "ring"
 
     def __init__(self, probe) -> None:
         self.bpf = probe.bpf
         self.tally = _Tally()
-        self.bpf["events_ring"].open_ring_buffer(_make_callback(self.tally))
+        probe.channel.ring_map.open_ring_buffer(_make_callback(self.tally))
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Wait up to timeout_ms for records and run the callback on each (bcc's ring_buffer_poll)."""
@@ -84,7 +85,7 @@ class BccPerfRef:
         def lost(n: int) -> None:
             self.tally.lost_reported += n
 
-        self.bpf["events_perf"].open_perf_buffer(_make_callback(self.tally), page_cnt=page_cnt, lost_cb=lost)
+        probe.channel.perf_map.open_perf_buffer(_make_callback(self.tally), page_cnt=page_cnt, lost_cb=lost)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Wait up to timeout_ms for records and run the callback on each (bcc's perf_buffer_poll)."""

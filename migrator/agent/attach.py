@@ -1,0 +1,39 @@
+"""`migrator.attach`: put a Feed on the operator's loaded bcc program, standalone or in a migration."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from migrator.agent.feed import Feed
+from migrator.agent.link import DbLink
+from migrator.agent.loop import serve_migration
+from migrator.config import load_config
+from migrator.dataplane.schema import Registry
+from migrator.errors import MigratorError
+from migrator.store import open_store
+
+
+def attach(bpf, name: str = "events", *, config: str | Path | None = None, host: str | None = None,
+           mode: str | None = None, registry: Registry | None = None, migration_id: int | None = None,
+           window_seconds: float | None = None, perf_pages: int | None = None) -> Feed:
+    """Replace bcc's reader of channel `name` in this process.
+
+    Without a config it runs on its own in `mode` (default DUAL: perf acted on, ring measured;
+    its windows stay in `feed.windows`). With a config and a host it serves that host in the
+    migration: the database decides the mode, and windows and mode reports go there.
+    """
+    if config is None:
+        return Feed(bpf, name, host=host or "local", mode=mode or "DUAL", registry=registry,
+                    window_seconds=window_seconds or 1.0, perf_pages=perf_pages or 64)
+    if not host:
+        raise MigratorError(f"attach({name!r}, config={str(config)!r}): a host name is needed to serve a migration "
+                            "(fix: pass host=, the name this machine has in canary.toml)")
+    cfg = load_config(config)
+    sf = open_store(cfg.database_url)
+    mid = serve_migration(sf, host, migration_id)
+    link = DbLink(sf, mid, host, poll=0.01, lost_after=3 * cfg.window_seconds)
+    feed = Feed(bpf, name, host=host, mode="PERF", registry=registry,
+                window_seconds=window_seconds or cfg.window_seconds, perf_pages=perf_pages or cfg.buffers.perf_pages,
+                link=link)
+    feed.owns_link = True
+    link.start()
+    return feed

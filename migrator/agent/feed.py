@@ -1,0 +1,267 @@
+"""The library that replaces bcc's reader inside the operator's process, and does the agent's duties.
+
+A ring has one shared consumer position and perf one per CPU, so the process that acts on the
+events must be the reader. A Feed reads both channels of one MIGRATOR_CHANNEL, hands each event
+exactly once to the operator's code from the acting channel (perf in PERF and DUAL, ring in
+RING; switches cut at a seq, see dataplane/handover.py), keeps the books of both channels per
+window on the shared clock, and, given a database link, follows the host's desired mode, writes
+its windows and falls back to PERF when the database is lost (unless RING was confirmed).
+
+    feed = migrator.attach(bpf, "events", config="canary.toml", host="web-7")
+    feed.open_perf_buffer(callback)          # bcc's shape: callback(cpu, data, size)
+    while True:
+        feed.poll(100)                       # replaces bpf.perf_buffer_poll(100)
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from migrator.agent.link import DbLink, Desired
+from migrator.dataplane.channel import Channel
+from migrator.dataplane.frames import Frames
+from migrator.dataplane.handover import Handover
+from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.schema import Registry
+from migrator.errors import MigratorError
+from migrator.records import ChannelWindow, merge_windows
+from migrator.vocab import MODES
+
+log = logging.getLogger("migrator.agent")
+# Long enough for every program run that read the old mode to have fetched its seq (a program
+# run takes microseconds); short enough not to matter next to a window.
+DUAL_SETTLE_S = 0.01
+
+
+def acting_channel(mode: str) -> str:
+    """The channel whose records reach the operator's code in a host mode."""
+    return "ring" if mode == "RING" else "perf"
+
+
+class Feed:
+    """One channel of the operator's program, read in their process; see the module docstring."""
+
+    def __init__(self, bpf, name: str = "events", *, host: str = "local", mode: str = "DUAL",
+                 registry: Registry | None = None, window_seconds: float = 1.0, perf_pages: int = 64,
+                 batch_interval: float = 0.005, link: DbLink | None = None, fingerprint: str | None = None,
+                 channel: Channel | None = None) -> None:
+        if mode not in MODES:
+            raise MigratorError(f"mode {mode!r} unknown; choose one of {', '.join(MODES)}")
+        self.bpf, self.name, self.host = bpf, name, host
+        self.channel = channel or Channel(bpf, name)
+        self.registry = registry or registry_from_bcc(bpf, name)
+        self.window_seconds = window_seconds
+        self.link = link
+        self.owns_link = False  # attach() hands the feed a link it started; the agent keeps its own
+        self.fingerprint = fingerprint or self.registry.fingerprint()
+        self.pipe = Pipeline(self.channel, host=host, perf_pages=perf_pages, batch_interval=batch_interval)
+        self.pipe.on_batch = self._route
+        # Start from what the kernel runs now (PERF in a program just loaded), then switch.
+        self.mode = self.channel.mode
+        self.handover = Handover(acting_channel(self.mode))
+        self.ring_confirmed = False
+        self.switches: list[dict] = []
+        self.safe_mode_entered: list[float] = []
+        self.windows: list[ChannelWindow] = []  # kept when there is no database link
+        self.acted = {"perf": 0, "ring": 0}
+        self._callback: Callable | None = None
+        self._lost_cb: Callable | None = None
+        self._batch_cb: Callable | None = None
+        self._queue: list[np.ndarray] = []
+        self._carry: list[ChannelWindow] = []
+        self._lost_seen = 0
+        self._next_close = (math.floor(time.time() / window_seconds) + 1) * window_seconds
+        self.set_mode(mode)
+
+    # -- bcc's reader API -----------------------------------------------------------------------
+    def open_perf_buffer(self, callback: Callable, page_cnt: int | None = None, lost_cb: Callable | None = None) -> None:
+        """bcc's `table.open_perf_buffer`: callback(cpu, data, size) per event, data at the payload.
+
+        page_cnt is accepted for compatibility; the buffers were sized when the feed was made.
+        """
+        self._callback, self._lost_cb = callback, lost_cb
+
+    def on_batch(self, callback: Callable[[np.ndarray], None]) -> None:
+        """Hand every delivered batch to callback as a decoded numpy array (one per event type)."""
+        self._batch_cb = callback
+
+    def poll(self, timeout_ms: int = -1) -> int:
+        """bcc's `perf_buffer_poll`: wait up to timeout_ms (-1: 1 s) for events and deliver them."""
+        timeout = 1.0 if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000
+        delivered = sum(self.acted.values())
+        self._duties()
+        self.pipe.poll(timeout=max(0.0, min(timeout, self._next_close - time.time())))
+        self._duties()
+        return sum(self.acted.values()) - delivered
+
+    def consume(self) -> int:
+        """bcc's `perf_buffer_consume`: deliver what is waiting now, without blocking."""
+        delivered = sum(self.acted.values())
+        self._duties()
+        self.pipe.drain()
+        return sum(self.acted.values()) - delivered
+
+    def batches(self, timeout_ms: int = 100) -> Iterator[np.ndarray]:
+        """Yield delivered events as decoded numpy structured arrays, for operators who want speed."""
+        while True:
+            self.poll(timeout_ms)
+            while self._queue:
+                yield self._queue.pop(0)
+
+    # -- delivery ---------------------------------------------------------------------------------
+    def _route(self, channel: str, frames: Frames) -> None:
+        mine = self.handover.owned(channel, frames.seq)
+        if not mine.any():
+            return
+        batch = frames if mine.all() else frames.take(mine)
+        self.acted[channel] += len(batch)
+        if self.registry.types:
+            self.registry.check(batch)
+        if self._callback is not None:
+            cb = self._callback
+            cpus, lens = batch.hdr["cpu"].tolist(), batch.hdr["len"].tolist()
+            base = batch.buf.ctypes.data
+            for i, off in enumerate(batch.off.tolist()):
+                cb(cpus[i], base + off, lens[i])
+        if self._batch_cb is not None or self._callback is None:
+            for rows in self.registry.decode(batch, count_errors=False).values():
+                if self._batch_cb is not None:
+                    self._batch_cb(rows)
+                else:
+                    self._queue.append(rows)
+
+    # -- modes ------------------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        """Switch this host to PERF, DUAL or RING with every event delivered exactly once.
+
+        A switch of the acting channel passes through DUAL and cuts at the seq read there.
+        """
+        if mode not in MODES:
+            raise MigratorError(f"mode {mode!r} unknown; choose one of {', '.join(MODES)}")
+        if mode == self.mode:
+            return
+        t0 = time.time()
+        old = self.mode
+        if acting_channel(mode) != self.handover.acting:
+            if self.channel.mode != "DUAL":
+                self.channel.set_mode("DUAL")
+                time.sleep(DUAL_SETTLE_S)
+            self.handover.cut(self.channel.next_seq, acting_channel(mode))
+        self.channel.set_mode(mode)
+        read_back = self.channel.mode
+        if read_back != mode:
+            raise MigratorError(f"{self.host}: mode map reads {read_back} after writing {mode}")
+        if mode != "RING":
+            self.pipe.watch("perf")
+        self.mode = mode
+        self.switches.append({"from": old, "to": mode, "at": t0, "read_back": time.time()})
+        if self.link is not None:
+            self.link.report(mode, t0)
+
+    def _follow(self, desired: Desired) -> None:
+        self.set_mode(desired.mode)
+        self.ring_confirmed = desired.mode == "RING" and desired.settled
+
+    def _safe_mode(self) -> None:
+        """Without the database, fall back to PERF unless RING was already confirmed here."""
+        if self.mode != "PERF" and not self.ring_confirmed:
+            self.set_mode("PERF")
+            self.switches[-1]["reason"] = "database lost"
+            self.safe_mode_entered.append(time.time())
+            log.warning("%s: database lost: holding PERF until it is back", self.host)
+
+    # -- windows ----------------------------------------------------------------------------------
+    def _duties(self) -> None:
+        now = time.time()
+        if now >= self._next_close:
+            self.close_window(int(round(self._next_close / self.window_seconds)) - 1)
+            self._next_close += self.window_seconds
+            if now > self._next_close:  # we fell behind (suspended?): skip ahead, never fake windows
+                self._next_close = (math.floor(now / self.window_seconds) + 1) * self.window_seconds
+        if self.link is not None:
+            if self.link.up and self.link.desired is not None:
+                self._follow(self.link.desired)
+            elif not self.link.up:
+                self._safe_mode()
+        if self._lost_cb is not None:
+            c = self.channel.counters()[self.handover.acting]
+            lost = c.full + c.other
+            if lost > self._lost_seen:
+                self._lost_cb(lost - self._lost_seen)
+            self._lost_seen = lost
+
+    def _switch_evidence(self) -> dict | None:
+        """The last mode switch with its timings, reported once its first perf record arrived."""
+        if not self.switches or self.switches[-1].get("reported"):
+            return None
+        sw = self.switches[-1]
+        first = self.pipe.first_after.get("perf")
+        if sw["to"] != "RING" and first is None and time.time() - sw["at"] < 5 * self.window_seconds:
+            return None  # wait a little for the first perf record
+        sw["reported"] = True
+        return {"from": sw["from"], "to": sw["to"], "at": sw["at"], "read_back": sw.get("read_back"),
+                "first_perf_at": first}
+
+    def close_window(self, index: int | None = None) -> list[ChannelWindow]:
+        """Close the current window of both channels; send it (or keep it without a database)."""
+        ws = self.pipe.close_window(index=index)
+        if self._carry:
+            ws = [merge_windows(old, new) for old, new in zip(self._carry, ws)]
+            self._carry = []
+        parse = self.registry.take_parse_errors()
+        switch = self._switch_evidence()
+        for w in ws:
+            w.extra["schema_fingerprint"] = self.fingerprint
+            w.extra["acted"] = self.acted[w.channel]
+            if w.channel == self.handover.acting:
+                w.parse_errors += parse
+            if switch:
+                w.extra["mode_switch"] = switch
+            if self.link is not None and self.link.gap_since is not None:
+                w.extra["db_gap_since"] = self.link.gap_since
+        if self.link is not None:
+            self.link.send(ws)
+        else:
+            self.windows.extend(ws)
+        return ws
+
+    def succeed(self, old: "Feed") -> None:
+        """Take over from the feed of a program this one replaces (a reload): the part of the
+        running window the old maps measured is folded into this feed's next close, on the same
+        clock, and the old feed's history of switches goes on here."""
+        self._carry = old.pipe.close_window(index=-1)
+        self._next_close = old._next_close
+        self.switches, self.safe_mode_entered = old.switches, old.safe_mode_entered
+        self.ring_confirmed = old.ring_confirmed
+
+    def close(self) -> None:
+        """Deliver what is left, stop reading (the program and its maps stay with the caller)."""
+        try:
+            self.pipe.drain()
+        finally:
+            self.pipe.close()
+            if self.owns_link and self.link is not None:
+                self.link.stop()
+
+
+def registry_from_bcc(bpf, name: str) -> Registry:
+    """A registry holding the payload type bcc inferred for `name` (type 0, version 0), if any.
+
+    bcc records the struct the program hands to `name.perf_submit`; migrator.h keeps that call
+    (never executed) next to every MIGRATOR_OUTPUT so the operator's struct is known here.
+    """
+    reg = Registry()
+    try:
+        from bcc.table import _get_event_class
+
+        cls = _get_event_class(bpf[name])
+        if ct.sizeof(cls):
+            reg.register(0, 0, cls, name=name)
+    except (Exception, SystemExit):  # bcc prints and exits on types it cannot map
+        pass
+    return reg

@@ -1,0 +1,220 @@
+"""One migrator channel (bpf/migrator.h) of a loaded bcc program: its maps, mode and counters.
+
+    bpf = load(text=open("tool.bpf.c").read(), cflags=["-DFOO=1"])   # prepare() + bcc
+    ch = Channel(bpf, "events")
+    ch.set_mode("DUAL")
+    ch.perf_map.open_perf_buffer(cb)          # records: 32-byte header + payload
+    bpf[ch.ring_name].open_ring_buffer(cb)
+    ch.counters()["ring"].full
+
+A record starts with MigratorHdr; parse it with header(data) and decode the operator's
+struct with bpf["events"].event(payload_ptr(data)) (the anchor map carries the payload type).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from pathlib import Path
+
+from migrator.dataplane import rewrite
+from migrator.dataplane.counters import Counters
+from migrator.dataplane.syscalls import NR_BPF, libc
+from migrator.errors import BPFLoadError, ChannelError, OptionError
+from migrator.vocab import MODE_NAMES, MODE_VALUES
+
+HDR_VERSION = 1
+HDR_SIZE = 32
+FLAG_MODE_MASK = 0x0003
+FLAG_TRUNCATED = 0x0100
+FLAG_RESERVED = 0x0200
+# Index order of the per-CPU counters in name__cnt (MIGRATOR_CNT_* in migrator.h).
+COUNTERS = ("perf_attempts", "perf_ok", "perf_full", "perf_other",
+            "ring_attempts", "ring_ok", "ring_full", "ring_other",
+            "truncated", "copy_fail", "no_scratch", "discard")
+EXTRA_COUNTERS = COUNTERS[8:]
+# The maps MIGRATOR_CHANNEL(name, bytes) declares, by suffix.
+SUFFIXES = ("", "__perf", "__ring", "__mode", "__seq", "__cnt", "__scratch")
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+class MigratorHdr(ct.Structure):
+    """struct migrator_hdr: the 32 bytes in front of every record's payload."""
+
+    _fields_ = [("hdr_version", ct.c_uint16), ("flags", ct.c_uint16), ("type", ct.c_uint16),
+                ("type_version", ct.c_uint16), ("len", ct.c_uint32), ("cpu", ct.c_uint32),
+                ("seq", ct.c_uint64), ("ktime", ct.c_uint64)]
+
+    @property
+    def mode(self) -> str:
+        """The mode the record was emitted in: "PERF", "DUAL" or "RING"."""
+        return MODE_NAMES.get(self.flags & FLAG_MODE_MASK, "RING")
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.flags & FLAG_TRUNCATED)
+
+    @property
+    def reserved(self) -> bool:
+        return bool(self.flags & FLAG_RESERVED)
+
+
+assert ct.sizeof(MigratorHdr) == HDR_SIZE
+
+
+def _address(data) -> int:
+    return data if isinstance(data, int) else ct.cast(data, ct.c_void_p).value
+
+
+def header(data) -> MigratorHdr:
+    """A copy of the header of the record at `data` (a perf or ring callback's pointer)."""
+    return MigratorHdr.from_buffer_copy(ct.string_at(_address(data), HDR_SIZE))
+
+
+def payload_ptr(data) -> int:
+    """The address of the payload of the record at `data`: pass it to bpf["name"].event()."""
+    return _address(data) + HDR_SIZE
+
+
+def payload(data, size: int | None = None) -> bytes:
+    """The payload bytes (`len` of them; at most `size` - 32 if the callback's size is given)."""
+    n = header(data).len
+    if size is not None:
+        n = min(n, max(0, size - HDR_SIZE))
+    return ct.string_at(payload_ptr(data), n)
+
+
+class _MapInfo(ct.Structure):
+    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
+                ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
+                ("rest", ct.c_uint8 * 96)]
+
+
+class _InfoAttr(ct.Structure):
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+def map_max_entries(fd: int) -> int:
+    """max_entries of the BPF map behind `fd`, from the kernel (BPF_OBJ_GET_INFO_BY_FD)."""
+    info = _MapInfo()
+    attr = _InfoAttr(fd, ct.sizeof(info), ct.addressof(info))
+    if libc.syscall(NR_BPF, BPF_OBJ_GET_INFO_BY_FD, ct.byref(attr), ct.sizeof(attr)) != 0:
+        err = ct.get_errno()
+        raise ChannelError(f"map fd {fd}", f"BPF_OBJ_GET_INFO_BY_FD failed: {os.strerror(err)}")
+    return info.max_entries
+
+
+class Channel:
+    """One MIGRATOR_CHANNEL(name, bytes) of a loaded bcc BPF object."""
+
+    def __init__(self, bpf, name: str) -> None:
+        self.bpf, self.name = bpf, name
+        self._tables = {}
+        for suffix in SUFFIXES:
+            try:
+                self._tables[suffix] = bpf[name + suffix]
+            except KeyError:
+                raise ChannelError(name, f"the program has no map {name + suffix!r}: it is not a migrator channel "
+                                   f"(declare it with MIGRATOR_CHANNEL({name}, ring_bytes); and load the text "
+                                   "through migrator.dataplane.rewrite.prepare())") from None
+
+    def __repr__(self) -> str:
+        return f"Channel({self.name!r}, mode={self.mode}, ring_bytes={self.ring_bytes})"
+
+    @property
+    def perf_name(self) -> str:
+        return self.name + "__perf"
+
+    @property
+    def ring_name(self) -> str:
+        return self.name + "__ring"
+
+    @property
+    def anchor(self):
+        """The type anchor table `name`: its .event(payload_ptr) decodes the operator's struct."""
+        return self._tables[""]
+
+    @property
+    def perf_map(self):
+        """bcc's PerfEventArray `name__perf` (open_perf_buffer on it)."""
+        return self._tables["__perf"]
+
+    @property
+    def ring_map(self):
+        """bcc's RingBuf `name__ring` (open_ring_buffer on it)."""
+        return self._tables["__ring"]
+
+    @property
+    def ring_map_fd(self) -> int:
+        return self.ring_map.map_fd
+
+    @property
+    def ring_bytes(self) -> int:
+        """The ring's size in bytes (its max_entries)."""
+        n = getattr(self.ring_map, "max_entries", None)
+        return int(n) if n else map_max_entries(self.ring_map_fd)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch the channel to "PERF", "DUAL" or "RING"; the next record follows it."""
+        if mode not in MODE_VALUES:
+            raise OptionError("mode", mode, "is not a channel mode", f"use one of {', '.join(MODE_VALUES)}")
+        t = self._tables["__mode"]
+        t[t.Key(0)] = t.Leaf(MODE_VALUES[mode])
+
+    @property
+    def mode(self) -> str:
+        """The mode the BPF side acts on (a value above RING counts as RING)."""
+        t = self._tables["__mode"]
+        return MODE_NAMES.get(t[t.Key(0)].value, "RING")
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next record of this channel will get."""
+        t = self._tables["__seq"]
+        return t[t.Key(0)].value
+
+    def raw_counters(self) -> dict[str, int]:
+        """Every counter of name__cnt (COUNTERS), summed over CPUs."""
+        t = self._tables["__cnt"]
+        return {n: int(sum(t[t.Key(i)])) for i, n in enumerate(COUNTERS)}
+
+    def counters(self) -> dict[str, Counters]:
+        """{"perf": Counters, "ring": Counters}, summed over CPUs."""
+        c = self.raw_counters()
+        return {ch: Counters(c[f"{ch}_attempts"], c[f"{ch}_ok"], c[f"{ch}_full"], c[f"{ch}_other"])
+                for ch in ("perf", "ring")}
+
+    def prog_fds(self) -> list[int]:
+        """The fds of the program's loaded functions (run-time statistics cover the channel's writers)."""
+        return [f.fd for f in self.bpf.funcs.values()]
+
+    def extra_counters(self) -> dict[str, int]:
+        """{"truncated", "copy_fail", "no_scratch", "discard"}, summed over CPUs."""
+        c = self.raw_counters()
+        return {n: c[n] for n in EXTRA_COUNTERS}
+
+
+def load(text: str | None = None, src_file: str | None = None, cflags=(), **bpf_kwargs):
+    """prepare() a program (text, or the file src_file) and compile it with bcc; returns the BPF
+    object. The cflags given come after rewrite.cflags() (-I for migrator.h; a src_file's own
+    directory is added too). bpf_kwargs go to bcc.BPF. Compile and load failures raise
+    BPFLoadError (bcc prints the compiler's messages on stderr)."""
+    if (text is None) == (src_file is None):
+        raise OptionError("load", {"text": text is not None, "src_file": src_file}, "needs exactly one source",
+                          "pass text= or src_file=")
+    flags = rewrite.cflags()
+    if src_file is not None:
+        name = str(src_file)
+        try:
+            text = Path(src_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise BPFLoadError(name, f"cannot read it: {e.strerror or e}") from None
+        flags.append(f"-I{Path(src_file).resolve().parent}")
+    else:
+        name = "<bpf text>"
+    prepared = rewrite.prepare(text, filename=name)
+    from bcc import BPF  # lazily: the rest of this module needs no bcc
+
+    try:
+        return BPF(text=prepared, cflags=[*flags, *cflags], **bpf_kwargs)
+    except Exception as e:  # bcc raises bare Exception for compile, load and attach failures
+        raise BPFLoadError(name, str(e)) from e

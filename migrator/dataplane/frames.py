@@ -1,0 +1,107 @@
+"""Framed records: migrator's 32-byte header (bpf/migrator.h) followed by the operator's payload.
+
+Both consumers hand out a `Frames` batch: the header fields of every record as one numpy array,
+and the bytes of every payload in one private buffer. Sizes vary per record; a run of records
+of one size is read as a strided view (no per-record work), anything else by walking headers.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+from dataclasses import dataclass
+
+import numpy as np
+
+HDR_VERSION = 1
+HDR_DTYPE = np.dtype([
+    ("hdr_version", "<u2"),
+    ("flags", "<u2"),  # bits 0-1: the mode in force at emit; FLAG_TRUNCATED, FLAG_RESERVED
+    ("type", "<u2"),
+    ("type_version", "<u2"),
+    ("len", "<u4"),  # payload bytes after the header
+    ("cpu", "<u4"),
+    ("seq", "<u8"),  # per channel, one counter across CPUs
+    ("ktime_ns", "<u8"),  # bpf_ktime_get_ns(): CLOCK_MONOTONIC
+])
+HDR_SIZE = HDR_DTYPE.itemsize
+assert HDR_SIZE == 32
+FLAG_MODE_MASK = 0x3
+FLAG_TRUNCATED = 0x100
+FLAG_RESERVED = 0x200
+
+
+@dataclass
+class Frames:
+    """A batch of records in consumption order: headers, and payloads inside one buffer."""
+
+    hdr: np.ndarray  # HDR_DTYPE, one row per record
+    buf: np.ndarray  # uint8: every record's bytes (a private copy, never the kernel's pages)
+    off: np.ndarray  # int64: where each record's payload starts in buf
+
+    def __len__(self) -> int:
+        return len(self.hdr)
+
+    @property
+    def seq(self) -> np.ndarray:
+        """Each record's sequence number."""
+        return self.hdr["seq"]
+
+    def payload(self, i: int) -> memoryview:
+        """The payload bytes of record i."""
+        start = int(self.off[i])
+        return memoryview(self.buf)[start:start + int(self.hdr["len"][i])]
+
+    def address(self, i: int) -> int:
+        """The address of record i's payload, for callbacks that take a C pointer (bcc's shape)."""
+        return self.buf.ctypes.data + int(self.off[i])
+
+    def take(self, keep: np.ndarray) -> "Frames":
+        """The records where `keep` is True (a boolean mask), in the same order."""
+        return Frames(self.hdr[keep], self.buf, self.off[keep])
+
+    @staticmethod
+    def empty() -> "Frames":
+        """A batch of no records."""
+        return Frames(np.empty(0, HDR_DTYPE), np.empty(0, np.uint8), np.empty(0, np.int64))
+
+    @staticmethod
+    def concat(parts: list["Frames"]) -> "Frames":
+        """One batch from several, in order (their buffers are joined)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Frames.empty()
+        if len(parts) == 1:
+            return parts[0]
+        shift = np.cumsum([0] + [len(p.buf) for p in parts[:-1]])
+        return Frames(np.concatenate([p.hdr for p in parts]), np.concatenate([p.buf for p in parts]),
+                      np.concatenate([p.off + s for p, s in zip(parts, shift)]))
+
+
+def headers_at(buf: np.ndarray, hdr_off: np.ndarray) -> np.ndarray:
+    """Gather the 32-byte headers at 4-byte aligned offsets of buf into one HDR_DTYPE array."""
+    if len(hdr_off) == 0:
+        return np.empty(0, HDR_DTYPE)
+    if (hdr_off % 4).any():
+        raise ValueError("record headers must start at 4-byte aligned offsets")
+    words = buf[: len(buf) - len(buf) % 4].view("<u4")
+    rows = words[(hdr_off // 4)[:, None] + np.arange(HDR_SIZE // 4)]
+    return rows.view(HDR_DTYPE).reshape(len(hdr_off))
+
+
+def strided_headers(buf: np.ndarray, first: int, stride: int, n: int) -> np.ndarray:
+    """The headers of n equally spaced records as a view (no copy): first header at `first`."""
+    return np.ndarray((n,), dtype=HDR_DTYPE, buffer=buf, offset=first, strides=(stride,))
+
+
+def validate(hdr: np.ndarray, room: np.ndarray | int) -> np.ndarray:
+    """Mask of records migrator can read: known header version, payload inside its frame."""
+    return (hdr["hdr_version"] == HDR_VERSION) & (hdr["len"].astype(np.int64) + HDR_SIZE <= room)
+
+
+class HeaderStruct(ct.Structure):
+    """The header as a ctypes Structure, for callers that read one record at a time."""
+
+    _fields_ = [(name, {"<u2": ct.c_uint16, "<u4": ct.c_uint32, "<u8": ct.c_uint64}[HDR_DTYPE.fields[name][0].str])
+                for name in HDR_DTYPE.names]
+
+
+assert ct.sizeof(HeaderStruct) == HDR_SIZE

@@ -1,0 +1,54 @@
+"""Exactly once downstream across channel switches: which channel owns which sequence numbers.
+
+Both channels of a MIGRATOR_CHANNEL carry one per-channel sequence. A switch of the acting
+channel always passes through DUAL (the kernel writes every record to both) and cuts at a seq
+S read from the sequence map while in DUAL: the old channel owns every seq below S, the new one
+every seq from S on. Owners are kept as cut points, so any number of switches (PERF -> RING ->
+PERF -> RING ...) leaves every seq owned by exactly one channel, and a record is delivered only
+by its owner: nothing is delivered twice, and nothing the kernel wrote to its owner is skipped.
+
+Why S read in DUAL is safe (bpf/migrator.h reads the mode map, then fetches the seq, both in one
+program run): a record with seq < S fetched its seq before S was read, so it read a mode set
+before the final mode was written (DUAL, or the old mode): it is on the old channel. A record
+with seq >= S read the mode after DUAL was in force (the DUAL period is far longer than one
+program run): it is on the new channel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from migrator.vocab import CHANNELS
+
+
+class Handover:
+    """Owner channel per range of sequence numbers; starts with `acting` owning everything."""
+
+    def __init__(self, acting: str = "perf") -> None:
+        if acting not in CHANNELS:
+            raise ValueError(f"channel must be one of {CHANNELS}, got {acting!r}")
+        self.cuts: list[int] = []  # ascending seqs where ownership changes
+        self.owners: list[str] = [acting]  # owners[i] owns [cuts[i-1], cuts[i])
+
+    @property
+    def acting(self) -> str:
+        """The channel that owns every seq from the last cut on."""
+        return self.owners[-1]
+
+    def cut(self, seq: int, to: str) -> None:
+        """From `seq` on, records are delivered from `to`; earlier ones keep their owners."""
+        if to not in CHANNELS:
+            raise ValueError(f"channel must be one of {CHANNELS}, got {to!r}")
+        if to == self.acting:
+            return
+        if self.cuts and seq < self.cuts[-1]:
+            raise ValueError(f"cut at seq {seq} precedes the previous cut at {self.cuts[-1]}")
+        self.cuts.append(int(seq))
+        self.owners.append(to)
+
+    def owned(self, channel: str, seq: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of these records (by seq) `channel` delivers."""
+        if len(self.owners) == 1:
+            return np.full(len(seq), self.owners[0] == channel)
+        idx = np.searchsorted(np.asarray(self.cuts, dtype=np.uint64), seq.astype(np.uint64), side="right")
+        mine = np.asarray([o == channel for o in self.owners])
+        return mine[idx]
