@@ -30,6 +30,7 @@ class ChannelWindow:
     dropped_other: int = 0
     lost: int = 0
     parse_errors: int = 0
+    payload_mismatches: int = 0  # SHADOW: ring payloads that differ from perf's for the same seq
     in_flight: int = 0
     lag_p50_ms: float | None = None
     lag_p99_ms: float | None = None
@@ -76,7 +77,8 @@ def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
         host=b.host, channel=b.channel, index=b.index, start=a.start, end=b.end, mode=b.mode,
         attempts=a.attempts + b.attempts, delivered=a.delivered + b.delivered,
         dropped_full=a.dropped_full + b.dropped_full, dropped_other=a.dropped_other + b.dropped_other,
-        lost=a.lost + b.lost + a.in_flight, parse_errors=a.parse_errors + b.parse_errors, in_flight=b.in_flight,
+        lost=a.lost + b.lost + a.in_flight, parse_errors=a.parse_errors + b.parse_errors,
+        payload_mismatches=a.payload_mismatches + b.payload_mismatches, in_flight=b.in_flight,
         lag_p50_ms=worse(a.lag_p50_ms, b.lag_p50_ms), lag_p99_ms=worse(a.lag_p99_ms, b.lag_p99_ms),
         lag_max_ms=worse(a.lag_max_ms, b.lag_max_ms), inversions=a.inversions + b.inversions,
         consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=a.bpf_run_ns + b.bpf_run_ns,

@@ -44,6 +44,8 @@ class Migration(Base):
     created_at: Mapped[float] = mapped_column(Float)
     config_json: Mapped[str] = mapped_column(Text)
     config_hash: Mapped[str] = mapped_column(String(64))
+    # sha256 of the operator's program as it will be loaded: source, cflags and migrator.h.
+    source_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     config_path: Mapped[str] = mapped_column(Text, default="")
     schema_fingerprint: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # A different fingerprint reported by an agent (or the API) after the freeze; blocks advancing.
@@ -144,6 +146,8 @@ class Window(Base):
     dropped_other: Mapped[int] = mapped_column(Integer, default=0)
     lost: Mapped[int] = mapped_column(Integer, default=0)
     parse_errors: Mapped[int] = mapped_column(Integer, default=0)
+    # SHADOW: records whose ring payload differs from the perf payload of the same seq.
+    payload_mismatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     in_flight: Mapped[int] = mapped_column(Integer, default=0)
     lag_p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     lag_p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
