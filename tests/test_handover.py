@@ -82,3 +82,22 @@ def test_registry_decodes_old_versions_with_defaults_and_counts_unknown_ones():
     before = reg.fingerprint()
     reg.register(7, 3, [("a", "<u4"), ("b", "<u4"), ("c", "<u8"), ("d", "<u2")])
     assert reg.fingerprint() != before
+
+
+def test_a_payload_that_looks_like_a_sample_falls_back_to_the_walk():
+    # A payload holding a copy of a whole sample: the one-pass scan finds it too, the chain
+    # check rejects the scan, and the header-by-header walk reads the chunk right.
+    inner = sample(record(777, b"z" * 16))
+    payload = b"\0" * 4 + inner + b"\0" * 4  # lands 8-byte aligned inside the outer sample
+    recs = [record(0, b"a" * 24), record(1, payload), record(2, b"b" * 40)]
+    chunk = b"".join(sample(r) for r in recs)
+    from migrator.dataplane.channels.perf import sample_chain
+
+    assert sample_chain(np.frombuffer(chunk, np.uint8)) is None
+    pc = PerfConsumer.__new__(PerfConsumer)
+    pc.parse_errors = pc.lost_reported = 0
+    frames = pc._decode(chunk)
+    assert frames.seq.tolist() == [0, 1, 2] and bytes(frames.payload(1)) == payload
+    clean = b"".join(sample(r) for r in (recs[0], recs[2]))
+    starts, raw = sample_chain(np.frombuffer(clean, np.uint8))
+    assert starts.tolist() == [12, 12 + len(sample(recs[0]))]

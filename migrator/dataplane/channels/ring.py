@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from migrator.dataplane.frames import HDR_SIZE, Frames, headers_at, strided_headers, validate
+from migrator.dataplane.frames import HDR_SIZE, HDR_VERSION, Frames, headers_at, strided_headers, validate
 from migrator.errors import ChannelError
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -93,6 +93,40 @@ class RingConsumer:
         """Bytes the ring holds, so batching can stop short of filling it."""
         return self.size
 
+    def _chain(self, cons: int, prod: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """Every committed record from cons found in one vectorised pass, or None.
+
+        Every 8-byte aligned position is tested for a ring record header whose length matches
+        the migrator header behind it (version, payload length). A payload may contain such
+        bytes by chance, so candidates count only while they chain exactly (each one ends where
+        the next begins), and the chain must end at prod or at a record still being written;
+        anything else is left to the header-by-header walk.
+        """
+        avail = prod - cons
+        n = avail // 8
+        if n < 4 or avail % 8:
+            return None
+        first = PAGE + (cons & self.mask)
+        rows = np.frombuffer(self._prod_mm, dtype="<u4", count=2 * n, offset=first).reshape(n, 2)
+        idx = np.flatnonzero((rows[1:-1, 0] & 0xFFFF) == HDR_VERSION)  # one pass over the region
+        if not len(idx) or idx[0] != 0:
+            return None
+        words = rows[idx, 0]
+        size = words & np.uint32(~(BUSY | DISCARD) & 0xFFFFFFFF)
+        keep = ((words & np.uint32(BUSY)) == 0) & (size == rows[idx + 2, 0] + np.uint32(HDR_SIZE))
+        if not keep.all():
+            idx, words, size = idx[keep], words[keep], size[keep]
+            if not len(idx) or idx[0] != 0:
+                return None
+        starts = idx.astype(np.int64) * 8
+        ends = starts + ((size.astype(np.int64) + RB_HDR + 7) & ~7)
+        gap = np.flatnonzero(starts[1:] != ends[:-1])
+        k = int(gap[0]) + 1 if len(gap) else len(starts)
+        end = int(ends[k - 1])
+        if end != avail and not self._words[(PAGE + ((cons + end) & self.mask)) >> 2] & BUSY:
+            return None
+        return cons + end, starts[:k], words[:k].astype(np.int64)
+
     def _committed(self, cons: int, prod: int, max_records: int | None) -> tuple[int, np.ndarray, np.ndarray]:
         """Walk record headers from cons: (end of the committed prefix, record starts, length words).
 
@@ -114,6 +148,7 @@ class RingConsumer:
                 one_starts.clear()
                 one_words.clear()
 
+        prev = -1  # size of the previous record: two in a row of one size may start a run
         while prod - pos >= RB_HDR and count < limit:
             word = words[(PAGE + (pos & self.mask)) >> 2]
             if word & BUSY:
@@ -121,7 +156,8 @@ class RingConsumer:
             size = word & ~DISCARD
             stride = _stride(size)
             n = min((prod - pos) // stride, limit - count)
-            if n > 8:  # maybe a run of records of one size: one vectorised check
+            same, prev = size == prev, size
+            if same and n > 8:  # maybe a run of records of one size: one vectorised check
                 heads = np.ndarray((n,), dtype="<u4", buffer=self._prod_mm, offset=PAGE + (pos & self.mask),
                                    strides=(stride,))
                 odd = (heads & np.uint32(~DISCARD & 0xFFFFFFFF)) != size
@@ -148,7 +184,8 @@ class RingConsumer:
         prod = int(self._prod[0])
         if prod == cons:
             return Frames.empty()
-        end, starts, lens = self._committed(cons, prod, max_records)
+        found = self._chain(cons, prod) if max_records is None else None
+        end, starts, lens = found if found is not None else self._committed(cons, prod, max_records)
         if end == cons:
             return Frames.empty()
         # Headers were read above, so no payload is read before its header: copy the committed
