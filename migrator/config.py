@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ class Thresholds:
     max_cpu_ratio: float | None = None  # ring consumer CPU per event / perf's
     max_inversions: int | None = None  # ordering inversions in the ring window
     min_events: int = 1  # fewer attempts than this in a window = no-data
+    max_parse_errors: int = 0  # records in the ring window no registered payload layout can read
+    max_payload_mismatch: int = 0  # DUAL: ring payloads that differ from perf's for the same seq
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,72 @@ class Lab:
     pps: int = 2000
 
 
+SOURCE_KINDS = ("demo", "bcc", "command")
+ATTACH_TYPES = ("tc", "xdp")
+TC_DIRECTIONS = ("ingress", "egress")
+XDP_MODES = ("auto", "skb", "native")
+
+
+@dataclass(frozen=True)
+class AttachPoint:
+    """One [[source.attach]] entry: where the agent attaches a function bcc does not attach by name.
+
+    `{host}` in device and netns stands for the agent's host name (AttachPoint.for_host).
+    """
+
+    type: str  # tc | xdp
+    function: str
+    device: str
+    netns: str = ""  # "" = the agent's own network namespace
+    direction: str = "ingress"  # tc only
+    mode: str = "auto"  # xdp only: auto | skb | native
+
+    def for_host(self, host: str) -> "AttachPoint":
+        """This entry with {host} replaced by `host` in device and netns."""
+        from dataclasses import replace
+        return replace(self, device=self.device.replace("{host}", host), netns=self.netns.replace("{host}", host))
+
+    def to_dict(self) -> dict[str, str]:
+        """The entry in canary.toml shape: only the keys its type uses."""
+        d = {"type": self.type, "function": self.function, "device": self.device}
+        if self.netns:
+            d["netns"] = self.netns
+        d.update({"direction": self.direction} if self.type == "tc" else {"mode": self.mode})
+        return d
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What the agents run ([source]): migrator's demo probes, the operator's bcc program with its
+    sink, or the operator's unmodified command run through `migrator wrap`. Paths are absolute."""
+
+    kind: str = "demo"
+    file: str | None = None  # bcc: the program's C file
+    cflags: tuple[str, ...] = ()  # bcc
+    channel: str = "events"  # bcc, command: the MIGRATOR_CHANNEL the agent serves
+    sink: str | None = None  # bcc: "module:function", called with each decoded numpy batch
+    sink_path: str | None = None  # bcc: put on sys.path to import the sink (default: the config's directory)
+    attach: tuple[AttachPoint, ...] = ()  # bcc
+    command: tuple[str, ...] = ()  # command
+
+    @property
+    def sink_module(self) -> str:
+        return (self.sink or ":").partition(":")[0]
+
+    @property
+    def sink_function(self) -> str:
+        return (self.sink or ":").partition(":")[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The table in canary.toml shape: the keys its kind uses, absolute paths."""
+        if self.kind == "demo":
+            return {"kind": "demo"}
+        if self.kind == "command":
+            return {"kind": "command", "command": list(self.command), "channel": self.channel}
+        return {"kind": "bcc", "file": self.file, "cflags": list(self.cflags), "channel": self.channel,
+                "sink": self.sink, "sink_path": self.sink_path, "attach": [a.to_dict() for a in self.attach]}
+
+
 @dataclass(frozen=True)
 class Config:
     """A validated canary.toml. `path` is where it came from (not part of the hash)."""
@@ -100,6 +169,7 @@ class Config:
     probe: ProbeConfig = ProbeConfig()
     buffers: Buffers = Buffers()
     lab: Lab = Lab()
+    source: SourceConfig = SourceConfig()
     # Resolved at load time: the host list and the cumulative host set of each canary slice.
     host_names: tuple[str, ...] = field(default=(), compare=False)
     slice_hosts: tuple[tuple[str, ...], ...] = field(default=(), compare=False)
@@ -112,6 +182,11 @@ class Config:
             d.pop(k)
         d["hosts"] = list(self.hosts)
         d["slices"] = [list(s) if isinstance(s, tuple) else s for s in self.slices]
+        # [source] is left out when it is the default (demo probes), so plans written before
+        # [source] existed keep their hash; any other source is part of the hash.
+        d.pop("source")
+        if self.source != SourceConfig():
+            d["source"] = self.source.to_dict()
         for section in ("thresholds",):
             d[section] = {k: v for k, v in d[section].items() if v is not None}
         return d
@@ -193,11 +268,15 @@ def _power_of_two(n: int) -> bool:
 
 
 TOP_KEYS = ("database", "window_seconds", "hosts", "slices", "rollback_after", "no_data",
-            "phases", "thresholds", "probe", "buffers", "lab")
+            "phases", "thresholds", "probe", "buffers", "lab", "source")
 
 
-def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = None) -> Config:
-    """Validate a canary.toml document (already decoded) and freeze it into a Config."""
+def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = None,
+                 check_files: bool = True) -> Config:
+    """Validate a canary.toml document (already decoded) and freeze it into a Config.
+
+    Relative paths in [source] are resolved against base_dir (default: the working directory);
+    check_files=False skips checking that they exist (a stored snapshot, read anywhere)."""
     p = _Parser(path)
     p.no_unknown(data, TOP_KEYS)
 
@@ -239,6 +318,8 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
         max_inversions=(None if th.get("max_inversions") is None else
                         p.integer(th, "max_inversions", 0, "thresholds.max_inversions", minimum=0)),
         min_events=p.integer(th, "min_events", 1, "thresholds.min_events", minimum=1),
+        max_parse_errors=p.integer(th, "max_parse_errors", 0, "thresholds.max_parse_errors", minimum=0),
+        max_payload_mismatch=p.integer(th, "max_payload_mismatch", 0, "thresholds.max_payload_mismatch", minimum=0),
     )
 
     pr = p.section(data, "probe", ("name", "rate"))
@@ -265,6 +346,8 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     lab = Lab(p.integer(la, "hosts", 4, "lab.hosts", minimum=1), prefix,
               p.integer(la, "pps", 2000, "lab.pps", minimum=1))
 
+    source = _parse_source(p, data, base_dir or Path.cwd(), check_files)
+
     hosts_raw = data.get("hosts", [])
     if not isinstance(hosts_raw, list):
         raise p.err("hosts", f"must be an array of host names, got {_tname(hosts_raw)}", 'write hosts = ["web1", "web2"] or hosts = []')
@@ -283,7 +366,7 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     return Config(
         path=path, database=database, window_seconds=window_seconds, hosts=hosts, slices=slices,
         rollback_after=rollback_after, no_data=no_data,
-        phases=Phases(**rules), thresholds=thresholds, probe=probe, buffers=buffers, lab=lab,
+        phases=Phases(**rules), thresholds=thresholds, probe=probe, buffers=buffers, lab=lab, source=source,
         host_names=host_names, slice_hosts=slice_hosts, database_url=url,
     )
 
@@ -357,10 +440,157 @@ def load_config(path: str | Path) -> Config:
 
 def config_from_snapshot(snapshot: str, database_url: str, label: str) -> Config:
     """Rebuild the Config a migration was started with from its stored JSON snapshot."""
-    cfg = parse_config(json.loads(snapshot), label)
+    cfg = parse_config(json.loads(snapshot), label, check_files=False)
     return _with_url(cfg, database_url)
 
 
 def _with_url(cfg: Config, url: str) -> Config:
     from dataclasses import replace
     return replace(cfg, database_url=url)
+
+
+# -- [source] -------------------------------------------------------------------------------------
+_C_IDENT = re.compile(r"[A-Za-z_]\w*\Z")
+_SINK_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*\Z")
+SOURCE_KEYS = {
+    "demo": ("kind",),
+    "bcc": ("kind", "file", "cflags", "channel", "sink", "sink_path", "attach"),
+    "command": ("kind", "command", "channel"),
+}
+ATTACH_KEYS = {"tc": ("type", "function", "device", "netns", "direction"),
+               "xdp": ("type", "function", "device", "netns", "mode")}
+
+
+def _parse_source(p: _Parser, data: dict, base_dir: Path, check_files: bool) -> SourceConfig:
+    """[source]: which program the agents run, validated for its kind (paths made absolute)."""
+    raw = data.get("source", {})
+    if not isinstance(raw, dict):
+        raise p.err("source", f"must be a table, got {_tname(raw)}", "write it as [source]")
+    kind = p.choice(raw, "kind", "demo", "source.kind", SOURCE_KINDS)
+    every = sorted({k for keys in SOURCE_KEYS.values() for k in keys}, key=lambda k: (k != "kind", k))
+    for key in raw:
+        if key not in every:
+            raise p.err(f"source.{key}", "unknown key", f"remove it; known keys here: {', '.join(SOURCE_KEYS[kind])}")
+        if key not in SOURCE_KEYS[kind]:
+            users = [k for k, keys in SOURCE_KEYS.items() if key in keys]
+            raise p.err(f"source.{key}", f'is not used with kind = "{kind}"',
+                        f"remove it, or set kind = \"{users[0]}\"")
+    channel = raw.get("channel", "events")
+    if not isinstance(channel, str) or not _C_IDENT.match(channel):
+        raise p.err("source.channel", f"must be the C identifier of a MIGRATOR_CHANNEL, got {channel!r}",
+                    'write e.g. channel = "events"')
+    if kind == "demo":
+        return SourceConfig()
+    if kind == "command":
+        cmd = raw.get("command")
+        if cmd is None:
+            raise p.err("source.command", 'is required with kind = "command"',
+                        'write e.g. command = ["python3", "/opt/tools/mytool.py"]')
+        if not isinstance(cmd, list) or not cmd:
+            raise p.err("source.command", f"must be a non-empty array of strings, got {cmd!r}",
+                        'write e.g. command = ["python3", "/opt/tools/mytool.py"]')
+        for i, arg in enumerate(cmd):
+            if not isinstance(arg, str) or not arg:
+                raise p.err(f"source.command[{i}]", f"must be a non-empty string, got {arg!r}", "quote every argument")
+        return SourceConfig(kind="command", command=tuple(cmd), channel=channel)
+
+    # kind = "bcc"
+    f = raw.get("file")
+    if f is None:
+        raise p.err("source.file", 'is required with kind = "bcc"',
+                    'write e.g. file = "mytool.bpf.c" (a path relative to this file)')
+    if not isinstance(f, str) or not f.strip():
+        raise p.err("source.file", f"must be a path, got {_tname(f)} {f!r}", 'write e.g. file = "mytool.bpf.c"')
+    file = (base_dir / f).resolve()
+    if check_files and not file.is_file():
+        raise p.err("source.file", f"{file} {'is not a file' if file.exists() else 'does not exist'}",
+                    f"give the path of the program's C file, relative to {base_dir}")
+
+    cflags = raw.get("cflags", [])
+    if not isinstance(cflags, list):
+        raise p.err("source.cflags", f"must be an array of strings, got {_tname(cflags)} {cflags!r}",
+                    'write e.g. cflags = ["-DMAX_ENTRIES=1024"]')
+    for i, flag in enumerate(cflags):
+        if not isinstance(flag, str) or not flag.strip():
+            raise p.err(f"source.cflags[{i}]", f"must be a non-empty string, got {flag!r}",
+                        'write one compiler flag per string, e.g. "-DFOO=1"')
+
+    sink = raw.get("sink")
+    if sink is None:
+        raise p.err("source.sink", 'is required with kind = "bcc"',
+                    'write sink = "module:function", the handler called with each decoded batch (e.g. "sink:handle")')
+    if not isinstance(sink, str) or not _SINK_RE.match(sink):
+        raise p.err("source.sink", f'must be "module:function", got {sink!r}',
+                    'write e.g. sink = "sink:handle" (module sink.py next to this file, function handle)')
+    sp = raw.get("sink_path", ".")
+    if not isinstance(sp, str) or not sp.strip():
+        raise p.err("source.sink_path", f"must be a directory path, got {_tname(sp)} {sp!r}",
+                    'write e.g. sink_path = "." (relative to this file)')
+    sink_path = (base_dir / sp).resolve()
+    if check_files and not sink_path.is_dir():
+        raise p.err("source.sink_path", f"{sink_path} is not a directory",
+                    f"give the directory that holds the sink's module, relative to {base_dir}")
+
+    attach_raw = raw.get("attach", [])
+    if not isinstance(attach_raw, list):
+        raise p.err("source.attach", f"must be an array of tables, got {_tname(attach_raw)}",
+                    'write each entry as [[source.attach]] with type = "tc" or "xdp"')
+    points: list[AttachPoint] = []
+    for i, a in enumerate(attach_raw):
+        points.append(_parse_attach(p, a, f"source.attach[{i}]"))
+        where = [(x.type, x.device, x.netns, x.direction if x.type == "tc" else "") for x in points]
+        if where[-1] in where[:-1]:
+            raise p.err(f"source.attach[{i}]", f"attaches to the same hook as source.attach[{where.index(where[-1])}]",
+                        "attach one function per hook")
+    return SourceConfig(kind="bcc", file=str(file), cflags=tuple(cflags), channel=channel, sink=sink,
+                        sink_path=str(sink_path), attach=tuple(points))
+
+
+def _parse_attach(p: _Parser, a: Any, fld: str) -> AttachPoint:
+    if not isinstance(a, dict):
+        raise p.err(fld, f"must be a table, got {_tname(a)}", 'write e.g. {type = "tc", function = "f", device = "eth0"}')
+    if "type" not in a:
+        raise p.err(f"{fld}.type", "is required", f"write type = \"tc\" or type = \"xdp\"")
+    kind = p.choice(a, "type", "tc", f"{fld}.type", ATTACH_TYPES)
+    p.no_unknown(a, ATTACH_KEYS[kind], f"{fld}.")
+    for key in ("function", "device"):
+        if key not in a:
+            raise p.err(f"{fld}.{key}", f"is required with type = \"{kind}\"",
+                        'write e.g. function = "tc_ingress"' if key == "function" else 'write e.g. device = "eth0" or "{host}-n"')
+    fn = a["function"]
+    if not isinstance(fn, str) or not _C_IDENT.match(fn):
+        raise p.err(f"{fld}.function", f"must be the C name of a function in the program, got {fn!r}",
+                    'write e.g. function = "tc_ingress"')
+    texts = {}
+    for key in ("device", "netns"):
+        v = a.get(key, "")
+        if not isinstance(v, str) or (key == "device" and not v.strip()):
+            raise p.err(f"{fld}.{key}", f"must be a {'non-empty ' if key == 'device' else ''}string, got {_tname(v)} {v!r}",
+                        f'write e.g. {key} = "{{host}}-n"' if key == "device" else 'write e.g. netns = "{host}", or leave it out')
+        if "{" in v.replace("{host}", "") or "}" in v.replace("{host}", ""):
+            raise p.err(f"{fld}.{key}", f"has a placeholder other than {{host}}: {v!r}",
+                        "use {host} (the agent's host name) or a literal name")
+        texts[key] = v
+    if kind == "tc":
+        return AttachPoint("tc", fn, texts["device"], texts["netns"],
+                           direction=p.choice(a, "direction", "ingress", f"{fld}.direction", TC_DIRECTIONS))
+    return AttachPoint("xdp", fn, texts["device"], texts["netns"], mode=p.choice(a, "mode", "auto", f"{fld}.mode", XDP_MODES))
+
+
+def source_hash(cfg: Config) -> str | None:
+    """sha256 of what a kind = "bcc" source compiles from: the program file's bytes, its cflags and
+    the migrator.h it includes. None for the demo probes and for kind = "command"."""
+    src = cfg.source
+    if src.kind != "bcc":
+        return None
+    from migrator.resources import bpf_dir
+
+    h = hashlib.sha256()
+    try:
+        h.update(b"file\0" + Path(src.file).read_bytes())
+    except OSError as exc:
+        raise ConfigError(cfg.path, "source.file", f"{src.file} cannot be read: {exc.strerror or exc}",
+                          "give the path of the program's C file") from None
+    h.update(b"\0cflags\0" + json.dumps(list(src.cflags)).encode())
+    h.update(b"\0migrator.h\0" + (bpf_dir() / "migrator.h").read_bytes())
+    return h.hexdigest()

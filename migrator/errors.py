@@ -221,6 +221,28 @@ class ConfigChanged(MigratorError):
         super().__init__(msg)
 
 
+class SourceChanged(MigratorError):
+    """The operator's program ([source] kind = "bcc": its C file, cflags or migrator.h) is not the
+    one a migration was initialised with (compared by source hash).
+
+    With `phase`, the migration is still active and `init` refuses to record it again; without,
+    a command that drives (or serves) the migration refuses the edited program.
+    """
+
+    def __init__(self, migration_id: int, file: str, source_hash: str | None, recorded_hash: str | None,
+                 phase: str | None = None) -> None:
+        self.migration_id, self.file, self.phase = migration_id, file, phase
+        self.source_hash, self.recorded_hash = source_hash, recorded_hash
+        now, then = (source_hash or "none")[:12], (recorded_hash or "none")[:12]
+        if phase is not None:
+            msg = (f"migration {migration_id} is {phase} with another build of {file} (source hash {then}, "
+                   f"now {now}); finish or `migrator abort` it before recording the new program")
+        else:
+            msg = (f"{file} (its bytes, cflags or migrator.h) changed since migration {migration_id} was "
+                   f"initialised (source hash {now}, recorded {then}); revert it, or abort and `migrator init` again")
+        super().__init__(msg)
+
+
 class BenchError(MigratorError):
     """A benchmark could not produce a valid measurement: names the bench, what went wrong and the fix."""
 

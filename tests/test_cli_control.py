@@ -85,6 +85,9 @@ def test_init_plan_start_and_views(cfg_path):
     assert json.loads(r.stdout)["rollback_at"]["index"] == 1  # 2 breaches of max_loss_rate 0.001
     r = run("what-if", "-c", cfg_path, "--max-loss-rate", "0.01")
     assert r.stdout.splitlines()[1:] == ["would not roll back", "actually: no automatic rollback"]
+    r = run("what-if", "-c", cfg_path, "--max-parse-errors", "5", "--max-payload-mismatch", "2", "--json")
+    th = json.loads(r.stdout)["thresholds"]
+    assert (th["max_parse_errors"], th["max_payload_mismatch"]) == (5, 2)
 
     r = run("rollback", "-c", cfg_path, "--reason", "lag regression")
     assert r.stdout == "migration 1: SHADOW -> ROLLED_BACK (transition 5, lag regression)\n"

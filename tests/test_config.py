@@ -39,10 +39,11 @@ def test_database_url_passes_through():
 BAD = [
     ("unknown top-level key", "rollback_afterr = 3\n",
      "rollback_afterr: unknown key (fix: remove it; known keys here: database, window_seconds, hosts, slices, "
-     "rollback_after, no_data, phases, thresholds, probe, buffers, lab)"),
+     "rollback_after, no_data, phases, thresholds, probe, buffers, lab, source)"),
     ("unknown nested key", "[thresholds]\nmax_loss = 0.1\n",
      "thresholds.max_loss: unknown key (fix: remove it; known keys here: max_loss_rate, max_lag_p99_ms, "
-     "max_loss_delta, max_lag_ratio, max_cpu_ratio, max_inversions, min_events)"),
+     "max_loss_delta, max_lag_ratio, max_cpu_ratio, max_inversions, min_events, max_parse_errors, "
+     "max_payload_mismatch)"),
     ("wrong type", 'rollback_after = "3"\n',
      "rollback_after: must be an integer, got string '3' (fix: write e.g. rollback_after = 3)"),
     ("N = 0", "rollback_after = 0\n", "rollback_after: must be >= 1, got 0 (fix: use a value >= 1)"),

@@ -14,7 +14,6 @@ its windows and falls back to PERF when the database is lost (unless RING was co
 """
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import math
 import time
@@ -24,10 +23,11 @@ import numpy as np
 
 from migrator.agent.link import DbLink, Desired
 from migrator.dataplane.channel import Channel
+from migrator.dataplane.compare import PayloadCompare
 from migrator.dataplane.frames import Frames
 from migrator.dataplane.handover import Handover
 from migrator.dataplane.pipeline import Pipeline
-from migrator.dataplane.schema import Registry
+from migrator.dataplane.schema import Registry, bcc_registry
 from migrator.errors import MigratorError
 from migrator.records import ChannelWindow, merge_windows
 from migrator.vocab import MODES
@@ -75,6 +75,10 @@ class Feed:
         self._queue: list[np.ndarray] = []
         self._carry: list[ChannelWindow] = []
         self._lost_seen = 0
+        # Per channel this window: records the registry cannot read (acted on or only measured),
+        # and in DUAL the ring payload of every seq checked against perf's.
+        self._parse = {"perf": 0, "ring": 0}
+        self.compare = PayloadCompare(room=self._compare_room)
         self._next_close = (math.floor(time.time() / window_seconds) + 1) * window_seconds
         self.set_mode(mode)
 
@@ -115,13 +119,16 @@ class Feed:
 
     # -- delivery ---------------------------------------------------------------------------------
     def _route(self, channel: str, frames: Frames) -> None:
+        self.compare.add(channel, frames)  # records emitted in DUAL only
         mine = self.handover.owned(channel, frames.seq)
+        if self.registry.types and not mine.all():  # measured only: counted, never delivered
+            self._parse[channel] += self.registry.check(frames.take(~mine))
         if not mine.any():
             return
         batch = frames if mine.all() else frames.take(mine)
         self.acted[channel] += len(batch)
         if self.registry.types:
-            self.registry.check(batch)
+            self._parse[channel] += self.registry.check(batch)
         if self._callback is not None:
             cb = self._callback
             cpus, lens = batch.hdr["cpu"].tolist(), batch.hdr["len"].tolist()
@@ -134,6 +141,13 @@ class Feed:
                     self._batch_cb(rows)
                 else:
                     self._queue.append(rows)
+
+    def _compare_room(self) -> bool:
+        """Whether the payload comparison may spend CPU now: not while a buffer is a quarter full
+        after a drain (the consumer is behind, and the acting channel must not lose records)."""
+        p = self.pipe
+        return (p.perf.max_pending_bytes() < p.perf.capacity_per_cpu() // 4
+                and p.ring.pending_bytes() < p.ring.capacity() // 4)
 
     # -- modes ------------------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:
@@ -213,13 +227,21 @@ class Feed:
         if self._carry:
             ws = [merge_windows(old, new) for old, new in zip(self._carry, ws)]
             self._carry = []
-        parse = self.registry.take_parse_errors()
+        self.registry.take_parse_errors()  # per type, both channels; they restart with the window too
+        parse, self._parse = self._parse, {"perf": 0, "ring": 0}
+        cmp = self.compare.take()
         switch = self._switch_evidence()
         for w in ws:
             w.extra["schema_fingerprint"] = self.fingerprint
             w.extra["acted"] = self.acted[w.channel]
-            if w.channel == self.handover.acting:
-                w.parse_errors += parse
+            w.parse_errors += parse[w.channel]
+            if w.channel == "ring" and cmp.compared:
+                w.payload_mismatches += cmp.mismatches
+                w.extra["payload_compared"] = cmp.compared
+                if cmp.mismatch_seqs:
+                    w.extra["payload_mismatch_seqs"] = list(cmp.mismatch_seqs)
+            if w.channel == "ring" and cmp.skipped:
+                w.extra["payload_skipped"] = cmp.skipped
             if switch:
                 w.extra["mode_switch"] = switch
             if self.link is not None and self.link.gap_since is not None:
@@ -255,13 +277,4 @@ def registry_from_bcc(bpf, name: str) -> Registry:
     bcc records the struct the program hands to `name.perf_submit`; migrator.h keeps that call
     (never executed) next to every MIGRATOR_OUTPUT so the operator's struct is known here.
     """
-    reg = Registry()
-    try:
-        from bcc.table import _get_event_class
-
-        cls = _get_event_class(bpf[name])
-        if ct.sizeof(cls):
-            reg.register(0, 0, cls, name=name)
-    except (Exception, SystemExit):  # bcc prints and exits on types it cannot map
-        pass
-    return reg
+    return bcc_registry(bpf, name)  # one implementation: `migrator start` freezes its fingerprint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -45,6 +46,8 @@ class DbLink(threading.Thread):
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._beat_due = 0.0
+        # Called with each list of closed windows before it is queued (the agent adds its sink's count).
+        self.on_send: Callable[[list[ChannelWindow]], None] | None = None
 
     # -- the data path's side ------------------------------------------------------------------
     @property
@@ -61,6 +64,8 @@ class DbLink(threading.Thread):
 
     def send(self, windows: list[ChannelWindow]) -> None:
         """Queue closed windows for the link thread to write to the database on its next round trip."""
+        if self.on_send is not None:
+            self.on_send(windows)
         with self._lock:
             self._outbox.extend(windows)
             self._beat_due = 0.0

@@ -1,5 +1,11 @@
 """The per-host agent: loads a program, then serves its channel through a Feed until stopped.
 
+The program is one of migrator's demo probes ([source] kind = "demo", chosen by [probe]) or the
+operator's own bcc program ([source] kind = "bcc"): compiled from its file and cflags, its
+[[source.attach]] entries attached once its Feed is reading, and every decoded batch of the
+acting channel handed to the operator's sink; how many events the sink took is reported in
+each window's extra (`sink_events` on the acting channel's window, `sink_total` on both).
+
 The Feed (agent/feed.py) does the host's duties: it follows the desired mode with one map write
 per switch (exactly once downstream across every switch), closes a window per channel on the
 shared clock (index = start // window_seconds, so every host's window k covers the same
@@ -11,6 +17,7 @@ but rows.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,13 +27,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.agent.drills import DRILL_DIR, Drill, DrillBox
 from migrator.agent.feed import Feed
 from migrator.agent.link import DbLink
-from migrator.config import Config
+from migrator.config import Config, source_hash
 from migrator.dataplane.loader import Probe
+from migrator.dataplane.operator import OperatorProgram, import_sink
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.schema import demo_registry
 from migrator.dataplane.tc import attach_tc
-from migrator.errors import MigratorError
-from migrator.store.api import active_migration, hosts
+from migrator.errors import MigratorError, SourceChanged
+from migrator.records import ChannelWindow
+from migrator.store.api import active_migration, get_migration, hosts
 
 log = logging.getLogger("migrator.agent")
 SHRUNK_RING_BYTES = 4 * 4096  # 16 KiB: ~200 demo records
@@ -56,6 +65,15 @@ class Agent:
                  db_lost_after: float | None = None) -> None:
         self.sf, self.cfg, self.host = session_factory, config, host
         self.migration_id = migration_id
+        if config.source.kind not in ("demo", "bcc"):
+            raise MigratorError(f'[source] kind = "{config.source.kind}" is not run by `migrator agent`: the command '
+                                "is run through `migrator wrap` (fix: use kind = \"bcc\" with the program's file, or "
+                                "run the command with `migrator wrap` on this host)")
+        # The operator's handler (kind = "bcc") and what it took: imported in run().
+        self.sink = None
+        self.sink_events = 0  # events handed to the sink that it returned from
+        self.sink_errors = 0  # batches whose handler raised (their events are not counted above)
+        self._sink_reported = 0
         # Where the tc demo probe attaches: by default the lab's layout (device <host>-n inside
         # the namespace named after the host).
         self.tc_device = tc_device or f"{host}-n"
@@ -92,6 +110,8 @@ class Agent:
     def _load(self, ring_bytes: int | None = None, mode: str = "PERF") -> tuple[Probe, LoadGen | None, Feed]:
         """Compile and load the probe, give it a feed in `mode`, and only then attach it, so the
         first event it sees already has a perf fd, a ring consumer and the right mode."""
+        if self.cfg.source.kind == "bcc":
+            return self._load_operator(mode)
         b = self.cfg.buffers
         probe = Probe(self.cfg.probe.name, ring_bytes=ring_bytes or b.ring_bytes, ring_submit=b.ring_submit,
                       wakeup=b.wakeup)
@@ -114,6 +134,63 @@ class Agent:
             raise
         return probe, gen, feed
 
+    def _load_operator(self, mode: str) -> tuple[OperatorProgram, None, Feed]:
+        """The operator's program: compile it, put a Feed (bcc's inferred payload type) with the
+        sink on its channel, then attach its [[source.attach]] entries."""
+        src = self.cfg.source
+        prog = OperatorProgram.load(src, self.host)
+        feed = None
+        try:
+            feed = Feed(prog.bpf, src.channel, channel=prog.channel, host=self.host, mode=mode,
+                        window_seconds=self.cfg.window_seconds, perf_pages=self.cfg.buffers.perf_pages,
+                        link=self.link)
+            feed.on_batch(self._to_sink)
+            prog.attach()
+        except Exception:
+            if feed is not None:
+                feed.close()
+            prog.close()
+            raise
+        return prog, None, feed
+
+    def _to_sink(self, rows) -> None:
+        """Hand one decoded batch to the operator's sink, counting what it took."""
+        try:
+            self.sink(rows)
+        except Exception:  # the operator's code: log it, count it, keep serving
+            self.sink_errors += 1
+            if self.sink_errors == 1 or self.sink_errors % 1000 == 0:
+                log.exception("%s: sink %s raised (%d batches so far; their events are not counted as acted)",
+                              self.host, self.cfg.source.sink, self.sink_errors)
+            return
+        self.sink_events += len(rows)
+
+    def _annotate(self, ws: list[ChannelWindow]) -> None:
+        """The sink's books in the windows being sent: the events it took since the last close on
+        the acting channel's window, its running totals on both."""
+        if self.sink is None or self.feed is None:
+            return
+        delta = self.sink_events - self._sink_reported
+        self._sink_reported = self.sink_events
+        acting = self.feed.handover.acting
+        for w in ws:
+            w.extra["sink_total"] = self.sink_events
+            if self.sink_errors:
+                w.extra["sink_errors"] = self.sink_errors
+            if w.channel == acting:
+                w.extra["sink_events"] = delta
+
+    def _check_source(self) -> None:
+        """Refuse to run an operator's program other than the one the migration recorded."""
+        if self.cfg.source.kind != "bcc":
+            return
+        with self.sf() as s:
+            m = get_migration(s, self.migration_id)
+            recorded = m.source_hash
+        digest = source_hash(self.cfg)
+        if recorded is not None and digest != recorded:
+            raise SourceChanged(self.migration_id, self.cfg.source.file, digest, recorded)
+
     def _check_drill(self) -> Drill | None:
         """Apply a stall at once; return a shrink request for the loop (it needs a reload)."""
         d = self.drills.take() if self.drills is not None else None
@@ -123,6 +200,10 @@ class Agent:
             self.feed.pipe.stall_ring_until = time.monotonic() + d.seconds
             log.warning("%s: drill: ring consumer stalled for %s s", self.host, d.seconds)
             return None
+        if self.cfg.source.kind == "bcc":
+            log.warning("%s: drill %s ignored: the ring size of an operator's program is in its C text "
+                        "(MIGRATOR_CHANNEL), not the agent's to change", self.host, d.kind)
+            return None
         return d
 
     # -- the loop ----------------------------------------------------------------------------
@@ -130,7 +211,12 @@ class Agent:
         """Serve until stopped; returns why it stopped."""
         stop = stop or threading.Event()
         mid = self.migration_id = serve_migration(self.sf, self.host, self.migration_id)
+        if self.cfg.source.kind == "bcc":
+            self._check_source()
+            os.environ["MIGRATOR_HOST"] = self.host  # the sink may name its outputs after the host
+            self.sink = import_sink(self.cfg.source)
         self.link = DbLink(self.sf, mid, self.host, poll=self.mode_poll, lost_after=self.db_lost_after)
+        self.link.on_send = self._annotate
         probe, gen, self.feed = self._load()  # PERF: safe until the database says otherwise
         self.link.start()
         why = "stopped"

@@ -6,6 +6,6 @@ import json
 import typer
 
 
-def emit_json(obj) -> None:
-    """Print `obj` as one line of JSON (sorted keys; dates and paths as strings)."""
-    typer.echo(json.dumps(obj, sort_keys=True, default=str))
+def emit_json(obj, *, err: bool = False) -> None:
+    """Print `obj` as one line of JSON (sorted keys; dates and paths as strings); on stderr with err=True."""
+    typer.echo(json.dumps(obj, sort_keys=True, default=str), err=err)

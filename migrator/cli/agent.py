@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -44,12 +45,32 @@ def agent_cmd(
         if m is None:
             raise MigratorError("no active migration in the database; run `migrator init` first")
         mid, snap = m.id, ops.snapshot_config(m)
+    if snap.source.kind == "command":
+        run_command(snap.source.command, config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")), host)
+        return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.time() + seconds if seconds else None
     agent = Agent(sf, snap, host, mid, drills=drills, tc_device=tc_device, tc_netns=tc_netns)
     why = agent.run(stop=stop, deadline=deadline)
     typer.echo(f"agent {host}: {why}", err=True)
+
+
+def run_command(command: tuple[str, ...], config: Path, host: str) -> None:
+    """[source] kind = "command": the operator's unmodified tool, run through `migrator wrap` in
+    this process for this host. Refused with the reason when this installation has no wrap."""
+    shown = " ".join(command)
+    try:
+        from migrator.tools.wrap import run_wrapped
+    except ImportError as exc:
+        raise MigratorError(f'[source] kind = "command" ({shown}) runs through `migrator wrap`, which this '
+                            f"installation does not have ({exc}); fix: use kind = \"bcc\" with the program's "
+                            "C file and a sink (runbooks/05-your-pipeline.md), or upgrade migrator") from None
+    outcome = run_wrapped(list(command), config=config, host=host)
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 @app.command("fault")

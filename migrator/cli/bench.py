@@ -1,6 +1,7 @@
 """`migrator bench ...`: side-by-side measurements on the real kernel (loads BPF; needs root)."""
 from __future__ import annotations
 
+from enum import Enum
 
 import typer
 
@@ -15,23 +16,10 @@ bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one ru
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-# Issue 2's targets for `bench consumers`.
-RING_MIN_EPS = 20e6
-RING_MIN_RATIO = 10.0
-PERF_MIN_RATIO = 10.0
-
 _COLS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s", "lag_p99_ms")
-_ORDER = ("bcc-ring", "bcc-perf", "ring", "perf")
-
-
-def targets(result: dict) -> dict[str, bool]:
-    """Which of the issue's benchmark targets this result meets."""
-    ring = result["paths"]["ring"]["events_per_cpu_s"] or 0.0
-    return {
-        "ring >= 20 M events/CPU-s": ring >= RING_MIN_EPS,
-        "ring >= 10x bcc-ring": (result["ratios"]["ring"] or 0.0) >= RING_MIN_RATIO,
-        "perf >= 10x bcc-perf": (result["ratios"]["perf"] or 0.0) >= PERF_MIN_RATIO,
-    }
+# Table order: each bcc path next to the library path measured against it.
+_ORDER = ("bcc-ring", "batch", "ring", "bcc-perf", "callback", "perf")
+StreamChoice = Enum("StreamChoice", {k: k for k in ("fixed", "mixed", "both")}, type=str)
 
 
 def _fmt(key: str, v) -> str:
@@ -44,46 +32,63 @@ def _fmt(key: str, v) -> str:
     return str(v)
 
 
-def render_table(result: dict) -> str:
-    """Plain aligned text: one row per path, then ratios and targets."""
+def render_stream(stream: str, res: dict) -> list[str]:
+    """One stream: a row per path, then its ratios and targets."""
     header = ("PATH", *(c.upper() for c in _COLS), "FLAGS")
-    notes = result.get("notes", {}).get("paths", {})
-    rows = [(p, *(_fmt(c, result["paths"][p][c]) for c in _COLS), notes.get(p, {}).get("flags", ""))
-            for p in _ORDER]
+    notes = res.get("notes", {})
+    rows = [(p, *(_fmt(c, res["paths"][p][c]) for c in _COLS), notes.get(p, {}).get("flags", ""))
+            for p in _ORDER if p in res["paths"]]
     w = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(f"{cell:>{w[i]}}" if 0 < i < len(header) - 1 else f"{cell:<{w[i]}}"
-                       for i, cell in enumerate(r)).rstrip() for r in [header, *rows]]
-    r = result["ratios"]
-    lines.append("")
-    ratio = {k: "-" if v is None else f"{v:.1f}x" for k, v in r.items()}
-    lines.append(f"ratios (events per consumer CPU-s, ours / bcc): ring {ratio['ring']}, perf {ratio['perf']}")
-    for name, ok in targets(result).items():
-        lines.append(f"target {name}: {'met' if ok else 'MISSED'}")
-    return "\n".join(lines)
+    lines = [f"stream {stream}"]
+    lines += ["  ".join(f"{cell:>{w[i]}}" if 0 < i < len(header) - 1 else f"{cell:<{w[i]}}"
+                        for i, cell in enumerate(r)).rstrip() for r in [header, *rows]]
+    ratio = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}x'}" for k, v in res["ratios"].items())
+    lines.append(f"ratios (events per consumer CPU-s): {ratio}")
+    for name, ok in res["targets"].items():
+        lines.append(f"target {stream}: {name}: {'met' if ok else 'MISSED'}")
+    return lines
+
+
+def render_table(result: dict) -> str:
+    """Plain aligned text: per stream one row per path, then ratios and targets."""
+    out: list[str] = []
+    for stream, res in result["streams"].items():
+        if out:
+            out.append("")
+        out += render_stream(stream, res)
+    return "\n".join(out)
 
 
 @bench_app.command("consumers")
 def consumers(
     events: int = typer.Option(2_000_000, "--events", min=1, help="Events per path (getppid() calls of one generator)."),
     rate: float = typer.Option(0, "--rate", min=0, help="Events per second; 0 = as fast as the generator goes."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {paths, ratios, notes}."),
+    stream: StreamChoice = typer.Option("both", "--stream",
+                                        help="fixed (72-byte records), mixed (24..4096 bytes) or both."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {streams, targets, notes}."),
 ) -> None:
-    """Compare bcc's callback consumers with ours (ring and perf) on the same synthetic stream.
+    """Compare bcc's callback consumers with the library's (callback and batch) on two streams.
 
-    Four paths in turn, each with a freshly loaded synthetic probe and the same generator:
-    bcc-ring, bcc-perf, ring, perf. Prints per path attempts, delivered, dropped, lost, wall
-    seconds, consumer CPU seconds, events per consumer CPU-second and lag p99, then the ratios
-    ours/bcc and whether issue 2's targets were met. Progress goes to stderr.
+    Streams: fixed (the synthetic demo probe, 72-byte records) and mixed (bpf/mixed.bpf.c,
+    24..4096-byte records). Paths, each with a freshly loaded program and the same generator:
+    bcc-ring, bcc-perf, callback (Feed, PERF, open_perf_buffer), batch (Feed, RING, on_batch),
+    and on the fixed stream the bare Pipeline paths ring and perf. Prints per path attempts,
+    delivered, dropped, lost, wall seconds, consumer CPU seconds, events per consumer
+    CPU-second and lag p99, then per stream the ratios batch/bcc-ring and callback/bcc-perf and
+    whether the targets were met (batch >= 10 M events/CPU-s on fixed, >= 3 M on mixed;
+    callback/bcc-perf >= 1). Progress goes to stderr.
 
     Example:
 
         sudo migrator bench consumers --events 2000000
 
-        sudo migrator bench consumers --events 20000 --json | jq .ratios
+        sudo migrator bench consumers --stream mixed --events 20000 --json | jq .streams.mixed.ratios
     """
-    from migrator.tools.bench.consumers import bench_consumers  # loads bcc: only when the command runs
+    from migrator.tools.bench.consumers import STREAMS, bench_consumers  # loads bcc: only when the command runs
 
-    result = bench_consumers(events, rate, progress=lambda msg: typer.echo(msg, err=True))
+    choice = StreamChoice(stream).value
+    streams = STREAMS if choice == "both" else (choice,)
+    result = bench_consumers(events, rate, streams=streams, progress=lambda msg: typer.echo(msg, err=True))
     if json_out:
         emit_json(result)
     else:

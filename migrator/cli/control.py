@@ -5,6 +5,7 @@ Each one loads canary.toml first (so an invalid config writes nothing), opens th
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -13,9 +14,9 @@ import typer
 
 from migrator.control import moves as ops
 from migrator.cli import app
-from migrator.errors import StoreError
+from migrator.errors import MigratorError, StoreError
 from migrator.cli._out import emit_json
-from migrator.config import Config, load_config
+from migrator.config import Config, load_config, source_hash
 from migrator.control.controller import run_controller, start_migration
 from migrator.control.phases import DbApplier, label
 from migrator.resources import example_config
@@ -45,9 +46,14 @@ def plan_cmd(config: Path = config_option(),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Read-only: validate canary.toml and show the phases and slices (never opens the database).
 
+    With [source] kind = "bcc" it also checks the operator's program: the sink's module and
+    function, and (as root, with bcc) compiles the program once, finds its channel's maps and
+    loads each [[source.attach]] function through the verifier, then unloads everything.
+
     Example: migrator plan -c canary.toml
     """
     cfg = resolve_config(config)
+    source = source_report(cfg)
     phases = [{"phase": p, "min_clean_windows": cfg.phase_rule(p).min_clean_windows,
                "manual_gate": cfg.phase_rule(p).manual_gate} for p in ("DUAL_INSTRUMENT", "SHADOW")]
     phases += [{"phase": "CANARY", "slice": k, "ring_hosts": list(h), "min_clean_windows": cfg.phases.canary.min_clean_windows,
@@ -55,7 +61,9 @@ def plan_cmd(config: Path = config_option(),
     phases.append({"phase": "COMPLETE"})
     if as_json:
         emit_json({"config": cfg.to_dict(), "config_hash": cfg.hash, "database_url": cfg.database_url,
-                   "hosts": list(cfg.host_names), "phases": phases})
+                   "hosts": list(cfg.host_names), "phases": phases, "source": source})
+        if source.get("error"):
+            raise MigratorError(source["error"])
         return
     typer.echo(f"{cfg.path}: valid (hash {cfg.hash[:12]}), database {cfg.database_url}")
     typer.echo(f"hosts ({len(cfg.host_names)}): {', '.join(cfg.host_names)}")
@@ -69,6 +77,78 @@ def plan_cmd(config: Path = config_option(),
         gate = ", manual gate" if p["manual_gate"] else ""
         what = (f"RING on {len(p['ring_hosts'])}/{len(cfg.host_names)} hosts" if "ring_hosts" in p else "all hosts DUAL")
         typer.echo(f"  {name:<17} {what}; {p['min_clean_windows']} clean windows{gate}")
+    for line in source_lines(source):
+        typer.echo(line)
+    if source.get("error"):
+        raise MigratorError(source["error"])
+
+
+def source_report(cfg: Config) -> dict:
+    """What `plan` says about [source]: the program, its hash, the sink, and the compile check
+    (or why it was skipped). An `error` key holds the first problem found."""
+    src = cfg.source
+    out: dict = {"kind": src.kind}
+    if src.kind == "demo":
+        out["probe"] = cfg.probe.name
+        return out
+    if src.kind == "command":
+        out.update(command=list(src.command), channel=src.channel, runs_through="migrator wrap")
+        return out
+    out.update(file=src.file, cflags=list(src.cflags), channel=src.channel, sink=src.sink, sink_path=src.sink_path,
+               attach=[a.to_dict() for a in src.attach], source_hash=source_hash(cfg))
+    from migrator.dataplane.operator import check_program, check_sink
+
+    try:
+        out["sink_file"] = check_sink(src)
+    except MigratorError as exc:
+        out["error"] = str(exc)
+        return out
+    if os.geteuid() != 0:
+        out["compile"] = {"skipped": "not running as root (loading BPF programs needs root)"}
+        return out
+    if importlib.util.find_spec("bcc") is None:
+        out["compile"] = {"skipped": "bcc is not importable (install python3-bpfcc; scripts/setup.sh does)"}
+        return out
+    try:
+        out["compile"] = check_program(src)
+    except MigratorError as exc:
+        out["compile"] = {"failed": str(exc)}
+        out["error"] = str(exc)
+    return out
+
+
+def source_lines(rep: dict) -> list[str]:
+    """`plan`'s text about [source]."""
+    if rep["kind"] == "demo":
+        return [f"source: migrator's demo probe {rep['probe']!r} ([probe])"]
+    if rep["kind"] == "command":
+        return [f"source: command {' '.join(rep['command'])!r}, channel {rep['channel']}, run through `migrator wrap`"]
+    lines = [f"source: bcc program {rep['file']}" + (f" (cflags {' '.join(rep['cflags'])})" if rep["cflags"] else ""),
+             f"  source hash {rep['source_hash'][:12]} (the C file, its cflags and migrator.h; `init` records it)",
+             f"  sink {rep['sink']}: " + (f"def found in {rep['sink_file']}" if "sink_file" in rep else "not checked")]
+    for a in rep["attach"]:
+        where = a["device"] + (f" in netns {a['netns']}" if a.get("netns") else "")
+        how = a.get("direction") or f"mode {a.get('mode')}"
+        lines.append(f"  attach {a['function']} as {a['type']} {how} on {where} ({{host}}: each agent's host name)")
+    c = rep.get("compile")
+    if c is None:
+        pass
+    elif "skipped" in c:
+        lines.append(f"  compilation skipped: {c['skipped']}")
+    elif "failed" in c:
+        lines.append(f"  compilation FAILED: {c['failed']}")
+    else:
+        pl = c.get("payload")
+        lines.append(f"  compiled: channel {c['channel']!r} found (maps {', '.join(c['maps'])}; ring {c['ring_bytes']} bytes)")
+        if pl:
+            var = f", variable size from {pl['min_size']} bytes" if pl["min_size"] < pl["size"] else ""
+            lines.append(f"  payload type: {pl['size']} bytes{var}: {', '.join(pl['fields'])}")
+        else:
+            lines.append("  payload type: none inferred (bcc could not map the struct): the sink gets no decoded rows")
+        for f in c["functions"]:
+            lines.append(f"  {f['function']}: loads as {f['type']} (verifier passed)")
+        lines.append(f"  schema fingerprint {c['schema_fingerprint']} (what `migrator start` freezes)")
+    return lines
 
 
 @app.command("init")
@@ -93,13 +173,15 @@ def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_def
     with database_errors(sf), sf() as s, s.begin():
         m, created = ops.init_migration(s, cfg, name=name)
         out = {"migration_id": m.id, "phase": m.phase, "created": created, "config_hash": m.config_hash,
-               "database_url": cfg.database_url, "hosts": len(cfg.host_names), "slices": len(cfg.slice_hosts)}
+               "source_hash": m.source_hash, "database_url": cfg.database_url, "hosts": len(cfg.host_names),
+               "slices": len(cfg.slice_hosts)}
     if as_json:
         emit_json(out)
     else:
         verb = "recorded" if created else "already recorded"
+        src = f", source {out['source_hash'][:12]} ({cfg.source.file})" if out["source_hash"] else ""
         typer.echo(f"migration {out['migration_id']} {verb}: {out['phase']}, {out['hosts']} hosts, "
-                   f"{out['slices']} slices, config {out['config_hash'][:12]}, database {cfg.database_url}")
+                   f"{out['slices']} slices, config {out['config_hash'][:12]}{src}, database {cfg.database_url}")
 
 
 @app.command("start")
@@ -126,8 +208,9 @@ def start_cmd(config: Path = config_option(),
         ops.check_same_config(m, cfg)
         mid = m.id
     applier = DbApplier(confirm_timeout=confirm_timeout)
+    fp = schema_fingerprint or start_fingerprint(cfg)
     with database_errors(sf):
-        start_migration(sf, mid, schema_fingerprint=schema_fingerprint or ops.default_fingerprint(), applier=applier)
+        start_migration(sf, mid, schema_fingerprint=fp, applier=applier)
         phase = None
         if run:
             import time
@@ -140,6 +223,22 @@ def start_cmd(config: Path = config_option(),
         emit_json(rep)
     else:
         typer.echo(f"migration {mid}: {rep['label']}" + ("" if phase else " (controller not running)"))
+
+
+def start_fingerprint(cfg: Config) -> str:
+    """The schema fingerprint `start` freezes: the demo probes', or for [source] kind = "bcc" that of
+    the payload type bcc infers from the operator's program (compiled once here: root and bcc)."""
+    if cfg.source.kind != "bcc":
+        return ops.default_fingerprint()
+    why = ("not running as root" if os.geteuid() != 0 else
+           "bcc is not importable" if importlib.util.find_spec("bcc") is None else None)
+    if why:
+        raise MigratorError(f"{cfg.path}: the schema fingerprint of {cfg.source.file} needs a compile, and {why} "
+                            "(fix: run `migrator plan` as root on an agent host and pass its fingerprint with "
+                            "`migrator start --schema-fingerprint ...`)")
+    from migrator.dataplane.operator import source_fingerprint
+
+    return source_fingerprint(cfg.source)
 
 
 def _print_step(res) -> None:

@@ -144,6 +144,8 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
                 rollback_after: int = typer.Option(None, "--rollback-after", min=1, help="Another N."),
                 max_loss_rate: float = typer.Option(None, "--max-loss-rate", min=0.0, max=1.0),
                 max_lag_p99_ms: float = typer.Option(None, "--max-lag-p99-ms", min=0.0),
+                max_parse_errors: int = typer.Option(None, "--max-parse-errors", min=0),
+                max_payload_mismatch: int = typer.Option(None, "--max-payload-mismatch", min=0),
                 no_data: str = typer.Option(None, "--no-data", help="hold, breach or reset."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Read-only: replay stored windows under other thresholds / N; where would it have rolled back?
@@ -155,7 +157,8 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
     sf = reader(config)
     with database_errors(sf), sf() as s:
         rep = ops.what_if_report(s, migration, rollback_after=rollback_after, no_data=no_data,
-                                 max_loss_rate=max_loss_rate, max_lag_p99_ms=max_lag_p99_ms)
+                                 max_loss_rate=max_loss_rate, max_lag_p99_ms=max_lag_p99_ms,
+                                 max_parse_errors=max_parse_errors, max_payload_mismatch=max_payload_mismatch)
     if as_json:
         emit_json(rep)
         return

@@ -45,7 +45,8 @@ log = logging.getLogger("migrator.control.controller")
 # Columns the policy reads; loading only these keeps a 1000-host step cheap.
 _JUDGE_COLS = [Window.id, Window.host, Window.channel, Window.index, Window.start, Window.end, Window.mode,
                Window.attempts, Window.delivered, Window.dropped_full, Window.dropped_other, Window.lost,
-               Window.lag_p99_ms, Window.inversions, Window.consumer_cpu_s]
+               Window.lag_p99_ms, Window.inversions, Window.consumer_cpu_s, Window.parse_errors,
+               Window.payload_mismatches]
 
 
 @dataclass

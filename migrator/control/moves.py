@@ -6,8 +6,8 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrator.config import Config, config_from_snapshot
-from migrator.errors import ConfigChanged, OptionError, TransitionNotAllowed
+from migrator.config import Config, config_from_snapshot, source_hash
+from migrator.errors import ConfigChanged, OptionError, SourceChanged, TransitionNotAllowed
 from migrator.control.phases import DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
 from migrator.control.policy import what_if as replay
 from migrator.store import api
@@ -24,13 +24,18 @@ def default_fingerprint() -> str:
 
 
 def init_migration(session: Session, config: Config, *, name: str = "", now: float | None = None) -> tuple[Migration, bool]:
-    """Record the plan as a PLANNED migration; (migration, created). The same config again is a no-op."""
+    """Record the plan as a PLANNED migration with its config hash and, for an operator's bcc
+    program, its source hash; (migration, created). The same config and program again is a no-op."""
+    digest = source_hash(config)
     active = api.active_migration(session)
     if active is not None:
-        if active.config_hash == config.hash:
-            return active, False
-        raise ConfigChanged(active.id, config.path, config.hash, active.config_hash, phase=active.phase)
-    return api.create_migration(session, config, name=name, now=now), True
+        if active.config_hash != config.hash:
+            raise ConfigChanged(active.id, config.path, config.hash, active.config_hash, phase=active.phase)
+        if active.source_hash != digest:
+            raise SourceChanged(active.id, config.source.file or config.path, digest, active.source_hash,
+                                phase=active.phase)
+        return active, False
+    return api.create_migration(session, config, name=name, now=now, source_hash=digest), True
 
 
 def snapshot_config(m: Migration) -> Config:
@@ -39,9 +44,17 @@ def snapshot_config(m: Migration) -> Config:
 
 
 def check_same_config(m: Migration, config: Config) -> None:
-    """Refuse to drive a migration with a canary.toml that changed since `init`."""
+    """Refuse to drive a migration with a canary.toml, or an operator's program, that changed since `init`."""
     if m.config_hash != config.hash:
         raise ConfigChanged(m.id, config.path, config.hash, m.config_hash)
+    check_same_source(m, config)
+
+
+def check_same_source(m: Migration, config: Config) -> None:
+    """Refuse an operator's program (C file, cflags, migrator.h) that changed since `init`."""
+    digest = source_hash(config)
+    if digest != m.source_hash:
+        raise SourceChanged(m.id, config.source.file or config.path, digest, m.source_hash)
 
 
 MOVES = ("advance", "pause", "resume", "rollback", "abort")
@@ -134,4 +147,4 @@ def what_if_report(session: Session, migration_id: int | None = None, **override
 
 
 __all__ = ["init_migration", "manual_move", "status_report", "what_if_report", "default_fingerprint",
-           "check_same_config", "snapshot_config"]
+           "check_same_config", "check_same_source", "snapshot_config"]

@@ -9,6 +9,9 @@ Definitions (the controller and what-if use exactly these):
   - SHADOW: ring vs perf of the same host: loss rate, lag p99, and the optional relative rules.
   - CANARY: the host's ring window vs the baseline hosts' perf windows (summed counts, mean
     lag p99, CPU per delivered event): loss rate, lag p99, optional relative rules.
+  - Every phase, on the ring window: parse errors (records no registered payload layout reads)
+    and payload mismatches (DUAL only: ring payload != perf payload of the same seq), each
+    against its own absolute limit (rules `parse_errors`, `payload_mismatch`).
   no-data when a needed window is missing, was closed in another mode than the phase sets
   (the agent had not switched yet), or saw fewer than `min_events` attempts.
   breach when any limit is exceeded (`rule` lists every exceeded rule, `values` the numbers).
@@ -119,6 +122,15 @@ def judge_host(host: str, ring: Any, baseline: Baseline | None, th: Thresholds, 
     if loss > th.max_loss_rate:
         broken.append("max_loss_rate")
     values["max_loss_rate"] = th.max_loss_rate
+    # Correctness of what the ring delivered, in every phase: a ring that loses nothing but
+    # carries records nobody can read, or bytes other than perf's, is not a ring to move to.
+    parse_errors, mismatches = _g(ring, "parse_errors", 0) or 0, _g(ring, "payload_mismatches", 0) or 0
+    values["parse_errors"], values["max_parse_errors"] = parse_errors, th.max_parse_errors
+    if parse_errors > th.max_parse_errors:
+        broken.append("parse_errors")
+    values["payload_mismatches"], values["max_payload_mismatch"] = mismatches, th.max_payload_mismatch
+    if mismatches > th.max_payload_mismatch:
+        broken.append("payload_mismatch")
     lag = _g(ring, "lag_p99_ms")
     if relative:  # DUAL_INSTRUMENT only watches the ring's counters; lag comes from consumers
         values["lag_p99_ms"], values["max_lag_p99_ms"] = lag, th.max_lag_p99_ms

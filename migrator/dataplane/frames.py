@@ -82,9 +82,12 @@ def headers_at(buf: np.ndarray, hdr_off: np.ndarray) -> np.ndarray:
         return np.empty(0, HDR_DTYPE)
     if (hdr_off % 4).any():
         raise ValueError("record headers must start at 4-byte aligned offsets")
-    words = buf[: len(buf) - len(buf) % 4].view("<u4")
-    rows = words[(hdr_off // 4)[:, None] + np.arange(HDR_SIZE // 4)]
-    return rows.view(HDR_DTYPE).reshape(len(hdr_off))
+    if int(hdr_off.max()) + HDR_SIZE > len(buf):
+        raise IndexError("a record header runs past the end of the buffer")
+    # Element i of this view is the 32 bytes from byte i: one fancy index copies each header
+    # whole (opaque bytes copy as one block; the structured dtype would go field by field).
+    at_byte = np.ndarray((len(buf) - HDR_SIZE + 1,), dtype=f"V{HDR_SIZE}", buffer=buf, strides=(1,))
+    return at_byte[hdr_off].view(HDR_DTYPE)
 
 
 def strided_headers(buf: np.ndarray, first: int, stride: int, n: int) -> np.ndarray:
@@ -94,6 +97,10 @@ def strided_headers(buf: np.ndarray, first: int, stride: int, n: int) -> np.ndar
 
 def validate(hdr: np.ndarray, room: np.ndarray | int) -> np.ndarray:
     """Mask of records migrator can read: known header version, payload inside its frame."""
+    if isinstance(room, (int, np.integer)):  # one room for all (a run of one size): no int64 copy
+        if room < HDR_SIZE:
+            return np.zeros(len(hdr), dtype=bool)
+        return (hdr["hdr_version"] == HDR_VERSION) & (hdr["len"] <= int(room) - HDR_SIZE)
     return (hdr["hdr_version"] == HDR_VERSION) & (hdr["len"].astype(np.int64) + HDR_SIZE <= room)
 
 

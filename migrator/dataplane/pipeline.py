@@ -16,6 +16,11 @@ from migrator.dataplane.windows import ChannelMeter
 from migrator.records import ChannelWindow
 
 
+# snapshot(): a stream this busy in this many brackets in a row is not waited for any longer.
+BUSY_BRACKET = 100
+BUSY_TRIES = 3
+
+
 class ChannelSource(Protocol):
     """What a pipeline reads: one migrator channel's maps and counters, and the programs behind it
     (a demo Probe, or a Channel of the operator's program)."""
@@ -166,9 +171,12 @@ class Pipeline:
 
         Two equal reads mean no program counted anything in between, so the drain and the
         occupancy inside the bracket balance the counters exactly. `settled` is False when events
-        kept arriving on every try; the close is then best effort and says so.
+        kept arriving on every try; the close is then best effort and says so. A stream that
+        brought BUSY_BRACKET records or more into each of BUSY_TRIES brackets in a row will not
+        pause for the next one: trying on only costs a drain and two counter reads per try.
         """
         self.drain()
+        busy = 0
         for _ in range(tries):
             before = self.probe.counters()
             self.drain()
@@ -176,6 +184,10 @@ class Pipeline:
             after = self.probe.counters()
             if before == after:
                 return after, in_flight, True
+            moved = sum(after[ch].attempts - before[ch].attempts for ch in after)
+            busy = busy + 1 if moved >= BUSY_BRACKET else 0
+            if busy >= BUSY_TRIES:
+                break
         return after, in_flight, False
 
     def totals(self, counters: dict[str, Counters], in_flight: dict[str, int]) -> dict[str, ChannelTotals]:

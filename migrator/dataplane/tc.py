@@ -58,8 +58,9 @@ def attach_tc(prog_fd: int, device: str, netns: str | None = None, direction: st
                           "check that the namespace exists and this process is root") from None
 
 
-def detach_tc(device: str, netns: str | None = None, direction: str | None = None) -> int:
-    """Remove the BPF filters from one hook (None: both); returns how many were removed."""
+def detach_tc(device: str, netns: str | None = None, direction: str | None = None, name: str | None = None) -> int:
+    """Remove the BPF filters from one hook (None: both), only those named `name` when given
+    (the name attach_tc gave them); returns how many were removed."""
     hooks = HOOKS if direction is None else {direction: HOOKS[direction]}
     removed = 0
     with netns_route(netns) as ipr:
@@ -70,6 +71,8 @@ def detach_tc(device: str, netns: str | None = None, direction: str | None = Non
             for f in ipr.get_filters(index=idx, parent=parent):
                 if f.get("TCA_KIND") != "bpf" or not f["handle"]:
                     continue  # the chain/protocol header entry carries no handle
+                if name is not None and f.get_nested("TCA_OPTIONS", "TCA_BPF_NAME") != name:
+                    continue
                 ipr.tc("del-filter", "bpf", idx, handle=f["handle"], parent=parent, info=f["info"])
                 removed += 1
     return removed

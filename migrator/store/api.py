@@ -26,12 +26,15 @@ def _now(now: float | None) -> float:
 
 
 def create_migration(session: Session, config: Config, *, name: str = "", schema_fingerprint: str | None = None,
-                     now: float | None = None) -> Migration:
-    """Record a PLANNED migration with its config snapshot, slices and hosts (all desired PERF)."""
+                     now: float | None = None, source_hash: str | None = None) -> Migration:
+    """Record a PLANNED migration with its config snapshot, slices and hosts (all desired PERF).
+
+    source_hash: the operator's program hash (config.source_hash), None for the demo probes."""
     ts = _now(now)
     m = Migration(name=name or f"migration from {config.path}", created_at=ts,
                   config_json=json.dumps(config.to_dict(), sort_keys=True), config_hash=config.hash,
-                  config_path=config.path, schema_fingerprint=schema_fingerprint, phase="PLANNED",
+                  config_path=config.path, schema_fingerprint=schema_fingerprint, source_hash=source_hash,
+                  phase="PLANNED",
                   slice=0, phase_since=ts, streak=0, streak_window_ids="[]", clean_windows=0, judged_index=-1)
     session.add(m)
     session.flush()

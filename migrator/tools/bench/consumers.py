@@ -1,26 +1,100 @@
-"""Consumers side by side: bcc's callbacks against our batched ring and perf consumers.
+"""Consumers side by side: bcc's callbacks against the library's callback and batch targets.
 
-Each path gets a freshly loaded synthetic probe and its own generator of the same length and
-rate, and is measured the same way: wall time from the generator's release to the last record
+Two streams, each from a freshly loaded program per path:
+  fixed  the synthetic demo probe: 72-byte records (32-byte header + 40-byte demo payload)
+  mixed  bpf/mixed.bpf.c, an operator-style program: payloads of 24..4096 bytes from an event
+         counter (mostly small, every 64th 4096 bytes), decoded with its own Registry
+
+Paths (each with its own load generator of the same length and rate):
+  bcc-perf  bcc's open_perf_buffer + perf_buffer_poll on `events__perf`, PERF mode
+  bcc-ring  bcc's open_ring_buffer + ring_buffer_poll on `events__ring`, RING mode
+  callback  the Feed in PERF mode, open_perf_buffer(callback): bcc's callback shape
+  batch     the Feed in RING mode, producer BPF_RB_NO_WAKEUP, on_batch(cb) with decoded arrays
+  ring/perf the bare Pipeline consumers (fixed stream only), as before the Feed existed
+
+Every callback does the same per-record work, reading the payload's first 8 bytes; bcc's
+callbacks also read seq and ktime from the header for the lag and order figures the library
+computes itself. The batch callback checks decoded fields of every row (vectorised).
+
+Every path is measured the same way: wall time from the generator's release to the last record
 consumed, and consumer CPU as `time.thread_time()` around every poll call (the callbacks, the
-decode, the epoll wait and the bookkeeping all run on this one thread; nothing else runs
-in-process meanwhile).
+decode, the epoll wait and the library's bookkeeping all run on this one thread; nothing else
+runs in-process meanwhile). Books are exact per path: attempts == delivered + dropped + lost,
+with `delivered` the records the operator's callback saw.
 """
 from __future__ import annotations
 
+import ctypes as ct
 import time
+from array import array
 from dataclasses import dataclass
 from typing import Callable
 
-from migrator.dataplane.loader import Probe
+import numpy as np
+
+from migrator.agent.feed import Feed
+from migrator.dataplane import rewrite
+from migrator.dataplane.channel import Channel, load
 from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
-from migrator.tools.bench.bcc_ref import BccPerfRef, BccRingRef
-from migrator.errors import OptionError
+from migrator.dataplane.loader import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.schema import Registry, demo_registry
+from migrator.errors import OptionError
+from migrator.resources import bpf_dir
+from migrator.tools.bench.bcc_ref import BccPerfRef, BccRingRef
 
-PATHS = ("bcc-ring", "bcc-perf", "ring", "perf")
+STREAMS = ("fixed", "mixed")
+STREAM_PATHS = {
+    "fixed": ("bcc-ring", "bcc-perf", "ring", "perf", "callback", "batch"),
+    "mixed": ("bcc-ring", "bcc-perf", "callback", "batch"),
+}
 KEYS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s", "lag_p99_ms")
+# The library's targets: events per consumer CPU-second of `batch`, and callback against bcc-perf.
+BATCH_MIN_EPS = {"fixed": 10e6, "mixed": 3e6}
+CALLBACK_MIN_RATIO = 1.0
+# ratio name -> (ours, bcc's)
+RATIOS = {
+    "fixed": {"batch/bcc-ring": ("batch", "bcc-ring"), "callback/bcc-perf": ("callback", "bcc-perf"),
+              "ring/bcc-ring": ("ring", "bcc-ring"), "perf/bcc-perf": ("perf", "bcc-perf")},
+    "mixed": {"batch/bcc-ring": ("batch", "bcc-ring"), "callback/bcc-perf": ("callback", "bcc-perf")},
+}
+
+# bpf/mixed.bpf.c: struct mixed_event's fields (the filler after them is not decoded).
+MIXED_FILE = "mixed.bpf.c"
+MIXED_DTYPE = np.dtype([("id", "<u8"), ("size", "<u4"), ("pid", "<u4"), ("check", "<u8")])
+MIXED_CHECK = 0x9E3779B97F4A7C15
+KIND_SYNTH = 1
+
+
+def mixed_registry() -> Registry:
+    """The mixed program's payload type: MIGRATOR_OUTPUT without a type is (type 0, version 0)."""
+    reg = Registry()
+    reg.register(0, 0, MIXED_DTYPE, name="mixed")
+    return reg
+
+
+def registry_for(stream: str) -> Registry:
+    """The registry an operator would hand the Feed for this stream."""
+    return demo_registry() if stream == "fixed" else mixed_registry()
+
+
+def first_word_errors(stream: str, first: np.ndarray, attempts: int) -> int:
+    """Per-record callbacks read the payload's first 8 bytes: how many hold what they must not.
+
+    fixed: the demo payload starts with kind (u32) = synthetic; mixed: the event id, below the
+    number of events the program emitted.
+    """
+    if stream == "fixed":
+        return int(((first & 0xFFFFFFFF) != KIND_SYNTH).sum())
+    return int((first >= attempts).sum())
+
+
+def rows_errors(stream: str, rows: np.ndarray) -> int:
+    """Decoded rows whose fields disagree with what the program wrote (vectorised)."""
+    if stream == "fixed":
+        return int((rows["kind"] != KIND_SYNTH).sum())
+    return int(((rows["check"] != (rows["id"] ^ np.uint64(MIXED_CHECK))) | (rows["size"] != rows["len"])).sum())
 
 
 @dataclass(frozen=True)
@@ -28,8 +102,8 @@ class PathSpec:
     """One benchmarked path: which channel the probe writes, whose consumer reads it, which wakeup."""
 
     mode: str  # mode map value: which channel the probe writes
-    consumer: str  # "bcc" or "ours"
-    wakeup: str  # ring producer flag (Probe wakeup=); perf ignores it
+    consumer: str  # "bcc", "pipeline" or "feed"
+    wakeup: str  # ring producer flag (rewrite.cflags ring_wakeup=); perf ignores it
     flags: str  # printed so a reader sees what each path was given
 
 
@@ -41,10 +115,40 @@ def _specs(perf_pages: int, batch_interval: float) -> dict[str, PathSpec]:
         "bcc-perf": PathSpec("PERF", "bcc", "adaptive",
                              f"{perf_pages} pages/CPU, wakeup_events=1 (bcc); open_perf_buffer + perf_buffer_poll"),
         # A batched consumer polls on its own clock, so the producer need not wake it at all.
-        "ring": PathSpec("RING", "ours", "no_wakeup", f"producer BPF_RB_NO_WAKEUP; RingConsumer via Pipeline, {ms} batches"),
-        "perf": PathSpec("PERF", "ours", "adaptive",
+        "ring": PathSpec("RING", "pipeline", "no_wakeup", f"producer BPF_RB_NO_WAKEUP; RingConsumer via Pipeline, {ms} batches"),
+        "perf": PathSpec("PERF", "pipeline", "adaptive",
                          f"{perf_pages} pages/CPU, watermark 1/4 buffer; PerfConsumer via Pipeline, {ms} batches"),
+        "callback": PathSpec("PERF", "feed", "adaptive",
+                             f"{perf_pages} pages/CPU, watermark 1/4 buffer; Feed PERF, open_perf_buffer(callback)"),
+        "batch": PathSpec("RING", "feed", "no_wakeup",
+                          f"producer BPF_RB_NO_WAKEUP; Feed RING, on_batch(decoded arrays), {ms} batches"),
     }
+
+
+class _Source:
+    """One freshly loaded program of a stream: `.bpf`, `.channel`, its target map, unload."""
+
+    def __init__(self, stream: str, ring_bytes: int, wakeup: str) -> None:
+        self._probe = None
+        if stream == "fixed":
+            self._probe = Probe("synthetic", ring_bytes=ring_bytes, wakeup=wakeup)
+            self.bpf, self.channel = self._probe.bpf, self._probe.channel
+        else:
+            rewrite.check_ring_bytes(ring_bytes)
+            self.bpf = load(src_file=str(bpf_dir() / MIXED_FILE),
+                            cflags=[*rewrite.cflags(ring_wakeup=wakeup), f"-DRING_BYTES={ring_bytes}"])
+            self.channel = Channel(self.bpf, "events")
+
+    def set_target(self, tgid: int) -> None:
+        """Both programs watch the getppid() calls of the tgid in their `target_tgid` map."""
+        self.bpf["target_tgid"][ct.c_int(0)] = ct.c_uint32(tgid)
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+        elif self.bpf is not None:
+            self.bpf.cleanup()
+        self.bpf = None
 
 
 def _wait_ready(gen: LoadGen, limit: float = 5.0) -> None:
@@ -63,17 +167,71 @@ def _wait_ready(gen: LoadGen, limit: float = 5.0) -> None:
     time.sleep(0.2)  # no /proc/PID/syscall: a fixed margin instead
 
 
-def _run_path(name: str, spec: PathSpec, events: int, rate: float, ring_bytes: int, perf_pages: int,
+class _FeedPath:
+    """The library as an operator uses it: a Feed with their callback or their batch handler."""
+
+    def __init__(self, stream: str, src: _Source, spec: PathSpec, perf_pages: int, batch_interval: float) -> None:
+        self.stream = stream
+        self.feed = Feed(src.bpf, "events", channel=src.channel, registry=registry_for(stream), mode=spec.mode,
+                         perf_pages=perf_pages, batch_interval=batch_interval)
+        self.timeout_ms = batch_interval * 1e3  # with NO_WAKEUP nothing wakes epoll: the timeout is the batch clock
+        self.first = array("Q")
+        self.rows = 0
+        self.bad_rows = 0
+        if spec.mode == "PERF":
+            at, append = (ct.c_uint64 * 1).from_address, self.first.append
+
+            def callback(_cpu, data, _size):  # bcc's shape; data is the payload's address
+                append(at(data)[0])
+
+            self.feed.open_perf_buffer(callback)
+        else:
+            def on_batch(rows: np.ndarray) -> None:
+                self.rows += len(rows)
+                self.bad_rows += rows_errors(stream, rows)
+
+            self.feed.on_batch(on_batch)
+
+    @property
+    def delivered(self) -> int:
+        return len(self.first) + self.rows
+
+    def step(self) -> int:
+        before = self.delivered
+        self.feed.poll(self.timeout_ms)
+        return self.delivered - before
+
+    def finish(self, ch: str, attempts: int) -> tuple[float | None, dict]:
+        """Close the last window; (lag p99 in ms, notes) from every window the feed closed."""
+        self.feed.close_window()
+        ws = [w for w in self.feed.windows if w.channel == ch]
+        p99 = [w.lag_p99_ms for w in ws if w.lag_p99_ms is not None]
+        errors = (first_word_errors(self.stream, np.frombuffer(self.first, dtype=np.uint64), attempts)
+                  if len(self.first) else 0) + self.bad_rows
+        return (max(p99) if p99 else None), {
+            "inversions": sum(w.inversions for w in ws), "residual": ws[-1].residual if ws else None,
+            "parse_errors": sum(w.parse_errors for w in ws), "windows": len(ws),
+            "acted": self.feed.acted[ch], "payload_errors": errors,
+            "lag_note": "worst p99 of the feed's windows (1 s each)",
+        }
+
+    def close(self) -> None:
+        self.feed.close()
+
+
+def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, ring_bytes: int, perf_pages: int,
               batch_interval: float, timeout_s: float, progress: Callable[[str], None]) -> tuple[dict, dict]:
-    """Measure one path on a fresh probe; returns (the KEYS dict, notes)."""
+    """Measure one path of one stream on a freshly loaded program; returns (the KEYS dict, notes)."""
     ch = "ring" if spec.mode == "RING" else "perf"
+    tag = f"[{stream}/{name}]"
     notes: dict = {"flags": spec.flags, "mode": spec.mode, "wakeup": spec.wakeup if ch == "ring" else None}
-    progress(f"[{name}] loading probe: mode {spec.mode}, {spec.flags}")
-    with Probe("synthetic", ring_bytes=ring_bytes, wakeup=spec.wakeup) as probe:
-        probe.set_mode(spec.mode)
-        pipe = ref = None
+    progress(f"{tag} loading: mode {spec.mode}, {spec.flags}")
+    src = _Source(stream, ring_bytes, spec.wakeup)
+    try:
+        src.channel.set_mode(spec.mode)
+        pipe = ref = fp = None
         if spec.consumer == "bcc":
-            ref = BccRingRef(probe) if ch == "ring" else BccPerfRef(probe, page_cnt=perf_pages)
+            ref = BccRingRef(src) if ch == "ring" else BccPerfRef(src, page_cnt=perf_pages)
 
             def step() -> int:
                 before = ref.tally.delivered
@@ -82,8 +240,8 @@ def _run_path(name: str, spec: PathSpec, events: int, rate: float, ring_bytes: i
 
             def delivered() -> int:
                 return ref.tally.delivered
-        else:
-            pipe = Pipeline(probe, perf_pages=perf_pages, batch_interval=batch_interval)
+        elif spec.consumer == "pipeline":
+            pipe = Pipeline(src.channel, perf_pages=perf_pages, batch_interval=batch_interval)
 
             def step() -> int:
                 # With NO_WAKEUP nothing wakes epoll: its timeout is the batch clock.
@@ -91,13 +249,19 @@ def _run_path(name: str, spec: PathSpec, events: int, rate: float, ring_bytes: i
 
             def delivered() -> int:
                 return pipe.delivered_total[ch]
+        else:
+            fp = _FeedPath(stream, src, spec, perf_pages, batch_interval)
+            step = fp.step
+
+            def delivered() -> int:
+                return fp.delivered
 
         gen = LoadGen(events, rate)
         timed_out = False
         try:
-            probe.set_target(gen.pid)
+            src.set_target(gen.pid)
             _wait_ready(gen)
-            run0 = prog_run_stats(probe.prog_fds())
+            run0 = prog_run_stats(src.channel.prog_fds())
             cpu = 0.0
             t0 = last = time.monotonic()
             next_report = t0 + 1.0
@@ -110,32 +274,41 @@ def _run_path(name: str, spec: PathSpec, events: int, rate: float, ring_bytes: i
                 if n:
                     last = now
                 if now >= next_report:
-                    progress(f"[{name}] {delivered():,}/{events:,} delivered, {now - t0:.1f} s")
+                    progress(f"{tag} {delivered():,}/{events:,} delivered, {now - t0:.1f} s")
                     next_report = now + 1.0
                 if not gen.running():
-                    c = probe.counters()[ch]
+                    c = src.channel.counters()[ch]
                     if delivered() + c.full + c.other >= c.attempts:
                         break
                 if now - t0 > timeout_s:
                     timed_out = True
-                    progress(f"[{name}] gave up after {timeout_s:.0f} s")
+                    progress(f"{tag} gave up after {timeout_s:.0f} s")
                     break
             gen.wait(timeout=10)
-            run1 = prog_run_stats(probe.prog_fds())
-            c = probe.counters()[ch]
+            run1 = prog_run_stats(src.channel.prog_fds())
+            c = src.channel.counters()[ch]
             if pipe is not None:
                 # The pipeline's own window: the same accounting `migrator shadow` prints.
                 w = next(w for w in pipe.close_window() if w.channel == ch)
                 got, lag_p99 = pipe.delivered_total[ch], w.lag_p99_ms
                 notes.update(inversions=w.inversions, residual=w.residual, parse_errors=w.parse_errors)
+            elif fp is not None:
+                lag_p99, more = fp.finish(ch, c.attempts)
+                got = fp.delivered
+                notes.update(more)
             else:
                 m = ref.tally.meter()
                 got, lag_p99 = ref.tally.delivered, m.lag_summary()[1]
-                notes.update(inversions=m.inversions, lost_reported=ref.tally.lost_reported)
+                notes.update(inversions=m.inversions, lost_reported=ref.tally.lost_reported,
+                             payload_errors=first_word_errors(stream, np.frombuffer(ref.tally.first, dtype=np.uint64),
+                                                              c.attempts))
         finally:
             gen.kill()
-            if pipe is not None:
-                pipe.close()
+            for r in (pipe, ref, fp):
+                if r is not None:
+                    r.close()
+    finally:
+        src.close()
     loss = c.losses(ch)
     dropped, lost = loss.dropped, loss.lost
     wall = last - t0
@@ -149,7 +322,7 @@ def _run_path(name: str, spec: PathSpec, events: int, rate: float, ring_bytes: i
         "events_per_cpu_s": round(got / cpu, 1) if cpu > 0 else None,
         "lag_p99_ms": round(lag_p99, 3) if lag_p99 is not None else None,
     }
-    progress(f"[{name}] done: {got:,} delivered, {dropped} dropped, {lost} lost, wall {wall:.2f} s, "
+    progress(f"{tag} done: {got:,} delivered, {dropped} dropped, {lost} lost, wall {wall:.2f} s, "
              f"consumer CPU {cpu:.3f} s, {(got / cpu if cpu else 0) / 1e6:.2f} M events/CPU-s")
     return res, notes
 
@@ -158,14 +331,31 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
     return round(ours / theirs, 2) if ours and theirs else None
 
 
-def bench_consumers(events: int, rate: float = 0, *, ring_bytes: int = 16 << 20, perf_pages: int = 64,
-                    batch_interval: float = 0.005, timeout_s: float | None = None,
+def stream_targets(stream: str, paths: dict, ratios: dict) -> dict[str, bool]:
+    """The library's targets for one stream, met or not."""
+    batch = paths["batch"]["events_per_cpu_s"] or 0.0
+    return {
+        f"batch >= {BATCH_MIN_EPS[stream] / 1e6:g} M events/CPU-s": batch >= BATCH_MIN_EPS[stream],
+        f"callback/bcc-perf >= {CALLBACK_MIN_RATIO:g}": (ratios["callback/bcc-perf"] or 0.0) >= CALLBACK_MIN_RATIO,
+    }
+
+
+def bench_consumers(events: int, rate: float = 0, *, streams: tuple[str, ...] = STREAMS, ring_bytes: int = 16 << 20,
+                    perf_pages: int = 64, batch_interval: float = 0.005, timeout_s: float | None = None,
                     progress: Callable[[str], None] = lambda _msg: None) -> dict:
-    """Run bcc-ring, bcc-perf, ring and perf in turn on the same synthetic stream; per-path figures and ratios."""
+    """Run every path of every stream in turn; per stream the paths' figures, ratios and targets.
+
+    Returns {"streams": {stream: {"paths", "ratios", "targets", "notes"}}, "targets": {"<stream>:
+    <target>": bool}, "notes": {...}}.
+    """
     if events <= 0:
         raise OptionError("--events", events, "is not a positive number of events", "use --events 1 or more")
     if rate < 0:
         raise OptionError("--rate", rate, "is negative", "use --rate 0 (as fast as the generator goes) or more")
+    bad = [s for s in streams if s not in STREAMS]
+    if bad or not streams:
+        raise OptionError("--stream", ",".join(bad) or "(none)", "is not a stream",
+                          f"use one of {', '.join(STREAMS)} or both")
     if timeout_s is None:
         # bcc's perf callback path runs ~0.15 M events/s here; leave it room.
         floor = events / rate if rate > 0 else 0.0
@@ -174,17 +364,26 @@ def bench_consumers(events: int, rate: float = 0, *, ring_bytes: int = 16 << 20,
     # Hold BPF run-time accounting on for every path (the Pipeline turns it on for ours), so
     # each producer pays the same per-event cost.
     stats_fd = enable_stats()
-    paths, notes = {}, {}
+    out: dict = {}
     try:
-        for name in PATHS:
-            paths[name], notes[name] = _run_path(name, specs[name], events, rate, ring_bytes, perf_pages,
-                                                 batch_interval, timeout_s, progress)
+        for stream in streams:
+            paths, notes = {}, {}
+            for name in STREAM_PATHS[stream]:
+                paths[name], notes[name] = _run_path(stream, name, specs[name], events, rate, ring_bytes, perf_pages,
+                                                     batch_interval, timeout_s, progress)
+            ratios = {k: _ratio(paths[a]["events_per_cpu_s"], paths[b]["events_per_cpu_s"])
+                      for k, (a, b) in RATIOS[stream].items()}
+            out[stream] = {"paths": paths, "ratios": ratios, "targets": stream_targets(stream, paths, ratios),
+                           "notes": notes}
     finally:
         close_stats(stats_fd)
-    ratios = {
-        "ring": _ratio(paths["ring"]["events_per_cpu_s"], paths["bcc-ring"]["events_per_cpu_s"]),
-        "perf": _ratio(paths["perf"]["events_per_cpu_s"], paths["bcc-perf"]["events_per_cpu_s"]),
-    }
-    return {"paths": paths, "ratios": ratios,
+    return {"streams": out,
+            "targets": {f"{s}: {k}": ok for s, r in out.items() for k, ok in r["targets"].items()},
             "notes": {"events": events, "rate": rate, "ring_bytes": ring_bytes, "perf_pages": perf_pages,
-                      "batch_interval_s": batch_interval, "paths": notes}}
+                      "batch_interval_s": batch_interval, "streams": list(streams),
+                      "payload": {"fixed": "72-byte records: 32-byte header + 40-byte demo payload (type 1 v2)",
+                                  "mixed": f"bpf/{MIXED_FILE}: payloads 24..520 bytes, every 64th 4096 bytes"}}}
+
+
+__all__ = ["bench_consumers", "STREAMS", "STREAM_PATHS", "KEYS", "RATIOS", "BATCH_MIN_EPS", "CALLBACK_MIN_RATIO",
+           "mixed_registry"]

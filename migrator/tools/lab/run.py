@@ -2,6 +2,11 @@
 
 lab up -> init -> one agent process per host -> traffic -> controller in this process ->
 (optional fault on the first canary host) -> final phase -> history -> lab down.
+
+The agents run what [source] says: the demo tc probe, or the operator's own bcc program and
+sink (kind = "bcc"; the run's generated canary.toml keeps it, with absolute paths). For the
+latter, once the migration is final the traffic is stopped, the books are let settle, and the
+run counts per host the events the sink acted on against the packets sent (LabRun.consumer).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from migrator.control.phases import DbApplier, label
 from migrator.control.policy import StreakState, next_streak
 from migrator.dataplane.schema import fingerprint
 from migrator.store import api, open_store
-from migrator.store.models import Host, Migration
+from migrator.store.models import Host, Migration, Window
 from migrator.vocab import FINAL, slice_size
 
 LAB_FAULTS = (*DRILL_KINDS, "burst", "cpu-load")
@@ -42,6 +47,8 @@ def _toml_value(v) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # inside an array: an inline table ([source] attach entries)
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -110,6 +117,9 @@ class LabRun:
     fault_host: str | None = None
     seconds: float = 0.0
     final_modes: dict[str, str] = field(default_factory=dict)
+    # Per host: packets sent, events the consumer acted on (per channel too), kernel-counted drops
+    # of the acting channel, mode switches, and the verdict (see LabStage.consumer_books).
+    consumer: dict[str, dict] = field(default_factory=dict)
 
 
 def _die_with_parent() -> None:
@@ -124,12 +134,13 @@ class AgentProcs:
 
     def __init__(self, hosts: list[str], config_path: Path, migration_id: int, log_dir: Path) -> None:
         self.procs: dict[str, subprocess.Popen] = {}
+        self.log_dir = log_dir
         for h in hosts:
             log = open(log_dir / f"agent-{h}.log", "w")
             self.procs[h] = subprocess.Popen(
                 [sys.executable, "-m", "migrator", "agent", "--host", h, "-c", str(config_path),
                  "--migration", str(migration_id), "--drills"], stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent)
+                preexec_fn=_die_with_parent, cwd=log_dir)  # a sink's output files land in the run directory
 
     def dead(self) -> list[str]:
         """Hosts whose agent process has exited, so the run can stop and point at their logs."""
@@ -159,10 +170,21 @@ def wait_agents_ready(sf, migration_id: int, hosts: list[str], agents: AgentProc
         if not missing:
             return
         if agents.dead():
-            raise MigratorError(f"agent(s) {', '.join(agents.dead())} exited during start-up; see agent-*.log in the run directory")
+            raise MigratorError(f"agent(s) {', '.join(agents.dead())} exited during start-up"
+                                f"{_last_error(agents.log_dir, agents.dead()[0])}; see agent-*.log in {agents.log_dir}")
         if time.monotonic() > end:
             raise MigratorError(f"agents not ready after {timeout:.0f} s: {', '.join(missing)}")
         time.sleep(0.1)
+
+
+def _last_error(log_dir: Path, host: str) -> str:
+    """The `Error: ...` line an agent printed before exiting, as ' (host: ...)', or ''."""
+    try:
+        lines = (log_dir / f"agent-{host}.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    err = [ln for ln in lines if ln.startswith("Error: ")]
+    return f" ({host}: {err[-1][7:]})" if err else ""
 
 
 class LabStage:
@@ -183,10 +205,12 @@ class LabStage:
         self.pps = pps or self.cfg.lab.pps
         self.traffic_seconds = traffic_seconds
         self.sf = open_store(self.cfg.database_url)
-        self.traffic: list = []
+        self.traffic: list[tuple[str, object]] = []  # (host, TrafficProcess)
+        self.sent: dict[str, int] | None = None  # per host, once the traffic is stopped
         self.faults: list = []
         self.agents: AgentProcs | None = None
         self.mid = 0
+        self.schema_fingerprint: str | None = None
 
     def __enter__(self) -> "LabStage":
         from migrator.tools.lab import lab_up, start_traffic
@@ -199,11 +223,17 @@ class LabStage:
             with self.sf() as s, s.begin():
                 m, _ = ops.init_migration(s, cfg, name=f"lab run {self.run_dir.name}")
                 self.mid = m.id
-            self.say("agents: loading the TC probe on every host ...")
+            src = cfg.source
+            if src.kind == "bcc":
+                fns = ", ".join(f"{a.function} ({a.type} {a.device})" for a in src.attach) or "its name-attached functions"
+                self.say(f"agents: compiling {src.file}, attaching {fns} on every host, sink {src.sink} ...")
+            else:
+                self.say("agents: loading the TC probe on every host ...")
             self.agents = AgentProcs(self.names, self.cfg_path, self.mid, self.run_dir)
+            self.schema_fingerprint = lab_fingerprint(cfg)  # compiles once here while the agents start
             wait_agents_ready(self.sf, self.mid, self.names, self.agents)
             for h in self.names:
-                self.traffic.append(start_traffic(by_name[h], "steady", pps=self.pps, seconds=self.traffic_seconds))
+                self.traffic.append((h, start_traffic(by_name[h], "steady", pps=self.pps, seconds=self.traffic_seconds)))
             self.say(f"traffic: {self.pps} packets/s into each host")
         except BaseException:
             self.__exit__(None, None, None)
@@ -213,7 +243,7 @@ class LabStage:
     def __exit__(self, *exc) -> None:
         from migrator.tools.lab import lab_down
 
-        for t in self.traffic:
+        for _, t in self.traffic:
             try:
                 t.stop()
             except Exception:
@@ -235,12 +265,93 @@ class LabStage:
             inject(host, fault, seconds)
         elif fault == "burst":
             # As fast as the generator goes, for the fault's duration: beyond what a shrunk ring holds.
-            self.traffic.append(start_traffic(get_host(host, self.cfg.lab.prefix), "burst", count=200_000,
-                                              seconds=seconds, port=BURST_PORT))
+            self.traffic.append((host, start_traffic(get_host(host, self.cfg.lab.prefix), "burst", count=200_000,
+                                                      seconds=seconds, port=BURST_PORT)))
         elif fault == "cpu-load":
             self.faults.append(cpu_load(seconds, cpu=0))
         else:
             raise MigratorError(f"fault {fault!r} unknown; choose one of {', '.join(LAB_FAULTS)}")
+
+    def finish_traffic(self) -> dict[str, int]:
+        """Stop every generator; packets sent per host (what each host's program saw arrive)."""
+        sent = {h: 0 for h in self.names}
+        traffic, self.traffic = self.traffic, []
+        for h, t in traffic:
+            sent[h] += t.stop().sent
+        self.sent = sent
+        return sent
+
+    def settle(self, since: float, timeout: float) -> bool:
+        """Until every host sent, for both channels, a window that started after `since` (the
+        traffic stopped) with nothing left in flight: then its books hold every packet. False on
+        timeout (e.g. a ring consumer still stalled)."""
+        end = time.monotonic() + timeout
+        while True:
+            with self.sf() as s:
+                rows = s.execute(select(Window.host, Window.channel, Window.start, Window.in_flight)
+                                 .where(Window.migration_id == self.mid, Window.start >= since)
+                                 .order_by(Window.index)).all()
+            last = {(h, ch): flight for h, ch, _, flight in rows}
+            if all(last.get((h, ch)) == 0 for h in self.names for ch in ("perf", "ring")):
+                return True
+            if time.monotonic() > end or (self.agents and self.agents.dead()):
+                return False
+            time.sleep(0.1)
+
+    def consumer_books(self, sent: dict[str, int]) -> dict[str, dict]:
+        """Per host: what the consumer acted on against the packets sent.
+
+        acted: the events the sink took (the agent's `sink_events` per window, summed; without a
+        sink, the records the feed delivered). by_channel: records the feed delivered from perf
+        and from ring (its cumulative `acted`, summed across reloads).
+        drops: what the kernel counted as refused or lost on the acting channel (perf always; ring
+        in windows not closed in DUAL, where it only shadows perf). expected = sent - drops;
+        acted == expected means nothing was lost beyond what the kernel counted and nothing was
+        delivered twice, across every mode switch.
+        """
+        import json as _json
+
+        with self.sf() as s:
+            rows = s.execute(select(Window.host, Window.channel, Window.index, Window.mode, Window.dropped_full,
+                                    Window.dropped_other, Window.lost, Window.extra)
+                             .where(Window.migration_id == self.mid).order_by(Window.index)).all()
+        books = {h: {"sent": sent.get(h, 0), "sink_events": 0, "sink_total": 0, "sink_errors": 0, "drops": 0,
+                     "by_channel": {"perf": 0, "ring": 0}, "switches": set(), "has_sink": False} for h in self.names}
+        prev: dict[tuple[str, str], int] = {}
+        for host, ch, _, mode, dfull, dother, lost, extra in rows:
+            b = books.get(host)
+            if b is None:
+                continue
+            x = _json.loads(extra) if extra else {}
+            if "sink_total" in x:
+                b["has_sink"] = True
+                b["sink_events"] += x.get("sink_events", 0)
+                b["sink_total"] = max(b["sink_total"], x["sink_total"])
+                b["sink_errors"] = max(b["sink_errors"], x.get("sink_errors", 0))
+            if "acted" in x:  # cumulative per feed: a reload starts a new count
+                v, p = x["acted"], prev.get((host, ch), 0)
+                b["by_channel"][ch] += v - p if v >= p else v
+                prev[(host, ch)] = v
+            if ch == "perf" or mode != "DUAL":
+                b["drops"] += dfull + dother + lost
+            if "mode_switch" in x:
+                b["switches"].add(x["mode_switch"].get("at"))
+        out = {}
+        for h, b in books.items():
+            acted = b["sink_events"] if b["has_sink"] else sum(b["by_channel"].values())
+            expected = b["sent"] - b["drops"]
+            if acted == expected:
+                verdict = "none lost, none doubled" if not b["drops"] else \
+                    f"none lost beyond the {b['drops']} the kernel counted, none doubled"
+            elif acted < expected:
+                verdict = f"{expected - acted} LOST without a kernel count"
+            else:
+                verdict = f"{acted - expected} MORE than sent: delivered twice?"
+            out[h] = {"sent": b["sent"], "acted": acted, "by_channel": b["by_channel"], "drops": b["drops"],
+                      "expected": expected, "ok": acted == expected, "switches": len(b["switches"]),
+                      "sink_total": b["sink_total"] if b["has_sink"] else None, "sink_errors": b["sink_errors"],
+                      "verdict": verdict}
+        return out
 
     def phase(self) -> tuple[str, int, int | None]:
         """The migration's phase, slice and pending transition id now, for the live view and fault timing."""
@@ -272,7 +383,7 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
     with stage:
         mid = stage.mid
         applier = DbApplier(confirm_timeout=15.0, poll_interval=0.005)
-        start_migration(sf, mid, schema_fingerprint=fingerprint(), applier=applier)
+        start_migration(sf, mid, schema_fingerprint=stage.schema_fingerprint, applier=applier)
         seen = {"fault": False, "where": None, "streak": StreakState()}
 
         def step(res: StepResult) -> None:
@@ -304,9 +415,32 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
                 time.sleep(0.05)
         else:
             say(f"timeout: the migration is still {phase} after {timeout:.0f} s")
+        consumer: dict[str, dict] = {}
+        if cfg.source.kind == "bcc":
+            # The operator's consumer's books: stop the traffic, wait until every agent has closed
+            # and sent a window with nothing in flight (a stalled ring consumer delivers late),
+            # then count. (Demo runs keep their traffic to the end: their last windows are the
+            # evidence that the final mode's channel delivers.)
+            stopped_at = time.time()
+            sent = stage.finish_traffic()
+            stall = (fault_seconds or cfg.window_seconds * (cfg.rollback_after + 4)) if fault else 0.0
+            if not stage.settle(stopped_at, timeout=stall + 4 * cfg.window_seconds + 5):
+                say("books: some agent still had records in flight when the run ended")
+            consumer = stage.consumer_books(sent)
     res = stage.result(time.monotonic() - t0)
     res.fault_host = fault_host
+    res.consumer = consumer
     return res
+
+
+def lab_fingerprint(cfg: Config) -> str:
+    """The schema fingerprint the lab's start freezes: the demo probes', or the one bcc infers
+    for the operator's program (compiled once, here)."""
+    if cfg.source.kind == "bcc":
+        from migrator.dataplane.operator import source_fingerprint
+
+        return source_fingerprint(cfg.source)
+    return fingerprint()
 
 
 def render_line(elapsed: float, here: str, streak: int, gv, cfg: Config) -> str:
