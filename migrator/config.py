@@ -137,10 +137,12 @@ class SourceConfig:
 
     @property
     def sink_module(self) -> str:
+        """The module part of sink ("module:function"): what is imported; "" without a sink."""
         return (self.sink or ":").partition(":")[0]
 
     @property
     def sink_function(self) -> str:
+        """The function part of sink ("module:function"): what each batch is handed to; "" without a sink."""
         return (self.sink or ":").partition(":")[2]
 
     def to_dict(self) -> dict[str, Any]:
@@ -550,7 +552,7 @@ def _parse_attach(p: _Parser, a: Any, fld: str) -> AttachPoint:
     if not isinstance(a, dict):
         raise p.err(fld, f"must be a table, got {_tname(a)}", 'write e.g. {type = "tc", function = "f", device = "eth0"}')
     if "type" not in a:
-        raise p.err(f"{fld}.type", "is required", f"write type = \"tc\" or type = \"xdp\"")
+        raise p.err(f"{fld}.type", "is required", "write type = \"tc\" or type = \"xdp\"")
     kind = p.choice(a, "type", "tc", f"{fld}.type", ATTACH_TYPES)
     p.no_unknown(a, ATTACH_KEYS[kind], f"{fld}.")
     for key in ("function", "device"):

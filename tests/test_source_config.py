@@ -2,7 +2,6 @@
 changed program, the lab's generated config keeping it, and variable-size records decoding."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

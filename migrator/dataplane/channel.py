@@ -51,10 +51,12 @@ class MigratorHdr(ct.Structure):
 
     @property
     def truncated(self) -> bool:
+        """True if the payload was cut to MIGRATOR_MAX_PAYLOAD bytes (flag 0x100)."""
         return bool(self.flags & FLAG_TRUNCATED)
 
     @property
     def reserved(self) -> bool:
+        """True if the record was written with MIGRATOR_RESERVE/SUBMIT, not MIGRATOR_OUTPUT (flag 0x200)."""
         return bool(self.flags & FLAG_RESERVED)
 
 
@@ -122,10 +124,12 @@ class Channel:
 
     @property
     def perf_name(self) -> str:
+        """The table name of the perf channel, `name__perf`."""
         return self.name + "__perf"
 
     @property
     def ring_name(self) -> str:
+        """The table name of the ring channel, `name__ring` (bpf[ring_name].open_ring_buffer)."""
         return self.name + "__ring"
 
     @property
@@ -145,6 +149,7 @@ class Channel:
 
     @property
     def ring_map_fd(self) -> int:
+        """The fd of the ring map `name__ring`."""
         return self.ring_map.map_fd
 
     @property

@@ -106,6 +106,7 @@ class OperatorProgram:
 
     # the ChannelSource side the agent's reload path expects of a probe
     def prog_fds(self) -> list[int]:
+        """The fds of the program's loaded functions, for run-time statistics (its channel's prog_fds)."""
         return self.channel.prog_fds()
 
 

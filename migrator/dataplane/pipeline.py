@@ -30,9 +30,13 @@ class ChannelSource(Protocol):
     perf_map: object
     mode: str
 
-    def counters(self) -> dict[str, Counters]: ...
+    def counters(self) -> dict[str, Counters]:
+        """{"perf": Counters, "ring": Counters}: the channel's emit counters, summed over CPUs."""
+        ...
 
-    def prog_fds(self) -> list[int]: ...
+    def prog_fds(self) -> list[int]:
+        """The fds of the BPF programs that write the channel, for their run-time statistics."""
+        ...
 
 
 @dataclass

@@ -427,6 +427,7 @@ def channel_names(text: str, *, filename: str = "<bpf text>") -> list[str]:
 # ---- wrap_text ------------------------------------------------------------------------------
 
 def check_ring_bytes(ring_bytes: object) -> int:
+    """A ring size the kernel accepts (a power of two of at least 4096), else OptionError."""
     if isinstance(ring_bytes, bool) or not isinstance(ring_bytes, int) or ring_bytes < PAGE \
             or ring_bytes & (ring_bytes - 1):
         raise OptionError("ring_bytes", ring_bytes, "is not a power of two of at least 4096",

@@ -213,6 +213,7 @@ class Tap:
 
     # -- the tool's side --
     def open(self, callback: Callable, page_cnt: int, lost_cb: Callable | None) -> None:
+        """The tool's open_perf_buffer on the anchor: hand its callback and lost_cb to the feed."""
         def on_event(cpu, data, size):
             # bcc hands a perf callback the sample's raw size: the payload padded so that it and
             # its u32 size end on 8 bytes. The bytes are there in a perf record; a ring record is
@@ -249,6 +250,7 @@ class Tap:
         return self.name if self.object_no == 0 else f"{self.name}@{self.object_no}"
 
     def fds(self) -> list[int]:
+        """The feed's ring and perf fds to wait on ([] once closed)."""
         return [] if self.closed else [self.feed.pipe.ring.fileno(), *self.feed.pipe.perf.fds()]
 
     def next_close(self) -> float:
@@ -262,10 +264,12 @@ class Tap:
         self.feed.open_perf_buffer(self._discard)
 
     def close_last_window(self) -> None:
+        """Close the feed's current window, the last one, before the feed is closed."""
         if not self.closed:
             self.feed.close_window(int(math.floor(time.time() / self.feed.window_seconds)))
 
     def close(self) -> None:
+        """Close the feed (once)."""
         if not self.closed:
             self.closed = True
             self.feed.close()
@@ -349,6 +353,7 @@ class HostMerger:
         self.sent = 0
 
     def add(self, tap: Tap) -> None:
+        """Take in a new feed: its closed windows now come here, and the first feed's link sends them all."""
         if self.link is None:
             self.link = tap.feed.link
             tap.feed.owns_link = False  # the session stops it, after the last flush
@@ -366,6 +371,7 @@ class HostMerger:
         return all(t.closed or self._first[id(t)] > index or self._last.get(id(t), -1) >= index for t in self.taps)
 
     def flush(self, final: bool = False) -> None:
+        """Send the merged windows every feed is done with (all pending ones if `final`)."""
         out = []
         for index in sorted(self._pending):
             if not (final or self._ready(index)):
@@ -378,6 +384,7 @@ class HostMerger:
             type(self.link).send(self.link, out)
 
     def stop(self) -> None:
+        """Stop the database link (after the last flush)."""
         if self.link is not None:
             self.link.stop()
 
@@ -386,6 +393,8 @@ class HostMerger:
 
 @dataclass
 class WrapSettings:
+    """The options of one `migrator wrap` run: mode, ring size, window length, and config/host if any."""
+
     mode: str | None = None  # standalone mode (default DUAL); None with a config
     ring_bytes: int = DEFAULT_RING_BYTES
     window_seconds: float = 1.0  # --window, else 1 s standalone and the config's with one
@@ -408,6 +417,7 @@ class WrapSession:
 
     # -- lookup --
     def taps_of(self, bpf) -> list[Tap] | None:
+        """The Taps of BPF object `bpf`, or None if none of its channels was wrapped."""
         for obj, taps in self.objects:
             if obj is bpf:
                 return taps
@@ -415,6 +425,7 @@ class WrapSession:
 
     @property
     def taps(self) -> list[Tap]:
+        """Every Tap of the run, over all BPF objects."""
         return [t for _, taps in self.objects for t in taps]
 
     def _anchor_tap(self, table) -> Tap | None:
@@ -426,6 +437,7 @@ class WrapSession:
 
     # -- patching --
     def install(self) -> None:
+        """Patch bcc (BPF.__init__, polling, cleanup, open_perf_buffer) so the tool's perf outputs are wrapped."""
         try:
             import bcc
             import bcc.table
@@ -493,6 +505,7 @@ class WrapSession:
         PerfEventArray.open_perf_buffer = open_perf_buffer
 
     def uninstall(self) -> None:
+        """Put bcc's own functions back and close the epolls."""
         o = self._orig
         if not o:
             return
@@ -663,6 +676,8 @@ class WrapSession:
 
 @dataclass
 class ChannelReport:
+    """What one wrapped channel gave the tool, and its windows, for the wrap report."""
+
     name: str
     object_no: int
     opened: bool
@@ -677,12 +692,14 @@ class ChannelReport:
     windows: list[ChannelWindow]
 
     def totals(self, channel: str) -> dict:
+        """Attempts, delivered, dropped, lost and residual of the "perf" or "ring" side over the run."""
         ws = [w for w in self.windows if w.channel == channel]
         return {"attempts": sum(w.attempts for w in ws), "delivered": sum(w.delivered for w in ws),
                 "dropped": sum(w.dropped for w in ws), "lost": sum(w.lost for w in ws),
                 "residual": ws[-1].residual if ws else 0}  # a window's residual is cumulative
 
     def to_dict(self) -> dict:
+        """The channel's report as JSON-ready data, with perf/ring totals and its windows."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "windows"}
         d["perf"], d["ring"] = self.totals("perf"), self.totals("ring")
         d["windows"] = [w.to_dict() for w in self.windows]
@@ -691,6 +708,8 @@ class ChannelReport:
 
 @dataclass
 class WrapReport:
+    """The report of one `migrator wrap` run: how the tool ended, and every channel's report."""
+
     command: list[str]
     script: str
     mode: str | None
@@ -727,6 +746,7 @@ class WrapReport:
         return combined_fingerprint(fps) if fps else None
 
     def to_dict(self) -> dict:
+        """The report as JSON-ready data, with the schema fingerprint and the summary."""
         return {"type": "wrap", "command": self.command, "script": self.script, "mode": self.mode, "host": self.host,
                 "schema_fingerprint": self.schema_fingerprint,
                 "config": self.config, "window_seconds": self.window_seconds, "ended_by": self.ended_by,
@@ -763,6 +783,7 @@ class WrapOutcome:
 
 
 def check_options(config, host, mode, window_seconds) -> None:
+    """Refuse (OptionError) a bad --mode, --mode with --config, --config without --host, or a --window <= 0."""
     if mode is not None and mode not in MODES:
         raise OptionError("--mode", mode, "is not a mode", f"use one of {', '.join(MODES)}")
     if config is not None and mode is not None:

@@ -252,13 +252,7 @@ class PerfConsumer:
         buf = np.frombuffer(chunk, dtype=np.uint8)
         found = sample_chain(buf)
         if found is not None:
-            at, room = found
-            hdr = headers_at(buf, at)
-            ok = validate(hdr, room)
-            if not ok.all():
-                self.parse_errors += int((~ok).sum())
-                hdr, at = hdr[ok], at[ok]
-            return Frames(hdr, buf, at + HDR_SIZE)
+            return self._frames(buf, *found)
         at_parts: list[np.ndarray] = []
         room_parts: list[np.ndarray] = []
         one_at: list[int] = []
@@ -299,6 +293,10 @@ class PerfConsumer:
         order = np.argsort(at, kind="stable") if len(at_parts) > 1 else None
         if order is not None:
             at, room = at[order], room[order]
+        return self._frames(buf, at, room)
+
+    def _frames(self, buf: np.ndarray, at: np.ndarray, room: np.ndarray) -> Frames:
+        """The records at `at` (raw sizes `room`) as Frames; unreadable ones counted as parse errors."""
         hdr = headers_at(buf, at)
         ok = validate(hdr, room)
         if not ok.all():
