@@ -1,4 +1,5 @@
-"""The window record: the plain type the data plane produces and the store persists.
+"""The window record: the plain type the data plane produces and the store persists, and its
+fixed-width text form (the same line in `shadow`, `wrap` and the library's report).
 
 It depends on nothing but the standard library, so the store does not depend on the data plane.
 """
@@ -84,4 +85,24 @@ def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
         consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=a.bpf_run_ns + b.bpf_run_ns,
         bpf_run_cnt=a.bpf_run_cnt + b.bpf_run_cnt, residual=a.residual + b.residual,
         settled=a.settled and b.settled, extra={**a.extra, **b.extra, "reloaded": True, "lost_in_reload": a.in_flight},
+    )
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+WINDOW_HEADER = (
+    f"{'host':<8} {'win':>4} {'chan':<4} {'mode':<4} {'attempts':>9} {'deliver':>9} {'dropped':>7} {'lost':>7} "
+    f"{'loss%':>6} {'p50ms':>6} {'p99ms':>6} {'inv':>5} {'cpu_s':>6} {'resid':>5}"
+)
+
+
+def window_line(w: ChannelWindow) -> str:
+    """One closed window as a fixed-width line under WINDOW_HEADER (`~` marks an unsettled residual)."""
+    resid = str(w.residual) + ("" if w.settled else "~")
+    return (
+        f"{w.host:<8} {w.index:>4} {w.channel:<4} {w.mode:<4} {w.attempts:>9} {w.delivered:>9} {w.dropped:>7} "
+        f"{w.lost:>7} {100 * w.loss_rate:>6.2f} {_ms(w.lag_p50_ms):>6} {_ms(w.lag_p99_ms):>6} {w.inversions:>5} "
+        f"{w.consumer_cpu_s:>6.3f} {resid:>5}"
     )

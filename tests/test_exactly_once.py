@@ -3,6 +3,7 @@ PERF -> DUAL -> RING -> PERF -> RING under load, delivers every event once throu
 from __future__ import annotations
 
 import ctypes as ct
+import io
 import time
 
 import numpy as np
@@ -103,3 +104,8 @@ def test_mixed_sizes_switched_under_load_are_delivered_exactly_once():
     assert feed.acted["perf"] + feed.acted["ring"] == N
     assert 0 < feed.acted["ring"] < N
     assert {w.channel for w in windows} == {"perf", "ring"}
+    out = io.StringIO()
+    feed.report(out)  # the standalone comparison an operator can print at exit
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:4] == ["host", "win", "chan", "mode"]
+    assert lines[-1] == f"local: acted on {feed.acted['perf']} events from perf and {feed.acted['ring']} from ring"

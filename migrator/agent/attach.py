@@ -14,16 +14,19 @@ from migrator.store import open_store
 
 def attach(bpf, name: str = "events", *, config: str | Path | None = None, host: str | None = None,
            mode: str | None = None, registry: Registry | None = None, migration_id: int | None = None,
-           window_seconds: float | None = None, perf_pages: int | None = None) -> Feed:
+           window_seconds: float | None = None, perf_pages: int | None = None, report: bool = False) -> Feed:
     """Replace bcc's reader of channel `name` in this process.
 
     Without a config it runs on its own in `mode` (default DUAL: perf acted on, ring measured;
-    its windows stay in `feed.windows`). With a config and a host it serves that host in the
+    its windows stay in `feed.windows`, and with report=True the perf-vs-ring comparison is
+    printed to stderr when the feed is closed). With a config and a host it serves that host in the
     migration: the database decides the mode, and windows and mode reports go there.
     """
     if config is None:
-        return Feed(bpf, name, host=host or "local", mode=mode or "DUAL", registry=registry,
+        feed = Feed(bpf, name, host=host or "local", mode=mode or "DUAL", registry=registry,
                     window_seconds=window_seconds or 1.0, perf_pages=perf_pages or 64)
+        feed.report_at_close = report
+        return feed
     if not host:
         raise MigratorError(f"attach({name!r}, config={str(config)!r}): a host name is needed to serve a migration "
                             "(fix: pass host=, the name this machine has in canary.toml)")

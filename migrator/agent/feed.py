@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -29,7 +30,7 @@ from migrator.dataplane.handover import Handover
 from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.schema import Registry, bcc_registry
 from migrator.errors import MigratorError
-from migrator.records import ChannelWindow, merge_windows
+from migrator.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
 from migrator.vocab import MODES
 
 log = logging.getLogger("migrator.agent")
@@ -58,6 +59,7 @@ class Feed:
         self.window_seconds = window_seconds
         self.link = link
         self.owns_link = False  # attach() hands the feed a link it started; the agent keeps its own
+        self.report_at_close = False  # standalone: print the window comparison when closed
         self.fingerprint = fingerprint or self.registry.fingerprint()
         self.pipe = Pipeline(self.channel, host=host, perf_pages=perf_pages, batch_interval=batch_interval)
         self.pipe.on_batch = self._route
@@ -261,10 +263,22 @@ class Feed:
         self.switches, self.safe_mode_entered = old.switches, old.safe_mode_entered
         self.ring_confirmed = old.ring_confirmed
 
+    def report(self, file=None) -> None:
+        """Print the windows kept so far (standalone feeds), perf and ring side by side."""
+        out = file or sys.stderr
+        print(WINDOW_HEADER, file=out)
+        for w in self.windows:
+            print(window_line(w), file=out)
+        print(f"{self.host}: acted on {self.acted['perf']} events from perf and {self.acted['ring']} from ring",
+              file=out)
+
     def close(self) -> None:
         """Deliver what is left, stop reading (the program and its maps stay with the caller)."""
         try:
             self.pipe.drain()
+            if self.report_at_close and self.link is None:
+                self.close_window()
+                self.report()
         finally:
             self.pipe.close()
             if self.owns_link and self.link is not None:

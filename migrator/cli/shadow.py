@@ -8,7 +8,7 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._out import emit_json
-from migrator.cli.render import WINDOW_HEADER, window_line
+from migrator.records import WINDOW_HEADER, window_line
 from migrator.dataplane.loader import SUBMITS, WAKEUPS
 from migrator.errors import OptionError
 from migrator.tools.shadow import (SHADOW_PROBES, check_perf_pages, check_rate, check_ring_bytes, check_seconds,

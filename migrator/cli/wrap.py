@@ -12,7 +12,7 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._out import emit_json
-from migrator.cli.render import WINDOW_HEADER, window_line
+from migrator.records import WINDOW_HEADER, window_line
 from migrator.dataplane.rewrite import check_ring_bytes
 from migrator.errors import OptionError
 from migrator.tools.shadow import parse_duration
