@@ -29,7 +29,7 @@ struct big_event {
 BPF_ARRAY(target, u32, 1);
 BPF_ARRAY(ids, u64, 1);
 BPF_PERCPU_ARRAY(staging, struct big_event, 1);
-MIGRATOR_CHANNEL(events, 1 << 24);
+MIGRATOR_CHANNEL(events, 1 << 26);
 
 TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 {
@@ -57,7 +57,7 @@ SWITCHES = ("DUAL", "RING", "PERF", "RING")
 
 def test_mixed_sizes_switched_under_load_are_delivered_exactly_once():
     bpf = load(text=PROGRAM)
-    feed = attach(bpf, "events", mode="PERF", perf_pages=1024)  # 4 MiB per CPU: ~50 ms of this stream
+    feed = attach(bpf, "events", mode="PERF", perf_pages=4096)  # 16 MiB per CPU: ~200 ms of this stream
     seen: list[int] = []
     sizes_ok = [0]
 
