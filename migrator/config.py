@@ -27,6 +27,21 @@ WAKEUPS = ("adaptive", "no_wakeup", "force_wakeup")
 PAGE_SIZE = 4096
 PHASE_KEYS = ("dual_instrument", "shadow", "canary")
 
+# Documented maxima (canary.toml's comments say the same): a value above one is refused with its range.
+MAX_WINDOW_SECONDS = 3600.0  # window_seconds: one hour
+MAX_ROLLBACK_AFTER = 10_000  # rollback_after: consecutive breaching windows
+MAX_CLEAN_WINDOWS = 1_000_000_000  # phases.*.min_clean_windows (the controller bench pins shadow with 10**9)
+MAX_WINDOW_COUNT = 1_000_000_000  # thresholds.min_events, max_inversions, max_parse_errors, max_payload_mismatch
+MAX_LAG_MS = 3_600_000.0  # thresholds.max_lag_p99_ms: one hour
+MAX_RATIO = 1_000_000.0  # thresholds.max_lag_ratio, max_cpu_ratio
+MAX_PROBE_RATE = 10_000_000  # probe.rate: events/s of the synthetic probe
+MAX_RING_BYTES = 1 << 30  # buffers.ring_bytes: 1 GiB
+MAX_PERF_PAGES = 16_384  # buffers.perf_pages: 64 MiB per CPU
+MAX_LAB_HOSTS = 64  # lab.hosts: what `migrator lab up` can build (migrator.tools.lab.names.MAX_HOSTS)
+MAX_LAB_PPS = 1_000_000  # lab.pps: packets/s into each lab host
+MAX_SLICES = 100  # slices: canary steps (each one holds its cumulative host set)
+MAX_LOST_AFTER_WINDOWS = 10_000  # agents.lost_after_windows
+
 
 @dataclass(frozen=True)
 class PhaseRule:
@@ -85,6 +100,18 @@ class Lab:
     hosts: int = 4
     prefix: str = "mig"
     pps: int = 2000
+
+
+ON_LOST_ACTIONS = ("pause", "rollback")
+
+
+@dataclass(frozen=True)
+class Agents:
+    """[agents]: when a judged host's agent counts as lost (no report for lost_after_windows
+    windows) and what the controller then does (on_lost: pause or rollback)."""
+
+    lost_after_windows: int = 5
+    on_lost: str = "pause"
 
 
 SOURCE_KINDS = ("demo", "bcc", "command")
@@ -172,6 +199,7 @@ class Config:
     buffers: Buffers = Buffers()
     lab: Lab = Lab()
     source: SourceConfig = SourceConfig()
+    agents: Agents = Agents()
     # Resolved at load time: the host list and the cumulative host set of each canary slice.
     host_names: tuple[str, ...] = field(default=(), compare=False)
     slice_hosts: tuple[tuple[str, ...], ...] = field(default=(), compare=False)
@@ -189,6 +217,8 @@ class Config:
         d.pop("source")
         if self.source != SourceConfig():
             d["source"] = self.source.to_dict()
+        if self.agents == Agents():  # likewise [agents]: plans written before it keep their hash
+            d.pop("agents")
         for section in ("thresholds",):
             d[section] = {k: v for k, v in d[section].items() if v is not None}
         return d
@@ -224,16 +254,20 @@ class _Parser:
                 raise self.err(f"{prefix}{key}", "unknown key",
                                f"remove it; known keys here: {', '.join(allowed)}")
 
-    def integer(self, raw: dict, key: str, default: int, fld: str, *, minimum: int | None = None) -> int:
+    def integer(self, raw: dict, key: str, default: int, fld: str, *, minimum: int | None = None,
+                maximum: int | None = None) -> int:
         v = raw.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.err(fld, f"must be an integer, got {_tname(v)} {v!r}", f"write e.g. {fld.split('.')[-1]} = {default}")
         if minimum is not None and v < minimum:
             raise self.err(fld, f"must be >= {minimum}, got {v}", f"use a value >= {minimum}")
+        if maximum is not None and v > maximum:
+            raise self.err(fld, f"must be between {minimum if minimum is not None else 0} and {maximum}, got {v}",
+                           f"use a value from {minimum if minimum is not None else 0} to {maximum}")
         return v
 
     def number(self, raw: dict, key: str, default: float | None, fld: str, *, positive: bool = False,
-               maximum: float | None = None) -> float | None:
+               maximum: float | None = None, fix_max: str = "") -> float | None:
         v = raw.get(key, default)
         if v is None:
             return None
@@ -244,7 +278,8 @@ class _Parser:
         if v < 0:
             raise self.err(fld, f"must be >= 0, got {v}", "thresholds cannot be negative")
         if maximum is not None and v > maximum:
-            raise self.err(fld, f"must be <= {maximum}, got {v}", f"a rate is a fraction between 0 and {maximum}")
+            raise self.err(fld, f"must be <= {maximum:g}, got {v}" if fix_max else f"must be <= {maximum}, got {v}",
+                           fix_max or f"a rate is a fraction between 0 and {maximum}")
         return float(v)
 
     def boolean(self, raw: dict, key: str, default: bool, fld: str) -> bool:
@@ -270,7 +305,8 @@ def _power_of_two(n: int) -> bool:
 
 
 TOP_KEYS = ("database", "window_seconds", "hosts", "slices", "rollback_after", "no_data",
-            "phases", "thresholds", "probe", "buffers", "lab", "source")
+            "phases", "thresholds", "probe", "buffers", "lab", "source",
+            "agents")
 
 
 def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = None,
@@ -294,8 +330,9 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
             db_path = (base_dir or Path.cwd()) / db_path
         url = f"sqlite:///{db_path.resolve()}"
 
-    window_seconds = p.number(data, "window_seconds", 1.0, "window_seconds", positive=True)
-    rollback_after = p.integer(data, "rollback_after", 3, "rollback_after", minimum=1)
+    window_seconds = p.number(data, "window_seconds", 1.0, "window_seconds", positive=True, maximum=MAX_WINDOW_SECONDS,
+                              fix_max=f"use a window from more than 0 to {MAX_WINDOW_SECONDS:g} seconds")
+    rollback_after = p.integer(data, "rollback_after", 3, "rollback_after", minimum=1, maximum=MAX_ROLLBACK_AFTER)
     no_data = p.choice(data, "no_data", "hold", "no_data", NO_DATA_ACTIONS)
 
     phases_raw = p.section(data, "phases", PHASE_KEYS)
@@ -306,34 +343,42 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
             raise p.err(f"phases.{name}", f"must be a table, got {_tname(sect)}", f"write it as [phases.{name}]")
         p.no_unknown(sect, ("min_clean_windows", "manual_gate"), f"phases.{name}.")
         rules[name] = PhaseRule(
-            p.integer(sect, "min_clean_windows", 3, f"phases.{name}.min_clean_windows", minimum=0),
+            p.integer(sect, "min_clean_windows", 3, f"phases.{name}.min_clean_windows", minimum=0,
+                      maximum=MAX_CLEAN_WINDOWS),
             p.boolean(sect, "manual_gate", False, f"phases.{name}.manual_gate"),
         )
 
     th = p.section(data, "thresholds", tuple(Thresholds.__dataclass_fields__))
     thresholds = Thresholds(
         max_loss_rate=p.number(th, "max_loss_rate", 0.001, "thresholds.max_loss_rate", maximum=1.0),
-        max_lag_p99_ms=p.number(th, "max_lag_p99_ms", 250.0, "thresholds.max_lag_p99_ms", positive=True),
+        max_lag_p99_ms=p.number(th, "max_lag_p99_ms", 250.0, "thresholds.max_lag_p99_ms", positive=True,
+                                maximum=MAX_LAG_MS, fix_max=f"use a limit from more than 0 to {MAX_LAG_MS:g} ms"),
         max_loss_delta=p.number(th, "max_loss_delta", None, "thresholds.max_loss_delta", maximum=1.0),
-        max_lag_ratio=p.number(th, "max_lag_ratio", None, "thresholds.max_lag_ratio", positive=True),
-        max_cpu_ratio=p.number(th, "max_cpu_ratio", None, "thresholds.max_cpu_ratio", positive=True),
+        max_lag_ratio=p.number(th, "max_lag_ratio", None, "thresholds.max_lag_ratio", positive=True,
+                               maximum=MAX_RATIO, fix_max=f"use a ratio from more than 0 to {MAX_RATIO:g}"),
+        max_cpu_ratio=p.number(th, "max_cpu_ratio", None, "thresholds.max_cpu_ratio", positive=True,
+                               maximum=MAX_RATIO, fix_max=f"use a ratio from more than 0 to {MAX_RATIO:g}"),
         max_inversions=(None if th.get("max_inversions") is None else
-                        p.integer(th, "max_inversions", 0, "thresholds.max_inversions", minimum=0)),
-        min_events=p.integer(th, "min_events", 1, "thresholds.min_events", minimum=1),
-        max_parse_errors=p.integer(th, "max_parse_errors", 0, "thresholds.max_parse_errors", minimum=0),
-        max_payload_mismatch=p.integer(th, "max_payload_mismatch", 0, "thresholds.max_payload_mismatch", minimum=0),
+                        p.integer(th, "max_inversions", 0, "thresholds.max_inversions", minimum=0,
+                                  maximum=MAX_WINDOW_COUNT)),
+        min_events=p.integer(th, "min_events", 1, "thresholds.min_events", minimum=1, maximum=MAX_WINDOW_COUNT),
+        max_parse_errors=p.integer(th, "max_parse_errors", 0, "thresholds.max_parse_errors", minimum=0,
+                                   maximum=MAX_WINDOW_COUNT),
+        max_payload_mismatch=p.integer(th, "max_payload_mismatch", 0, "thresholds.max_payload_mismatch", minimum=0,
+                                       maximum=MAX_WINDOW_COUNT),
     )
 
     pr = p.section(data, "probe", ("name", "rate"))
     probe = ProbeConfig(p.choice(pr, "name", "tc", "probe.name", PROBES),
-                  p.integer(pr, "rate", 20000, "probe.rate", minimum=1))
+                  p.integer(pr, "rate", 20000, "probe.rate", minimum=1, maximum=MAX_PROBE_RATE))
 
     bu = p.section(data, "buffers", ("ring_bytes", "perf_pages", "ring_submit", "wakeup"))
-    ring_bytes = p.integer(bu, "ring_bytes", 16 * 1024 * 1024, "buffers.ring_bytes", minimum=PAGE_SIZE)
+    ring_bytes = p.integer(bu, "ring_bytes", 16 * 1024 * 1024, "buffers.ring_bytes", minimum=PAGE_SIZE,
+                           maximum=MAX_RING_BYTES)
     if not _power_of_two(ring_bytes) or ring_bytes % PAGE_SIZE:
         raise p.err("buffers.ring_bytes", f"must be a power of two and a multiple of {PAGE_SIZE}, got {ring_bytes}",
                     f"use e.g. {1 << max(12, ring_bytes.bit_length())}")
-    perf_pages = p.integer(bu, "perf_pages", 64, "buffers.perf_pages", minimum=1)
+    perf_pages = p.integer(bu, "perf_pages", 64, "buffers.perf_pages", minimum=1, maximum=MAX_PERF_PAGES)
     if not _power_of_two(perf_pages):
         raise p.err("buffers.perf_pages", f"must be a power of two, got {perf_pages}",
                     f"use e.g. {1 << perf_pages.bit_length()}")
@@ -345,10 +390,15 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     prefix = la.get("prefix", "mig")
     if not is_lab_prefix(prefix):
         raise p.err("lab.prefix", f"must be {LAB_PREFIX_RULE}, got {prefix!r}", 'write e.g. prefix = "mig"')
-    lab = Lab(p.integer(la, "hosts", 4, "lab.hosts", minimum=1), prefix,
-              p.integer(la, "pps", 2000, "lab.pps", minimum=1))
+    lab = Lab(p.integer(la, "hosts", 4, "lab.hosts", minimum=1, maximum=MAX_LAB_HOSTS), prefix,
+              p.integer(la, "pps", 2000, "lab.pps", minimum=1, maximum=MAX_LAB_PPS))
 
     source = _parse_source(p, data, base_dir or Path.cwd(), check_files)
+
+    ag = p.section(data, "agents", ("lost_after_windows", "on_lost"))
+    agents = Agents(p.integer(ag, "lost_after_windows", 5, "agents.lost_after_windows", minimum=1,
+                              maximum=MAX_LOST_AFTER_WINDOWS),
+                    p.choice(ag, "on_lost", "pause", "agents.on_lost", ON_LOST_ACTIONS))
 
     hosts_raw = data.get("hosts", [])
     if not isinstance(hosts_raw, list):
@@ -357,9 +407,11 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
         if not is_host_name(h):
             raise p.err(f"hosts[{i}]", f"must be a host name ({HOST_NAME_RULE}), got {h!r}",
                         "quote each host name")
-    if len(set(hosts_raw)) != len(hosts_raw):
-        dup = next(h for h in hosts_raw if hosts_raw.count(h) > 1)
-        raise p.err("hosts", f"host {dup!r} is listed twice", "list each host once")
+    seen: set[str] = set()
+    for h in hosts_raw:  # linear: a set, never list.count
+        if h in seen:
+            raise p.err("hosts", f"host {h!r} is listed twice", "list each host once")
+        seen.add(h)
     hosts = tuple(hosts_raw)
     host_names = hosts or tuple(f"{lab.prefix}{i}" for i in range(1, lab.hosts + 1))
 
@@ -368,20 +420,29 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     return Config(
         path=path, database=database, window_seconds=window_seconds, hosts=hosts, slices=slices,
         rollback_after=rollback_after, no_data=no_data,
-        phases=Phases(**rules), thresholds=thresholds, probe=probe, buffers=buffers, lab=lab, source=source,
+        phases=Phases(**rules), thresholds=thresholds, probe=probe, buffers=buffers, lab=lab, source=source, agents=agents,
         host_names=host_names, slice_hosts=slice_hosts, database_url=url,
     )
 
 
 def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
-    """Resolve slices to cumulative host sets: counts and percentages take the next hosts in order."""
+    """Resolve slices to cumulative host sets: counts and percentages take the next hosts in order.
+
+    Linear in the number of hosts: membership goes through sets, and the next hosts in order come
+    from one cursor over host_names that only moves forward (slices only grow)."""
     n = len(host_names)
     fix_all = f'end the list with "100%" (or {n}, the number of hosts)'
     if not isinstance(raw, list) or not raw:
         raise p.err("slices", f"must be a non-empty array, got {raw!r}", 'write e.g. slices = [1, "50%", "100%"]')
+    if len(raw) > MAX_SLICES:
+        raise p.err("slices", f"must have between 1 and {MAX_SLICES} slices, got {len(raw)}",
+                    f"use at most {MAX_SLICES} canary steps, e.g. percentages")
+    known = set(host_names)
     specs: list = []
     sets: list[tuple[str, ...]] = []
     current: list[str] = []
+    current_set: set[str] = set()
+    cursor = 0  # host_names[:cursor] are all in current
     for i, s in enumerate(raw):
         fld = f"slices[{i}]"
         if isinstance(s, bool):
@@ -396,24 +457,37 @@ def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
                 raise p.err(fld, f"must be a percentage like \"50%\" in (0, 100], got {s!r}", 'write e.g. "50%"')
             count, spec = percent_of(pct, n), s.strip()
         elif isinstance(s, list):
-            unknown = [h for h in s if h not in host_names]
+            unknown = [h for h in s if not isinstance(h, str) or h not in known]
             if unknown or not s:
-                raise p.err(fld, f"names unknown hosts {unknown!r}" if unknown else "is an empty list",
+                raise p.err(fld, f"names unknown hosts {unknown[:8]!r}{' ...' if len(unknown) > 8 else ''}"
+                            if unknown else "is an empty list",
                             f"use hosts from: {', '.join(host_names[:8])}{' ...' if n > 8 else ''}")
-            missing = [h for h in current if h not in s]
+            members = set(s)
+            if len(members) != len(s):
+                seen: set[str] = set()
+                dup = next(h for h in s if h in seen or seen.add(h))
+                raise p.err(fld, f"names host {dup!r} twice", "list each host once in a slice")
+            missing = [h for h in current if h not in members]
             if missing:
-                raise p.err(fld, f"drops hosts {missing!r} that an earlier slice already moved to ring",
+                raise p.err(fld, f"drops hosts {missing[:8]!r}{' ...' if len(missing) > 8 else ''} that an earlier "
+                            "slice already moved to ring",
                             "slices are cumulative: each list must include the previous slice's hosts")
-            count, spec = len(set(s)), tuple(s)
+            count, spec = len(s), tuple(s)
         else:
             raise p.err(fld, f"must be a count, a percentage or a list of hosts, got {_tname(s)}", 'write e.g. 1, "50%" or ["web1"]')
         if count <= len(current):
             raise p.err(fld, f"must grow: {count} host(s) after {len(current)} in the previous slice",
                         "make every slice larger than the one before")
         if isinstance(spec, tuple):
-            current = list(dict.fromkeys(spec))
+            current = list(spec)
+            current_set = members
         else:
-            current = current + [h for h in host_names if h not in current][: count - len(current)]
+            while len(current) < count:  # count <= n, so the cursor stays in range
+                h = host_names[cursor]
+                cursor += 1
+                if h not in current_set:
+                    current.append(h)
+                    current_set.add(h)
         specs.append(spec)
         sets.append(tuple(current))
     if len(current) != n:

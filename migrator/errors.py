@@ -274,3 +274,13 @@ class SourceError(MigratorError):
     def __init__(self, file: str, line: int, problem: str, fix: str) -> None:
         self.file, self.line, self.problem, self.fix = file, line, problem, fix
         super().__init__(f"{file}:{line}: {problem} (fix: {fix})")
+
+
+class PrivilegeError(MigratorError):
+    """This process lacks the capabilities to create BPF maps or load BPF programs: names the
+    missing capabilities and the fix, before any compiler or verifier output could confuse it."""
+
+    def __init__(self, what: str, euid: int, missing: list[str], fix: str) -> None:
+        self.what, self.euid, self.missing, self.fix = what, euid, list(missing), fix
+        super().__init__(f"{what}: loading BPF programs needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN "
+                         f"also does); this process (euid {euid}) lacks {' and '.join(missing)} (fix: {fix})")

@@ -44,12 +44,12 @@ LAB_PREFIX_RULE = "1-8 lowercase letters or digits, starting and ending with a l
 
 def is_host_name(name: object) -> bool:
     """True if `name` is a valid host name (HOST_NAME_RULE)."""
-    return isinstance(name, str) and bool(HOST_NAME_RE.match(name))
+    return isinstance(name, str) and bool(HOST_NAME_RE.fullmatch(name))
 
 
 def is_lab_prefix(prefix: object) -> bool:
     """True if `prefix` is a valid lab prefix (LAB_PREFIX_RULE)."""
-    return isinstance(prefix, str) and bool(LAB_PREFIX_RE.match(prefix))
+    return isinstance(prefix, str) and bool(LAB_PREFIX_RE.fullmatch(prefix))
 
 
 _PERCENT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")

@@ -3,6 +3,7 @@ survives losing the database (safe mode, windows kept and sent once, the gap rep
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -127,3 +128,65 @@ def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
         mine = [w for w in ws if w.channel == ch]
         out = sum(w.delivered + w.dropped_full + w.dropped_other + w.lost for w in mine)
         assert sum(w.attempts for w in mine) - out == mine[-1].in_flight, ch
+
+
+def test_restarted_agent_reports_its_actual_mode_and_unblocks_a_pending_rollback(started):
+    """h1 runs RING in CANARY; its agent is SIGKILLed (nothing reports the program gone), a rollback waits for h1 to apply PERF; the restarted agent's first
+    heartbeat reports the PERF its new program starts in, so ROLLED_BACK confirms within a window."""
+    from migrator.control.phases import DbApplier, transition
+    from migrator.store.models import Migration, Transition
+    from migrator.vocab import Phase
+
+    cfg, sf, mid = started
+    # The first agent is a real `migrator agent` process, SIGKILLed while its host runs RING.
+    proc = subprocess.Popen([sys.executable, "-m", "migrator", "agent", "--host", "h1", "-c", cfg.path,
+                             "--migration", str(mid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: api_host(sf, mid)["applied_mode"] == "DUAL", timeout=30)
+        applier = DbApplier(confirm_timeout=15, poll_interval=0.01)
+        transition(sf, mid, Phase.SHADOW, applier=applier)
+        transition(sf, mid, Phase.CANARY, to_slice=1, applier=applier)
+        assert api_host(sf, mid)["applied_mode"] == "RING"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    with sf() as s:
+        assert api.hosts(s, mid)[0]["applied_mode"] == "RING"  # what the dead agent last said
+
+    done: dict = {}
+
+    def rollback():
+        try:
+            done["t"] = transition(sf, mid, Phase.ROLLED_BACK, applier=DbApplier(confirm_timeout=30, poll_interval=0.01))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            done["error"] = exc
+
+    rb = threading.Thread(target=rollback)
+    rb.start()
+    try:
+        wait_for(lambda: api_host(sf, mid)["desired_mode"] == "PERF", timeout=5)
+        time.sleep(0.5)
+        with sf() as s:
+            assert s.get(Migration, mid).phase == "CANARY"  # waiting: nobody reports PERF
+        agent2, stop2, t2 = run_agent(cfg, sf, mid, 30)
+        try:
+            wait_for(lambda: agent2.link is not None and agent2.link.is_alive(), timeout=30)
+            started_at = time.time()
+            rb.join(10)
+            assert not rb.is_alive() and "error" not in done, done
+            with sf() as s:
+                m = s.get(Migration, mid)
+                tr = s.get(Transition, done["t"].id)
+                assert (m.phase, tr.status) == ("ROLLED_BACK", "confirmed")
+                assert tr.confirmed_at - started_at <= cfg.window_seconds
+            assert api_host(sf, mid)["applied_mode"] == "PERF"
+        finally:
+            stop2.set()
+            t2.join(15)
+    finally:
+        rb.join(35)
+
+
+def api_host(sf, mid):
+    with sf() as s:
+        return api.hosts(s, mid)[0]

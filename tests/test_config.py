@@ -39,7 +39,7 @@ def test_database_url_passes_through():
 BAD = [
     ("unknown top-level key", "rollback_afterr = 3\n",
      "rollback_afterr: unknown key (fix: remove it; known keys here: database, window_seconds, hosts, slices, "
-     "rollback_after, no_data, phases, thresholds, probe, buffers, lab, source)"),
+     "rollback_after, no_data, phases, thresholds, probe, buffers, lab, source, agents)"),
     ("unknown nested key", "[thresholds]\nmax_loss = 0.1\n",
      "thresholds.max_loss: unknown key (fix: remove it; known keys here: max_loss_rate, max_lag_p99_ms, "
      "max_loss_delta, max_lag_ratio, max_cpu_ratio, max_inversions, min_events, max_parse_errors, "
@@ -74,6 +74,11 @@ BAD = [
      "slices[0]: names unknown hosts ['z'] (fix: use hosts from: a, b)"),
     ("duplicate host", 'hosts = ["a", "a"]\n', "hosts: host 'a' is listed twice (fix: list each host once)"),
     ("section not a table", "thresholds = 3\n", "thresholds: must be a table, got integer (fix: write it as [thresholds])"),
+    ("rollback_after above its maximum", "rollback_after = 10001\n",
+     "rollback_after: must be between 1 and 10000, got 10001 (fix: use a value from 1 to 10000)"),
+    ("lab.hosts above lab up's 64", "[lab]\nhosts = 65\n", "lab.hosts: must be between 1 and 64, got 65 (fix: use a value from 1 to 64)"),
+    ("slice names a host twice", 'hosts = ["a", "b"]\nslices = [["a", "a"], 2]\n',
+     "slices[0]: names host 'a' twice (fix: list each host once in a slice)"),
 ]
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.errors import DrillError
-from migrator.vocab import HOST_NAME_RULE, is_host_name
+from migrator.vocab import HOST_NAME_RE, HOST_NAME_RULE, is_host_name
 
 log = logging.getLogger("migrator.agent")
 DRILL_DIR = Path(os.environ.get("MIGRATOR_DRILL_DIR", "/run/migrator/drills"))
@@ -34,9 +34,14 @@ class Drill:
     ring_bytes: int | None = None
 
 
+def _host_ok(host: object) -> bool:
+    # fullmatch: HOST_NAME_RE ends in `$`, which also matches before a trailing newline.
+    return is_host_name(host) and HOST_NAME_RE.fullmatch(host) is not None
+
+
 def validate(host: object, kind: object, seconds: object) -> Drill:
     """A Drill from untrusted values, or DrillError naming the field and the fix."""
-    if not is_host_name(host):
+    if not _host_ok(host):
         raise DrillError("host", host, f"a host name is {HOST_NAME_RULE}")
     if kind not in DRILL_KINDS:
         raise DrillError("kind", kind, f"choose one of {', '.join(DRILL_KINDS)}")
@@ -47,7 +52,9 @@ def validate(host: object, kind: object, seconds: object) -> Drill:
 
 
 def drill_path(host: str, drill_dir: Path = DRILL_DIR) -> Path:
-    """Where the drill for `host` is dropped."""
+    """Where the drill for `host` is dropped; DrillError for anything but a host name (no path tricks)."""
+    if not _host_ok(host):
+        raise DrillError("host", host, f"a host name is {HOST_NAME_RULE}")
     return drill_dir / f"{host}.json"
 
 
@@ -72,7 +79,7 @@ class DrillBox:
     def take(self) -> Drill | None:
         """The pending drill for this host, or None; a malformed file is removed and logged once."""
         try:
-            text = self.path.read_text()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -83,16 +90,17 @@ class DrillBox:
         except FileNotFoundError:
             return None  # taken by another reader in between
         try:
-            spec = json.loads(text)
+            spec = json.loads(raw.decode("utf-8"))
             if not isinstance(spec, dict):
                 raise DrillError("<file>", spec, 'write a JSON object {"host": ..., "kind": ..., "seconds": ...}')
             d = validate(spec.get("host"), spec.get("kind"), spec.get("seconds"))
             if d.host != self.host:
                 raise DrillError("host", d.host, f"this agent serves {self.host}")
             ring = spec.get("ring_bytes")
-            if ring is not None and (isinstance(ring, bool) or not isinstance(ring, int) or ring <= 0):
+            if ring is not None and (isinstance(ring, bool) or not isinstance(ring, int)
+                                     or ring < os.sysconf("SC_PAGE_SIZE") or ring & (ring - 1)):
                 raise DrillError("ring_bytes", ring, "give a positive power of two, at least one page")
             return Drill(d.host, d.kind, d.seconds, ring)
-        except (ValueError, DrillError) as exc:
+        except (ValueError, RecursionError, DrillError) as exc:  # ValueError covers bad UTF-8 and bad JSON
             log.warning("%s: drill file %s refused: %s", self.host, self.path, exc)
             return None

@@ -83,6 +83,8 @@ class Feed:
         self.compare = PayloadCompare(room=self._compare_room)
         self._next_close = (math.floor(time.time() / window_seconds) + 1) * window_seconds
         self.set_mode(mode)
+        if link is not None:
+            link.mode_source = lambda: self.channel.mode  # every heartbeat reports the map's mode
 
     # -- bcc's reader API -----------------------------------------------------------------------
     def open_perf_buffer(self, callback: Callable, page_cnt: int | None = None, lost_cb: Callable | None = None) -> None:

@@ -48,6 +48,9 @@ class DbLink(threading.Thread):
         self._beat_due = 0.0
         # Called with each list of closed windows before it is queued (the agent adds its sink's count).
         self.on_send: Callable[[list[ChannelWindow]], None] | None = None
+        # Reads the host's mode map (the feed sets it): every heartbeat reports the mode actually
+        # in force, so the first round trip of a (re)started agent tells the controller at once.
+        self.mode_source: Callable[[], str] | None = None
 
     # -- the data path's side ------------------------------------------------------------------
     @property
@@ -94,17 +97,32 @@ class DbLink(threading.Thread):
                             .where(Host.migration_id == self.migration_id, Host.name == self.host)).one()
         return Desired(row[0], row[1] is None, row[2])
 
+    def _actual_mode(self) -> str | None:
+        """The mode map's value now, or None when it cannot be read (no feed yet, program closing)."""
+        if self.mode_source is None:
+            return None
+        try:
+            return self.mode_source()
+        except Exception:  # a map being replaced or closed: the next heartbeat reads it again
+            return None
+
     def _round_trip(self) -> None:
+        beat = time.monotonic() >= self._beat_due
+        # Read before taking the queued reports: a switch made in between queues a report that is
+        # written after this reading, so the newest mode always wins.
+        actual = self._actual_mode() if beat else None
         with self._lock:
             windows, reports = list(self._outbox), list(self._reports)
         now = time.time()
-        if windows or reports or time.monotonic() >= self._beat_due:
+        if windows or reports or beat:
             with self.sf() as s, s.begin():
                 if windows:
                     record_windows(s, self.migration_id, windows, now=now)  # idempotent on the index
+                heartbeat(s, self.migration_id, self.host, now=now, mode=actual)
                 for mode, at in reports:
                     report_applied(s, self.migration_id, self.host, mode, now=at)
-                heartbeat(s, self.migration_id, self.host, now=now)
+                if reports:
+                    heartbeat(s, self.migration_id, self.host, now=now)
             with self._lock:
                 del self._outbox[: len(windows)]
                 del self._reports[: len(reports)]

@@ -11,11 +11,11 @@ from pathlib import Path
 import typer
 
 from migrator.control import moves as ops
-from migrator.agent.drills import DRILL_KINDS, inject
+from migrator.agent.drills import DRILL_KINDS, DRILL_DIR, inject, validate
 from migrator.agent.loop import Agent
 from migrator.cli import app
-from migrator.errors import MigratorError
-from migrator.cli.control import config_option, writer
+from migrator.errors import DrillError, MigratorError, StoreError
+from migrator.cli.control import config_option, resolve_config, writer
 from migrator.store import api, database_errors
 
 
@@ -78,10 +78,44 @@ def fault_cmd(
     host: str = typer.Argument(..., help="Host whose agent should misbehave."),
     kind: str = typer.Argument(..., help=f"One of: {', '.join(DRILL_KINDS)}."),
     seconds: float = typer.Option(5.0, "--seconds", help="How long the fault lasts."),
+    config: Path = config_option(),
 ) -> None:
     """Queue a drill for a running agent started with --drills (lab and rehearsals only).
 
+    The host must be one the active migration lists (checked in the database of -c, default
+    $MIGRATOR_CONFIG or ./canary.toml); without a reachable database only its name is checked.
+
     Example: migrator fault mig1 stall-ring --seconds 6
     """
-    path = inject(host, kind, seconds)
+    d = validate(host, kind, seconds)  # before any path or database is touched
+    listed = migration_hosts(config)
+    if isinstance(listed, str):
+        typer.echo(f"fault: {listed}; {d.host} checked as a name only", err=True)
+    elif d.host not in listed[1]:
+        raise DrillError("host", d.host, f"migration {listed[0]} lists {', '.join(listed[1]) or 'no hosts'}; "
+                         "name one of them")
+    path = inject(d.host, d.kind, d.seconds, DRILL_DIR)
     typer.echo(f"fault {kind} for {seconds:g} s queued for {host} ({path})")
+
+
+def migration_hosts(config: Path | None) -> tuple[int, list[str]] | str:
+    """(id, host names) of the active migration, or why they cannot be known (no config, no database,
+    no active migration). An explicit -c that is invalid is an error, not a reason to skip the check."""
+    from migrator.store import open_store
+
+    path = config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml"))
+    if config is None and not path.exists():
+        return f"no config at {path} (give -c), so no database to check the host against"
+    cfg = resolve_config(config)
+    try:
+        sf = open_store(cfg.database_url, readonly=True)
+        try:
+            with database_errors(sf), sf() as s:
+                m = api.active_migration(s)
+                if m is None:
+                    return f"no active migration in {cfg.database_url}"
+                return m.id, [h["name"] for h in api.hosts(s, m.id)]
+        finally:
+            sf.kw["bind"].dispose()
+    except StoreError as exc:
+        return f"database not reachable ({exc})"

@@ -14,13 +14,13 @@ import typer
 
 from migrator.control import moves as ops
 from migrator.cli import app
-from migrator.errors import MigratorError, StoreError
+from migrator.errors import ConfigError, DatabaseUnavailable, MigratorError, StoreError
 from migrator.cli._out import emit_json
 from migrator.config import Config, load_config, source_hash
 from migrator.control.controller import run_controller, start_migration
 from migrator.control.phases import DbApplier, label
 from migrator.resources import example_config
-from migrator.store import api, database_errors, open_store
+from migrator.store import api, check_database_url, database_errors, open_store
 
 CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."
 
@@ -35,9 +35,20 @@ def resolve_config(path: Path | None) -> Config:
     return load_config(path or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")))
 
 
+def check_database(cfg: Config) -> None:
+    """Refuse a database that cannot work (ConfigError on canary.toml's `database` field), before
+    anything is written: bad URL, unknown scheme, driver not installed, in-memory SQLite, an SQLite
+    directory that does not exist (never created: "create DIR first") or is not writable."""
+    try:
+        check_database_url(cfg.database_url)
+    except DatabaseUnavailable as exc:
+        raise ConfigError(cfg.path, "database", f"{exc.url}: {exc.problem}", exc.fix) from None
+
+
 def writer(path: Path | None):
-    """Config first (nothing is written when it is invalid), then the upgraded store."""
+    """Config first and its database checked (nothing is written when either is bad), then the upgraded store."""
     cfg = resolve_config(path)
+    check_database(cfg)
     return cfg, open_store(cfg.database_url)
 
 
@@ -53,6 +64,7 @@ def plan_cmd(config: Path = config_option(),
     Example: migrator plan -c canary.toml
     """
     cfg = resolve_config(config)
+    check_database(cfg)
     source = source_report(cfg)
     phases = [{"phase": p, "min_clean_windows": cfg.phase_rule(p).min_clean_windows,
                "manual_gate": cfg.phase_rule(p).manual_gate} for p in ("DUAL_INSTRUMENT", "SHADOW")]

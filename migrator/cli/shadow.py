@@ -9,6 +9,7 @@ import typer
 from migrator.cli import app
 from migrator.cli._out import emit_json
 from migrator.records import WINDOW_HEADER, window_line
+from migrator.dataplane.channel import check_bpf_privileges
 from migrator.dataplane.loader import SUBMITS, WAKEUPS
 from migrator.errors import OptionError
 from migrator.tools.shadow import (SHADOW_PROBES, check_perf_pages, check_rate, check_ring_bytes, check_seconds,
@@ -56,6 +57,8 @@ def shadow(
     is exact when the window closed on a quiet instant and marked ~ when events kept arriving.
     """
     win, probe = window, ProbeName(probe).value
+    if not print_c:  # before the header: a user who cannot load BPF gets the one Error: line only
+        check_bpf_privileges(f"probe {probe}")
     if not json_out:
         typer.echo(f"shadow: probe={probe} mode=DUAL window={win}s seconds={seconds} rate={rate:g}/s", err=True)
         typer.echo(WINDOW_HEADER)

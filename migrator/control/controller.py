@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.config import Config, config_from_snapshot
-from migrator.errors import ApplyTimeout, GuardFailed, LeaseHeld, MigratorError
+from migrator.errors import ApplyTimeout, DatabaseUnavailable, GuardFailed, LeaseHeld, MigratorError, StoreError
 from migrator.control.phases import (
     FINAL,
     MEASURED,
@@ -37,10 +38,67 @@ from migrator.control.phases import (
     request_transition,
     slice_count,
 )
+from migrator.control.liveness import lost_hosts, lost_reason
 from migrator.control.policy import BREACH, NO_DATA, PASS, GroupVerdict, StreakState, judge_group, judged_hosts, needed, next_streak
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
 log = logging.getLogger("migrator.control.controller")
+
+# Back-off while the database is unavailable: first retry after BACKOFF_START s, doubling up to BACKOFF_MAX.
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+
+# Driver messages that mean the schema is not what this code expects (a missing or newer migration):
+# waiting does not heal these, so the loop gives up instead of retrying.
+_SCHEMA_ERRORS = ("no such table", "no such column", "has no column named", "undefinedtable", "undefinedcolumn",
+                  "does not exist", "unknown column", "doesn't exist")
+
+
+def transient_db_error(exc: BaseException) -> bool:
+    """True for a driver error the loop should ride out (disk full, locked, server gone, I/O error).
+
+    IntegrityError is a bug or race in our own writes, and schema errors cannot heal: both are not.
+    """
+    if not isinstance(exc, (OperationalError, DatabaseError)) or isinstance(exc, IntegrityError):
+        return False
+    low = " ".join(str(getattr(exc, "orig", None) or exc).split()).lower()
+    return not any(k in low for k in _SCHEMA_ERRORS)
+
+
+class _Outage:
+    """Tracks one database outage: one log line when it starts, one when the database is back."""
+
+    def __init__(self, where) -> None:
+        self.where, self.since, self.delay = where, None, BACKOFF_START
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failed attempt; returns how long to wait before the next one."""
+        from migrator.store.guard import translate
+
+        if self.since is None:
+            self.since, self.delay = time.monotonic(), BACKOFF_START
+            log.warning("database unavailable: %s; retrying", translate(exc, self.where).problem)
+        else:
+            self.delay = min(self.delay * 2, BACKOFF_MAX)
+        return self.delay
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.warning("database back after %.1f s", time.monotonic() - self.since)
+            self.since, self.delay = None, BACKOFF_START
+
+    def check_schema(self) -> None:
+        """During an outage, before a retry: give up if the database is now at another revision."""
+        if self.since is None:
+            return
+        from migrator.store.migrate import check_revision
+
+        engine = self.where.kw["bind"]
+        try:
+            check_revision(engine, engine.url, upgrade_if_older=False)
+        except DatabaseUnavailable as exc:  # still down: the caller backs off again
+            if isinstance(exc.__cause__, (OperationalError, DatabaseError)):
+                raise exc.__cause__ from None
+            raise
 
 # Columns the policy reads; loading only these keeps a 1000-host step cheap.
 _JUDGE_COLS = [Window.id, Window.host, Window.channel, Window.index, Window.start, Window.end, Window.mode,
@@ -184,6 +242,8 @@ class Controller:
                 evidence={"rules": [g.rule for g in res.judged[-cfg.rollback_after:]]})
             res.transition_id, res.target = t.id, t.to_phase
             return res
+        if self._on_lost(session, m, judged, now, cfg, here, paused, res):
+            return res
         if paused:
             return res  # pausing stops advancing, never protecting
         rule = cfg.phase_rule(phase)
@@ -209,6 +269,20 @@ class Controller:
             res.transition_id, res.target = t.id, t.to_phase
         return res
 
+    def _on_lost(self, session: Session, m: Migration, judged: list[str], now: float, cfg: Config, here: str,
+                 paused: bool, res: StepResult) -> bool:
+        """[agents]: pause or roll back when a judged host has not reported for lost_after_windows windows."""
+        ag = cfg.agents
+        lost = lost_hosts(session, m.id, judged, now, ag.lost_after_windows * cfg.window_seconds)
+        target = Phase.ROLLED_BACK if ag.on_lost == "rollback" else Phase.PAUSED
+        if not lost or (paused and target == Phase.PAUSED):
+            return False
+        t = request_transition(session, m.id, target, actor="auto", now=now, holder=self.holder,
+                               reason=f"{lost_reason(lost, ag.lost_after_windows, cfg.window_seconds)} (in {here})",
+                               evidence={"lost": {h: last for h, last in lost}})
+        res.transition_id, res.target = t.id, t.to_phase
+        return True
+
     # -- the loop ----------------------------------------------------------------------------
 
     def finish(self) -> Transition | None:
@@ -221,34 +295,76 @@ class Controller:
 
     def run(self, *, stop: threading.Event | None = None, deadline: float | None = None,
             poll_interval: float | None = None, on_step: Callable[[StepResult], None] | None = None) -> str:
-        """Lease, recover, then step until a final phase, `stop`, or `deadline` (clock time). Returns the phase."""
+        """Lease, recover, then step until a final phase, `stop`, or `deadline` (clock time). Returns the phase.
+
+        Database errors that can heal (disk full, locked, server gone, I/O error) are ridden out:
+        the round's transaction is rolled back whole, one line is logged per outage, and the round
+        is retried with back-off (BACKOFF_START doubling to BACKOFF_MAX s). Errors that cannot heal
+        (a missing table or column, a database at another revision) raise a StoreError.
+        """
         stop = stop or threading.Event()
         sf = self.session_factory
-        with sf() as s, s.begin():
-            acquire_lease(s, self.migration_id, self.holder, self.clock(), self.lease_seconds)
-            m = s.get(Migration, self.migration_id)
-            interval = poll_interval if poll_interval is not None else min(1.0, self.config(m).window_seconds / 4)
-        phase = m.phase
+        outage = _Outage(sf)
+        interval = poll_interval
+        phase = None
+        leased = False
         try:
-            self.finish()
             while not stop.is_set() and (deadline is None or self.clock() < deadline):
-                now = self.clock()
-                with sf() as s, s.begin():
-                    acquire_lease(s, self.migration_id, self.holder, now, self.lease_seconds)
-                    res = self.step(s, now)
-                if res.transition_id is not None:
-                    self.finish()
-                with sf() as s:
-                    phase = s.get(Migration, self.migration_id).phase
+                try:
+                    outage.check_schema()
+                    if not leased:
+                        with sf() as s, s.begin():
+                            acquire_lease(s, self.migration_id, self.holder, self.clock(), self.lease_seconds)
+                            m = s.get(Migration, self.migration_id)
+                            phase = m.phase
+                            if interval is None:
+                                interval = min(1.0, self.config(m).window_seconds / 4)
+                        leased = True
+                        self.finish()
+                    now = self.clock()
+                    with sf() as s, s.begin():  # one transaction: an error rolls the whole round back
+                        acquire_lease(s, self.migration_id, self.holder, now, self.lease_seconds)
+                        res = self.step(s, now)
+                    if res.transition_id is not None:
+                        self.finish()
+                    with sf() as s:
+                        phase = s.get(Migration, self.migration_id).phase
+                except IntegrityError:
+                    raise  # a bug or a race in our own writes, not an outage
+                except (OperationalError, DatabaseError) as exc:
+                    if not transient_db_error(exc):
+                        raise self._fatal(exc) from exc
+                    stop.wait(outage.failed(exc))
+                    continue
+                outage.ok()
                 if on_step:
                     on_step(res)
                 if phase in FINAL:
                     break
                 stop.wait(interval)
         finally:
-            with sf() as s, s.begin():
-                release_lease(s, self.migration_id, self.holder)
+            if leased:
+                try:
+                    with sf() as s, s.begin():
+                        release_lease(s, self.migration_id, self.holder)
+                except (OperationalError, DatabaseError) as exc:  # it expires by itself
+                    log.warning("could not release the lease (it expires in %g s): %s", self.lease_seconds,
+                                " ".join(str(getattr(exc, "orig", None) or exc).split()))
+        if phase is None:  # stopped before the first round got through
+            from migrator.store.guard import database_errors
+
+            with database_errors(sf), sf() as s:
+                phase = s.get(Migration, self.migration_id).phase
         return phase
+
+    def _fatal(self, exc: BaseException) -> StoreError:
+        """The error to give up with for a database error that waiting cannot heal."""
+        from migrator.store.guard import translate
+
+        err = translate(exc, self.session_factory)
+        return StoreError(f"database {err.url}: its schema is not what this migrator expects ({err.problem}) "
+                          "(fix: run `migrator init` with this migrator to upgrade it, or use the migrator "
+                          "that created it)")
 
 
 def start_migration(session_factory: sessionmaker[Session], migration_id: int, *, schema_fingerprint: str,

@@ -19,7 +19,7 @@ from pathlib import Path
 from migrator.dataplane import rewrite
 from migrator.dataplane.counters import Counters
 from migrator.dataplane.syscalls import NR_BPF, libc
-from migrator.errors import BPFLoadError, ChannelError, OptionError
+from migrator.errors import BPFLoadError, ChannelError, OptionError, PrivilegeError
 from migrator.vocab import MODE_NAMES, MODE_VALUES
 
 HDR_VERSION = 1
@@ -35,6 +35,43 @@ EXTRA_COUNTERS = COUNTERS[8:]
 # The maps MIGRATOR_CHANNEL(name, bytes) declares, by suffix.
 SUFFIXES = ("", "__perf", "__ring", "__mode", "__seq", "__cnt", "__scratch")
 BPF_OBJ_GET_INFO_BY_FD = 15
+# Capability bits of CapEff (linux/capability.h).
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+PRIVILEGE_FIX = ("run as root (sudo migrator ...), or grant CAP_BPF+CAP_PERFMON: "
+                 "setcap cap_bpf,cap_perfmon+ep <python>, or setpriv --inh-caps/--ambient-caps +bpf,+perfmon")
+
+
+def missing_bpf_caps(cap_eff: int) -> list[str]:
+    """The capabilities an effective set lacks to load tracing BPF programs ([] if none is missing):
+    CAP_SYS_ADMIN alone suffices, else both CAP_BPF and CAP_PERFMON are needed."""
+    if cap_eff >> CAP_SYS_ADMIN & 1:
+        return []
+    return [name for name, bit in (("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON)) if not cap_eff >> bit & 1]
+
+
+def effective_caps(status_path: str = "/proc/self/status") -> int | None:
+    """CapEff of this process, or None if it cannot be read (then nothing is refused up front)."""
+    try:
+        with open(status_path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_bpf_privileges(what: str, cap_eff: int | None = None, euid: int | None = None) -> None:
+    """Raise PrivilegeError naming the missing capabilities and the fix when this process (or the
+    given CapEff mask) cannot load BPF programs; called before bcc compiles anything."""
+    cap_eff = effective_caps() if cap_eff is None else cap_eff
+    if cap_eff is None:
+        return
+    missing = missing_bpf_caps(cap_eff)
+    if missing:
+        raise PrivilegeError(what, os.geteuid() if euid is None else euid, missing, PRIVILEGE_FIX)
 
 
 class MigratorHdr(ct.Structure):
@@ -202,7 +239,8 @@ def load(text: str | None = None, src_file: str | None = None, cflags=(), **bpf_
     """prepare() a program (text, or the file src_file) and compile it with bcc; returns the BPF
     object. The cflags given come after rewrite.cflags() (-I for migrator.h; a src_file's own
     directory is added too). bpf_kwargs go to bcc.BPF. Compile and load failures raise
-    BPFLoadError (bcc prints the compiler's messages on stderr)."""
+    BPFLoadError (bcc prints the compiler's messages on stderr); a process without CAP_BPF and
+    CAP_PERFMON (or CAP_SYS_ADMIN) gets PrivilegeError naming them before bcc runs."""
     if (text is None) == (src_file is None):
         raise OptionError("load", {"text": text is not None, "src_file": src_file}, "needs exactly one source",
                           "pass text= or src_file=")
@@ -217,6 +255,7 @@ def load(text: str | None = None, src_file: str | None = None, cflags=(), **bpf_
     else:
         name = "<bpf text>"
     prepared = rewrite.prepare(text, filename=name)
+    check_bpf_privileges(name)
     from bcc import BPF  # lazily: the rest of this module needs no bcc
 
     try:

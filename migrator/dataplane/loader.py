@@ -6,7 +6,7 @@ import os
 import re
 
 from migrator.dataplane import rewrite
-from migrator.dataplane.channel import Channel
+from migrator.dataplane.channel import Channel, check_bpf_privileges
 from migrator.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
 from migrator.dataplane.counters import Counters
@@ -52,13 +52,17 @@ class Probe:
         print_c: bool = False,
         extra_cflags: tuple[str, ...] = (),
     ) -> None:
-        from bcc import BPF  # Debian's python3-bpfcc; imported late so non-kernel commands work without it
-
         _check_pow2_pages(ring_bytes)
         if wakeup not in WAKEUPS:
             raise MigratorError(f"wakeup {wakeup!r} unknown; choose one of {', '.join(WAKEUPS)}")
         if ring_submit not in SUBMITS:
             raise MigratorError(f"ring_submit {ring_submit!r} unknown; choose one of {', '.join(SUBMITS)}")
+        if probe not in PROBES:
+            raise MigratorError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
+        if not print_c:  # --print-c shows the C text even to a user who cannot load it
+            check_bpf_privileges(f"probe {probe}")
+        from bcc import BPF  # Debian's python3-bpfcc; imported late so non-kernel commands work without it
+
         self.name = probe
         self.ring_bytes = ring_bytes
         self.wakeup = wakeup
@@ -72,6 +76,7 @@ class Probe:
         ]
         if print_c:
             print(f"/* cflags: {' '.join(cflags)} */\n{text}")
+            check_bpf_privileges(f"probe {probe}")
         try:
             self.bpf = BPF(text=text, cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception with the compiler/verifier text on stderr

@@ -1,14 +1,36 @@
 """Synthetic event generator: a child process making `count` getppid() calls at `rate` per second.
 
-Run as `python -m migrator.dataplane.loadgen COUNT RATE`; it waits for one byte on stdin before starting so
-the parent can point the probe's target map at its pid first.
+Run as `python -m migrator.dataplane.loadgen COUNT RATE [PARENT_PID]`; it waits for one byte on stdin
+before starting so the parent can point the probe's target map at its pid first. rate 0 means as
+fast as possible. The child dies with its parent: PR_SET_PDEATHSIG(SIGKILL), then a check that the
+parent (PARENT_PID) is still the one it was started by, since the parent may die before the prctl.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> None:
+    """In a child: get `sig` when the parent dies (PR_SET_PDEATHSIG), and exit now if it already has
+    (re-parented: its parent pid is no longer parent_pid). Safe as a Popen preexec_fn."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if parent_pid is not None and _ppid() != parent_pid:
+        os._exit(1)
+
+
+def _ppid() -> int:
+    # Not os.getppid(): getppid() calls are the synthetic probe's events, and the parent may already
+    # target this pid; /proc/self/stat's 4th field is the same value without the syscall.
+    with open("/proc/self/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
 
 
 def _generate(count: int, rate: float) -> None:
@@ -36,8 +58,8 @@ class LoadGen:
 
     def __init__(self, count: int, rate: float = 0) -> None:
         self.count, self.rate = count, rate
-        self.proc = subprocess.Popen([sys.executable, "-m", "migrator.dataplane.loadgen", str(count), str(rate)],
-                                     stdin=subprocess.PIPE)
+        self.proc = subprocess.Popen([sys.executable, "-m", "migrator.dataplane.loadgen", str(count), str(rate),
+                                      str(os.getpid())], stdin=subprocess.PIPE)
 
     @property
     def pid(self) -> int:
@@ -66,5 +88,7 @@ class LoadGen:
 
 if __name__ == "__main__":
     n, r = int(sys.argv[1]), float(sys.argv[2])
-    sys.stdin.buffer.read(1)
+    die_with_parent(int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    if not sys.stdin.buffer.read(1):  # the parent closed stdin without starting us (or died): nothing to do
+        sys.exit(0)
     _generate(n, r)

@@ -141,10 +141,20 @@ def _host(session: Session, migration_id: int, host: str) -> Host:
     return h
 
 
-def heartbeat(session: Session, migration_id: int, host: str, now: float | None = None) -> str:
-    """An agent is alive; returns its desired mode (so one round trip does both)."""
+def heartbeat(session: Session, migration_id: int, host: str, now: float | None = None,
+              mode: str | None = None) -> str:
+    """An agent is alive; returns its desired mode (so one round trip does both).
+
+    mode: what the host's mode map reads now. When it differs from the applied mode on record
+    (an agent restarted and its new program starts in PERF), it becomes the applied mode, so a
+    transition waiting for it is not left waiting on what a dead agent last reported."""
     h = _host(session, migration_id, host)
-    h.last_heartbeat = _now(now)
+    ts = _now(now)
+    h.last_heartbeat = ts
+    if mode is not None and mode != h.applied_mode:
+        if mode not in MODES:
+            raise MigratorError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        h.applied_mode, h.applied_at = mode, ts
     return h.desired_mode
 
 

@@ -20,6 +20,7 @@ SQLAlchemyError itself and is not wrapped.
 from __future__ import annotations
 
 import errno
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,6 +200,64 @@ def engine_error(exc: BaseException, url: str | URL) -> DatabaseUnavailable | No
     return None
 
 
+def check_database_url(url: str | URL) -> None:
+    """Refuse, before anything is written, a database URL that cannot work: DatabaseUnavailable.
+
+    Checked without connecting: the URL parses, its scheme names an SQLAlchemy dialect, the
+    dialect's driver (DBAPI module) imports, an SQLite database is a file (not in memory: a
+    migration recorded there is gone when the process exits) whose directory exists, is a
+    directory and is writable on a read-write filesystem. A missing directory is refused with
+    "create DIR first", never created: a typo in the path must not grow a new tree (a relative
+    database path lives in the config's own directory, which always exists).
+    """
+    shown = safe_url(url)
+    u = parse_url(url)
+    try:
+        dialect = u.get_dialect()
+        dialect.import_dbapi()
+    except Exception as exc:  # NoSuchModuleError, ImportError, ArgumentError
+        err = engine_error(exc, url)
+        if err is None:
+            raise
+        raise err from exc
+    if u.get_backend_name() != "sqlite":
+        return
+    if not u.database or u.database == ":memory:" or u.database.startswith("file::memory:") \
+            or u.query.get("mode") == "memory":
+        raise DatabaseUnavailable(
+            shown, "is an in-memory SQLite database: a migration recorded there is gone when the process exits",
+            'set database in canary.toml to a file path, e.g. database = "migrator.db"')
+    path = Path(u.database)
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    folder = path.parent
+    if path.is_dir():
+        raise DatabaseUnavailable(shown, f"unable to open the database file: {path} is a directory",
+                                  "set database in canary.toml to a file path, not a directory")
+    if not folder.exists():
+        blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise DatabaseUnavailable(
+                shown, f"directory {folder} cannot exist: {blocker} is a file, not a directory",
+                "set database in canary.toml to a path whose directory exists and is writable")
+        raise DatabaseUnavailable(shown, f"directory {folder} does not exist (migrator does not create it)",
+                                  f"create {folder} first (mkdir -p {folder}), or point database at an existing directory")
+    if not folder.is_dir():
+        raise DatabaseUnavailable(shown, f"{folder} is not a directory",
+                                  "set database in canary.toml to a path whose directory exists and is writable")
+    readonly_fs = False
+    try:
+        readonly_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        pass
+    if readonly_fs or not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        what = "is on a read-only filesystem" if readonly_fs else "is not writable by this user"
+        raise DatabaseUnavailable(
+            shown, f"directory {folder} {what}",
+            f"make {folder} writable (SQLite's WAL mode writes {path.name}, {path.name}-wal and -shm there), "
+            "or point database at a writable directory")
+
+
 def make_parent_dir(path: Path, url: str | URL) -> None:
     """Create the directory of an SQLite file, or say which part of the path is in the way."""
     try:
@@ -220,5 +279,5 @@ def make_parent_dir(path: Path, url: str | URL) -> None:
         raise DatabaseUnavailable(shown, problem, fix) from exc
 
 
-__all__ = ["DatabaseUnavailable", "database_errors", "engine_error", "make_parent_dir", "parse_url", "safe_url",
+__all__ = ["DatabaseUnavailable", "check_database_url", "database_errors", "engine_error", "make_parent_dir", "parse_url", "safe_url",
            "translate"]

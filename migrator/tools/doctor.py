@@ -227,6 +227,15 @@ def check_tracefs(mountpoint: str = "/sys/kernel/tracing", mounts_path: str = "/
         return Check("tracefs", False, f"nothing mounted at {mountpoint}", fix)
     if typ != "tracefs":
         return Check("tracefs", False, f"{mountpoint} is {typ}, not tracefs", fix)
+    if not os.access(mountpoint, os.R_OK | os.X_OK):  # mounted, but (mode 0700, say) closed to this user
+        try:
+            st = os.stat(mountpoint)
+            mode = f"mode {st.st_mode & 0o7777:04o}, owner uid {st.st_uid}"
+        except OSError as exc:
+            mode = exc.strerror or str(exc)
+        return Check("tracefs", False, f"tracefs is mounted at {mountpoint} but unreadable to euid {os.geteuid()} "
+                     f"({mode})", "run as root (sudo migrator ...), or remount it readable: "
+                     f"mount -o remount,mode=0755 {mountpoint}")
     if not os.path.isdir(os.path.join(mountpoint, "events")):
         return Check("tracefs", False, f"tracefs at {mountpoint} has no events/ directory",
                      "boot a kernel with CONFIG_EVENT_TRACING=y (tracepoints)")

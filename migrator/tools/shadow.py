@@ -74,6 +74,18 @@ def check_shadow_options(seconds: float, window: float, probe: str, rate: float,
     check_choice(wakeup, tuple(WAKEUPS), "--wakeup")
 
 
+# rate 0 ("as fast as possible") has no count: the generator gets a bound it cannot reach in a
+# shadow run and is stopped when the run's seconds are up.
+UNBOUNDED_EVENTS = 10**12
+
+
+def shadow_event_count(rate: float, seconds: float) -> int:
+    """How many events the generator makes: rate * seconds, or unbounded (stopped by the run) at rate 0."""
+    if rate <= 0:
+        return UNBOUNDED_EVENTS
+    return max(1, round(rate * seconds))
+
+
 @dataclass
 class ShadowSummary:
     """Totals per channel over the whole run."""
@@ -119,18 +131,21 @@ def run_shadow(seconds: float, window: float, probe: str = "synthetic", rate: fl
         try:
             p.set_mode("DUAL")
             if probe == "synthetic":
-                gen = LoadGen(int(rate * seconds), rate)
+                gen = LoadGen(shadow_event_count(rate, seconds), rate)
                 p.set_target(gen.pid)
                 gen.start()
             t0 = time.monotonic()
             windows = pipe.run(seconds, window, on_window=on_window)
             if gen is not None:
-                # Keep consuming while the generator finishes its last events.
-                deadline = time.monotonic() + 30
-                while gen.running() and time.monotonic() < deadline:
-                    pipe.poll(timeout=0.01)
-                gen.kill()
+                if rate > 0:
+                    # Keep consuming while the generator finishes its last events.
+                    deadline = time.monotonic() + 30
+                    while gen.running() and time.monotonic() < deadline:
+                        pipe.poll(timeout=0.01)
+                # rate 0 has no count to finish: the run ends when `seconds` are up. Stop the events at
+                # the source first, then the generator; the tail window drains what is in flight.
                 p.set_target(0)
+                gen.kill()
             # The generator may outlive the last window by a little: one last window, fully drained.
             tail = pipe.close_window()
             if any(w.attempts or w.delivered for w in tail):

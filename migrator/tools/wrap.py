@@ -52,6 +52,7 @@ from migrator.agent.feed import Feed
 from migrator.agent.loop import serve_migration
 from migrator.config import load_config
 from migrator.dataplane import rewrite
+from migrator.dataplane.channel import check_bpf_privileges
 from migrator.errors import MigratorError, OptionError, SourceError
 from migrator.records import ChannelWindow
 from migrator.store import open_store
@@ -825,6 +826,7 @@ def run_wrapped(command: list[str], *, config: str | Path | None = None, host: s
         settings.window_seconds = window_seconds or cfg.window_seconds
     else:
         settings.window_seconds = window_seconds or 1.0
+    check_bpf_privileges(f"wrap {script.name}")  # name the capability before bcc's compiler noise
     session = WrapSession(settings)
     session.install()
 

@@ -10,7 +10,9 @@ run counts per host the events the sink acted on against the packets sent (LabRu
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from migrator.control.controller import StepResult, run_controller, start_migrat
 from migrator.errors import MigratorError
 from migrator.control.phases import DbApplier, label
 from migrator.control.policy import StreakState, next_streak
+from migrator.dataplane.loadgen import die_with_parent
 from migrator.dataplane.schema import fingerprint
 from migrator.store import api, open_store
 from migrator.store.models import Host, Migration, Window
@@ -140,7 +143,8 @@ class AgentProcs:
             self.procs[h] = subprocess.Popen(
                 [sys.executable, "-m", "migrator", "agent", "--host", h, "-c", str(config_path),
                  "--migration", str(migration_id), "--drills"], stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent, cwd=log_dir)  # a sink's output files land in the run directory
+                preexec_fn=functools.partial(die_with_parent, os.getpid(), signal.SIGTERM),  # SIGTERM: agents clean up
+                cwd=log_dir)  # a sink's output files land in the run directory
 
     def dead(self) -> list[str]:
         """Hosts whose agent process has exited, so the run can stop and point at their logs."""
@@ -395,7 +399,10 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
                 seen["streak"] = next_streak(seen["streak"], gv.verdict, gv.window_id, cfg.no_data)
                 say(render_line(time.monotonic() - t0, here, seen["streak"].streak, gv, cfg))
             if stage.agents.dead():
-                raise MigratorError(f"agent(s) {', '.join(stage.agents.dead())} died; see agent-*.log in {run_dir}")
+                dead = stage.agents.dead()
+                if pause_for_dead_agents(sf, mid, dead) is not None:
+                    say(f"  -> PAUSED: {', '.join(f'agent {h} died' for h in dead)}")
+                raise MigratorError(f"agent(s) {', '.join(dead)} died; see agent-*.log in {run_dir}")
             if res.transition_id is None:
                 return
             phase, slice_, _ = stage.phase()
@@ -431,6 +438,23 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
     res.fault_host = fault_host
     res.consumer = consumer
     return res
+
+
+def pause_for_dead_agents(sf, migration_id: int, dead: list[str]) -> int | None:
+    """Record that agents died: a PAUSED transition with reason "agent <host> died", so the
+    history says why the run stopped. None when the phase cannot pause (final, already paused,
+    or another transition pending)."""
+    from migrator.control.phases import finish_transition, request_transition
+
+    try:
+        with sf() as s, s.begin():
+            t = request_transition(s, migration_id, "PAUSED", actor="auto",
+                                   reason="; ".join(f"agent {h} died" for h in dead))
+            tid = t.id
+        finish_transition(sf, migration_id, DbApplier())  # PAUSED changes no host: nothing to wait for
+    except MigratorError:
+        return None
+    return tid
 
 
 def lab_fingerprint(cfg: Config) -> str:

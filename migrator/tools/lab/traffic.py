@@ -17,6 +17,7 @@ import argparse
 import errno
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -97,7 +98,7 @@ def start_traffic(host, profile: str = "steady", pps: float = 1000, seconds: flo
         raise LabError(f"lab host {host.name} has no addresses; repair it with `migrator lab up`")
     argv = [sys.executable, "-m", "migrator.tools.lab.traffic", "--netns", host.netns, "--src", host.root_addr,
             "--dst", host.host_addr, "--port", str(port), "--profile", profile, "--pps", str(pps),
-            "--seconds", str(seconds), "--count", str(count), "--size", str(size)]
+            "--seconds", str(seconds), "--count", str(count), "--size", str(size), "--parent-pid", str(os.getpid())]
     return TrafficProcess(argv, seconds + GRACE)
 
 
@@ -184,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--count", type=int, default=None)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--parent-pid", type=int, default=None,
+                    help="die (SIGKILL) with this parent; exit at once if it is already gone")
     a = ap.parse_args(argv)
+    if a.parent_pid is not None:
+        from migrator.dataplane.loadgen import die_with_parent
+
+        die_with_parent(a.parent_pid)
     count = check_args(a.profile, a.pps, a.seconds, a.count)
     rep = run(a.netns, a.src, a.dst, a.port, a.profile, a.pps, a.seconds, count, a.size)
     print(json.dumps(rep), flush=True)
