@@ -139,6 +139,34 @@ def test_corrupt_database(tmp_path):
                         "to start a new one)")
 
 
+def test_a_corrupt_page_status_never_reads_is_found_before_the_controller_decides(tmp_path):
+    """status answers from the pages it touches; start checks every page first (quick_check)."""
+    from conftest import window
+
+    from migrator.config import load_config
+    from migrator.store import api
+
+    p = plan(tmp_path, "migrator.db")
+    assert run("init", p).exit_code == 0
+    sf = open_store(load_config(p).database_url)
+    with sf() as s, s.begin():  # enough windows that the table spans many pages
+        api.record_windows(s, 1, [window(h, ch, i, extra={"pad": "x" * 200}) for i in range(400)
+                                  for h in ("mig1", "mig2") for ch in ("perf", "ring")])
+    sf.kw["bind"].dispose()  # the last connection checkpoints the WAL into the file
+    db = tmp_path / "migrator.db"
+    assert not db.with_name(db.name + "-wal").exists()
+    with sqlite3.connect(db) as c:
+        page_size, pages = c.execute("PRAGMA page_size").fetchone()[0], c.execute("PRAGMA page_count").fetchone()[0]
+    c.close()
+    with open(db, "r+b") as f:  # a page in the middle of the windows table: no index reaches it
+        f.seek(page_size * (pages // 2))
+        f.write(b"\xff" * page_size)
+    assert run("status", "-c", p).exit_code == 0  # unnoticed by a read that never touches it
+    line = error_line(run("start", "-c", p, "--no-run"))
+    assert line.startswith(f"Error: database sqlite:///{db}: the database file is corrupt (")
+    assert line.endswith(f"(fix: restore {db} from a backup, or move it away and run `migrator init` to start a new one)")
+
+
 def test_locked_database(tmp_path, monkeypatch):
     monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "locked.db"

@@ -20,7 +20,7 @@ from migrator.config import Config, load_config, source_hash
 from migrator.control.controller import run_controller, start_migration
 from migrator.control.phases import DbApplier, label
 from migrator.resources import example_config
-from migrator.store import api, check_database_url, database_errors, open_store
+from migrator.store import api, check_database_url, check_integrity, database_errors, open_store
 
 CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."
 
@@ -210,9 +210,13 @@ def start_cmd(config: Path = config_option(),
     Also resumes driving an already started migration, finishing a transition a crash left
     half-done. A second `start` on the same migration refuses while the first holds the lease.
 
+    The whole database file is checked first (SQLite's quick_check): a corrupt page is refused
+    before the controller decides anything on it.
+
     Example: migrator start -c canary.toml --confirm-timeout 10
     """
     cfg, sf = writer(config)
+    check_integrity(sf)
     with database_errors(sf), sf() as s:
         m = api.active_migration(s)
         if m is None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.errors import DatabaseMissing
 from migrator.store.db import make_engine, make_session_factory, sqlite_path
-from migrator.store.guard import check_database_url, database_errors, make_parent_dir, safe_url
+from migrator.store.guard import check_database_url, check_integrity, database_errors, make_parent_dir, safe_url
 from migrator.store.migrate import check_revision
 
 
@@ -37,4 +37,4 @@ def open_store(url: str, *, readonly: bool = False) -> sessionmaker[Session]:
     return make_session_factory(engine)
 
 
-__all__ = ["open_store", "check_database_url", "make_engine", "make_session_factory", "sqlite_path", "database_errors", "safe_url"]
+__all__ = ["open_store", "check_database_url", "check_integrity", "make_engine", "make_session_factory", "sqlite_path", "database_errors", "safe_url"]

@@ -258,6 +258,26 @@ def check_database_url(url: str | URL) -> None:
             "or point database at a writable directory")
 
 
+def check_integrity(sf: sessionmaker) -> None:
+    """Read every page of an SQLite database (PRAGMA quick_check) and refuse a corrupt one.
+
+    Reads answer only from the pages they touch, so a corrupt page that `status` never reads
+    goes unnoticed until a write lands on it; the controller checks the whole file before it
+    decides anything. Other backends check their own storage: nothing to do there.
+    """
+    engine = sf.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        return
+    with database_errors(engine), engine.connect() as conn:
+        rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+    if rows != ["ok"]:
+        shown = safe_url(engine.url)
+        file = _sqlite_file(engine.url)
+        raise DatabaseUnavailable(shown, f"the database file is corrupt ({'; '.join(rows[:3])})",
+                                  f"restore {file or 'it'} from a backup, or move it away and run `migrator init` "
+                                  "to start a new one")
+
+
 def make_parent_dir(path: Path, url: str | URL) -> None:
     """Create the directory of an SQLite file, or say which part of the path is in the way."""
     try:
@@ -279,5 +299,5 @@ def make_parent_dir(path: Path, url: str | URL) -> None:
         raise DatabaseUnavailable(shown, problem, fix) from exc
 
 
-__all__ = ["DatabaseUnavailable", "check_database_url", "database_errors", "engine_error", "make_parent_dir", "parse_url", "safe_url",
+__all__ = ["DatabaseUnavailable", "check_database_url", "check_integrity", "database_errors", "engine_error", "make_parent_dir", "parse_url", "safe_url",
            "translate"]
