@@ -17,6 +17,14 @@ def skips_without_root(euid: int, env) -> bool:
     return euid != 0 and not env.get("CI")
 
 
+def unavailable(reason: str) -> None:
+    """A machine capability a test needs is missing: skip on a developer's machine, fail in CI
+    (root on the project's kind of machine has every capability these tests use)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must have this, but: {reason}")
+    pytest.skip(reason)
+
+
 # For tests that load BPF programs, create namespaces or otherwise need root; always together
 # with @pytest.mark.kernel (tests/test_gating.py checks both ways).
 needs_root = pytest.mark.skipif(skips_without_root(os.geteuid(), os.environ),

@@ -15,6 +15,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
+from kernel_util import unavailable
 from migrator import config as C
 from migrator.cli import app
 from migrator.config import parse_config
@@ -122,7 +123,7 @@ def readonly_dir(tmp_path):
         return
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], capture_output=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.decode().strip()}")
+        unavailable(f"cannot mount a read-only tmpfs here: {r.stderr.decode().strip()}")
     try:
         yield d
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kernel_util import needs_root
+from kernel_util import needs_root, unavailable
 from migrator.cli import app
 from migrator.dataplane.channel import (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, check_bpf_privileges,
                                         missing_bpf_caps)
@@ -127,7 +127,7 @@ def _as_nobody(readable: bool) -> list[str]:
         caps = "-all" if readable else "-all,+dac_read_search"
         extra = [] if readable else ["--ambient-caps=+dac_read_search"]
         return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", f"--inh-caps={caps}", *extra]
-    pytest.skip("neither runuser nor setpriv")
+    unavailable("neither runuser nor setpriv")
 
 
 def _interpreter_readable_by_others() -> bool:
@@ -137,7 +137,7 @@ def _interpreter_readable_by_others() -> bool:
 
 def _run_as_nobody(args: list[str], python: str = sys.executable) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch to nobody")
+        unavailable("needs root to switch to nobody")
     readable = python != sys.executable or _interpreter_readable_by_others()
     return subprocess.run([*_as_nobody(readable), python, *args], capture_output=True, text=True, timeout=120,
                           cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT),
@@ -147,7 +147,7 @@ def _run_as_nobody(args: list[str], python: str = sys.executable) -> subprocess.
 def _nobody_can_run_python() -> None:
     r = _run_as_nobody(["-c", "import os, migrator.cli; assert os.geteuid() != 0"])
     if r.returncode:
-        pytest.skip(f"nobody cannot import migrator from {ROOT}: {r.stderr.strip()[-200:]}")
+        unavailable(f"nobody cannot import migrator from {ROOT}: {r.stderr.strip()[-200:]}")
 
 
 def test_shadow_as_nobody_names_the_capability():
@@ -184,12 +184,12 @@ def test_doctor_tells_an_unreadable_tracefs_from_a_missing_one(tmp_path, monkeyp
 
 def test_doctor_tracefs_as_nobody():
     if not Path("/sys/kernel/tracing/events").exists() or (os.stat("/sys/kernel/tracing").st_mode & 0o005):
-        pytest.skip("needs a tracefs at /sys/kernel/tracing closed to other users")
+        unavailable("needs a tracefs at /sys/kernel/tracing closed to other users")
     # Plain nobody (no capability at all): the system python, which any user can run; the check
     # needs nothing outside the standard library.
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None:
-        pytest.skip("no /usr/bin/python3")
+        unavailable("no /usr/bin/python3")
     r = _run_as_nobody(["-c", "from migrator.tools.doctor import check_tracefs; print(check_tracefs().value)"],
                        python=python)
     assert "mounted at /sys/kernel/tracing but unreadable to euid" in r.stdout, r.stdout + r.stderr
