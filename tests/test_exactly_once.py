@@ -12,51 +12,18 @@ import pytest
 from kernel_util import needs_root
 from migrator import attach, load
 from migrator.dataplane.loadgen import LoadGen
+from migrator.resources import bpf_dir
 
 pytestmark = [pytest.mark.kernel, needs_root]
 
-# The operator's program: its own struct, its own id counter, sizes from 24 to 4096 bytes.
-PROGRAM = r"""
-#include <migrator.h>
-
-struct big_event {
-    u64 id;          /* the operator's own event number: what downstream checks */
-    u32 size;        /* bytes of this event, header fields included */
-    u32 pad;
-    u8 data[4080];
-};
-
-BPF_ARRAY(target, u32, 1);
-BPF_ARRAY(ids, u64, 1);
-BPF_PERCPU_ARRAY(staging, struct big_event, 1);
-MIGRATOR_CHANNEL(events, 1 << 26);
-
-TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
-{
-    u32 zero = 0;
-    u32 *want = target.lookup(&zero);
-    if (!want || *want != (u32)(bpf_get_current_pid_tgid() >> 32))
-        return 0;
-    u64 *next = ids.lookup(&zero);
-    struct big_event *e = staging.lookup(&zero);
-    if (!next || !e)
-        return 0;
-    u64 id = __sync_fetch_and_add(next, 1);
-    /* Mostly small records, every 64th one of 4096 bytes: sizes 24..528 and 4096. */
-    u32 size = (id & 63) == 63 ? 4096 : 24 + (u32)(id & 63) * 8;
-    e->id = id;
-    e->size = size;
-    MIGRATOR_OUTPUT(events, args, e, size);
-    return 0;
-}
-"""
 RATE = 200_000
 N = 400_000
 SWITCHES = ("DUAL", "RING", "PERF", "RING")
 
 
 def test_mixed_sizes_switched_under_load_are_delivered_exactly_once():
-    bpf = load(text=PROGRAM)
+    # bpf/mixed.bpf.c: an operator-style program with its own struct and id counter, sizes 24..4096
+    bpf = load(src_file=str(bpf_dir() / "mixed.bpf.c"), cflags=[f"-DRING_BYTES={1 << 26}"])
     feed = attach(bpf, "events", mode="PERF", perf_pages=4096)  # 16 MiB per CPU: ~200 ms of this stream
     seen: list[int] = []
     sizes_ok = [0]
@@ -69,7 +36,7 @@ def test_mixed_sizes_switched_under_load_are_delivered_exactly_once():
     feed.open_perf_buffer(handle)
     try:
         gen = LoadGen(N, rate=RATE)
-        bpf["target"][ct.c_int(0)] = ct.c_uint32(gen.pid)
+        bpf["target_tgid"][ct.c_int(0)] = ct.c_uint32(gen.pid)
         gen.start()
         t0 = time.monotonic()
         cuts = []
