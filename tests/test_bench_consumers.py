@@ -22,7 +22,8 @@ TARGETS = {
     "fixed": {"batch >= 10 M events/CPU-s", "callback/bcc-perf >= 1"},
     "mixed": {"batch >= 3 M events/CPU-s", "callback/bcc-perf >= 1"},
 }
-KEYS = {"attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s", "lag_p99_ms"}
+KEYS = {"attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s",
+        "process_cpu_s", "events_per_process_cpu_s", "lag_p99_ms"}
 EVENTS = 20_000
 
 
@@ -43,7 +44,8 @@ def test_bench_consumers_json_balances_every_path_of_both_streams():
     # A smoke run: exact counts and states only. The timings are the benchmark's output, and a busy
     # machine may make any of them arbitrarily large, so none is compared with a bound here.
     for stream, res in doc["streams"].items():
-        assert set(res) == {"paths", "ratios", "targets", "notes"}, stream
+        assert set(res) == {"paths", "ratios", "process_ratios", "targets", "notes"}, stream
+        assert set(res["process_ratios"]) == RATIOS[stream], stream
         assert set(res["paths"]) == PATHS[stream] == set(res["notes"]), stream
         assert set(res["ratios"]) == RATIOS[stream], stream
         assert set(res["targets"]) == TARGETS[stream], stream

@@ -16,7 +16,8 @@ bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one ru
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-_COLS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s", "lag_p99_ms")
+_COLS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s",
+         "process_cpu_s", "events_per_process_cpu_s", "lag_p99_ms")
 # Table order: each bcc path next to the library path measured against it.
 _ORDER = ("bcc-ring", "batch", "ring", "bcc-perf", "callback", "perf")
 StreamChoice = Enum("StreamChoice", {k: k for k in ("fixed", "mixed", "both")}, type=str)
@@ -25,7 +26,7 @@ StreamChoice = Enum("StreamChoice", {k: k for k in ("fixed", "mixed", "both")}, 
 def _fmt(key: str, v) -> str:
     if v is None:
         return "-"
-    if key == "events_per_cpu_s":
+    if key in ("events_per_cpu_s", "events_per_process_cpu_s"):
         return f"{v / 1e6:.2f} M"
     if isinstance(v, float):
         return f"{v:.3f}"
@@ -44,6 +45,8 @@ def render_stream(stream: str, res: dict) -> list[str]:
                         for i, cell in enumerate(r)).rstrip() for r in [header, *rows]]
     ratio = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}x'}" for k, v in res["ratios"].items())
     lines.append(f"ratios (events per consumer CPU-s): {ratio}")
+    whole = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}x'}" for k, v in res.get("process_ratios", {}).items())
+    lines.append(f"ratios (events per whole-process CPU-s, what an operator pays): {whole}")
     for name, ok in res["targets"].items():
         lines.append(f"target {stream}: {name}: {'met' if ok else 'MISSED'}")
     return lines
