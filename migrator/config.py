@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator.errors import ConfigError
-from migrator.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, is_host_name, is_lab_prefix, parse_percent,
+from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, is_host_name, is_lab_prefix, parse_percent,
                             percent_of)
 
 NO_DATA_ACTIONS = ("hold", "breach", "reset")
@@ -659,7 +659,7 @@ def source_hash(cfg: Config) -> str | None:
     src = cfg.source
     if src.kind != "bcc":
         return None
-    from migrator.resources import bpf_dir
+    from migrator.shared.resources import bpf_dir
 
     h = hashlib.sha256()
     try:

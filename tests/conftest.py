@@ -7,7 +7,7 @@ import pytest
 
 from migrator.config import Config, load_config
 from migrator.store import open_store
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 
 T0 = 1_000_000.0  # a fixed clock: transitions confirm at T0, windows start after it
 
@@ -64,7 +64,7 @@ def started(tmp_path):
     """One synthetic host h1 in a migration already in DUAL_INSTRUMENT: (config, session factory, id)."""
     from migrator.control.phases import DbApplier, transition
     from migrator.store import api
-    from migrator.vocab import Phase
+    from migrator.shared.vocab import Phase
 
     (tmp_path / "canary.toml").write_text(AGENT_PLAN)
     cfg = load_config(tmp_path / "canary.toml")

@@ -135,7 +135,7 @@ def test_restarted_agent_reports_its_actual_mode_and_unblocks_a_pending_rollback
     heartbeat reports the PERF its new program starts in, so ROLLED_BACK confirms within a window."""
     from migrator.control.phases import DbApplier, transition
     from migrator.store.models import Migration, Transition
-    from migrator.vocab import Phase
+    from migrator.shared.vocab import Phase
 
     cfg, sf, mid = started
     # The first agent is a real `migrator agent` process, SIGKILLed while its host runs RING.
@@ -178,7 +178,9 @@ def test_restarted_agent_reports_its_actual_mode_and_unblocks_a_pending_rollback
                 m = s.get(Migration, mid)
                 tr = s.get(Transition, done["t"].id)
                 assert (m.phase, tr.status) == ("ROLLED_BACK", "confirmed")
-                assert tr.confirmed_at - started_at <= cfg.window_seconds
+                reported = api_host(sf, mid)["applied_at"]  # the new agent's first heartbeat: PERF
+                assert reported >= started_at - 1.0  # reported by the restarted agent, not left over
+                assert tr.confirmed_at - reported <= cfg.window_seconds  # the report unblocked it at once
             assert api_host(sf, mid)["applied_mode"] == "PERF"
         finally:
             stop2.set()

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from migrator.cli import app
-from migrator.records import ChannelWindow, merge_windows
+from migrator.shared.records import ChannelWindow, merge_windows
 from migrator.store import api
 from migrator.store.models import Window
 

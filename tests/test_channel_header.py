@@ -17,7 +17,7 @@ from migrator.dataplane.channel import (FLAG_RESERVED, FLAG_TRUNCATED, HDR_SIZE,
                                         map_max_entries, payload, payload_ptr)
 from migrator.dataplane.counters import Counters
 from migrator.errors import BPFLoadError, ChannelError, OptionError
-from migrator.vocab import MODE_VALUES
+from migrator.shared.vocab import MODE_VALUES
 
 pytestmark = [pytest.mark.kernel, needs_root]
 

@@ -4,7 +4,7 @@ import json
 from typer.testing import CliRunner
 
 from migrator.cli import app
-from migrator.resources import bpf_dir
+from migrator.shared.resources import bpf_dir
 
 runner = CliRunner()
 

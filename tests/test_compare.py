@@ -9,7 +9,7 @@ import pytest
 
 from migrator.dataplane.compare import PayloadCompare, digests
 from migrator.dataplane.frames import HDR_SIZE, Frames, headers_at
-from migrator.vocab import MODE_VALUES
+from migrator.shared.vocab import MODE_VALUES
 
 DUAL, PERF, RING = MODE_VALUES["DUAL"], MODE_VALUES["PERF"], MODE_VALUES["RING"]
 

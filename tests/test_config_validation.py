@@ -226,7 +226,7 @@ def test_lab_maximum_is_lab_ups():
 
 
 def test_shipped_canary_toml_documents_the_ranges():
-    from migrator.resources import example_config
+    from migrator.shared.resources import example_config
 
     text = example_config()
     for s in ("3600", "1..10000", "0..1000000000", "1..64", "1..1000000", "1..10000000", "1073741824 (1 GiB)",

@@ -12,7 +12,7 @@ import pytest
 from kernel_util import needs_root
 from migrator import attach, load
 from migrator.dataplane.loadgen import LoadGen
-from migrator.resources import bpf_dir
+from migrator.shared.resources import bpf_dir
 
 pytestmark = [pytest.mark.kernel, needs_root]
 

@@ -8,7 +8,7 @@ import pytest
 
 from migrator.errors import LabConfigError
 from migrator.tools.lab import cpu_load, lab_up
-from migrator.vocab import LAB_PREFIX_RULE
+from migrator.shared.vocab import LAB_PREFIX_RULE
 
 
 @pytest.mark.parametrize("bad", ["", "Mig", "mig1", "1mig", "toolongname", "a-b"])

@@ -1,6 +1,6 @@
 """Layering: a module may import only from its own layer or a lower one.
 
-base (errors, config, vocab, records, resources) = 0 <- dataplane = 1 <- store = 2 <- control = 3
+base (errors, config, shared/: vocab, records, resources) = 0 <- dataplane = 1 <- store = 2 <- control = 3
 <- agent = 4 <- tools = 5 <- cli = 6. migrator/__init__.py and migrator/__main__.py are the
 package roots and are exempt. Every `import` and `from ... import` counts, at module level or
 nested in a function, class or `if`; relative imports are resolved against their package.
@@ -15,7 +15,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "migrator"
 
 LAYERS = {
-    "errors": 0, "config": 0, "vocab": 0, "records": 0, "resources": 0,
+    "errors": 0, "config": 0, "shared": 0,
     "dataplane": 1, "store": 2, "control": 3, "agent": 4, "tools": 5, "cli": 6,
 }
 ROOTS = {"migrator", "migrator.__main__"}  # the package roots: exempt as importers and as targets
@@ -167,7 +167,7 @@ def test_checker_reports_nested_relative_and_package_form_imports():
         # relative, from a package __init__: `..control` from migrator.store is migrator.control
         "migrator.store": ("from ..control import phases\nfrom . import api\n", True),
         # `from migrator import cli` is the module migrator.cli
-        "migrator.config": ("class C:\n    def m(self):\n        from migrator import cli, vocab\n", False),
+        "migrator.config": ("class C:\n    def m(self):\n        from migrator import cli, shared\n", False),
         # the root may import anything; cli importing tools and agent is downward
         "migrator": ("from migrator.cli import app\n", True),
         "migrator.cli.fake": ("from migrator.tools import doctor\nfrom migrator.agent.loop import Agent\n", False),
@@ -185,7 +185,7 @@ def test_checker_names_agent_to_tools_and_store_to_dataplane():
     sources = {
         "migrator.agent.fake": ("def f():\n    from migrator.tools.lab import lab_up\n", False),
         "migrator.store.fake": ("from migrator.dataplane.schema import fingerprint\n", False),
-        "migrator.store.ok": ("from migrator.records import ChannelWindow\n", False),
+        "migrator.store.ok": ("from migrator.shared.records import ChannelWindow\n", False),
     }
     edges = import_edges(sources)
     assert imports_between(edges, "migrator.agent", "migrator.tools") == [
@@ -199,4 +199,4 @@ def test_checker_names_agent_to_tools_and_store_to_dataplane():
 def test_unmapped_module_is_refused():
     with pytest.raises(UnmappedModule):
         layer_of("migrator.newlayer.x")
-    assert (layer_of("migrator.vocab"), layer_of("migrator.dataplane.channels.perf"), layer_of("migrator.cli")) == (0, 1, 6)
+    assert (layer_of("migrator.shared.vocab"), layer_of("migrator.dataplane.channels.perf"), layer_of("migrator.cli")) == (0, 1, 6)

@@ -8,7 +8,7 @@ from kernel_util import collect, needs_root, records
 from migrator.dataplane.loader import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
-from migrator.vocab import MODE_VALUES
+from migrator.shared.vocab import MODE_VALUES
 
 pytestmark = [pytest.mark.kernel, needs_root]
 

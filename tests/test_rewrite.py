@@ -8,7 +8,7 @@ import pytest
 from migrator.dataplane import rewrite
 from migrator.dataplane.rewrite import cflags, channel_names, prepare, template, wrap_text
 from migrator.errors import InstallError, MigratorError, OptionError, SourceError
-from migrator.resources import bpf_dir
+from migrator.shared.resources import bpf_dir
 
 # An expanded MIGRATOR_CHANNEL: the guard, the maps, the template, and `#line N` back.
 _EXPANSION = re.compile(r"\n#ifndef MIGRATOR_H\n#error \"MIGRATOR_CHANNEL\((\w+)\): #include <migrator.h> before it\"\n"

@@ -3,7 +3,7 @@ import numpy as np
 
 from migrator.dataplane.frames import HDR_DTYPE
 from migrator.dataplane.windows import ChannelMeter
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 
 
 def batch(seqs, lags_ns, now=10_000_000_000):

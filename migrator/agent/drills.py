@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.errors import DrillError
-from migrator.vocab import HOST_NAME_RE, HOST_NAME_RULE, is_host_name
+from migrator.shared.vocab import HOST_NAME_RE, HOST_NAME_RULE, is_host_name
 
 log = logging.getLogger("migrator.agent")
 DRILL_DIR = Path(os.environ.get("MIGRATOR_DRILL_DIR", "/run/migrator/drills"))

@@ -30,8 +30,8 @@ from migrator.dataplane.handover import Handover
 from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.schema import Registry, bcc_registry
 from migrator.errors import MigratorError
-from migrator.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
-from migrator.vocab import MODES
+from migrator.shared.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
+from migrator.shared.vocab import MODES
 
 log = logging.getLogger("migrator.agent")
 # Long enough for every program run that read the old mode to have fetched its seq (a program

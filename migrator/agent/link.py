@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.store.api import heartbeat, record_windows, report_applied
 from migrator.store.models import Host, Migration
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 
 log = logging.getLogger("migrator.agent")
 

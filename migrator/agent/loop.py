@@ -34,7 +34,7 @@ from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.schema import demo_registry
 from migrator.dataplane.tc import attach_tc
 from migrator.errors import MigratorError, SourceChanged
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 from migrator.store.api import active_migration, get_migration, hosts
 
 log = logging.getLogger("migrator.agent")

@@ -19,7 +19,7 @@ from migrator.cli._out import emit_json
 from migrator.config import Config, load_config, source_hash
 from migrator.control.controller import run_controller, start_migration
 from migrator.control.phases import DbApplier, label
-from migrator.resources import example_config
+from migrator.shared.resources import example_config
 from migrator.store import api, check_database_url, check_integrity, database_errors, open_store
 
 CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."

@@ -8,7 +8,7 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._out import emit_json
-from migrator.records import WINDOW_HEADER, window_line
+from migrator.shared.records import WINDOW_HEADER, window_line
 from migrator.dataplane.channel import check_bpf_privileges
 from migrator.dataplane.loader import SUBMITS, WAKEUPS
 from migrator.errors import OptionError

@@ -12,12 +12,12 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._out import emit_json
-from migrator.records import WINDOW_HEADER, window_line
+from migrator.shared.records import WINDOW_HEADER, window_line
 from migrator.dataplane.rewrite import check_ring_bytes
 from migrator.errors import OptionError
 from migrator.tools.shadow import parse_duration
 from migrator.tools.wrap import DEFAULT_RING_BYTES, WrapReport, run_wrapped
-from migrator.vocab import MODES
+from migrator.shared.vocab import MODES
 
 Mode = Enum("Mode", {m: m for m in MODES}, type=str)
 

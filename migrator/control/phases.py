@@ -30,7 +30,7 @@ from migrator.errors import (
     TransitionPending,
 )
 from migrator.store.models import Host, Migration, Transition
-from migrator.vocab import FINAL, MEASURED, Phase
+from migrator.shared.vocab import FINAL, MEASURED, Phase
 
 
 

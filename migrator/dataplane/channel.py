@@ -20,7 +20,7 @@ from migrator.dataplane import rewrite
 from migrator.dataplane.counters import Counters
 from migrator.dataplane.syscalls import NR_BPF, libc
 from migrator.errors import BPFLoadError, ChannelError, OptionError, PrivilegeError
-from migrator.vocab import MODE_NAMES, MODE_VALUES
+from migrator.shared.vocab import MODE_NAMES, MODE_VALUES
 
 HDR_VERSION = 1
 HDR_SIZE = 32

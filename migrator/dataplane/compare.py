@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from migrator.dataplane.frames import FLAG_MODE_MASK, Frames
-from migrator.vocab import MODE_VALUES
+from migrator.shared.vocab import MODE_VALUES
 
 DUAL = MODE_VALUES["DUAL"]
 SIDES = {"perf": 1, "ring": 2}  # table side codes; 0 is an empty slot

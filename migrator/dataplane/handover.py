@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from migrator.vocab import CHANNELS
+from migrator.shared.vocab import CHANNELS
 
 
 class Handover:

@@ -7,7 +7,7 @@ import re
 
 from migrator.dataplane import rewrite
 from migrator.dataplane.channel import Channel, check_bpf_privileges
-from migrator.resources import bpf_dir
+from migrator.shared.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
 from migrator.dataplane.counters import Counters
 

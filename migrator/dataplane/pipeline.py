@@ -13,7 +13,7 @@ from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
 from migrator.dataplane.channels import PerfConsumer, RingConsumer
 from migrator.dataplane.frames import Frames
 from migrator.dataplane.windows import ChannelMeter
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 
 
 # snapshot(): a stream this busy in this many brackets in a row is not waited for any longer.

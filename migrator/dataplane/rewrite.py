@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.errors import InstallError, OptionError, SourceError
-from migrator.resources import bpf_dir
+from migrator.shared.resources import bpf_dir
 
 HEADER = "migrator.h"
 TEMPLATE_BEGIN, TEMPLATE_END = "MIGRATOR_TEMPLATE_BEGIN", "MIGRATOR_TEMPLATE_END"

@@ -23,7 +23,7 @@ import numpy as np
 
 from migrator.dataplane.frames import HDR_DTYPE, HDR_SIZE, Frames
 from migrator.errors import SchemaError
-from migrator.vocab import MODE_NAMES
+from migrator.shared.vocab import MODE_NAMES
 
 
 def dtype_of(layout) -> np.dtype:

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 from migrator.config import Config
 from migrator.errors import MigratorError, StoreError
 from migrator.store.models import Host, Lease, Migration, Slice, Transition, Verdict, Window
-from migrator.records import ChannelWindow
-from migrator.vocab import FINAL, MODES, first_slices
+from migrator.shared.records import ChannelWindow
+from migrator.shared.vocab import FINAL, MODES, first_slices
 
 WINDOW_FIELDS = [f.name for f in fields(ChannelWindow) if f.name != "extra"]
 

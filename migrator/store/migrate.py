@@ -13,7 +13,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect
 
 from migrator.errors import InstallError, RevisionMismatch
-from migrator.resources import migrations_dir
+from migrator.shared.resources import migrations_dir
 from migrator.store.guard import database_errors, safe_url
 
 

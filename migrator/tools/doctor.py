@@ -375,7 +375,7 @@ def check_kprobes(config_path: str = "/proc/config.gz") -> Check:
 def check_bpf_sources(directory: Path | None = None) -> Check:
     """The BPF sources migrator compiles (migrator.h, demo.h and the demo probes) are where the package says."""
     from migrator.dataplane.loader import PROBES
-    from migrator.resources import bpf_dir
+    from migrator.shared.resources import bpf_dir
 
     where = directory or bpf_dir()
     missing = [name for name in ("migrator.h", "demo.h", *PROBES.values()) if not (where / name).is_file()]

@@ -9,7 +9,7 @@ from migrator.dataplane.loader import PAGE, SUBMITS, WAKEUPS, Probe
 from migrator.errors import OptionError
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 
 
 # What `shadow` can run: the tc probe needs a network device to attach to (the agent and the lab do that).

@@ -54,9 +54,9 @@ from migrator.config import load_config
 from migrator.dataplane import rewrite
 from migrator.dataplane.channel import check_bpf_privileges
 from migrator.errors import MigratorError, OptionError, SourceError
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 from migrator.store import open_store
-from migrator.vocab import MODES
+from migrator.shared.vocab import MODES
 
 DEFAULT_RING_BYTES = 1 << 22
 # The perf side of a feed wakes its reader at a watermark (a quarter of the buffer), not per

@@ -42,7 +42,7 @@ from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.schema import Registry, demo_registry
 from migrator.errors import OptionError
-from migrator.resources import bpf_dir
+from migrator.shared.resources import bpf_dir
 from migrator.tools.bench.bcc_ref import BccPerfRef, BccRingRef
 
 STREAMS = ("fixed", "mixed")

@@ -20,7 +20,7 @@ from migrator.control.phases import Phase, transition
 from migrator.errors import BenchError
 from migrator.store import api, database_errors, open_store
 from migrator.store.models import Migration, Window
-from migrator.records import ChannelWindow
+from migrator.shared.records import ChannelWindow
 
 T0 = 1_700_000_000.0
 

@@ -5,7 +5,7 @@ import os
 import re
 
 from migrator.errors import LabConfigError, LabPermissionError
-from migrator.vocab import LAB_PREFIX_RULE, is_lab_prefix
+from migrator.shared.vocab import LAB_PREFIX_RULE, is_lab_prefix
 
 IFNAMSIZ = 15  # kernel limit on interface names, without the NUL
 MAX_HOSTS = 64

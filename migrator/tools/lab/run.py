@@ -35,7 +35,7 @@ from migrator.dataplane.loadgen import die_with_parent
 from migrator.dataplane.schema import fingerprint
 from migrator.store import api, open_store
 from migrator.store.models import Host, Migration, Window
-from migrator.vocab import FINAL, slice_size
+from migrator.shared.vocab import FINAL, slice_size
 
 LAB_FAULTS = (*DRILL_KINDS, "burst", "cpu-load")
 BURST_PORT = 47001  # the steady generator's receiver holds the default port
