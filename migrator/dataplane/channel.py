@@ -160,11 +160,6 @@ class Channel:
         return f"Channel({self.name!r}, mode={self.mode}, ring_bytes={self.ring_bytes})"
 
     @property
-    def perf_name(self) -> str:
-        """The table name of the perf channel, `name__perf`."""
-        return self.name + "__perf"
-
-    @property
     def ring_name(self) -> str:
         """The table name of the ring channel, `name__ring` (bpf[ring_name].open_ring_buffer)."""
         return self.name + "__ring"

@@ -125,13 +125,6 @@ class LabRun:
     consumer: dict[str, dict] = field(default_factory=dict)
 
 
-def _die_with_parent() -> None:
-    # A `lab run` killed with SIGKILL must not leave agents holding probes on the lab hosts.
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class AgentProcs:
     """One `migrator agent` child per host; they get SIGTERM if this process dies."""
 
