@@ -43,15 +43,27 @@
  *   name            BPF_PERF_OUTPUT, type anchor only: never written at run time
  *   name__perf      BPF_PERF_OUTPUT, the perf channel (records = header + payload)
  *   name__ring      BPF_RINGBUF_OUTPUT, ring_bytes (a power of two, at least 4096)
- *   name__mode      BPF_ARRAY(u32, 1): 0 PERF, 1 DUAL, 2 RING (missing/0 = PERF, >2 = RING)
+ *   name__mode      BPF_ARRAY(u32, 1): the mode word. Bits 0-1 the mode: 0 PERF, 1 DUAL, 2 RING
+ *                   (missing/0 = PERF, 3 = RING); bits 2-7 the epoch (see EPOCHS)
  *   name__seq       BPF_ARRAY(u64, 1): the channel's sequence, taken after the mode is read
- *   name__cnt       BPF_PERCPU_ARRAY(u64, MIGRATOR_CNT_MAX): counters, MIGRATOR_CNT_* below
+ *   name__cnt       BPF_PERCPU_ARRAY(u64, 2 * MIGRATOR_CNT_MAX): counters, MIGRATOR_CNT_* below,
+ *                   one set per epoch parity: index (epoch & 1) * MIGRATOR_CNT_MAX + counter
  *   name__scratch   BPF_PERCPU_ARRAY(struct migrator_record, 1): where records are assembled
  *
  * RECORD: struct migrator_hdr (32 bytes, little endian), then `len` payload bytes.
- *   flags bits 0-1: the mode at emit time; 0x100 payload truncated; 0x200 RESERVE/SUBMIT.
+ *   flags bits 0-1: the mode at emit time; bits 2-7 the epoch at emit time; 0x100 payload
+ *   truncated; 0x200 RESERVE/SUBMIT.
  *   In DUAL both copies carry the same seq. perf samples are padded to 8 bytes by the kernel,
  *   so use `len`, not the sample size.
+ *
+ * EPOCHS (why every window's books balance exactly, also under load)
+ *   Every emit reads the mode word ONCE and takes both its mode and its epoch from it: the
+ *   record carries the epoch in its flags and is counted in the counter set of the epoch's
+ *   parity. Userspace closes a window by writing the word with the next epoch and then waiting
+ *   for an RCU grace period (an update of an ARRAY_OF_MAPS map, which the kernel follows with
+ *   synchronize_rcu(): BPF programs run inside RCU read-side sections). After it, no program
+ *   that read the old epoch is still running, so that epoch's counters are final and each of
+ *   its records is in a buffer, consumed, or counted as refused (migrator/dataplane/pipeline.py).
  *
  * BUILD KNOBS (-D cflags; rewrite.cflags(max_payload=, ring_wakeup=) writes them)
  *   MIGRATOR_MAX_PAYLOAD  largest payload in bytes, a power of two, default 4096. A larger
@@ -108,6 +120,7 @@
 #define MIGRATOR_MODE_DUAL 1
 #define MIGRATOR_MODE_RING 2
 #define MIGRATOR_FLAG_MODE_MASK 0x0003
+#define MIGRATOR_FLAG_EPOCH_MASK 0x00fc /* bits 2-7, in the mode word and in the record flags */
 #define MIGRATOR_FLAG_TRUNCATED 0x0100
 #define MIGRATOR_FLAG_RESERVED 0x0200
 
@@ -124,7 +137,7 @@
 #define MIGRATOR_CNT_COPY_FAIL 9 /* bpf_probe_read_kernel() of the payload failed */
 #define MIGRATOR_CNT_NO_SCRATCH 10
 #define MIGRATOR_CNT_DISCARD 11 /* MIGRATOR_DISCARD calls */
-#define MIGRATOR_CNT_MAX 12
+#define MIGRATOR_CNT_MAX 12 /* counters per epoch parity; the map holds two sets */
 
 /* Where a reservation lives; the low 2 bits are the mode written into the header. */
 #define MIGRATOR_ST_PERF 0         /* PERF: scratch, submit goes to perf */
@@ -167,7 +180,7 @@ struct migrator_record {
     BPF_RINGBUF_OUTPUT(name##__ring, (ring_bytes) / 4096);                                       \
     BPF_ARRAY(name##__mode, u32, 1);                                                             \
     BPF_ARRAY(name##__seq, u64, 1);                                                              \
-    BPF_PERCPU_ARRAY(name##__cnt, u64, MIGRATOR_CNT_MAX);                                        \
+    BPF_PERCPU_ARRAY(name##__cnt, u64, 2 * MIGRATOR_CNT_MAX);                                    \
     BPF_PERCPU_ARRAY(name##__scratch, struct migrator_record, 1)
 
 /* Only reached when the text did not go through prepare() (or from inside a #define). */
@@ -210,15 +223,23 @@ static __always_inline void __migrator_cnt_@NAME@(int *k, int idx)
         *c += 1; /* per CPU: no atomic needed */
 }
 
+/* The mode word, read once per record: the mode (3 read as RING) in bits 0-1, the epoch in 2-7. */
 static __always_inline u32 __migrator_mode_@NAME@(int *k)
 {
     *k = 0;
     u32 *m = @NAME@__mode.lookup(k);
-    u32 mode = m ? *m : MIGRATOR_MODE_PERF;
-    return mode > MIGRATOR_MODE_RING ? MIGRATOR_MODE_RING : mode;
+    u32 w = m ? *m : MIGRATOR_MODE_PERF;
+    u32 mode = w & MIGRATOR_FLAG_MODE_MASK;
+    return (mode > MIGRATOR_MODE_RING ? MIGRATOR_MODE_RING : mode) | (w & MIGRATOR_FLAG_EPOCH_MASK);
 }
 
-/* Called after the mode was read: the sequence is taken here. */
+/* The first counter index of the set of the epoch in a mode word (or in record flags). */
+static __always_inline int __migrator_cb_@NAME@(u32 w)
+{
+    return (w & 0x4) ? MIGRATOR_CNT_MAX : 0;
+}
+
+/* Called after the mode word was read (mode: the word): the sequence is taken here. */
 static __always_inline void __migrator_fill_@NAME@(int *k, struct migrator_hdr *h, u32 mode, u32 len,
                                                    u16 type, u16 tver, u16 extra)
 {
@@ -228,7 +249,7 @@ static __always_inline void __migrator_fill_@NAME@(int *k, struct migrator_hdr *
     if (s)
         seq = __sync_fetch_and_add(s, 1);
     h->hdr_version = MIGRATOR_HDR_VERSION;
-    h->flags = (u16)(mode & MIGRATOR_FLAG_MODE_MASK) | extra;
+    h->flags = (u16)(mode & (MIGRATOR_FLAG_MODE_MASK | MIGRATOR_FLAG_EPOCH_MASK)) | extra;
     h->type = type;
     h->type_version = tver;
     h->len = len;
@@ -238,21 +259,22 @@ static __always_inline void __migrator_fill_@NAME@(int *k, struct migrator_hdr *
 }
 
 /* rec is typed so that bcc records struct migrator_record for name__perf */
-static __always_inline int __migrator_perf_@NAME@(int *k, void *ctx, struct migrator_record *rec, u64 total)
+/* cb: the counter set of the epoch of the record (__migrator_cb of its flags) */
+static __always_inline int __migrator_perf_@NAME@(int *k, void *ctx, struct migrator_record *rec, u64 total, int cb)
 {
-    __migrator_cnt_@NAME@(k, MIGRATOR_CNT_PERF_ATTEMPTS);
+    __migrator_cnt_@NAME@(k, cb + MIGRATOR_CNT_PERF_ATTEMPTS);
     int rc = @NAME@__perf.perf_submit(ctx, rec, total);
-    __migrator_cnt_@NAME@(k, rc == 0 ? MIGRATOR_CNT_PERF_OK
-                             : rc == -28 /* ENOSPC */ ? MIGRATOR_CNT_PERF_FULL : MIGRATOR_CNT_PERF_OTHER);
+    __migrator_cnt_@NAME@(k, cb + (rc == 0 ? MIGRATOR_CNT_PERF_OK
+                                   : rc == -28 /* ENOSPC */ ? MIGRATOR_CNT_PERF_FULL : MIGRATOR_CNT_PERF_OTHER));
     return rc;
 }
 
-static __always_inline int __migrator_ring_@NAME@(int *k, struct migrator_record *rec, u64 total)
+static __always_inline int __migrator_ring_@NAME@(int *k, struct migrator_record *rec, u64 total, int cb)
 {
-    __migrator_cnt_@NAME@(k, MIGRATOR_CNT_RING_ATTEMPTS);
+    __migrator_cnt_@NAME@(k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
     int rc = @NAME@__ring.ringbuf_output(rec, total, MIGRATOR_RB_FLAGS);
-    __migrator_cnt_@NAME@(k, rc == 0 ? MIGRATOR_CNT_RING_OK
-                             : rc == -11 /* EAGAIN */ ? MIGRATOR_CNT_RING_FULL : MIGRATOR_CNT_RING_OTHER);
+    __migrator_cnt_@NAME@(k, cb + (rc == 0 ? MIGRATOR_CNT_RING_OK
+                                   : rc == -11 /* EAGAIN */ ? MIGRATOR_CNT_RING_FULL : MIGRATOR_CNT_RING_OTHER));
     return rc;
 }
 
@@ -267,7 +289,8 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
         __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_NO_SCRATCH);
         return -2; /* ENOENT */
     }
-    sc->flags = (u16)__migrator_mode_@NAME@(&k);
+    sc->flags = (u16)__migrator_mode_@NAME@(&k); /* the mode and the epoch */
+    int cb = __migrator_cb_@NAME@(sc->flags);
     sc->hdr_version = MIGRATOR_HDR_VERSION;
     sc->type = type;
     sc->type_version = tver;
@@ -275,7 +298,7 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
     if (n > MIGRATOR_MAX_PAYLOAD) {
         n = MIGRATOR_MAX_PAYLOAD;
         sc->flags |= MIGRATOR_FLAG_TRUNCATED;
-        __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_TRUNCATED);
+        __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_TRUNCATED);
     }
     /* Without the empty asm clang folds the clamp into a copy of size and the verifier sees
      * an unbounded length ("R2 min value is negative, either use unsigned or var &= const"). */
@@ -285,7 +308,7 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
     if (n) {
         int crc = bpf_probe_read_kernel(sc->data, n, ptr);
         if (crc) {
-            __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_COPY_FAIL);
+            __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_COPY_FAIL);
             return crc;
         }
     }
@@ -299,9 +322,9 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
     u32 mode = sc->flags & MIGRATOR_FLAG_MODE_MASK;
     int rc = 0;
     if (mode != MIGRATOR_MODE_RING)
-        rc = __migrator_perf_@NAME@(&k, ctx, sc, total);
+        rc = __migrator_perf_@NAME@(&k, ctx, sc, total, cb);
     if (mode != MIGRATOR_MODE_PERF) {
-        int rrc = __migrator_ring_@NAME@(&k, sc, total);
+        int rrc = __migrator_ring_@NAME@(&k, sc, total, cb);
         if (!rc)
             rc = rrc;
     }
@@ -313,7 +336,9 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
 static __always_inline void *__migrator_reserve_@NAME@(u32 *st, u32 size, u16 type, u16 tver)
 {
     int k = 0;
-    u32 mode = __migrator_mode_@NAME@(&k);
+    u32 w = __migrator_mode_@NAME@(&k);
+    u32 mode = w & MIGRATOR_FLAG_MODE_MASK;
+    int cb = __migrator_cb_@NAME@(w);
     struct migrator_hdr *h = 0;
     if (mode == MIGRATOR_MODE_PERF) {
         *st = MIGRATOR_ST_PERF;
@@ -324,8 +349,8 @@ static __always_inline void *__migrator_reserve_@NAME@(u32 *st, u32 size, u16 ty
         if (h) {
             *st = MIGRATOR_ST_DUAL;
         } else {
-            __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_RING_ATTEMPTS);
-            __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_RING_FULL);
+            __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
+            __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_FULL);
             *st = MIGRATOR_ST_DUAL_SCRATCH; /* perf must still get it */
             k = 0;
             h = (struct migrator_hdr *)@NAME@__scratch.lookup(&k);
@@ -334,8 +359,8 @@ static __always_inline void *__migrator_reserve_@NAME@(u32 *st, u32 size, u16 ty
         *st = MIGRATOR_ST_RING;
         h = @NAME@__ring.ringbuf_reserve(sizeof(struct migrator_hdr) + size);
         if (!h) {
-            __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_RING_ATTEMPTS);
-            __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_RING_FULL);
+            __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
+            __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_FULL);
             return 0;
         }
     }
@@ -343,7 +368,7 @@ static __always_inline void *__migrator_reserve_@NAME@(u32 *st, u32 size, u16 ty
         __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_NO_SCRATCH);
         return 0;
     }
-    __migrator_fill_@NAME@(&k, h, mode, size, type, tver, MIGRATOR_FLAG_RESERVED);
+    __migrator_fill_@NAME@(&k, h, w, size, type, tver, MIGRATOR_FLAG_RESERVED);
     return (void *)(h + 1);
 }
 
@@ -353,12 +378,13 @@ static __always_inline void __migrator_submit_@NAME@(void *ctx, u32 st, void *p,
         return;
     int k = 0;
     struct migrator_hdr *h = ((struct migrator_hdr *)p) - 1;
+    int cb = __migrator_cb_@NAME@(h->flags); /* the epoch of the reservation */
     if (st != MIGRATOR_ST_RING)
-        __migrator_perf_@NAME@(&k, ctx, (struct migrator_record *)h, sizeof(*h) + size);
+        __migrator_perf_@NAME@(&k, ctx, (struct migrator_record *)h, sizeof(*h) + size, cb);
     if (st == MIGRATOR_ST_DUAL || st == MIGRATOR_ST_RING) {
-        __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_RING_ATTEMPTS);
+        __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
         @NAME@__ring.ringbuf_submit(h, MIGRATOR_RB_FLAGS);
-        __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_RING_OK);
+        __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_OK);
     }
 }
 
@@ -368,7 +394,7 @@ static __always_inline void __migrator_discard_@NAME@(u32 st, void *p)
         return;
     int k = 0;
     struct migrator_hdr *h = ((struct migrator_hdr *)p) - 1;
-    __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_DISCARD);
+    __migrator_cnt_@NAME@(&k, __migrator_cb_@NAME@(h->flags) + MIGRATOR_CNT_DISCARD);
     if (st == MIGRATOR_ST_DUAL || st == MIGRATOR_ST_RING)
         @NAME@__ring.ringbuf_discard(h, MIGRATOR_RB_FLAGS);
 }

@@ -39,6 +39,26 @@ def test_every_seq_has_exactly_one_owner_across_many_switches():
         h.cut(300, "perf")  # before the last cut
 
 
+def test_a_record_emitted_in_one_channels_mode_is_delivered_from_it_whatever_its_seq():
+    # RING -> PERF at seq 100. A program run that read RING just before the switch fetched seq 101
+    # after the cut was read: its only copy is on the ring, so the ring delivers it; a run that read
+    # PERF (after the switch) with seq 99 cannot exist, but a PERF record is perf's alone anyway.
+    h = Handover("ring")
+    h.cut(100, "perf")
+    seq = np.array([98, 99, 100, 101, 102], dtype=np.uint64)
+    ring_flags = np.array([2, 1, 2, 1, 1], dtype=np.uint16)  # RING, DUAL, RING (late), DUAL, DUAL
+    perf_flags = np.array([0, 1, 0, 1, 1], dtype=np.uint16)  # what perf holds at those seqs
+    ring = h.owned("ring", seq, ring_flags)
+    perf = h.owned("perf", seq, perf_flags)
+    assert ring.tolist() == [True, True, True, False, False]
+    assert perf.tolist() == [True, False, True, True, True]
+    # each DUAL seq (two copies) has exactly one owner; one-copy records are always delivered
+    dual = ring_flags == 1
+    assert not (ring & perf & dual).any() and ((ring | perf) | ~dual).all()
+    # the epoch bits (2-7) and other flags do not change the mode read
+    assert h.owned("ring", seq, ring_flags | 0x0104).tolist() == ring.tolist()
+
+
 def test_perf_walker_reads_mixed_sizes_and_counts_lost_and_bad_records():
     recs = [record(i, bytes([i % 251]) * (24 + (i * 37) % 500)) for i in range(40)]
     lost = struct.pack("<IHHQQ", PERF_RECORD_LOST, 0, 24, 0, 7)

@@ -7,13 +7,17 @@ from enum import Enum
 import typer
 
 from migrator.cli import app
+from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.cli._out import emit_json
 from migrator.shared.records import WINDOW_HEADER, window_line
-from migrator.dataplane.channel import check_bpf_privileges
-from migrator.dataplane.loader import SUBMITS, WAKEUPS
 from migrator.errors import OptionError
-from migrator.tools.shadow import (SHADOW_PROBES, check_perf_pages, check_rate, check_ring_bytes, check_seconds,
-                                   parse_duration, run_shadow)
+
+# The data plane (numpy, bcc) is imported only when `shadow` runs, so these choices are spelled
+# here; tests/test_startup.py checks them against migrator.tools.shadow.SHADOW_PROBES and
+# migrator.dataplane.loader.SUBMITS / WAKEUPS.
+SHADOW_PROBES = ("synthetic", "proc")
+SUBMITS = ("reserve", "output")
+WAKEUPS = ("adaptive", "no_wakeup", "force_wakeup")
 
 # Choices are Enums so that typer rejects anything else at parse time (exit 2) and lists them in --help.
 ProbeName = Enum("ProbeName", {p: p for p in SHADOW_PROBES}, type=str)
@@ -22,10 +26,18 @@ Wakeup = Enum("Wakeup", {k: k for k in WAKEUPS}, type=str)
 
 
 def usage(check):
-    """A typer callback/parser running `check` and turning its OptionError into a usage error (exit 2)."""
+    """A typer callback/parser running `check` and turning its OptionError into a usage error (exit 2).
+
+    `check` is a function, or the name of one in migrator.tools.shadow (imported when the option
+    is parsed, i.e. when the command runs, not when `migrator` starts)."""
     def callback(value):
+        fn = check
+        if isinstance(check, str):
+            from migrator.tools import shadow as checks
+
+            fn = getattr(checks, check)
         try:
-            return check(value)
+            return fn(value)
         except OptionError as exc:
             raise typer.BadParameter(exc.detail) from None
     return callback
@@ -33,29 +45,36 @@ def usage(check):
 
 @app.command()
 def shadow(
-    seconds: float = typer.Option(10.0, "--seconds", "-s", callback=usage(check_seconds), help="How long to run."),
-    window: float = typer.Option("1s", "--window", "-w", parser=usage(parse_duration), metavar="<duration>",
+    seconds: float = typer.Option(10.0, "--seconds", "-s", callback=usage("check_seconds"), help="How long to run."),
+    window: float = typer.Option("1s", "--window", "-w", parser=usage("parse_duration"), metavar="<duration>",
                                  help="Window length: 1s, 500ms, 2.5."),
     probe: ProbeName = typer.Option("synthetic", "--probe",
                                     help="synthetic (getppid of a generator) or proc (fork/exec/exit)."),
-    rate: float = typer.Option(100_000, "--rate", callback=usage(check_rate),
+    rate: float = typer.Option(100_000, "--rate", callback=usage("check_rate"),
                                help="Synthetic events per second (0: as fast as possible)."),
-    ring_bytes: int = typer.Option(16 << 20, "--ring-bytes", callback=usage(check_ring_bytes),
+    ring_bytes: int = typer.Option(16 << 20, "--ring-bytes", callback=usage("check_ring_bytes"),
                                    help="Ring size, a power of two in bytes."),
-    perf_pages: int = typer.Option(64, "--perf-pages", callback=usage(check_perf_pages),
+    perf_pages: int = typer.Option(64, "--perf-pages", callback=usage("check_perf_pages"),
                                    help="Perf buffer pages per CPU, a power of two."),
     ring_submit: RingSubmit = typer.Option("reserve", "--ring-submit", help="reserve (reserve/submit) or output."),
     wakeup: Wakeup = typer.Option("adaptive", "--wakeup", help="adaptive, no_wakeup or force_wakeup."),
     print_c: bool = typer.Option(False, "--print-c", help="Print the generated BPF C before loading it."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per window and channel, then the summary."),
+    log_format: LogFormat = log_format_option(),
+    log_level: str = log_level_option(),
 ) -> None:
     """Load a probe in DUAL mode and compare perf and ring on the same events, window by window.
 
     Example: migrator shadow --seconds 10 --window 1s --rate 1000000
 
-    The residual column is attempts - delivered - dropped - lost - in flight since the start; it
-    is exact when the window closed on a quiet instant and marked ~ when events kept arriving.
+    The residual column is the window's books: attempts - delivered - dropped - lost - in flight of
+    the events emitted in that window, 0 when every one is accounted for (also under load); ~ marks a
+    window whose close could not wait for the BPF programs to finish (then a best effort).
     """
+    setup_logging(log_format, log_level)
+    from migrator.dataplane.channel import check_bpf_privileges
+    from migrator.tools.shadow import run_shadow
+
     win, probe = window, ProbeName(probe).value
     if not print_c:  # before the header: a user who cannot load BPF gets the one Error: line only
         check_bpf_privileges(f"probe {probe}")
@@ -84,5 +103,6 @@ def shadow(
             f"  {ch:<4} attempts={t['attempts']} delivered={t['delivered']} dropped_full={t['dropped_full']} "
             f"dropped_other={t['dropped_other']} lost={t['lost']} loss={100 * t['loss_rate']:.3f}% "
             f"worst_p99={p99}ms inversions={t['inversions']} cpu={t['consumer_cpu_s']:.3f}s "
-            f"parse_errors={t['parse_errors']} residual={t['final_residual']}"
+            f"parse_errors={t['parse_errors']} residual={t['residual']} "
+            f"unbalanced_windows={t['unbalanced_windows']}"
         )

@@ -12,8 +12,12 @@ Definitions (the controller and what-if use exactly these):
   - Every phase, on the ring window: parse errors (records no registered payload layout reads)
     and payload mismatches (DUAL only: ring payload != perf payload of the same seq), each
     against its own absolute limit (rules `parse_errors`, `payload_mismatch`).
+  - Every phase, the host's books on both its windows (ring, and perf when reported): a settled
+    window whose residual (attempts - delivered - dropped - lost - in flight) is not 0 breaches
+    (rule `books`), whatever its event count: evidence that does not add up is never a pass.
   no-data when a needed window is missing, was closed in another mode than the phase sets
-  (the agent had not switched yet), or saw fewer than `min_events` attempts.
+  (the agent had not switched yet), was not settled (its books could not be closed: rule
+  `unsettled`), or saw fewer than `min_events` attempts.
   breach when any limit is exceeded (`rule` lists every exceeded rule, `values` the numbers).
 * Group (slice window) verdict for index i: breach if any judged host breaches; otherwise
   no-data if any judged host has no data; otherwise pass.
@@ -104,9 +108,23 @@ class Baseline:
                    len(ws))
 
 
+def books(ring: Any, perf: Any = None) -> tuple[list[str], dict[str, int]]:
+    """The host's own books in one window: (channels not settled, {channel: residual != 0} of the settled)."""
+    unsettled, residuals = [], {}
+    for ch, w in (("ring", ring), ("perf", perf)):
+        if w is None:
+            continue
+        if not _g(w, "settled", True):
+            unsettled.append(ch)
+        elif _g(w, "residual", 0):
+            residuals[ch] = int(_g(w, "residual", 0))
+    return unsettled, residuals
+
+
 def judge_host(host: str, ring: Any, baseline: Baseline | None, th: Thresholds, *, expected_mode: str,
-               relative: bool, need_baseline: bool = False) -> HostVerdict:
-    """One judged host's verdict for one window index (see module docstring)."""
+               relative: bool, need_baseline: bool = False, perf: Any = None) -> HostVerdict:
+    """One judged host's verdict for one window index (see module docstring); `perf` is the host's
+    own perf window of the same index, whose books are judged too."""
     wid = _g(ring, "id")
     if ring is None:
         return HostVerdict(host, None, NO_DATA, "no_report", {"missing": "ring"})
@@ -114,11 +132,17 @@ def judge_host(host: str, ring: Any, baseline: Baseline | None, th: Thresholds, 
         return HostVerdict(host, wid, NO_DATA, "no_report", {"missing": "perf"})
     if ring.mode != expected_mode:
         return HostVerdict(host, wid, NO_DATA, "mode", {"mode": ring.mode, "expected": expected_mode})
-    if ring.attempts < th.min_events:
+    unsettled, residuals = books(ring, perf)
+    if unsettled:
+        return HostVerdict(host, wid, NO_DATA, "unsettled", {"unsettled": unsettled})
+    if ring.attempts < th.min_events and not residuals:
         return HostVerdict(host, wid, NO_DATA, "min_events", {"attempts": ring.attempts, "min_events": th.min_events})
     loss = _loss(ring)
     values: dict[str, Any] = {"attempts": ring.attempts, "loss_rate": loss}
     broken: list[str] = []
+    if residuals:
+        broken.append("books")
+        values["residual"] = residuals
     if loss > th.max_loss_rate:
         broken.append("max_loss_rate")
     values["max_loss_rate"] = th.max_loss_rate
@@ -168,16 +192,17 @@ def judge_group(phase: str, index: int, judged: list[str], by_host: Mapping[str,
                 th: Thresholds) -> GroupVerdict:
     """The verdict of window index `index` over the judged hosts; `by_host[host][channel]` is a window."""
     if phase == "DUAL_INSTRUMENT":
-        hv = [judge_host(h, by_host.get(h, {}).get("ring"), None, th, expected_mode="DUAL", relative=False)
-              for h in judged]
+        hv = [judge_host(h, by_host.get(h, {}).get("ring"), None, th, expected_mode="DUAL", relative=False,
+                         perf=by_host.get(h, {}).get("perf")) for h in judged]
     elif phase == "SHADOW":
         hv = [judge_host(h, by_host.get(h, {}).get("ring"), Baseline.of([by_host.get(h, {}).get("perf")]), th,
-                         expected_mode="DUAL", relative=True, need_baseline=True) for h in judged]
+                         expected_mode="DUAL", relative=True, need_baseline=True, perf=by_host.get(h, {}).get("perf"))
+              for h in judged]
     elif phase == "CANARY":
         judged_set = set(judged)
         base = Baseline.of(chans.get("perf") for h, chans in by_host.items() if h not in judged_set)
-        hv = [judge_host(h, by_host.get(h, {}).get("ring"), base, th, expected_mode="RING", relative=True)
-              for h in judged]
+        hv = [judge_host(h, by_host.get(h, {}).get("ring"), base, th, expected_mode="RING", relative=True,
+                         perf=by_host.get(h, {}).get("perf")) for h in judged]
     else:
         raise ValueError(f"phase {phase} is not judged")
     breaching = [v for v in hv if v.verdict == BREACH]

@@ -18,20 +18,18 @@ from pathlib import Path
 
 from migrator.dataplane import rewrite
 from migrator.dataplane.counters import Counters
+from migrator.dataplane.frames import (EPOCH_SHIFT, EPOCHS, FLAG_MODE_MASK, FLAG_RESERVED, FLAG_TRUNCATED,  # noqa: F401
+                                       HDR_SIZE, HDR_VERSION)
 from migrator.dataplane.syscalls import NR_BPF, libc
 from migrator.errors import BPFLoadError, ChannelError, OptionError, PrivilegeError
 from migrator.shared.vocab import MODE_NAMES, MODE_VALUES
 
-HDR_VERSION = 1
-HDR_SIZE = 32
-FLAG_MODE_MASK = 0x0003
-FLAG_TRUNCATED = 0x0100
-FLAG_RESERVED = 0x0200
 # Index order of the per-CPU counters in name__cnt (MIGRATOR_CNT_* in migrator.h).
 COUNTERS = ("perf_attempts", "perf_ok", "perf_full", "perf_other",
             "ring_attempts", "ring_ok", "ring_full", "ring_other",
             "truncated", "copy_fail", "no_scratch", "discard")
 EXTRA_COUNTERS = COUNTERS[8:]
+N_COUNTERS = len(COUNTERS)  # per epoch parity: name__cnt holds two sets
 # The maps MIGRATOR_CHANNEL(name, bytes) declares, by suffix.
 SUFFIXES = ("", "__perf", "__ring", "__mode", "__seq", "__cnt", "__scratch")
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -190,18 +188,36 @@ class Channel:
         n = getattr(self.ring_map, "max_entries", None)
         return int(n) if n else map_max_entries(self.ring_map_fd)
 
+    def _word(self) -> int:
+        t = self._tables["__mode"]
+        return int(t[t.Key(0)].value)
+
+    def _write_word(self, word: int) -> None:
+        t = self._tables["__mode"]
+        t[t.Key(0)] = t.Leaf(word)
+
     def set_mode(self, mode: str) -> None:
-        """Switch the channel to "PERF", "DUAL" or "RING"; the next record follows it."""
+        """Switch the channel to "PERF", "DUAL" or "RING"; the next record follows it (the epoch stays)."""
         if mode not in MODE_VALUES:
             raise OptionError("mode", mode, "is not a channel mode", f"use one of {', '.join(MODE_VALUES)}")
-        t = self._tables["__mode"]
-        t[t.Key(0)] = t.Leaf(MODE_VALUES[mode])
+        self._write_word(MODE_VALUES[mode] | (self._word() & ~FLAG_MODE_MASK))
 
     @property
     def mode(self) -> str:
-        """The mode the BPF side acts on (a value above RING counts as RING)."""
-        t = self._tables["__mode"]
-        return MODE_NAMES.get(t[t.Key(0)].value, "RING")
+        """The mode the BPF side acts on (3 counts as RING)."""
+        return MODE_NAMES.get(self._word() & FLAG_MODE_MASK, "RING")
+
+    @property
+    def epoch(self) -> int:
+        """The epoch records are stamped with now (0..EPOCHS-1)."""
+        return (self._word() >> EPOCH_SHIFT) % EPOCHS
+
+    def set_epoch(self, epoch: int) -> None:
+        """Stamp the next records with `epoch` (mod EPOCHS) and count them in its parity's set; the mode stays.
+
+        Programs that read the old word may still be running: only after an RCU grace period
+        (dataplane/grace.py) are the old epoch's counters final."""
+        self._write_word((self._word() & FLAG_MODE_MASK) | (epoch % EPOCHS) << EPOCH_SHIFT)
 
     @property
     def next_seq(self) -> int:
@@ -209,14 +225,17 @@ class Channel:
         t = self._tables["__seq"]
         return t[t.Key(0)].value
 
-    def raw_counters(self) -> dict[str, int]:
-        """Every counter of name__cnt (COUNTERS), summed over CPUs."""
+    def raw_counters(self, parity: int | None = None) -> dict[str, int]:
+        """Every counter of name__cnt (COUNTERS), summed over CPUs: of the epochs of one parity
+        (0 even, 1 odd), or of both (None)."""
         t = self._tables["__cnt"]
-        return {n: int(sum(t[t.Key(i)])) for i, n in enumerate(COUNTERS)}
+        sets = (0, 1) if parity is None else (parity & 1,)
+        return {n: sum(int(sum(t[t.Key(p * N_COUNTERS + i)])) for p in sets) for i, n in enumerate(COUNTERS)}
 
-    def counters(self) -> dict[str, Counters]:
-        """{"perf": Counters, "ring": Counters}, summed over CPUs."""
-        c = self.raw_counters()
+    def counters(self, parity: int | None = None) -> dict[str, Counters]:
+        """{"perf": Counters, "ring": Counters}, summed over CPUs (and over both epoch parities
+        unless one is given)."""
+        c = self.raw_counters(parity)
         return {ch: Counters(c[f"{ch}_attempts"], c[f"{ch}_ok"], c[f"{ch}_full"], c[f"{ch}_other"])
                 for ch in ("perf", "ring")}
 

@@ -7,17 +7,21 @@ every seq from S on. Owners are kept as cut points, so any number of switches (P
 PERF -> RING ...) leaves every seq owned by exactly one channel, and a record is delivered only
 by its owner: nothing is delivered twice, and nothing the kernel wrote to its owner is skipped.
 
-Why S read in DUAL is safe (bpf/migrator.h reads the mode map, then fetches the seq, both in one
-program run): a record with seq < S fetched its seq before S was read, so it read a mode set
-before the final mode was written (DUAL, or the old mode): it is on the old channel. A record
-with seq >= S read the mode after DUAL was in force (the DUAL period is far longer than one
-program run): it is on the new channel.
+Why this needs no timing assumption: every record carries the mode it was emitted in (flags bits
+0-1, read in the same program run that fetched its seq). A record emitted in PERF or RING exists on
+one channel only, so that channel delivers it, whatever its seq. Only a record emitted in DUAL has
+two copies, and the seq decides which one is delivered. So a program run that read the old mode
+just before a switch, and fetched its seq just after the cut was read, is still delivered exactly
+once: from the only channel it went to.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from migrator.shared.vocab import CHANNELS
+from migrator.dataplane.frames import FLAG_MODE_MASK
+from migrator.shared.vocab import CHANNELS, MODE_VALUES
+
+DUAL = MODE_VALUES["DUAL"]
 
 
 class Handover:
@@ -45,10 +49,14 @@ class Handover:
         self.cuts.append(int(seq))
         self.owners.append(to)
 
-    def owned(self, channel: str, seq: np.ndarray) -> np.ndarray:
-        """Boolean mask: which of these records (by seq) `channel` delivers."""
+    def owned(self, channel: str, seq: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask: which of these records `channel` delivers: by seq, and, given their header
+        flags, every record emitted in a one-channel mode (its only copy) too."""
         if len(self.owners) == 1:
-            return np.full(len(seq), self.owners[0] == channel)
-        idx = np.searchsorted(np.asarray(self.cuts, dtype=np.uint64), seq.astype(np.uint64), side="right")
-        mine = np.asarray([o == channel for o in self.owners])
-        return mine[idx]
+            mine = np.full(len(seq), self.owners[0] == channel)
+        else:
+            idx = np.searchsorted(np.asarray(self.cuts, dtype=np.uint64), seq.astype(np.uint64), side="right")
+            mine = np.asarray([o == channel for o in self.owners])[idx]
+        if flags is not None:
+            mine |= (flags & FLAG_MODE_MASK) != DUAL
+        return mine

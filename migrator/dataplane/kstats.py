@@ -45,6 +45,17 @@ def prog_run_stats(prog_fds: list[int]) -> tuple[int, int]:
     return total_ns, total_cnt
 
 
+def stats_on(fd: int | None, sysctl: str = "/proc/sys/kernel/bpf_stats_enabled") -> bool:
+    """Whether run times are being accounted: our enable_stats() fd, or the operator's sysctl."""
+    if fd is not None:
+        return True
+    try:
+        with open(sysctl) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def close_stats(fd: int | None) -> None:
     """Give up the run-time accounting enable_stats() turned on (None: nothing to give up)."""
     if fd is not None:

@@ -118,9 +118,18 @@ class Probe:
         """The seq the next event will carry."""
         return self.channel.next_seq
 
-    def counters(self) -> dict[str, Counters]:
-        """Per-channel kernel counters summed over CPUs."""
-        return self.channel.counters()
+    def counters(self, parity: int | None = None) -> dict[str, Counters]:
+        """Per-channel kernel counters summed over CPUs (of one epoch parity's set, or both)."""
+        return self.channel.counters(parity)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next records are stamped with."""
+        return self.channel.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Stamp the next records with `epoch` (the window books, pipeline.py)."""
+        self.channel.set_epoch(epoch)
 
     def prog_fds(self) -> list[int]:
         """The fds of every loaded program (for run-time statistics)."""

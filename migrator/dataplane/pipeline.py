@@ -4,21 +4,18 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 
 from migrator.dataplane.counters import Counters
-from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
+from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats, stats_on
 from migrator.dataplane.channels import PerfConsumer, RingConsumer
-from migrator.dataplane.frames import Frames
+from migrator.dataplane.frames import EPOCHS, Frames, epochs_of
+from migrator.dataplane.grace import GracePeriod
 from migrator.dataplane.windows import ChannelMeter
 from migrator.shared.records import ChannelWindow
 
-
-# snapshot(): a stream this busy in this many brackets in a row is not waited for any longer.
-BUSY_BRACKET = 100
-BUSY_TRIES = 3
 
 
 class ChannelSource(Protocol):
@@ -29,9 +26,15 @@ class ChannelSource(Protocol):
     ring_bytes: int
     perf_map: object
     mode: str
+    epoch: int
 
-    def counters(self) -> dict[str, Counters]:
-        """{"perf": Counters, "ring": Counters}: the channel's emit counters, summed over CPUs."""
+    def set_epoch(self, epoch: int) -> None:
+        """Stamp the next records with `epoch` and count them in its parity's counter set."""
+        ...
+
+    def counters(self, parity: int | None = None) -> dict[str, Counters]:
+        """{"perf": Counters, "ring": Counters}: the channel's emit counters, summed over CPUs (and
+        over the counter sets of both epoch parities, or of one)."""
         ...
 
     def prog_fds(self) -> list[int]:
@@ -39,29 +42,18 @@ class ChannelSource(Protocol):
         ...
 
 
-@dataclass
-class ChannelTotals:
-    """Cumulative balance of one channel since the pipeline started."""
-
-    attempts: int
-    delivered: int
-    dropped_full: int
-    dropped_other: int
-    lost: int
-    in_flight: int
-
-    @property
-    def residual(self) -> int:
-        """Records the books cannot account for: 0 when the channel balances exactly."""
-        return self.attempts - self.delivered - self.dropped_full - self.dropped_other - self.lost - self.in_flight
-
-
 class Pipeline:
     """Drains both channels of one probe and closes per-channel windows that balance exactly.
 
-    Waiting is epoll on the ring map fd and the perf fds with a bounded timeout; after a wake-up
-    the loop waits out `batch_interval` since the previous drain, so records arrive in batches
-    instead of one wake-up each.
+    Each window is one epoch of the channel (bpf/migrator.h EPOCHS): its records carry it and its
+    counters are kept apart, so closing a window is moving the channel to the next epoch, waiting
+    one RCU grace period (grace.py) while draining, and then balancing the closed epoch alone:
+    attempts = delivered + dropped + lost + in flight, exactly, however busy the stream.
+
+    Waiting (poll) is a timer while records flow: a drain every `batch_interval` (the
+    `[buffers] max_delay_ms` budget), sooner when a buffer would pass half full, so records
+    arrive in batches instead of one wake-up each; after a quiet drain it is epoll on the ring map
+    fd and the perf fds, bounded by the same budget.
     """
 
     def __init__(self, probe: "ChannelSource", host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
@@ -91,12 +83,22 @@ class Pipeline:
         # Assume the producer ceiling (~2.2 M records/s of ~100 bytes here) until drains have
         # measured the real rate, in bytes per second.
         self._rate = {"perf": 2.5e8, "ring": 2.5e8}
-        zero = Counters()
-        self._prev = {"perf": zero, "ring": zero}
         self._prev_parse = {"perf": 0, "ring": 0}
         self._prev_run = prog_run_stats(probe.prog_fds())
+        self._prev_lost_reported = 0
+        # Records delivered per channel and epoch since the epoch's window was last closed.
+        self._by_epoch = {"perf": np.zeros(EPOCHS, np.int64), "ring": np.zeros(EPOCHS, np.int64)}
+        self._grace = GracePeriod()
+        # Counters of the idle parity's set, read before its epoch starts (what that epoch adds to).
+        self._base: dict[int, dict[str, Counters]] = {}
+        # Start a fresh epoch: whatever ran before us (records still buffered included) is not ours.
+        self._grace.wait()
+        self._epoch = probe.epoch
+        self._advance_epoch()
         self.delivered_total = {"perf": 0, "ring": 0}
         self.stall_ring_until = 0.0
+        # poll(): the last drain found nothing, so wait on epoll rather than on the batch clock.
+        self._idle = True
         # Rollback timing: after watch(channel), the wall time of the first record delivered on it.
         self.watch_first: dict[str, float | None] = {}
         self.first_after: dict[str, float | None] = {}
@@ -123,6 +125,7 @@ class Pipeline:
             if self.watch_first.get(channel) is not None and self.first_after.get(channel) is None:
                 self.first_after[channel] = time.time()
             self.meters[channel].add(batch.hdr, time.monotonic_ns())
+            self._by_epoch[channel] += epochs_of(batch.hdr)
             if self.on_batch is not None:
                 self.on_batch(channel, batch)
             self.delivered_total[channel] += n
@@ -154,105 +157,135 @@ class Pipeline:
         return max(0.0, min(room))
 
     def poll(self, timeout: float = 0.1) -> int:
-        """Wait up to `timeout` s for data (epoll), let the batch grow, drain both channels.
+        """Wait for the batch clock (never longer than `timeout` s), then drain both channels.
 
-        The batch grows for up to `batch_interval` since the last drain, but never past the point
-        where a buffer would be half full at the rate just seen: batching must not cause drops.
+        A drain is due `batch_interval` (the `[buffers] max_delay_ms` budget) after the previous
+        one, sooner when a buffer would pass half full at the rate just seen: batches grow as long
+        as the rate allows, and no record waits longer than the budget. While records flow the wait
+        is one sleep to that instant (no epoll, no wake-up per record, nothing read per call but the
+        buffer positions). After a drain that found nothing, the wait is an epoll on the ring and
+        perf fds, bounded by the budget: the ring's wakeup or perf's watermark ends it early, and a
+        record that wakes nobody (BPF_RB_NO_WAKEUP, perf below its watermark) is found by the
+        timer. Returns 0 without draining when `timeout` ends before a drain is due.
         """
-        ring_waiting = self.ring.pending_bytes() and not self.ring_stalled
-        if not (ring_waiting or self.perf.pending_bytes()):
-            self._ep.poll(timeout)
+        now = time.monotonic()
+        if self._idle:
+            wait = min(timeout, self.batch_interval)
             if self.ring_stalled:
-                time.sleep(min(timeout, 0.01))  # the ring's fd stays readable while stalled
-        wait = min(self._last_drain + self.batch_interval - time.monotonic(), self._headroom())
-        if wait > 0:
-            time.sleep(wait)
-        return self.drain()
+                time.sleep(wait)  # the ring's fd stays readable while stalled: epoll would spin
+            elif wait > 0:
+                self._ep.poll(wait)
+            ring = 0 if self.ring_stalled else self.ring.pending_bytes()
+            if not (ring or self.perf.pending_bytes()):
+                return 0  # nothing came: no drain, no allocation
+            # The first records after a quiet spell: take them now (they waited since the epoll).
+        else:
+            due = min(self._last_drain + self.batch_interval, now + self._headroom())
+            if due - now > timeout:
+                if timeout > 0:
+                    time.sleep(timeout)
+                return 0
+            if due > now:
+                time.sleep(due - now)
+        n = self.drain()
+        self._idle = n == 0
+        return n
 
     # -- accounting ---------------------------------------------------------------------------
-    def snapshot(self, tries: int = 20) -> tuple[dict[str, Counters], dict[str, int], bool]:
-        """Counters and buffer occupancy read between two identical counter reads.
+    def _advance_epoch(self) -> int:
+        """Move the channel to the next epoch; returns the one that ended.
 
-        Two equal reads mean no program counted anything in between, so the drain and the
-        occupancy inside the bracket balance the counters exactly. `settled` is False when events
-        kept arriving on every try; the close is then best effort and says so. A stream that
-        brought BUSY_BRACKET records or more into each of BUSY_TRIES brackets in a row will not
-        pause for the next one: trying on only costs a drain and two counter reads per try.
-        """
-        self.drain()
-        busy = 0
-        for _ in range(tries):
-            before = self.probe.counters()
-            self.drain()
-            in_flight = {"perf": self.perf.in_flight(), "ring": self.ring.in_flight()}
-            after = self.probe.counters()
-            if before == after:
-                return after, in_flight, True
-            moved = sum(after[ch].attempts - before[ch].attempts for ch in after)
-            busy = busy + 1 if moved >= BUSY_BRACKET else 0
-            if busy >= BUSY_TRIES:
-                break
-        return after, in_flight, False
-
-    def totals(self, counters: dict[str, Counters], in_flight: dict[str, int]) -> dict[str, ChannelTotals]:
-        """Each channel's cumulative books (attempts vs delivered, dropped, lost, in flight) from one snapshot."""
-        out = {}
-        for ch, c in counters.items():
-            loss = c.losses(ch)
-            out[ch] = ChannelTotals(c.attempts, self.delivered_total[ch], loss.dropped_full, loss.dropped_other,
-                                    loss.lost, in_flight[ch])
-        return out
+        The next epoch's counter set is idle here (its previous epoch ended a grace period ago), so
+        its value now is exactly what the new epoch will add to."""
+        ended, nxt = self._epoch, (self._epoch + 1) % EPOCHS
+        self._base[nxt & 1] = self.probe.counters(parity=nxt & 1)
+        self.probe.set_epoch(nxt)
+        self._epoch = nxt
+        return ended
 
     def close_window(self, index: int | None = None) -> list[ChannelWindow]:
         """Close the current window: one ChannelWindow per channel, then start the next.
 
         `index` names the window (agents use the shared clock so all hosts agree); by default
-        windows are numbered from 0. Records still waiting in a buffer count in the lag at their
-        current age, so a consumer that stopped shows as lag, not as silence.
+        windows are numbered from 0. The window ends when the channel moves to the next epoch;
+        after one grace period (about 8 ms, spent draining) the ended epoch's counters are final,
+        and its books are: attempts = delivered + dropped + lost + in flight (records of the epoch
+        still in a buffer, walked and counted), `residual` the difference, 0 unless a record was
+        mangled or counted wrong. `settled` is False only if the grace period could not be waited
+        for. Records still waiting count in the lag at their current age, so a consumer that
+        stopped shows as lag, not as silence; records of an earlier epoch delivered now are
+        `extra["late"]`.
         """
-        counters, in_flight, settled = self.snapshot()
         end = time.time()
+        ended = self._advance_epoch()
+        settled = True
+        try:
+            self._grace.wait_while(lambda step: self.poll(timeout=step))
+        except Exception:  # noqa: BLE001 -- the window is still reported, marked unsettled
+            settled = False
+        final = self.probe.counters(parity=ended & 1)
+        self.drain()
         now_ns = time.monotonic_ns()
-        totals = self.totals(counters, in_flight)
-        run_ns, run_cnt = prog_run_stats(self.probe.prog_fds())
+        run = prog_run_stats(self.probe.prog_fds()) if stats_on(self._stats_fd) else None
         mode = self.probe.mode
         out = []
         for ch in ("perf", "ring"):
-            m, d, t = self.meters[ch], counters[ch] - self._prev[ch], totals[ch]
+            cons = self.ring if ch == "ring" else self.perf
+            m, d = self.meters[ch], final[ch] - self._base[ended & 1][ch]
             loss = d.losses(ch)
-            parse = (self.ring if ch == "ring" else self.perf).parse_errors
-            oldest = (self.ring if ch == "ring" else self.perf).oldest_ktime()
+            by_epoch = self._by_epoch[ch]
+            delivered, current = int(by_epoch[ended]), int(by_epoch[self._epoch])
+            late = int(by_epoch.sum()) - delivered - current
+            by_epoch[:] = 0
+            by_epoch[self._epoch] = current
+            in_flight = cons.in_flight_of(ended)
+            parse = cons.parse_errors
+            oldest = cons.oldest_ktime()
             backlog_ms = (now_ns - oldest) / 1e6 if oldest is not None else 0.0
-            p50, p99, pmax = m.lag_summary(backlog_ms, t.in_flight)
+            p50, p99, pmax = m.lag_summary(backlog_ms, cons.in_flight())
             w = ChannelWindow(
-                host=self.host, channel=ch, index=self.window_index if index is None else index, start=self._win_start, end=end, mode=mode,
-                attempts=d.attempts, delivered=m.delivered,
+                host=self.host, channel=ch, index=self.window_index if index is None else index, start=self._win_start,
+                end=end, mode=mode, attempts=d.attempts, delivered=delivered,
                 dropped_full=loss.dropped_full, dropped_other=loss.dropped_other, lost=loss.lost,
-                parse_errors=parse - self._prev_parse[ch], in_flight=t.in_flight,
+                parse_errors=parse - self._prev_parse[ch], in_flight=in_flight,
                 lag_p50_ms=p50, lag_p99_ms=p99, lag_max_ms=pmax, inversions=m.inversions,
-                consumer_cpu_s=m.cpu_s, bpf_run_ns=run_ns - self._prev_run[0], bpf_run_cnt=run_cnt - self._prev_run[1],
-                residual=t.residual, settled=settled,
-                extra={"seq_min": m.seq_min, "seq_max": m.seq_max, "backlog_age_ms": round(backlog_ms, 3)},
+                consumer_cpu_s=m.cpu_s,
+                bpf_run_ns=None if run is None else run[0] - self._prev_run[0],
+                bpf_run_cnt=None if run is None else run[1] - self._prev_run[1],
+                residual=d.attempts - delivered - loss.dropped - loss.lost - in_flight, settled=settled,
+                extra={"seq_min": m.seq_min, "seq_max": m.seq_max, "backlog_age_ms": round(backlog_ms, 3),
+                       "epoch": ended},
             )
+            if late:
+                w.extra["late"] = late
+            if run is None:
+                w.extra["bpf_stats"] = "refused: run time unknown (sysctl kernel.bpf_stats_enabled=1 turns it on)"
             if ch == "perf":
-                w.extra["lost_reported"] = self.perf.lost_reported
+                w.extra["lost_reported"] = self.perf.lost_reported - self._prev_lost_reported
+                self._prev_lost_reported = self.perf.lost_reported
             out.append(w)
-            self._prev[ch] = counters[ch]
             self._prev_parse[ch] = parse
             m.reset()
-        self._prev_run = (run_ns, run_cnt)
+        if run is not None:
+            self._prev_run = run
         self._win_start = end
         self.window_index += 1
         return out
 
-    def run(self, seconds: float, window: float, on_window=None, stop=None) -> list[ChannelWindow]:
-        """Consume for `seconds`, closing a window every `window` s; a final window closes at the end."""
+    def run(self, seconds: float, window: float, on_window=None, stop=None,
+            before_last: Callable[[], None] | None = None) -> list[ChannelWindow]:
+        """Consume for `seconds`, closing a window every `window` s; a final window closes at the end.
+
+        before_last() runs at the deadline, just before the final close (stop the event source there,
+        and the last window holds everything that was emitted, nothing after)."""
         windows: list[ChannelWindow] = []
         t_end = time.monotonic() + seconds
         next_close = time.monotonic() + window
         while True:
             now = time.monotonic()
             if now >= next_close or now >= t_end:
+                if now >= t_end and before_last is not None:
+                    before_last()
                 ws = self.close_window()
                 windows.extend(ws)
                 if on_window:
@@ -270,3 +303,4 @@ class Pipeline:
         self.ring.close()
         close_stats(self._stats_fd)
         self._stats_fd = None
+        self._grace.close()

@@ -21,6 +21,25 @@ def _bins_of(lag: np.ndarray) -> np.ndarray:
     return np.minimum(idx, _NBINS - 1, out=idx)
 
 
+def _le_bins() -> np.ndarray:
+    """Per LAG_BUCKETS_LE bound, how many histogram bins lie wholly at or below it."""
+    from migrator.shared.records import LAG_BUCKETS_LE
+
+    return np.array([_NBINS if le == float("inf") else min(_NBINS, max(0, int(np.floor(
+        _BINS_PER_OCTAVE * np.log2(le * 1e9) + 1e-9)))) for le in LAG_BUCKETS_LE], dtype=np.int64)
+
+
+_LE_BINS = _le_bins()
+# Each bin's geometric centre in seconds: the window's lag sum for the exported histogram.
+_CENTRES_S = 2 ** ((np.arange(_NBINS) + 0.5) / _BINS_PER_OCTAVE) / 1e9
+
+
+def lag_buckets(hist: np.ndarray) -> tuple[list[int], float]:
+    """(cumulative counts at LAG_BUCKETS_LE, lag sum in s) of a lag histogram, at its ~9 % resolution."""
+    cum = np.concatenate(([0], np.cumsum(hist)))
+    return cum[_LE_BINS].tolist(), float(hist @ _CENTRES_S)
+
+
 def _percentile_ms(hist: np.ndarray, q: float) -> float | None:
     total = int(hist.sum())
     if total == 0:
@@ -40,6 +59,8 @@ class ChannelMeter:
 
     def reset(self) -> None:
         """Start a new window: clear counts, lag histogram and CPU time (ordering carries over)."""
+        if hasattr(self, "hist"):  # the closing window's lag histogram, for the metrics export
+            self.closed_lag = lag_buckets(self.hist)
         self.delivered = 0
         self.inversions = 0
         self.cpu_s = 0.0

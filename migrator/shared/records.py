@@ -7,6 +7,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# Upper bounds (`le`, seconds) of the lag histogram a window carries in extra["lag_buckets"]
+# (cumulative counts of the delivered records, one per bound, the last being +Inf so it is their
+# number) with extra["lag_sum_s"]: what `--metrics-addr` exports as migrator_lag_seconds.
+# Fixed once here so every window, host and process adds up into the same buckets.
+LAG_BUCKETS_LE: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
 
 @dataclass
 class ChannelWindow:
@@ -14,9 +21,12 @@ class ChannelWindow:
 
     Counts are deltas over the window. `lost` is perf's kernel-side overflow (the BPF program saw
     -ENOSPC from bpf_perf_event_output, which is also what PERF_RECORD_LOST reports); `dropped_*`
-    are other refusals, by cause. `in_flight` is what sat in the buffer at close. `residual` is
-    attempts - delivered - dropped - lost - in_flight change, taken from a consistent snapshot
-    (`settled` True) or from a best effort under continuous load (`settled` False).
+    are other refusals, by cause. A window is one epoch of the channel: its records carry it, so
+    `in_flight` is what of this window's records still sat in a buffer at close, and `residual`
+    = attempts - delivered - dropped - lost - in_flight is 0 whenever the books balance, also under
+    load. `settled` is False when the close could not wait for the epoch's writers to finish
+    (the residual is then a best effort). `bpf_run_ns`/`bpf_run_cnt` are None when the kernel
+    refused run-time statistics (unknown, not zero).
     """
 
     host: str
@@ -38,8 +48,8 @@ class ChannelWindow:
     lag_max_ms: float | None = None
     inversions: int = 0
     consumer_cpu_s: float = 0.0
-    bpf_run_ns: int = 0
-    bpf_run_cnt: int = 0
+    bpf_run_ns: int | None = 0
+    bpf_run_cnt: int | None = 0
     residual: int = 0
     settled: bool = True
     extra: dict = field(default_factory=dict)
@@ -55,6 +65,12 @@ class ChannelWindow:
         if self.attempts <= 0:
             return 0.0
         return (self.dropped + self.lost) / self.attempts
+
+    @property
+    def lag_buckets(self) -> tuple[int, ...] | None:
+        """Cumulative counts of delivered records at each LAG_BUCKETS_LE bound, None when not measured."""
+        b = self.extra.get("lag_buckets")
+        return None if b is None else tuple(b)
 
     def to_dict(self) -> dict:
         """The window as a plain dict, dropped and loss_rate included, for --json output."""
@@ -74,6 +90,14 @@ def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
     def worse(x, y):
         return y if x is None else x if y is None else max(x, y)
 
+    def known_sum(x, y):  # unknown if either part's is
+        return None if x is None or y is None else x + y
+
+    lag = {}
+    if a.lag_buckets is not None and b.lag_buckets is not None:  # both parts' delivered records
+        lag = {"lag_buckets": [x + y for x, y in zip(a.lag_buckets, b.lag_buckets)],
+               "lag_sum_s": a.extra.get("lag_sum_s", 0.0) + b.extra.get("lag_sum_s", 0.0)}
+
     return ChannelWindow(
         host=b.host, channel=b.channel, index=b.index, start=a.start, end=b.end, mode=b.mode,
         attempts=a.attempts + b.attempts, delivered=a.delivered + b.delivered,
@@ -82,9 +106,9 @@ def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
         payload_mismatches=a.payload_mismatches + b.payload_mismatches, in_flight=b.in_flight,
         lag_p50_ms=worse(a.lag_p50_ms, b.lag_p50_ms), lag_p99_ms=worse(a.lag_p99_ms, b.lag_p99_ms),
         lag_max_ms=worse(a.lag_max_ms, b.lag_max_ms), inversions=a.inversions + b.inversions,
-        consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=a.bpf_run_ns + b.bpf_run_ns,
-        bpf_run_cnt=a.bpf_run_cnt + b.bpf_run_cnt, residual=a.residual + b.residual,
-        settled=a.settled and b.settled, extra={**a.extra, **b.extra, "reloaded": True, "lost_in_reload": a.in_flight},
+        consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=known_sum(a.bpf_run_ns, b.bpf_run_ns),
+        bpf_run_cnt=known_sum(a.bpf_run_cnt, b.bpf_run_cnt), residual=a.residual + b.residual,
+        settled=a.settled and b.settled, extra={**a.extra, **b.extra, **lag, "reloaded": True, "lost_in_reload": a.in_flight},
     )
 
 

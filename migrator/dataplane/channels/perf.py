@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from migrator.errors import ChannelError
-from migrator.dataplane.frames import HDR_SIZE, HDR_VERSION, Frames, headers_at, validate
+from migrator.dataplane.frames import (EPOCH_SHIFT, EPOCHS, HDR_SIZE, HDR_VERSION, Frames, headers_at,
+                                       strided_headers, validate)
 from migrator.dataplane.syscalls import NR_PERF_EVENT_OPEN, libc as _libc
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -32,6 +33,33 @@ OFF_DATA_HEAD, OFF_DATA_TAIL, OFF_DATA_OFFSET, OFF_DATA_SIZE = 1024, 1032, 1040,
 # record (migrator's header and the payload) padded so the sample is 8-byte aligned.
 SAMPLE_HDR = 12
 MIN_SAMPLE = (SAMPLE_HDR + HDR_SIZE + 7) & ~7
+
+
+# A sample header as one u64: type (u32), misc (u16, may differ between samples), size (u16).
+_TYPE_AND_SIZE = np.uint64(0xFFFF0000FFFFFFFF)
+
+
+def uniform_samples(buf: np.ndarray) -> tuple[int, int, int] | None:
+    """(count, sample size, raw size) when the chunk is nothing but samples of one size, found
+    by reading only the sample headers (one strided compare); None otherwise.
+
+    Each header says where the next sample starts, so when the headers at every multiple of the
+    first one's size all say "sample of that size" and the last one ends at the chunk's end, that
+    is exactly the chain the kernel wrote: no payload byte is taken for a header.
+    """
+    if len(buf) < MIN_SAMPLE:
+        return None
+    first = int(buf[:8].view("<u8")[0])
+    size = first >> 48
+    if first & 0xFFFFFFFF != PERF_RECORD_SAMPLE or size < MIN_SAMPLE or len(buf) % size:
+        return None
+    n = len(buf) // size
+    raw = np.ndarray((n,), dtype="<u4", buffer=buf, offset=8, strides=(size,))
+    if n > 1:
+        heads = np.ndarray((n,), dtype="<u8", buffer=buf, offset=0, strides=(size,))
+        if not (((heads & _TYPE_AND_SIZE) == (first & int(_TYPE_AND_SIZE))).all() and (raw == raw[0]).all()):
+            return None
+    return n, size, int(raw[0])
 
 
 def sample_chain(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -150,21 +178,29 @@ class _CpuBuffer:
         """Bytes between tail and head."""
         return int(self.head[0]) - self.tail.value
 
-    def count_samples(self) -> int:
-        """Samples between tail and head, walking their headers in place (nothing is consumed)."""
+    def _at(self, pos: int, n: int) -> bytes:
+        start = pos % self.data_size
+        b = self.mm[self.data_off + start:self.data_off + min(start + n, self.data_size)]
+        if len(b) < n:  # split by the wrap
+            b += self.mm[self.data_off:self.data_off + n - len(b)]
+        return b
+
+    def count_samples(self, epoch: int | None = None) -> int:
+        """Samples between tail and head (of one epoch, if given), walking their headers in place
+        (nothing is consumed)."""
         head, pos = int(self.head[0]), self.tail.value
         n = 0
-        base = self.data_off
         while head - pos >= 8:
-            start = pos % self.data_size
-            hdr = self.mm[base + start:base + min(start + 8, self.data_size)]
-            if len(hdr) < 8:  # a header split by the wrap
-                hdr += self.mm[base:base + 8 - len(hdr)]
+            hdr = self._at(pos, 8)
             rtype = int.from_bytes(hdr[:4], "little")
             size = int.from_bytes(hdr[6:8], "little")
             if size < 8:
                 break
-            n += rtype == PERF_RECORD_SAMPLE
+            if rtype == PERF_RECORD_SAMPLE and (
+                    epoch is None or (size >= SAMPLE_HDR + 4 and
+                                      (int.from_bytes(self._at(pos + SAMPLE_HDR + 2, 2), "little") >> EPOCH_SHIFT)
+                                      % EPOCHS == epoch)):
+                n += 1
             pos += size
         return n
 
@@ -221,6 +257,10 @@ class PerfConsumer:
         """Samples written but not yet consumed, counted by walking each CPU's buffer."""
         return sum(b.count_samples() for b in self._bufs)
 
+    def in_flight_of(self, epoch: int) -> int:
+        """Samples of one epoch written but not yet consumed."""
+        return sum(b.count_samples(epoch % EPOCHS) for b in self._bufs)
+
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the oldest record waiting in any CPU's buffer, None when all are empty."""
         ks = [k for k in (b.oldest_ktime() for b in self._bufs) if k is not None]
@@ -250,6 +290,11 @@ class PerfConsumer:
         """Samples of one CPU: found in one vectorised pass when the chunk holds samples only,
         else walked header by header (a LOST record, a corrupt header)."""
         buf = np.frombuffer(chunk, dtype=np.uint8)
+        run = uniform_samples(buf)
+        if run is not None:  # one size (a fixed-size event): strided headers, nothing gathered
+            n, size, raw = run
+            return self._frames(buf, np.arange(SAMPLE_HDR, n * size, size, dtype=np.int64), raw,
+                                strided_headers(buf, SAMPLE_HDR, size, n))
         found = sample_chain(buf)
         if found is not None:
             return self._frames(buf, *found)
@@ -295,9 +340,10 @@ class PerfConsumer:
             at, room = at[order], room[order]
         return self._frames(buf, at, room)
 
-    def _frames(self, buf: np.ndarray, at: np.ndarray, room: np.ndarray) -> Frames:
+    def _frames(self, buf: np.ndarray, at: np.ndarray, room: np.ndarray | int,
+                hdr: np.ndarray | None = None) -> Frames:
         """The records at `at` (raw sizes `room`) as Frames; unreadable ones counted as parse errors."""
-        hdr = headers_at(buf, at)
+        hdr = headers_at(buf, at) if hdr is None else hdr
         ok = validate(hdr, room)
         if not ok.all():
             self.parse_errors += int((~ok).sum())

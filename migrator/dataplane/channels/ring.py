@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 
-from migrator.dataplane.frames import HDR_SIZE, HDR_VERSION, Frames, headers_at, strided_headers, validate
+from migrator.dataplane.frames import (EPOCH_SHIFT, EPOCHS, HDR_SIZE, HDR_VERSION, Frames, headers_at,
+                                       strided_headers, validate)
 from migrator.errors import ChannelError
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -50,6 +51,7 @@ class RingConsumer:
         self.consumed_bytes = 0
         self._count_from = self._count_pos = -1  # in_flight's resumable walk
         self._count_n = 0
+        self._count_epochs = [0] * EPOCHS  # the walked records by epoch
         self._spare: np.ndarray | None = None  # see _release
 
     def fileno(self) -> int:
@@ -67,15 +69,29 @@ class RingConsumer:
         so a stalled consumer's count stays cheap however much is waiting. A record still busy
         is counted (it was attempted) but not walked past.
         """
+        return self._walk()
+
+    def in_flight_of(self, epoch: int) -> int:
+        """Committed records of one epoch not yet consumed (a record still busy has no epoch yet)."""
+        self._walk()
+        return self._count_epochs[epoch % EPOCHS]
+
+    def _walk(self) -> int:
         cons, prod = self._cons.value, int(self._prod[0])
         if self._count_from != cons:
             self._count_from, self._count_pos, self._count_n = cons, cons, 0
-        pos, n = self._count_pos, self._count_n
+            self._count_epochs = [0] * EPOCHS
+        pos, n, by_epoch = self._count_pos, self._count_n, self._count_epochs
         while prod - pos >= RB_HDR:
-            word = self._words[(PAGE + (pos & self.mask)) >> 2]
+            at = (PAGE + (pos & self.mask)) >> 2
+            word = self._words[at]
             if word & BUSY:
+                self._count_pos, self._count_n = pos, n
                 return n + 1
-            n += 0 if word & DISCARD else 1
+            if not word & DISCARD:
+                n += 1
+                if word >= 4:  # hdr_version and flags: the u32 after the ring's 8-byte header
+                    by_epoch[(self._words[at + 2] >> (16 + EPOCH_SHIFT)) % EPOCHS] += 1
             pos += _stride(word & ~DISCARD)
         self._count_pos, self._count_n = pos, n
         return n

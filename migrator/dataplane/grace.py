@@ -1,0 +1,97 @@
+"""An RCU grace period on demand: after wait() returns, no BPF program that was running when it
+was called is still running.
+
+The kernel has no "wait for BPF programs" syscall, but it does promise one as a side effect:
+after updating an element of a map-in-map (ARRAY_OF_MAPS / HASH_OF_MAPS) from userspace,
+bpf(BPF_MAP_UPDATE_ELEM) calls synchronize_rcu() before returning, so that "userspace, when we
+return to it, knows that all non-sleepable programs that could be running use the new map value"
+(kernel/bpf/syscall.c, maybe_wait_bpf_programs). Tracepoint, raw tracepoint and tc programs all
+run inside RCU read-side sections, so the wait covers every program that may write a channel.
+Measured here: about 8 ms per wait, against 6 us for a plain array update.
+
+The window books use it: userspace moves the channel to the next epoch, then waits one grace
+period; the old epoch's counters are then final (bpf/migrator.h EPOCHS).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import threading
+
+from migrator.dataplane.syscalls import NR_BPF, libc
+from migrator.errors import ChannelError
+
+BPF_MAP_CREATE = 0
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+
+
+class _CreateAttr(ct.Structure):
+    _fields_ = [("map_type", ct.c_uint32), ("key_size", ct.c_uint32), ("value_size", ct.c_uint32),
+                ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32), ("inner_map_fd", ct.c_uint32),
+                ("rest", ct.c_uint8 * 104)]
+
+
+class _ElemAttr(ct.Structure):
+    _fields_ = [("map_fd", ct.c_uint32), ("pad", ct.c_uint32), ("key", ct.c_uint64), ("value", ct.c_uint64),
+                ("flags", ct.c_uint64)]
+
+
+def _create(map_type: int, inner_fd: int = 0) -> int:
+    attr = _CreateAttr(map_type, 4, 4, 1, 0, inner_fd)
+    fd = libc.syscall(NR_BPF, BPF_MAP_CREATE, ct.byref(attr), ct.sizeof(attr))
+    if fd < 0:
+        err = ct.get_errno()
+        raise ChannelError("grace period", f"cannot create the map-in-map it waits on: {os.strerror(err)} "
+                                           "(run as root or with CAP_BPF; see `migrator doctor`)")
+    return int(fd)
+
+
+class GracePeriod:
+    """Waits for an RCU grace period by updating a private one-slot ARRAY_OF_MAPS."""
+
+    def __init__(self) -> None:
+        self._inner = _create(BPF_MAP_TYPE_ARRAY)
+        try:
+            self._outer = _create(BPF_MAP_TYPE_ARRAY_OF_MAPS, self._inner)
+        except Exception:
+            os.close(self._inner)
+            raise
+        self._key, self._value = ct.c_uint32(0), ct.c_uint32(self._inner)
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Return once every BPF program running at the call has finished (releases the GIL)."""
+        attr = _ElemAttr(self._outer, 0, ct.addressof(self._key), ct.addressof(self._value), 0)
+        with self._lock:
+            rc = libc.syscall(NR_BPF, BPF_MAP_UPDATE_ELEM, ct.byref(attr), ct.sizeof(attr))
+        if rc != 0:
+            err = ct.get_errno()
+            raise ChannelError("grace period", f"map-in-map update failed: {os.strerror(err)}")
+
+    def wait_while(self, work, step: float = 0.002) -> None:
+        """Wait for a grace period in a thread, calling work(step) until it has passed (the caller keeps
+        draining its buffers meanwhile: a wait is about 8 ms, enough to fill a small perf buffer)."""
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.wait()
+            except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
+                failure.append(exc)
+
+        t = threading.Thread(target=run, name="migrator-grace", daemon=True)
+        t.start()
+        while t.is_alive():
+            work(step)
+            t.join(0)
+        if failure:
+            raise failure[0]
+
+    def close(self) -> None:
+        """Release both maps."""
+        for fd in (getattr(self, "_outer", None), getattr(self, "_inner", None)):
+            if fd is not None:
+                os.close(fd)
+        self._outer = self._inner = None
