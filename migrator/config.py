@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -37,10 +38,14 @@ MAX_RATIO = 1_000_000.0  # thresholds.max_lag_ratio, max_cpu_ratio
 MAX_PROBE_RATE = 10_000_000  # probe.rate: events/s of the synthetic probe
 MAX_RING_BYTES = 1 << 30  # buffers.ring_bytes: 1 GiB
 MAX_PERF_PAGES = 16_384  # buffers.perf_pages: 64 MiB per CPU
+MAX_DELAY_MS = 1000.0  # buffers.max_delay_ms: a second
 MAX_LAB_HOSTS = 64  # lab.hosts: what `migrator lab up` can build (migrator.tools.lab.names.MAX_HOSTS)
 MAX_LAB_PPS = 1_000_000  # lab.pps: packets/s into each lab host
 MAX_SLICES = 100  # slices: canary steps (each one holds its cumulative host set)
 MAX_LOST_AFTER_WINDOWS = 10_000  # agents.lost_after_windows
+# Overrides `database` / `database_file` of every canary.toml this process loads (a URL or a path), so a
+# fleet's password can come from the environment. Not part of the config hash.
+DATABASE_URL_ENV = "MIGRATOR_DATABASE_URL"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class Buffers:
     perf_pages: int = 64
     ring_submit: str = "reserve"
     wakeup: str = "adaptive"
+    # How long a record may wait in a buffer before the consumer takes it: the batch clock. Longer
+    # batches cost less CPU per event; lag grows with it.
+    max_delay_ms: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,19 @@ class Agents:
 
     lost_after_windows: int = 5
     on_lost: str = "pause"
+
+
+MAX_NOTIFY_ATTEMPTS = 20  # notify.max_attempts
+MAX_NOTIFY_TIMEOUT = 60.0  # notify.timeout_seconds
+
+
+@dataclass(frozen=True)
+class Notify:
+    """[notify]: webhooks that get one JSON document per phase transition (control/notify.py)."""
+
+    webhooks: tuple[str, ...] = ()
+    max_attempts: int = 5  # per transition and webhook, with exponential back-off between them
+    timeout_seconds: float = 5.0  # per HTTP request
 
 
 SOURCE_KINDS = ("demo", "bcc", "command")
@@ -188,6 +209,8 @@ class Config:
 
     path: str = "canary.toml"
     database: str = "migrator.db"
+    # A file whose content is the database URL (or path): keeps a password out of canary.toml.
+    database_file: str | None = None
     window_seconds: float = 1.0
     hosts: tuple[str, ...] = ()
     slices: tuple[int | str | tuple[str, ...], ...] = (1, "50%", "100%")
@@ -200,6 +223,7 @@ class Config:
     lab: Lab = Lab()
     source: SourceConfig = SourceConfig()
     agents: Agents = Agents()
+    notify: Notify = Notify()
     # Resolved at load time: the host list and the cumulative host set of each canary slice.
     host_names: tuple[str, ...] = field(default=(), compare=False)
     slice_hosts: tuple[tuple[str, ...], ...] = field(default=(), compare=False)
@@ -210,15 +234,28 @@ class Config:
         d = asdict(self)
         for k in ("path", "host_names", "slice_hosts", "database_url"):
             d.pop(k)
+        # No secret in the snapshot or the hash: a password written in `database` is hidden, a
+        # database_file is named by its path, the environment's URL is never part of it.
+        d["database"] = hide_password(self.database)
+        if self.database_file is None:
+            d.pop("database_file")  # plans written before database_file existed keep their hash
+        else:
+            d.pop("database")
         d["hosts"] = list(self.hosts)
         d["slices"] = [list(s) if isinstance(s, tuple) else s for s in self.slices]
         # [source] is left out when it is the default (demo probes), so plans written before
         # [source] existed keep their hash; any other source is part of the hash.
+        if self.buffers.max_delay_ms == Buffers.max_delay_ms:
+            d["buffers"].pop("max_delay_ms")  # plans written before max_delay_ms existed keep their hash
         d.pop("source")
         if self.source != SourceConfig():
             d["source"] = self.source.to_dict()
         if self.agents == Agents():  # likewise [agents]: plans written before it keep their hash
             d.pop("agents")
+        # [notify] is where news of the migration goes, not part of the plan: left out of the hash
+        # (adding a webhook mid-migration is no change of plan) and of the stored snapshot (a
+        # webhook URL is a secret: Slack's carry their token).
+        d.pop("notify")
         for section in ("thresholds",):
             d[section] = {k: v for k, v in d[section].items() if v is not None}
         return d
@@ -304,9 +341,9 @@ def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-TOP_KEYS = ("database", "window_seconds", "hosts", "slices", "rollback_after", "no_data",
+TOP_KEYS = ("database", "database_file", "window_seconds", "hosts", "slices", "rollback_after", "no_data",
             "phases", "thresholds", "probe", "buffers", "lab", "source",
-            "agents")
+            "agents", "notify")
 
 
 def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = None,
@@ -322,13 +359,20 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     if not isinstance(database, str) or not database.strip():
         raise p.err("database", f"must be a non-empty string, got {database!r}",
                     'write database = "migrator.db" or an SQLAlchemy URL')
-    if "://" in database:
-        url = database
-    else:
-        db_path = Path(database)
-        if not db_path.is_absolute():
-            db_path = (base_dir or Path.cwd()) / db_path
-        url = f"sqlite:///{db_path.resolve()}"
+    url = _database_url(database, base_dir or Path.cwd())
+    database_file = data.get("database_file")
+    if database_file is not None:
+        if not isinstance(database_file, str) or not database_file.strip():
+            raise p.err("database_file", f"must be a non-empty string, got {database_file!r}",
+                        'write database_file = "/etc/migrator/database-url"')
+        if "database" in data:
+            raise p.err("database_file", "is set together with database",
+                        "keep one: database_file (a file holding the URL) or database (the URL itself)")
+        if check_files:
+            url = _read_database_file(p, database_file, base_dir or Path.cwd())
+    env_url = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if env_url:
+        url = _database_url(env_url, Path.cwd())
 
     window_seconds = p.number(data, "window_seconds", 1.0, "window_seconds", positive=True, maximum=MAX_WINDOW_SECONDS,
                               fix_max=f"use a window from more than 0 to {MAX_WINDOW_SECONDS:g} seconds")
@@ -372,7 +416,7 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     probe = ProbeConfig(p.choice(pr, "name", "tc", "probe.name", PROBES),
                   p.integer(pr, "rate", 20000, "probe.rate", minimum=1, maximum=MAX_PROBE_RATE))
 
-    bu = p.section(data, "buffers", ("ring_bytes", "perf_pages", "ring_submit", "wakeup"))
+    bu = p.section(data, "buffers", ("ring_bytes", "perf_pages", "ring_submit", "wakeup", "max_delay_ms"))
     ring_bytes = p.integer(bu, "ring_bytes", 16 * 1024 * 1024, "buffers.ring_bytes", minimum=PAGE_SIZE,
                            maximum=MAX_RING_BYTES)
     if not _power_of_two(ring_bytes) or ring_bytes % PAGE_SIZE:
@@ -384,7 +428,9 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
                     f"use e.g. {1 << perf_pages.bit_length()}")
     buffers = Buffers(ring_bytes, perf_pages,
                       p.choice(bu, "ring_submit", "reserve", "buffers.ring_submit", RING_SUBMIT),
-                      p.choice(bu, "wakeup", "adaptive", "buffers.wakeup", WAKEUPS))
+                      p.choice(bu, "wakeup", "adaptive", "buffers.wakeup", WAKEUPS),
+                      p.number(bu, "max_delay_ms", Buffers.max_delay_ms, "buffers.max_delay_ms", positive=True,
+                               maximum=MAX_DELAY_MS, fix_max=f"use a delay from more than 0 to {MAX_DELAY_MS:g} ms"))
 
     la = p.section(data, "lab", ("hosts", "prefix", "pps"))
     prefix = la.get("prefix", "mig")
@@ -418,11 +464,55 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
     slices, slice_hosts = _parse_slices(p, data.get("slices", [1, "50%", "100%"]), host_names)
 
     return Config(
-        path=path, database=database, window_seconds=window_seconds, hosts=hosts, slices=slices,
+        path=path, database=database, database_file=database_file, window_seconds=window_seconds, hosts=hosts, slices=slices,
         rollback_after=rollback_after, no_data=no_data,
         phases=Phases(**rules), thresholds=thresholds, probe=probe, buffers=buffers, lab=lab, source=source, agents=agents,
-        host_names=host_names, slice_hosts=slice_hosts, database_url=url,
+        notify=_parse_notify(p, data), host_names=host_names, slice_hosts=slice_hosts, database_url=url,
     )
+
+
+def _database_url(database: str, base_dir: Path) -> str:
+    """An SQLAlchemy URL as is; a path (relative to base_dir) as an SQLite URL."""
+    database = database.strip()
+    if "://" in database:
+        return database
+    db_path = Path(database)
+    if not db_path.is_absolute():
+        db_path = base_dir / db_path
+    return f"sqlite:///{db_path.resolve()}"
+
+
+def _read_database_file(p: _Parser, name: str, base_dir: Path) -> str:
+    """The URL (or path) held in database_file; a relative path in it is relative to the config's directory."""
+    path = Path(name)
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise p.err("database_file", f"{path} does not exist",
+                    f"write the database URL into {path} (chmod 600), or set {DATABASE_URL_ENV}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise p.err("database_file", f"{path} cannot be read: {getattr(exc, 'strerror', None) or exc}",
+                    f"make {path} a readable UTF-8 file holding the database URL") from None
+    if not text or "\n" in text:
+        raise p.err("database_file", f"{path} must hold one line, the database URL; it holds "
+                    f"{'nothing' if not text else str(len(text.splitlines())) + ' lines'}",
+                    "write only the URL, e.g. postgresql+psycopg://migrator:PASSWORD@db/migrator")
+    return _database_url(text, base_dir)
+
+
+def hide_password(url: str) -> str:
+    """A database URL (or path) fit to print or store: its password replaced by ***."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        return u.render_as_string(hide_password=True) if u.password is not None else url
+    except Exception:  # unparsable: hide anything between user: and @ by hand
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
@@ -670,3 +760,33 @@ def source_hash(cfg: Config) -> str | None:
     h.update(b"\0cflags\0" + json.dumps(list(src.cflags)).encode())
     h.update(b"\0migrator.h\0" + (bpf_dir() / "migrator.h").read_bytes())
     return h.hexdigest()
+
+
+def _parse_notify(p: _Parser, data: dict) -> Notify:
+    """[notify]: webhook URLs (http or https, each once), attempts and timeout per post."""
+    from urllib.parse import urlsplit
+
+    raw = p.section(data, "notify", ("webhooks", "max_attempts", "timeout_seconds"))
+    hooks = raw.get("webhooks", [])
+    if not isinstance(hooks, list):
+        raise p.err("notify.webhooks", f"must be an array of URLs, got {_tname(hooks)} {hooks!r}",
+                    'write e.g. webhooks = ["https://hooks.slack.com/services/..."]')
+    for i, url in enumerate(hooks):
+        fld = f"notify.webhooks[{i}]"
+        if not isinstance(url, str):
+            raise p.err(fld, f"must be a URL string, got {_tname(url)} {url!r}", 'quote it: "https://..."')
+        try:
+            parts = urlsplit(url)
+            parts.port  # raises on a port that is not a number
+        except ValueError as exc:
+            raise p.err(fld, f"is not a valid URL ({exc})", "write an http:// or https:// URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+            raise p.err(fld, f"must be an http:// or https:// URL with a host, got {url!r}",
+                        'write e.g. "https://hooks.slack.com/services/T000/B000/XXXX"')
+        if url in hooks[:i]:
+            raise p.err(fld, "is listed twice", "list each webhook once")
+    return Notify(tuple(hooks),
+                  p.integer(raw, "max_attempts", 5, "notify.max_attempts", minimum=1, maximum=MAX_NOTIFY_ATTEMPTS),
+                  p.number(raw, "timeout_seconds", 5.0, "notify.timeout_seconds", positive=True,
+                           maximum=MAX_NOTIFY_TIMEOUT,
+                           fix_max=f"use a timeout from more than 0 to {MAX_NOTIFY_TIMEOUT:g} seconds"))

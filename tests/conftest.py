@@ -1,6 +1,9 @@
 """Shared fixtures: a real SQLite file in tmp_path migrated by alembic, configs, window records."""
 from __future__ import annotations
 
+import itertools
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,8 +39,107 @@ def config(toml_file) -> Config:
 
 
 @pytest.fixture
-def session_factory(config):
-    return open_store(config.database_url)
+def session_factory(config, backend):
+    """A migrated store on the test's backend: the config's SQLite file, or a throwaway PostgreSQL database."""
+    sf = open_store(backend.url or config.database_url)
+    yield sf
+    sf.kw["bind"].dispose()
+
+
+# ---- backends: SQLite and a real PostgreSQL ----------------------------------------------------
+# A test that asks for `backend` runs once per backend (ids "sqlite", "postgres"), unless marked
+# sqlite_only. On "postgres" it gets a database of its own on the server named by
+# MIGRATOR_TEST_PG_URL (scripts/postgres.sh starts one and prints it; scripts/test.sh exports it),
+# dropped after the test, and MIGRATOR_DATABASE_URL points every canary.toml loaded during the test
+# at it. Without a server: unavailable() (skip locally, fail in CI).
+BACKENDS = ("sqlite", "postgres")
+PG_ENV = "MIGRATOR_TEST_PG_URL"
+_pg_names = itertools.count(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: runs on the sqlite backend only (checks SQLite files)")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("sqlite_only")
+        metafunc.parametrize("backend", ["sqlite"] if only else list(BACKENDS), indirect=True)
+
+
+@dataclass
+class Backend:
+    """Which database a test runs on: url is None for SQLite (the config's own file)."""
+    name: str
+    url: str | None = None
+
+
+@pytest.fixture(autouse=True)
+def _no_database_url_from_the_shell(monkeypatch):
+    """A developer's MIGRATOR_DATABASE_URL must not send the tests to their database."""
+    monkeypatch.delenv("MIGRATOR_DATABASE_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The PostgreSQL server URL (an SQLAlchemy URL with a role that may create databases)."""
+    from kernel_util import unavailable
+
+    raw = os.environ.get(PG_ENV, "")
+    if not raw:
+        unavailable(f"no PostgreSQL server for the tests: {PG_ENV} is not set "
+                    '(eval "$(bash scripts/postgres.sh)" starts one; scripts/test.sh does it)')
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("psycopg is not installed (pip install 'migrator[postgres]'; scripts/setup.sh does it)")
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    url = make_url(raw)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        unavailable(f"the PostgreSQL server of {PG_ENV} does not answer: {' '.join(str(exc).split())[:200]}")
+    yield url
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_database(pg_server):
+    """Factory: a new empty database on the test server; returns its URL (password included). Dropped after."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"migrator_test_{os.getpid()}_{next(_pg_names)}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        made.append(name)
+        return pg_server.set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:
+        for name in made:  # FORCE: ends connections a test left in its engines' pools
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture
+def backend(request, monkeypatch) -> Backend:
+    """The test's database backend (parametrized by pytest_generate_tests)."""
+    if request.param == "sqlite":
+        return Backend("sqlite")
+    url = request.getfixturevalue("pg_database")()
+    monkeypatch.setenv("MIGRATOR_DATABASE_URL", url)
+    return Backend("postgres", url)
 
 
 def window(host: str, channel: str, index: int, *, mode: str = "DUAL", attempts: int = 1000, lost: int = 0,

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from migrator.cli import app
-from migrator.store import make_engine, open_store
+from migrator.store import make_engine, open_store, safe_url
 from migrator.store.migrate import head_revision
 
 from conftest import window, record
@@ -42,7 +42,12 @@ def db_of(cfg_path):
     return cfg_path.parent / "migrator.db"
 
 
-def test_init_plan_start_and_views(cfg_path):
+def url_of(cfg_path, backend):
+    """The database the CLI uses in this test: the backend's PostgreSQL database, or the SQLite file."""
+    return backend.url or f"sqlite:///{db_of(cfg_path)}"
+
+
+def test_init_plan_start_and_views(cfg_path, backend):
     r = run("plan", "-c", cfg_path)
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[1:3] == ["hosts (2): h1, h2",
@@ -71,7 +76,7 @@ def test_init_plan_start_and_views(cfg_path):
     assert (r.exit_code, r.stderr) == (1, "Error: cannot go from PAUSED to the next phase: resume it first\n")
     assert run("resume", "-c", cfg_path).stdout == "migration 1: PAUSED -> SHADOW (transition 4, operator resume)\n"
 
-    sf = open_store(f"sqlite:///{db_of(cfg_path)}")
+    sf = open_store(url_of(cfg_path, backend))
     with sf() as s, s.begin():
         for i in range(3):
             for h in ("h1", "h2"):
@@ -97,7 +102,7 @@ def test_init_plan_start_and_views(cfg_path):
         ("PLANNED", "DUAL_INSTRUMENT", "manual"), ("DUAL_INSTRUMENT", "SHADOW", "manual"), ("SHADOW", "PAUSED", "manual"),
         ("PAUSED", "SHADOW", "manual"), ("SHADOW", "ROLLED_BACK", "manual")]
     r = run("status", "-c", cfg_path)
-    assert r.exit_code == 0 and r.stdout.splitlines()[0].startswith("migration 1: ROLLED_BACK")
+    assert r.exit_code == 1 and r.stdout.splitlines()[0].startswith("migration 1: ROLLED_BACK")  # argo-style exit
     r = run("abort", "-c", cfg_path)
     assert (r.exit_code, r.stderr) == (1, "Error: cannot go from ROLLED_BACK to ABORTED: ROLLED_BACK is final\n")
 
@@ -159,14 +164,16 @@ def test_usage_errors_exit_2(cfg_path):
     assert r.exit_code == 2 and "must be hold, breach or reset" in r.stderr
 
 
-def test_newer_database_is_refused(cfg_path):
+def test_newer_database_is_refused(cfg_path, backend):
     assert run("init", cfg_path).exit_code == 0
-    url = f"sqlite:///{db_of(cfg_path)}"
-    with make_engine(url).begin() as conn:
+    url = url_of(cfg_path, backend)
+    engine = make_engine(url)
+    with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+    engine.dispose()
     for cmd in (["init", cfg_path], ["status", "-c", cfg_path]):
         r = run(*cmd)
-        assert (r.exit_code, r.stderr) == (1, f"Error: database {url} is at revision ffff, newer than this migrator "
+        assert (r.exit_code, r.stderr) == (1, f"Error: database {safe_url(url)} is at revision ffff, newer than this migrator "
                                               f"(head {head_revision()}); upgrade migrator instead of using an older one\n")
 
 
@@ -225,7 +232,7 @@ def test_bad_config_creates_no_database(tmp_path):
     assert os.listdir(tmp_path) == ["canary.toml"]
 
 
-def test_changed_config_refused_by_start(cfg_path):
+def test_changed_config_refused_by_start(cfg_path, backend):
     assert run("init", cfg_path).exit_code == 0
     cfg_path.write_text(GOOD.replace("rollback_after = 2", "rollback_after = 5"))
     r = run("start", "-c", cfg_path, "--no-run")

@@ -38,8 +38,8 @@ def test_database_url_passes_through():
 
 BAD = [
     ("unknown top-level key", "rollback_afterr = 3\n",
-     "rollback_afterr: unknown key (fix: remove it; known keys here: database, window_seconds, hosts, slices, "
-     "rollback_after, no_data, phases, thresholds, probe, buffers, lab, source, agents)"),
+     "rollback_afterr: unknown key (fix: remove it; known keys here: database, database_file, window_seconds, hosts, slices, "
+     "rollback_after, no_data, phases, thresholds, probe, buffers, lab, source, agents, notify)"),
     ("unknown nested key", "[thresholds]\nmax_loss = 0.1\n",
      "thresholds.max_loss: unknown key (fix: remove it; known keys here: max_loss_rate, max_lag_p99_ms, "
      "max_loss_delta, max_lag_ratio, max_cpu_ratio, max_inversions, min_events, max_parse_errors, "

@@ -23,6 +23,9 @@ from migrator.store.models import Host, Migration, Transition, Verdict, Window
 from conftest import T0, RecordingApplier, window, record
 
 N = 3
+# Every test here runs on SQLite and on PostgreSQL (conftest's backend: MIGRATOR_DATABASE_URL
+# points load_config at a throwaway PostgreSQL database).
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def setup(toml_file, to: list[tuple[Phase, int]], body: str = "", gate: str = "false"):
@@ -257,7 +260,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("point", ["before_apply", "before_confirm"])
 def test_sigkill_between_intent_and_confirm_recovers_exactly_once(toml_file, point):
     sf, mid, ctl = setup(toml_file, CANARY1)
-    url = str(sf.kw["bind"].url)
+    url = sf.kw["bind"].url.render_as_string(hide_password=False)
     proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, url, str(mid), point],
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -42,18 +42,19 @@ def test_bench_controller_smoke(tmp_path):
                                           "group_breaches")}
     assert ev == {"hosts": 20, "windows_per_host": 3, "windows": 120, "host_verdicts": 60, "groups_judged": 3,
                   "group_breaches": 0}
-    assert {k: res["history_db"][k] for k in ("path", "reused", "windows")} == {"path": str(db), "reused": False,
-                                                                                 "windows": 2000}
+    assert {k: res["history_db"][k] for k in ("database", "backend", "reused", "windows")} == {
+        "database": str(db), "backend": "sqlite", "reused": False, "windows": 2000}
     assert set(res["queries"]) == {"history_ms", "windows_last_100_ms", "windows_host_last_100_ms",
                                    "windows_phase_last_100_ms"}
-    assert set(res["targets"]) == {"windows_per_s >= 20000", "history < 100 ms", "windows --last 100 < 100 ms"}
+    assert set(res["targets"]) == {"windows_per_s >= 20000", "history < 10 ms", "windows --last 100 < 10 ms"}
     assert _window_rows(db) == 2000
 
     r = CliRunner().invoke(app, ["bench", "controller", "--hosts", "2", "--windows", "1", "--db-windows", "2000",
                                  "--db", str(db), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
-    assert res["history_db"] == {"path": str(db), "reused": True, "windows": 2000, "build_seconds": 0.0}
+    assert res["history_db"] == {"database": str(db), "backend": "sqlite", "reused": True, "windows": 2000,
+                                 "build_seconds": 0.0, "analyze_seconds": 0.0}
     assert (res["evaluate"]["windows"], res["evaluate"]["groups_judged"]) == (4, 1)
     assert _window_rows(db) == 2000  # reused, not grown
 

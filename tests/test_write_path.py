@@ -34,7 +34,8 @@ def window_writes(source: str) -> list[str]:
         if isinstance(node, ast.Call):
             f = node.func
             name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-            reads = any(isinstance(a, ast.Call) and getattr(a.func, "id", "") == "select" for a in node.args)
+            reads = any(isinstance(c, ast.Call) and getattr(c.func, "id", "") == "select"  # select(...).where(...)
+                        for a in node.args for c in ast.walk(a))
             if name == "Window":
                 note(node.lineno, 0, "Window(...)")
             elif name in WRITE_CALLS and not reads and (

@@ -4,17 +4,21 @@ Agents and the controller write the same SQLite file from different processes, s
 transaction starts with BEGIN IMMEDIATE: it takes the write lock up front (waiting up to
 busy_timeout) instead of failing with SQLITE_BUSY when a read turns into a write mid-transaction.
 Read-only factories use a plain deferred BEGIN and `PRAGMA query_only`, so they cannot write.
+On PostgreSQL a read-only engine makes every transaction of its connections READ ONLY (the server
+refuses any write), and connecting gives up after CONNECT_TIMEOUT_S instead of hanging on a
+server that does not answer.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.store.guard import engine_error, parse_url
 
 BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -35,6 +39,8 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """
     u = parse_url(url)
     try:
+        if u.get_backend_name() == "postgresql":
+            return _postgres_engine(u, readonly)
         if u.get_backend_name() != "sqlite":
             return create_engine(u, future=True)
         engine = create_engine(u, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -63,6 +69,21 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     def _on_begin(conn):  # noqa: ANN001
         conn.exec_driver_sql(begin_sql)
 
+    return engine
+
+
+def _postgres_engine(u: URL, readonly: bool) -> Engine:
+    libpq = u.get_driver_name() in ("psycopg", "psycopg2")
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in u.query else {}
+    engine = create_engine(u, connect_args=connect_args)
+    if readonly:
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn, _record):  # noqa: ANN001
+            # Session-wide and committed: SET inside a transaction that is rolled back would not stick.
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.close()
+            dbapi_conn.commit()
     return engine
 
 

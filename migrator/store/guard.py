@@ -105,6 +105,68 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(url.database)
 
 
+def _server_where(url: URL) -> str:
+    """host:port (or the unix socket directory) the URL connects to, as a user would write it."""
+    host = url.host or url.query.get("host") or ""
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    port = url.port or url.query.get("port") or ""
+    if not host:
+        host = "the local unix socket"
+    elif host.startswith("/"):
+        host = f"the unix socket in {host}"
+    return f"{host}:{port}" if port and not host.startswith("the ") else (f"{host} (port {port})" if port else host)
+
+
+def _postgres_error(url: URL, shown: str, text: str) -> DatabaseUnavailable | None:
+    """PostgreSQL's connection failures, each with the fix a user can act on (None: not recognised)."""
+    low = text.lower()
+    where = _server_where(url)
+    how = "in MIGRATOR_DATABASE_URL, database_file or database in canary.toml"
+    m = re.search(r'password authentication failed for user "([^"]*)"', text)
+    if m:
+        return DatabaseUnavailable(
+            shown, f"the server at {where} refused the password of user {m.group(1)} (password authentication failed)",
+            f"correct the user and password {how}; the server's pg_hba.conf says how each user logs in")
+    m = re.search(r'database "([^"]*)" does not exist', text)
+    if m:
+        return DatabaseUnavailable(
+            shown, f"database {m.group(1)} does not exist on the server at {where}",
+            f"create it (createdb {m.group(1)}, or CREATE DATABASE {m.group(1)}; as a user allowed to), "
+            "then run `migrator init`")
+    m = re.search(r'role "([^"]*)" does not exist', text)
+    if m:
+        return DatabaseUnavailable(shown, f"user {m.group(1)} does not exist on the server at {where}",
+                                   f"create the role (CREATE ROLE {m.group(1)} LOGIN PASSWORD ...) or fix the user {how}")
+    if "no pg_hba.conf entry" in low:
+        return DatabaseUnavailable(shown, f"the server at {where} does not accept this client ({text})",
+                                   "add a line for this host, user and database to the server's pg_hba.conf and reload it")
+    if "failed to resolve host" in low or "could not translate host name" in low:
+        return DatabaseUnavailable(shown, f"host {url.host} is not known here (the name does not resolve)",
+                                   f"correct the host name {how}")
+    if any(k in low for k in ("connection refused", "no such file or directory", "timeout expired",
+                              "timed out", "no route to host", "network is unreachable")):
+        return DatabaseUnavailable(
+            shown, f"no PostgreSQL server answers at {where} ({_first_line(text)})",
+            f"start the server (pg_ctlcluster / systemctl start postgresql), or fix the host and port {how}; "
+            "from a network namespace, 127.0.0.1 is the namespace's own loopback (use the server's address "
+            "or its unix socket, ?host=/var/run/postgresql)")
+    if "server closed the connection" in low or "terminating connection" in low or "connection is closed" in low:
+        return DatabaseUnavailable(shown, f"the server at {where} closed the connection ({_first_line(text)})",
+                                   "check the server's log (restarted, or an administrator ended the session), then retry")
+    if "read-only transaction" in low:
+        return DatabaseUnavailable(shown, "a write was attempted in a read-only transaction (a read-only command)",
+                                   "run the command that writes (init, start, the manual moves) instead")
+    return None
+
+
+def _first_line(text: str) -> str:
+    """The driver's reason without its 'connection to server at ... failed:' preamble."""
+    text = re.sub(r"^connection (failed|is bad): ", "", text)
+    text = text.split(" Is the server running")[0]  # libpq's hint: the fix we give says more
+    return re.sub(r'^connection to server (at|on socket) "[^"]*"(, port \d+)? failed: ', "", text)
+
+
 def _server_fix(url: URL) -> str:
     where = f"{url.host or 'localhost'}" + (f":{url.port}" if url.port else "")
     return (f"check that the {url.get_backend_name()} server at {where} is running and reachable from here, "
@@ -165,6 +227,10 @@ def translate(exc: DBAPIError, where: Where) -> DatabaseUnavailable:
             return DatabaseUnavailable(shown, f"disk I/O error ({text})",
                                        f"check the filesystem holding {folder} (dmesg), then retry")
         return DatabaseUnavailable(shown, text, f"check {where_file}, or point database in canary.toml at a new file")
+    if url.get_backend_name() == "postgresql":
+        err = _postgres_error(url, shown, text)
+        if err is not None:
+            return err
     if isinstance(exc, (OperationalError, InterfaceError)):  # refused, unreachable, wrong password, dropped
         return DatabaseUnavailable(shown, f"cannot connect or the connection failed ({text})", _server_fix(url))
     return DatabaseUnavailable(shown, text,
@@ -194,7 +260,9 @@ def engine_error(exc: BaseException, url: str | URL) -> DatabaseUnavailable | No
         package = DRIVER_PACKAGES.get(mod.split(".")[0], mod)
         return DatabaseUnavailable(
             shown, f"its database driver is not installed (no Python module {mod!r})",
-            f"install it into migrator's environment (pip install {package}), or use an SQLite database")
+            f"install it into migrator's environment (pip install {package}"
+            + (", or pip install 'migrator[postgres]'" if package.startswith("psycopg[") else "")
+            + "), or use an SQLite database")
     if isinstance(exc, ArgumentError):
         return DatabaseUnavailable(shown, f"is not a valid database URL ({_one_line(exc, url)})", URL_FIX)
     return None
@@ -273,7 +341,7 @@ def check_integrity(sf: sessionmaker) -> None:
     if rows != ["ok"]:
         shown = safe_url(engine.url)
         file = _sqlite_file(engine.url)
-        raise DatabaseUnavailable(shown, f"the database file is corrupt ({'; '.join(rows[:3])})",
+        raise DatabaseUnavailable(shown, f"the database file is corrupt ({'; '.join(' '.join(r.split()) for r in rows[:3])})",
                                   f"restore {file or 'it'} from a backup, or move it away and run `migrator init` "
                                   "to start a new one")
 

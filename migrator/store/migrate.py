@@ -5,20 +5,28 @@ pass through `config.attributes`, so one connection (and its SQLite pragmas) doe
 """
 from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, inspect
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from migrator.errors import InstallError, RevisionMismatch
 from migrator.shared.resources import migrations_dir
 from migrator.store.guard import database_errors, safe_url
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
-def alembic_config(connection: Connection | None = None) -> AlembicConfig:
+# The newest revision in migrations/versions, known without importing alembic (a quarter second
+# here): a database already at it is the common case for every read-only command.
+# tests/test_alembic.py checks it against alembic's own head.
+HEAD = "0004"
+
+
+def alembic_config(connection: Connection | None = None) -> "AlembicConfig":
     """An alembic Config pointing at our scripts, optionally carrying a live connection."""
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -28,6 +36,8 @@ def alembic_config(connection: Connection | None = None) -> AlembicConfig:
 
 def head_revision() -> str:
     """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
         raise InstallError(str(migrations_dir()), "no alembic revision scripts found (the package is incomplete)")
@@ -36,19 +46,36 @@ def head_revision() -> str:
 
 def current_revision(connection: Connection) -> str | None:
     """The revision stamped in the database, None for an empty (or pre-alembic) database."""
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database behind `engine` to `revision`."""
+    from alembic import command
+
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
     """Downgrade the database behind `engine` to `revision`."""
+    from alembic import command
+
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), revision)
+
+
+def _stamped(engine: Engine) -> str | None:
+    """The revision in alembic_version read with plain SQL; None when it cannot be read that way."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+            conn.rollback()
+    except DBAPIError:
+        return None  # no table yet, or a driver error: the full check below reports it properly
+    return rows[0] if len(rows) == 1 else None
 
 
 def check_revision(engine: Engine, url: str, *, upgrade_if_older: bool) -> str:
@@ -59,6 +86,11 @@ def check_revision(engine: Engine, url: str, *, upgrade_if_older: bool) -> str:
     (read-only commands must not write). Driver errors (unreachable server, not a database,
     lock timeout, ...) are raised as DatabaseUnavailable.
     """
+    if _stamped(engine) == HEAD:  # the fast path: no alembic import
+        return HEAD
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
     head = head_revision()
     script = ScriptDirectory.from_config(alembic_config())
     shown = safe_url(url)

@@ -7,6 +7,7 @@ reason (and because the history must be readable with a plain `sqlite3` shell).
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -60,7 +61,7 @@ class Migration(Base):
     streak: Mapped[int] = mapped_column(Integer, default=0)
     streak_window_ids: Mapped[str] = mapped_column(Text, default="[]")
     clean_windows: Mapped[int] = mapped_column(Integer, default=0)
-    judged_index: Mapped[int] = mapped_column(Integer, default=-1)
+    judged_index: Mapped[int] = mapped_column(BigInteger, default=-1)
 
 
 class Slice(Base):
@@ -136,27 +137,28 @@ class Window(Base):
     recorded_at: Mapped[float] = mapped_column(Float)
     host: Mapped[str] = mapped_column(String(200))
     channel: Mapped[str] = mapped_column(String(8))
-    index: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(BigInteger)
     start: Mapped[float] = mapped_column(Float)
     end: Mapped[float] = mapped_column(Float)
     mode: Mapped[str] = mapped_column(String(8))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    delivered: Mapped[int] = mapped_column(Integer, default=0)
-    dropped_full: Mapped[int] = mapped_column(Integer, default=0)
-    dropped_other: Mapped[int] = mapped_column(Integer, default=0)
-    lost: Mapped[int] = mapped_column(Integer, default=0)
-    parse_errors: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_full: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_other: Mapped[int] = mapped_column(BigInteger, default=0)
+    lost: Mapped[int] = mapped_column(BigInteger, default=0)
+    parse_errors: Mapped[int] = mapped_column(BigInteger, default=0)
     # SHADOW: records whose ring payload differs from the perf payload of the same seq.
-    payload_mismatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    payload_mismatches: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    in_flight: Mapped[int] = mapped_column(BigInteger, default=0)
     lag_p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     lag_p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     lag_max_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    inversions: Mapped[int] = mapped_column(Integer, default=0)
+    inversions: Mapped[int] = mapped_column(BigInteger, default=0)
     consumer_cpu_s: Mapped[float] = mapped_column(Float, default=0.0)
-    bpf_run_ns: Mapped[int] = mapped_column(Integer, default=0)
-    bpf_run_cnt: Mapped[int] = mapped_column(Integer, default=0)
-    residual: Mapped[int] = mapped_column(Integer, default=0)
+    # None: the kernel refused run-time statistics (unknown, never a silent 0).
+    bpf_run_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=0)
+    bpf_run_cnt: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=0)
+    residual: Mapped[int] = mapped_column(BigInteger, default=0)
     settled: Mapped[bool] = mapped_column(Boolean, default=True)
     loss_rate: Mapped[float] = mapped_column(Float, default=0.0)
     extra: Mapped[str] = mapped_column(Text, default="{}")
@@ -178,7 +180,7 @@ class Verdict(Base):
     )
     scope: Mapped[str] = mapped_column(String(8))  # host | slice
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    index: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(BigInteger)
     phase: Mapped[str] = mapped_column(String(32))
     slice: Mapped[int] = mapped_column(Integer, default=0)
     verdict: Mapped[str] = mapped_column(String(8))  # pass | breach | no-data
@@ -199,3 +201,27 @@ class Lease(Base):
     holder: Mapped[str] = mapped_column(String(200))
     acquired_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Notification(Base):
+    """One transition posted to one webhook (control/notify.py): the notifier's outbox and its audit.
+
+    A row is claimed ("sending") before the post, so a transition goes to a webhook at most once
+    per row even with two notifiers; `target` is a digest of the URL (a webhook URL is a secret).
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("transition_id", "target"),
+        Index("ix_notifications_migration_id_target_transition_id", "migration_id", "target", "transition_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    migration_id: Mapped[int] = mapped_column(ForeignKey("migrations.id", ondelete="CASCADE"))
+    transition_id: Mapped[int] = mapped_column(ForeignKey("transitions.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(64))  # sha256 of the webhook URL, hex
+    status: Mapped[str] = mapped_column(String(16))  # sending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    done_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -2,8 +2,11 @@
 
 Part 1 runs the real path (record_windows bulk insert, Controller.step judging every index,
 verdict rows written) for `hosts` x `windows` SHADOW windows (ring + perf per host and index) on a
-fresh SQLite file. Part 2 builds (or reuses) a database holding `db_windows` windows and times
-the queries behind `history` and `windows --last 100` through a read-only session.
+fresh SQLite file, or, when the history database is a server URL (PostgreSQL), in that database as
+a migration of its own that is deleted afterwards. Part 2 builds (or reuses) a migration holding
+`db_windows` windows, runs ANALYZE after the bulk load (PostgreSQL plans `windows --last 100` with
+a sequential scan until its statistics know the table: 129 ms before, 3.5 ms after, measured), and
+times the queries behind `history` and `windows --last 100` through a read-only session.
 """
 from __future__ import annotations
 
@@ -12,17 +15,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from migrator.config import parse_config
+from migrator.config import hide_password, parse_config
 from migrator.control.controller import Controller
 from migrator.control.phases import Phase, transition
 from migrator.errors import BenchError
-from migrator.store import api, database_errors, open_store
+from migrator.store import api, database_errors, open_store, sqlite_path
 from migrator.store.models import Migration, Window
 from migrator.shared.records import ChannelWindow
 
 T0 = 1_700_000_000.0
+HISTORY_NAME = "bench controller: history"  # the migration part 2 builds and reuses
+EVALUATE_NAME = "bench controller: evaluate"  # part 1's migration on a server database, deleted after
 
 
 class _NoopApplier:
@@ -30,14 +35,15 @@ class _NoopApplier:
         return None
 
 
-def _config(hosts: int, db: Path):
+def _config(hosts: int, database: str):
+    """The bench's plan on `database` (an SQLAlchemy URL)."""
     names = [f"h{i:05d}" for i in range(hosts)]
     return parse_config({
-        "database": str(db), "hosts": names, "slices": [1, "100%"] if hosts > 1 else [1],
+        "database": database, "hosts": names, "slices": [1, "100%"] if hosts > 1 else [1],
         "rollback_after": 3,
         # Stay in SHADOW for the whole run: the bench measures judging, not advancing.
         "phases": {"shadow": {"min_clean_windows": 10**9, "manual_gate": True}},
-    }, "<bench>", db.parent)
+    }, "<bench>", Path.cwd())
 
 
 def _time(fn, repeat: int = 5) -> float:
@@ -50,12 +56,16 @@ def _time(fn, repeat: int = 5) -> float:
     return statistics.median(times)
 
 
-def evaluate_and_persist(db: Path, hosts: int, windows: int) -> dict:
-    """Record hosts x windows x {ring, perf} windows and judge each index as it completes."""
-    cfg = _config(hosts, db)
-    sf = open_store(cfg.database_url)
+def evaluate_and_persist(url: str, hosts: int, windows: int, *, drop_after: bool = False) -> dict:
+    """Record hosts x windows x {ring, perf} windows and judge each index as it completes.
+
+    drop_after: delete the migration (and its windows and verdicts) at the end, to leave a shared
+    database as it was."""
+    cfg = _config(hosts, url)
+    sf = open_store(url)
+    db = hide_password(url)
     with sf() as s, s.begin():
-        mid = api.create_migration(s, cfg, schema_fingerprint="bench", now=T0).id
+        mid = api.create_migration(s, cfg, name=EVALUATE_NAME, schema_fingerprint="bench", now=T0).id
     for tgt in (Phase.DUAL_INSTRUMENT, Phase.SHADOW):
         transition(sf, mid, tgt, applier=_NoopApplier(), clock=lambda: T0)
     ctl = Controller(sf, mid, applier=_NoopApplier(), clock=lambda: T0)
@@ -88,6 +98,8 @@ def evaluate_and_persist(db: Path, hosts: int, windows: int) -> dict:
                              "report this as a bug: the controller judged the bench's clean data as a reason to move")
     elapsed = time.perf_counter() - start
     n = hosts * windows * 2
+    if drop_after:
+        _delete_migration(sf, mid)
     sf.kw["bind"].dispose()
     return {"hosts": hosts, "windows_per_host": windows, "windows": n, "host_verdicts": hosts * windows,
             "groups_judged": judged, "group_breaches": breaches, "seconds": round(elapsed, 3),
@@ -95,18 +107,45 @@ def evaluate_and_persist(db: Path, hosts: int, windows: int) -> dict:
             "windows_per_s": round(n / elapsed)}
 
 
-def build_history_db(db: Path, db_windows: int, hosts: int = 1000, chunk: int = 50_000) -> dict:
-    """A database with one migration holding `db_windows` windows (written as agents write them); reused if big enough."""
-    cfg = _config(hosts, db)
-    sf = open_store(cfg.database_url)
+def _delete_migration(sf, mid: int) -> None:
+    # Children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on, and says nothing if not.
+    from migrator.store.models import Host, Lease, Migration as M, Slice, Transition, Verdict
+
+    with sf() as s, s.begin():
+        for model in (Verdict, Window, Transition, Host, Slice, Lease):
+            s.execute(delete(model).where(model.migration_id == mid))
+        s.execute(delete(M).where(M.id == mid))
+
+
+def _history_migration(sf) -> tuple[int | None, int]:
+    """The bench's history migration in this database (newest one) and its window count."""
     with sf() as s:
-        have = s.scalar(select(func.count()).select_from(Window))
-    if have >= db_windows:
-        sf.kw["bind"].dispose()
-        return {"reused": True, "windows": have, "build_seconds": 0.0}
+        mid = s.scalar(select(func.max(Migration.id)).where(Migration.name == HISTORY_NAME))
+        have = s.scalar(select(func.count()).select_from(Window).where(Window.migration_id == mid)) if mid else 0
+    return mid, have
+
+
+def analyze(sf) -> float:
+    """Refresh the planner's statistics (ANALYZE, on SQLite and PostgreSQL alike); returns its seconds."""
     t = time.perf_counter()
     with sf() as s, s.begin():
-        mid = api.create_migration(s, cfg, schema_fingerprint="bench", now=T0).id
+        s.connection().exec_driver_sql("ANALYZE")
+    return time.perf_counter() - t
+
+
+def build_history_db(url: str, db_windows: int, hosts: int = 1000, chunk: int = 50_000) -> dict:
+    """A migration holding `db_windows` windows (written as agents write them), then ANALYZE; reused if big enough."""
+    cfg = _config(hosts, url)
+    sf = open_store(url)
+    mid, have = _history_migration(sf)
+    if have >= db_windows:
+        sf.kw["bind"].dispose()
+        return {"reused": True, "windows": have, "build_seconds": 0.0, "analyze_seconds": 0.0}
+    if mid is not None:  # too small for this run: built again
+        _delete_migration(sf, mid)
+    t = time.perf_counter()
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, cfg, name=HISTORY_NAME, schema_fingerprint="bench", now=T0).id
     for tgt in (Phase.DUAL_INSTRUMENT, Phase.SHADOW):
         transition(sf, mid, tgt, applier=_NoopApplier(), clock=lambda: T0)
     names = cfg.host_names
@@ -134,15 +173,18 @@ def build_history_db(db: Path, db_windows: int, hosts: int = 1000, chunk: int = 
         i += 1
     if rows:
         flush()
+    build = time.perf_counter() - t
+    took = analyze(sf)
     sf.kw["bind"].dispose()
-    return {"reused": False, "windows": written, "build_seconds": round(time.perf_counter() - t, 3)}
+    return {"reused": False, "windows": written, "build_seconds": round(build, 3), "analyze_seconds": round(took, 3)}
 
 
-def time_queries(db: Path) -> dict:
+def time_queries(url: str) -> dict:
     """Median ms of the queries behind `history`, `windows --last 100` (and by host / phase)."""
-    sf = open_store(f"sqlite:///{db}", readonly=True)
+    sf = open_store(url, readonly=True)
+    db = hide_password(url)
     with sf() as s:
-        mid = s.scalar(select(func.max(Migration.id)))
+        mid = s.scalar(select(func.max(Migration.id)).where(Migration.name == HISTORY_NAME))
         host = s.scalar(select(Window.host).where(Window.migration_id == mid).limit(1))
         out = {
             "history_ms": _time(lambda: api.history(s, mid)),
@@ -158,18 +200,28 @@ def time_queries(db: Path) -> dict:
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def database_url(db: str | Path) -> str:
+    """--db as an SQLAlchemy URL: a URL as is, a path as an SQLite file."""
+    db = str(db)
+    return db if "://" in db else f"sqlite:///{Path(db).resolve()}"
+
+
 def bench_controller(*, hosts: int = 1000, windows: int = 100, db_windows: int = 1_000_000,
-                     db_path: Path | None = None, workdir: Path | None = None) -> dict:
-    """Run both parts; `db_path` keeps (and reuses) the big history database."""
+                     db: str | Path | None = None, workdir: Path | None = None) -> dict:
+    """Run both parts; `db` (an SQLite path or any SQLAlchemy URL) keeps and reuses the big history."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        eval_db = Path(tmp) / "eval.db"
-        with database_errors(f"sqlite:///{eval_db}"):  # a driver error: one line naming the file
-            part1 = evaluate_and_persist(eval_db, hosts, windows)
-        big = Path(db_path) if db_path else Path(tmp) / "history.db"
-        with database_errors(f"sqlite:///{big.resolve()}"):
-            build = build_history_db(big, db_windows)
-            queries = time_queries(big)
-    return {"evaluate": part1, "history_db": {"path": str(db_path) if db_path else None, **build}, "queries": queries,
+        url = database_url(db if db is not None else Path(tmp) / "history.db")
+        on_file = sqlite_path(url) is not None
+        # Part 1 on a fresh database: a new SQLite file beside a file history; in the server's database otherwise.
+        eval_url = database_url(Path(tmp) / "eval.db") if on_file else url
+        with database_errors(eval_url):  # a driver error: one line naming the database
+            part1 = evaluate_and_persist(eval_url, hosts, windows, drop_after=not on_file)
+        with database_errors(url):
+            build = build_history_db(url, db_windows)
+            queries = time_queries(url)
+    return {"evaluate": part1, "history_db": {"database": hide_password(str(db)) if db is not None else None,
+                                              "backend": url.split(":", 1)[0].split("+")[0], **build},
+            "queries": queries,
             "targets": {"windows_per_s >= 20000": part1["windows_per_s"] >= 20000,
-                        "history < 100 ms": queries["history_ms"] < 100,
-                        "windows --last 100 < 100 ms": queries["windows_last_100_ms"] < 100}}
+                        "history < 10 ms": queries["history_ms"] < 10,
+                        "windows --last 100 < 10 ms": queries["windows_last_100_ms"] < 10}}

@@ -86,10 +86,21 @@ def fit_slices(slices: list, n_hosts: int) -> list:
 
 
 def lab_config(base: Config, run_dir: Path, *, hosts: int | None, window: float | None,
-               rollback_after: int | None, prefix: str | None) -> tuple[Config, Path]:
-    """The run's own canary.toml: the base plan with a fresh database in `run_dir` and overrides."""
+               rollback_after: int | None, prefix: str | None, database: str | None = None) -> tuple[Config, Path]:
+    """The run's own canary.toml: the base plan with a fresh database in `run_dir` and overrides.
+
+    database: an SQLAlchemy URL to use instead (e.g. PostgreSQL); written to `run_dir/database-url`
+    (mode 600) and named by database_file, so a password never sits in the run's canary.toml."""
     d = base.to_dict()
+    d.pop("database_file", None)
     d["database"] = str(run_dir / "migrator.db")
+    if database is not None:
+        url_file = run_dir / "database-url"
+        url_file.touch(mode=0o600)
+        url_file.chmod(0o600)
+        url_file.write_text(database + "\n")
+        d.pop("database")
+        d["database_file"] = str(url_file)
     d["hosts"] = []
     if hosts is not None:
         d["lab"]["hosts"] = hosts
@@ -193,11 +204,12 @@ class LabStage:
 
     def __init__(self, base: Config, run_dir: Path, *, hosts: int | None = None, window: float | None = None,
                  rollback_after: int | None = None, prefix: str | None = None, pps: int | None = None,
-                 traffic_seconds: float = 140.0, keep_lab: bool = False, say: Callable[[str], None] = print) -> None:
+                 traffic_seconds: float = 140.0, keep_lab: bool = False, say: Callable[[str], None] = print,
+                 database: str | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir, self.say, self.keep_lab = run_dir, say, keep_lab
         self.cfg, self.cfg_path = lab_config(base, run_dir, hosts=hosts, window=window,
-                                             rollback_after=rollback_after, prefix=prefix)
+                                             rollback_after=rollback_after, prefix=prefix, database=database)
         self.names = list(self.cfg.host_names)
         self.pps = pps or self.cfg.lab.pps
         self.traffic_seconds = traffic_seconds
@@ -369,15 +381,24 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
                       rollback_after: int | None = None, prefix: str | None = None, fault: str | None = None,
                       fault_seconds: float | None = None, pps: int | None = None, timeout: float = 110.0,
                       after_final_windows: int = 2, keep_lab: bool = False,
-                      say: Callable[[str], None] = print, stop: threading.Event | None = None) -> LabRun:
-    """Run a whole migration on lab hosts; returns when the migration is final (or on timeout)."""
+                      say: Callable[[str], None] = print, stop: threading.Event | None = None,
+                      metrics_addr: str | None = None, database: str | None = None) -> LabRun:
+    """Run a whole migration on lab hosts; returns when the migration is final (or on timeout).
+
+    database: an SQLAlchemy URL for the run (PostgreSQL: the agents, started in the root network
+    namespace, reach it like the controller); default a fresh SQLite file in run_dir.
+
+    metrics_addr (HOST:PORT): one Prometheus endpoint for the whole lab while it runs: the
+    controller's gauges and every host's counters, built from the windows rows (the agents stay
+    processes that talk to nothing but the database). base.notify's webhooks get every transition.
+    """
     t0 = time.monotonic()
     stop = stop or threading.Event()
     stage = LabStage(base, run_dir, hosts=hosts, window=window, rollback_after=rollback_after, prefix=prefix,
-                     pps=pps, traffic_seconds=timeout + 30, keep_lab=keep_lab, say=say)
+                     pps=pps, traffic_seconds=timeout + 30, keep_lab=keep_lab, say=say, database=database)
     cfg, sf = stage.cfg, stage.sf
     fault_host = cfg.slice_hosts[0][0] if fault else None
-    with stage:
+    with stage, _LabServices(stage, base, metrics_addr, say):
         mid = stage.mid
         applier = DbApplier(confirm_timeout=15.0, poll_interval=0.005)
         start_migration(sf, mid, schema_fingerprint=stage.schema_fingerprint, applier=applier)
@@ -431,6 +452,31 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
     res.fault_host = fault_host
     res.consumer = consumer
     return res
+
+
+class _LabServices:
+    """The metrics endpoint and the notifier of a lab run, for as long as its migration runs."""
+
+    def __init__(self, stage: LabStage, base: Config, metrics_addr: str | None, say: Callable[[str], None]) -> None:
+        self.stage, self.base, self.addr, self.say = stage, base, metrics_addr, say
+        self.endpoint = self.notifier = None
+
+    def __enter__(self) -> "_LabServices":
+        from migrator.control.notify import notifier_for
+
+        if self.addr is not None:
+            from migrator.control.metrics import start_migration_metrics
+
+            self.endpoint = start_migration_metrics(self.addr, self.stage.sf, self.stage.mid, per_host=True,
+                                                    say=self.say)
+        self.notifier = notifier_for(self.stage.sf, self.stage.mid, self.base.notify)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
 
 
 def pause_for_dead_agents(sf, migration_id: int, dead: list[str]) -> int | None:
