@@ -5,6 +5,7 @@ from pathlib import Path
 
 from migrator.agent.feed import Feed
 from migrator.agent.link import DbLink
+from migrator.agent.selfprotect import SelfProtect
 from migrator.agent.loop import serve_migration
 from migrator.config import load_config
 from migrator.dataplane.schema import Registry
@@ -14,17 +15,20 @@ from migrator.store import open_store
 
 def attach(bpf, name: str = "events", *, config: str | Path | None = None, host: str | None = None,
            mode: str | None = None, registry: Registry | None = None, migration_id: int | None = None,
-           window_seconds: float | None = None, perf_pages: int | None = None, report: bool = False) -> Feed:
+           window_seconds: float | None = None, perf_pages: int | None = None, report: bool = False,
+           metrics_addr: str | None = None) -> Feed:
     """Replace bcc's reader of channel `name` in this process.
 
     Without a config it runs on its own in `mode` (default DUAL: perf acted on, ring measured;
     its windows stay in `feed.windows`, and with report=True the perf-vs-ring comparison is
     printed to stderr when the feed is closed). With a config and a host it serves that host in the
-    migration: the database decides the mode, and windows and mode reports go there.
+    migration: the database decides the mode, and windows and mode reports go there. It also applies
+    the rollback rule to its own ring windows (agent/selfprotect.py). With metrics_addr
+    ("HOST:PORT") the feed serves its windows' counters to Prometheus (agent/metrics.py).
     """
     if config is None:
         feed = Feed(bpf, name, host=host or "local", mode=mode or "DUAL", registry=registry,
-                    window_seconds=window_seconds or 1.0, perf_pages=perf_pages or 64)
+                    window_seconds=window_seconds or 1.0, perf_pages=perf_pages or 64, metrics_addr=metrics_addr)
         feed.report_at_close = report
         return feed
     if not host:
@@ -36,7 +40,7 @@ def attach(bpf, name: str = "events", *, config: str | Path | None = None, host:
     link = DbLink(sf, mid, host, poll=0.01, lost_after=3 * cfg.window_seconds)
     feed = Feed(bpf, name, host=host, mode="PERF", registry=registry,
                 window_seconds=window_seconds or cfg.window_seconds, perf_pages=perf_pages or cfg.buffers.perf_pages,
-                link=link)
+                batch_interval=cfg.buffers.max_delay_ms / 1000, link=link, guard=SelfProtect.from_config(host, cfg), metrics_addr=metrics_addr)
     feed.owns_link = True
     link.start()
     return feed

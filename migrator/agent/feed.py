@@ -19,10 +19,12 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from migrator.agent.link import DbLink, Desired
+from migrator.agent.selfprotect import Protection, SelfProtect
 from migrator.dataplane.channel import Channel
 from migrator.dataplane.compare import PayloadCompare
 from migrator.dataplane.frames import Frames
@@ -33,10 +35,10 @@ from migrator.errors import MigratorError
 from migrator.shared.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
 from migrator.shared.vocab import MODES
 
+if TYPE_CHECKING:
+    from migrator.agent.metrics import AgentMetrics
+
 log = logging.getLogger("migrator.agent")
-# Long enough for every program run that read the old mode to have fetched its seq (a program
-# run takes microseconds); short enough not to matter next to a window.
-DUAL_SETTLE_S = 0.01
 
 
 def acting_channel(mode: str) -> str:
@@ -50,7 +52,8 @@ class Feed:
     def __init__(self, bpf, name: str = "events", *, host: str = "local", mode: str = "DUAL",
                  registry: Registry | None = None, window_seconds: float = 1.0, perf_pages: int = 64,
                  batch_interval: float = 0.005, link: DbLink | None = None, fingerprint: str | None = None,
-                 channel: Channel | None = None) -> None:
+                 channel: Channel | None = None, guard: SelfProtect | None = None,
+                 metrics_addr: str | None = None, metrics: "AgentMetrics | None" = None) -> None:
         if mode not in MODES:
             raise MigratorError(f"mode {mode!r} unknown; choose one of {', '.join(MODES)}")
         self.bpf, self.name, self.host = bpf, name, host
@@ -82,6 +85,17 @@ class Feed:
         self._parse = {"perf": 0, "ring": 0}
         self.compare = PayloadCompare(room=self._compare_room)
         self._next_close = (math.floor(time.time() / window_seconds) + 1) * window_seconds
+        # The local rollback rule (agent/selfprotect.py); None: only the controller rolls back.
+        self.guard = guard
+        # Prometheus counters of the windows this feed closes: served by the feed itself when it is
+        # given an address, or shared with the agent that makes it (they outlive a reload).
+        self.metrics, self.owns_metrics = metrics, False
+        if metrics_addr is not None:
+            from migrator.agent.metrics import AgentMetrics
+
+            self.metrics, self.owns_metrics = AgentMetrics(metrics_addr, host), True
+        if self.metrics is not None:
+            self.metrics.mode_source = lambda: self.mode
         self.set_mode(mode)
         if link is not None:
             link.mode_source = lambda: self.channel.mode  # every heartbeat reports the map's mode
@@ -124,7 +138,7 @@ class Feed:
     # -- delivery ---------------------------------------------------------------------------------
     def _route(self, channel: str, frames: Frames) -> None:
         self.compare.add(channel, frames)  # records emitted in DUAL only
-        mine = self.handover.owned(channel, frames.seq)
+        mine = self.handover.owned(channel, frames.seq, frames.hdr["flags"])
         if self.registry.types and not mine.all():  # measured only: counted, never delivered
             self._parse[channel] += self.registry.check(frames.take(~mine))
         if not mine.any():
@@ -157,7 +171,8 @@ class Feed:
     def set_mode(self, mode: str) -> None:
         """Switch this host to PERF, DUAL or RING with every event delivered exactly once.
 
-        A switch of the acting channel passes through DUAL and cuts at the seq read there.
+        A switch of the acting channel passes through DUAL and cuts at the seq read there; no wait is
+        needed (dataplane/handover.py: a record emitted in one channel's mode is delivered from it).
         """
         if mode not in MODES:
             raise MigratorError(f"mode {mode!r} unknown; choose one of {', '.join(MODES)}")
@@ -168,7 +183,6 @@ class Feed:
         if acting_channel(mode) != self.handover.acting:
             if self.channel.mode != "DUAL":
                 self.channel.set_mode("DUAL")
-                time.sleep(DUAL_SETTLE_S)
             self.handover.cut(self.channel.next_seq, acting_channel(mode))
         self.channel.set_mode(mode)
         read_back = self.channel.mode
@@ -193,6 +207,34 @@ class Feed:
             self.safe_mode_entered.append(time.time())
             log.warning("%s: database lost: holding PERF until it is back", self.host)
 
+    # -- self-protection (agent/selfprotect.py) ---------------------------------------------------
+    def _protect(self, ws: list[ChannelWindow], closed: float) -> Protection | None:
+        """Judge the ring window just closed; at the Nth breach in a row, switch to PERF at once."""
+        ring = next((w for w in ws if w.channel == "ring"), None)
+        desired = self.link.desired if self.link is not None else None
+        p = self.guard.observe(ring, desired.phase if desired else None, closed) if ring is not None else None
+        if p is None:
+            return None
+        if self.mode == "PERF":  # already there (cannot happen after a RING window, but never switch twice)
+            p.read_back = time.time()
+        else:
+            self.set_mode("PERF")
+            self.switches[-1]["reason"] = "self-protect"
+            p.read_back = self.switches[-1]["read_back"]
+        self.ring_confirmed = False
+        ring.extra["self_protect"] = p.as_dict()
+        log.warning("%s: %s; mode map PERF %.2f ms after its books closed (%.2f ms after it ended)", self.host,
+                    p.reason, (p.read_back - p.closed_at) * 1000, (p.read_back - p.window_end) * 1000)
+        return p
+
+    def _held(self) -> bool:
+        """Whether a self-protection holds this host on PERF (released by the migration's next move)."""
+        d = self.link.desired if self.link is not None and self.link.up else None
+        held = self.guard.holding(d.phase if d else None, d.confirmed_at if d else None)
+        if held and self.mode != "PERF":
+            self.set_mode("PERF")  # e.g. a reload started the new program in another mode
+        return held
+
     # -- windows ----------------------------------------------------------------------------------
     def _duties(self) -> None:
         now = time.time()
@@ -202,7 +244,9 @@ class Feed:
             if now > self._next_close:  # we fell behind (suspended?): skip ahead, never fake windows
                 self._next_close = (math.floor(now / self.window_seconds) + 1) * self.window_seconds
         if self.link is not None:
-            if self.link.up and self.link.desired is not None:
+            if self.guard is not None and self._held():
+                pass  # self-protected: PERF whatever desired_mode says, until the migration moves on
+            elif self.link.up and self.link.desired is not None:
                 self._follow(self.link.desired)
             elif not self.link.up:
                 self._safe_mode()
@@ -227,7 +271,8 @@ class Feed:
 
     def close_window(self, index: int | None = None) -> list[ChannelWindow]:
         """Close the current window of both channels; send it (or keep it without a database)."""
-        ws = self.pipe.close_window(index=index)
+        ws = _with_lag(self.pipe, self.pipe.close_window(index=index))
+        closed = time.time()  # the books are final now (the window ended one grace period ago)
         if self._carry:
             ws = [merge_windows(old, new) for old, new in zip(self._carry, ws)]
             self._carry = []
@@ -250,20 +295,24 @@ class Feed:
                 w.extra["mode_switch"] = switch
             if self.link is not None and self.link.gap_since is not None:
                 w.extra["db_gap_since"] = self.link.gap_since
+        protection = self._protect(ws, closed) if self.guard is not None else None
         if self.link is not None:
-            self.link.send(ws)
+            self.link.send(ws, protection=protection.as_dict() if protection is not None else None)
         else:
             self.windows.extend(ws)
+        if self.metrics is not None:
+            self.metrics.observe(ws)
         return ws
 
     def succeed(self, old: "Feed") -> None:
         """Take over from the feed of a program this one replaces (a reload): the part of the
         running window the old maps measured is folded into this feed's next close, on the same
         clock, and the old feed's history of switches goes on here."""
-        self._carry = old.pipe.close_window(index=-1)
+        self._carry = _with_lag(old.pipe, old.pipe.close_window(index=-1))
         self._next_close = old._next_close
         self.switches, self.safe_mode_entered = old.switches, old.safe_mode_entered
         self.ring_confirmed = old.ring_confirmed
+        self.guard = self.guard or old.guard
 
     def report(self, file=None) -> None:
         """Print the windows kept so far (standalone feeds), perf and ring side by side."""
@@ -285,6 +334,18 @@ class Feed:
             self.pipe.close()
             if self.owns_link and self.link is not None:
                 self.link.stop()
+            if self.owns_metrics:
+                self.metrics.close()
+
+
+def _with_lag(pipe: Pipeline, ws: list[ChannelWindow]) -> list[ChannelWindow]:
+    """The windows the pipe just closed, each with its lag histogram at the exported bounds
+    (extra lag_buckets and lag_sum_s, taken by the meter as it reset)."""
+    for w in ws:
+        closed = getattr(pipe.meters.get(w.channel), "closed_lag", None)
+        if closed is not None:
+            w.extra["lag_buckets"], w.extra["lag_sum_s"] = closed
+    return ws
 
 
 def registry_from_bcc(bpf, name: str) -> Registry:

@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrator.store.api import heartbeat, record_windows, report_applied
-from migrator.store.models import Host, Migration
+from migrator.store.api import heartbeat, record_windows, report_applied, report_self_protect
+from migrator.store.models import Host, Migration, Transition
 from migrator.shared.records import ChannelWindow
 
 log = logging.getLogger("migrator.agent")
@@ -26,6 +26,9 @@ class Desired:
     mode: str
     settled: bool  # no transition pending: what the host runs is confirmed
     phase: str
+    # confirmed_at of the migration's newest confirmed transition: a self-protected host holds
+    # PERF until a transition newer than its protection (agent/selfprotect.py).
+    confirmed_at: float | None = None
 
 
 class DbLink(threading.Thread):
@@ -43,6 +46,7 @@ class DbLink(threading.Thread):
         self.sent = 0
         self._outbox: list[ChannelWindow] = []
         self._reports: list[tuple[str, float]] = []
+        self._protections: list[dict] = []  # self-protection reports (agent/selfprotect.py), kept across outages
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._beat_due = 0.0
@@ -65,18 +69,33 @@ class DbLink(threading.Thread):
             return None
         return self.last_ok_wall
 
-    def send(self, windows: list[ChannelWindow]) -> None:
-        """Queue closed windows for the link thread to write to the database on its next round trip."""
+    def send(self, windows: list[ChannelWindow], protection: dict | None = None) -> None:
+        """Queue closed windows for the link thread to write to the database on its next round trip.
+
+        protection: the host's self-protection decided on these windows, queued with them under one
+        lock so the database never holds the deciding window without the host's reason."""
         if self.on_send is not None:
             self.on_send(windows)
         with self._lock:
             self._outbox.extend(windows)
+            if protection is not None:
+                self._protections.append(protection)
             self._beat_due = 0.0
 
     def report(self, mode: str, at: float) -> None:
         """Queue a mode-applied report, so the controller learns this host has switched (and when)."""
         with self._lock:
             self._reports.append((mode, at))
+
+    def queued(self) -> list[ChannelWindow]:
+        """A copy of the windows still waiting for the database."""
+        with self._lock:
+            return list(self._outbox)
+
+    def pending_protections(self) -> int:
+        """Self-protection reports not yet in the database."""
+        with self._lock:
+            return len(self._protections)
 
     def pending(self) -> int:
         """Windows still queued for the database (they pile up while it is unreachable)."""
@@ -92,10 +111,12 @@ class DbLink(threading.Thread):
     def read_desired(self) -> Desired:
         """Read the mode the controller wants for this host and whether a transition is still pending."""
         with self.sf() as s:
-            row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase)
+            confirmed = (select(func.max(Transition.confirmed_at))
+                         .where(Transition.migration_id == self.migration_id).scalar_subquery())
+            row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase, confirmed)
                             .join(Migration, Migration.id == Host.migration_id)
                             .where(Host.migration_id == self.migration_id, Host.name == self.host)).one()
-        return Desired(row[0], row[1] is None, row[2])
+        return Desired(row[0], row[1] is None, row[2], row[3])
 
     def _actual_mode(self) -> str | None:
         """The mode map's value now, or None when it cannot be read (no feed yet, program closing)."""
@@ -113,8 +134,9 @@ class DbLink(threading.Thread):
         actual = self._actual_mode() if beat else None
         with self._lock:
             windows, reports = list(self._outbox), list(self._reports)
+            protections = list(self._protections)
         now = time.time()
-        if windows or reports or beat:
+        if windows or reports or protections or beat:
             with self.sf() as s, s.begin():
                 if windows:
                     record_windows(s, self.migration_id, windows, now=now)  # idempotent on the index
@@ -123,9 +145,12 @@ class DbLink(threading.Thread):
                     report_applied(s, self.migration_id, self.host, mode, now=at)
                 if reports:
                     heartbeat(s, self.migration_id, self.host, now=now)
+                for p in protections:  # after the windows: it names the deciding ring window
+                    report_self_protect(s, self.migration_id, self.host, p, now=now)
             with self._lock:
                 del self._outbox[: len(windows)]
                 del self._reports[: len(reports)]
+                del self._protections[: len(protections)]
             self.sent += len(windows)
             self._beat_due = time.monotonic() + 1.0
         self.desired = self.read_desired()

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.agent.drills import DRILL_DIR, Drill, DrillBox
 from migrator.agent.feed import Feed
 from migrator.agent.link import DbLink
+from migrator.agent.selfprotect import SelfProtect
 from migrator.config import Config, source_hash
 from migrator.dataplane.loader import Probe
 from migrator.dataplane.operator import OperatorProgram, import_sink
@@ -62,7 +63,7 @@ class Agent:
     def __init__(self, session_factory: sessionmaker[Session], config: Config, host: str,
                  migration_id: int | None = None, *, tc_device: str | None = None, tc_netns: str | None = None,
                  drills: bool = False, drill_dir: Path = DRILL_DIR, mode_poll: float = 0.01,
-                 db_lost_after: float | None = None) -> None:
+                 db_lost_after: float | None = None, metrics_addr: str | None = None) -> None:
         self.sf, self.cfg, self.host = session_factory, config, host
         self.migration_id = migration_id
         if config.source.kind not in ("demo", "bcc"):
@@ -85,6 +86,11 @@ class Agent:
         self.db_lost_after = db_lost_after if db_lost_after is not None else 3 * config.window_seconds
         self.link: DbLink | None = None
         self.feed: Feed | None = None
+        # The local rollback rule, one per agent so its streak and hold outlive a program reload.
+        self.guard = SelfProtect.from_config(host, config)
+        # Prometheus endpoint (--metrics-addr): one per agent, so its counters outlive a reload.
+        self.metrics_addr = metrics_addr
+        self.metrics = None
 
     @property
     def state(self) -> "Agent":
@@ -119,7 +125,8 @@ class Agent:
         try:
             feed = Feed(probe.bpf, "events", channel=probe.channel, host=self.host, mode=mode,
                         registry=demo_registry(), window_seconds=self.cfg.window_seconds,
-                        perf_pages=b.perf_pages, link=self.link)
+                        perf_pages=b.perf_pages, batch_interval=b.max_delay_ms / 1000, link=self.link,
+                        guard=self.guard, metrics=self.metrics)
             if self.cfg.probe.name == "tc":
                 # replace-filter: an already attached program is swapped atomically
                 attach_tc(probe.tc_fn.fd, self.tc_device, self.tc_netns or None)
@@ -143,7 +150,8 @@ class Agent:
         try:
             feed = Feed(prog.bpf, src.channel, channel=prog.channel, host=self.host, mode=mode,
                         window_seconds=self.cfg.window_seconds, perf_pages=self.cfg.buffers.perf_pages,
-                        link=self.link)
+                        batch_interval=self.cfg.buffers.max_delay_ms / 1000, link=self.link, guard=self.guard,
+                        metrics=self.metrics)
             feed.on_batch(self._to_sink)
             prog.attach()
         except Exception:
@@ -217,7 +225,18 @@ class Agent:
             self.sink = import_sink(self.cfg.source)
         self.link = DbLink(self.sf, mid, self.host, poll=self.mode_poll, lost_after=self.db_lost_after)
         self.link.on_send = self._annotate
-        probe, gen, self.feed = self._load()  # PERF: safe until the database says otherwise
+        if self.metrics_addr is not None and self.metrics is None:
+            from migrator.agent.metrics import AgentMetrics
+
+            self.metrics = AgentMetrics(self.metrics_addr, self.host)
+            log.info("%s: metrics at %s", self.host, self.metrics.url)
+        try:
+            probe, gen, self.feed = self._load()  # PERF: safe until the database says otherwise
+        except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
+                self.metrics = None
+            raise
         self.link.start()
         why = "stopped"
         try:
@@ -246,6 +265,9 @@ class Agent:
             self.link.stop()
             self.feed.close()
             probe.close()
+            if self.metrics is not None:
+                self.metrics.close()
+                self.metrics = None
         return why
 
     def _reload(self, probe: Probe, gen, ring_bytes: int | None):

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +40,7 @@ from migrator.control.phases import (
 )
 from migrator.control.liveness import lost_hosts, lost_reason
 from migrator.control.policy import BREACH, NO_DATA, PASS, GroupVerdict, StreakState, judge_group, judged_hosts, needed, next_streak
+from migrator.store.api import self_protect_reports
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
 log = logging.getLogger("migrator.control.controller")
@@ -104,7 +105,7 @@ class _Outage:
 _JUDGE_COLS = [Window.id, Window.host, Window.channel, Window.index, Window.start, Window.end, Window.mode,
                Window.attempts, Window.delivered, Window.dropped_full, Window.dropped_other, Window.lost,
                Window.lag_p99_ms, Window.inversions, Window.consumer_cpu_s, Window.parse_errors,
-               Window.payload_mismatches]
+               Window.payload_mismatches, Window.residual, Window.settled]
 
 
 @dataclass
@@ -233,6 +234,8 @@ class Controller:
         m.streak, m.streak_window_ids, m.clean_windows = state.streak, json.dumps(list(state.window_ids)), state.clean
         slices = slice_count(session, m.id)
         here = label(phase, slice_, slices)
+        if self._on_host_protected(session, m, now, here, fired, res):
+            return res
         if fired:
             ids = list(state.window_ids[-cfg.rollback_after:])
             last = res.judged[-1]
@@ -268,6 +271,28 @@ class Controller:
                 return res
             res.transition_id, res.target = t.id, t.to_phase
         return res
+
+    def _on_host_protected(self, session: Session, m: Migration, now: float, here: str, fired: bool,
+                           res: StepResult) -> bool:
+        """A host put itself on PERF (agent/selfprotect.py): ONE transition to ROLLED_BACK carrying the
+        host's reason, also when this round's own streak fired on the same windows.
+
+        Only reports newer than the last confirmed transition count: an operator who moved the
+        migration since (pause, resume) has retired them, and the host stops holding PERF alike."""
+        since = session.scalar(select(func.max(Transition.confirmed_at)).where(Transition.migration_id == m.id))
+        reports = self_protect_reports(session, m.id, since)
+        if not reports:
+            return False
+        first = reports[0]
+        actor = f"host {first['host']}"
+        evidence = {"self_protect": [r["report"] for r in reports]}
+        if fired:
+            evidence["controller_rules"] = [g.rule for g in res.judged[-self.config(m).rollback_after:]]
+        t = request_transition(session, m.id, Phase.ROLLED_BACK, actor=actor if len(actor) <= 16 else "host",
+                               now=now, holder=self.holder, window_ids=first["window_ids"],
+                               reason=f"{first['reason']} (in {here})", evidence=evidence)
+        res.transition_id, res.target = t.id, t.to_phase
+        return True
 
     def _on_lost(self, session: Session, m: Migration, judged: list[str], now: float, cfg: Config, here: str,
                  paused: bool, res: StepResult) -> bool:
