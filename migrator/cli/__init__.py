@@ -70,3 +70,4 @@ from migrator.cli import bench_controller  # noqa: E402,F401
 from migrator.cli import agent  # noqa: E402,F401
 from migrator.cli import build  # noqa: E402,F401
 from migrator.cli import wrap  # noqa: E402,F401
+from migrator.cli import report  # noqa: E402,F401

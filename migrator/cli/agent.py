@@ -10,13 +10,14 @@ from pathlib import Path
 
 import typer
 
-from migrator.control import moves as ops
 from migrator.agent.drills import DRILL_KINDS, DRILL_DIR, inject, validate
-from migrator.agent.loop import Agent
 from migrator.cli import app
+from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
+from migrator.config import hide_password
 from migrator.errors import DrillError, MigratorError, StoreError
-from migrator.cli.control import config_option, resolve_config, writer
-from migrator.store import api, database_errors
+from migrator.cli.control import config_option, metrics_addr_option, resolve_config, writer
+
+log = logging.getLogger("migrator.agent")
 
 
 @app.command("agent")
@@ -28,6 +29,9 @@ def agent_cmd(
     drills: bool = typer.Option(False, "--drills", help="Act out faults queued with `migrator fault` (lab and rehearsals only)."),
     tc_device: str = typer.Option(None, "--tc-device", help="Device the tc probe attaches to (default: <host>-n, the lab's)."),
     tc_netns: str = typer.Option(None, "--tc-netns", help="Network namespace of that device (default: <host>, the lab's; '' for this one)."),
+    log_format: LogFormat = log_format_option(),
+    log_level: str = log_level_option(),
+    metrics_addr: str = metrics_addr_option(),
 ) -> None:
     """Load the probe on this host, follow the desired mode, write a window per channel per period.
 
@@ -37,8 +41,12 @@ def agent_cmd(
 
     Example: migrator agent --host mig1 -c canary.toml
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    setup_logging(log_format, log_level)
+    # The data plane (bcc, numpy) and the store load here, not when `migrator` starts.
+    from migrator.agent.loop import Agent
+    from migrator.control import moves as ops
+    from migrator.store import api, database_errors
+
     cfg, sf = writer(config)
     with database_errors(sf), sf() as s:
         m = api.get_migration(s, migration) if migration else api.active_migration(s)
@@ -51,9 +59,10 @@ def agent_cmd(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.time() + seconds if seconds else None
-    agent = Agent(sf, snap, host, mid, drills=drills, tc_device=tc_device, tc_netns=tc_netns)
+    agent = Agent(sf, snap, host, mid, drills=drills, tc_device=tc_device, tc_netns=tc_netns,
+                  metrics_addr=metrics_addr)
     why = agent.run(stop=stop, deadline=deadline)
-    typer.echo(f"agent {host}: {why}", err=True)
+    log.info("agent %s: %s", host, why, extra={"host": host, "migration_id": mid})
 
 
 def run_command(command: tuple[str, ...], config: Path, host: str) -> None:
@@ -101,7 +110,7 @@ def fault_cmd(
 def migration_hosts(config: Path | None) -> tuple[int, list[str]] | str:
     """(id, host names) of the active migration, or why they cannot be known (no config, no database,
     no active migration). An explicit -c that is invalid is an error, not a reason to skip the check."""
-    from migrator.store import open_store
+    from migrator.store import api, database_errors, open_store
 
     path = config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml"))
     if config is None and not path.exists():
@@ -113,7 +122,7 @@ def migration_hosts(config: Path | None) -> tuple[int, list[str]] | str:
             with database_errors(sf), sf() as s:
                 m = api.active_migration(s)
                 if m is None:
-                    return f"no active migration in {cfg.database_url}"
+                    return f"no active migration in {hide_password(cfg.database_url)}"
                 return m.id, [h["name"] for h in api.hosts(s, m.id)]
         finally:
             sf.kw["bind"].dispose()

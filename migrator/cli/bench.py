@@ -8,8 +8,6 @@ import typer
 from migrator.cli import app
 from migrator.cli._out import emit_json
 from migrator.cli.shadow import usage
-from migrator.tools.lab.names import MAX_HOSTS
-from migrator.tools.shadow import check_seconds
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
                              "controller (windows/s, query times), rollback (latency on the lab).",
@@ -19,7 +17,7 @@ app.add_typer(bench_app, name="bench")
 _COLS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s",
          "process_cpu_s", "events_per_process_cpu_s", "lag_p99_ms")
 # Table order: each bcc path next to the library path measured against it.
-_ORDER = ("bcc-ring", "batch", "ring", "bcc-perf", "callback", "perf")
+_ORDER = ("bcc-ring", "batch", "ring", "c", "bcc-perf", "callback", "perf")
 StreamChoice = Enum("StreamChoice", {k: k for k in ("fixed", "mixed", "both")}, type=str)
 
 
@@ -98,34 +96,117 @@ def consumers(
         typer.echo(render_table(result))
 
 
+def _lab_hosts(value: int) -> int:
+    # The lab (pyroute2) is imported when the command runs, not when `migrator` starts.
+    from migrator.tools.lab.names import MAX_HOSTS
+
+    if value > MAX_HOSTS:
+        raise typer.BadParameter(f"{value} is more than the lab's {MAX_HOSTS} hosts")
+    return value
+
+
+def _window_seconds(value: float) -> float:
+    from migrator.tools.shadow import check_seconds
+
+    return check_seconds(value, "--window")
+
+
 @bench_app.command("rollback")
 def rollback_cmd(
     runs: int = typer.Option(3, "--runs", min=1, help="Lab migrations to roll back (one sample each)."),
-    hosts: int = typer.Option(2, "--hosts", min=2, max=MAX_HOSTS, help="Lab hosts (the first is the canary slice)."),
-    window: float = typer.Option(1.0, "--window", callback=usage(lambda v: check_seconds(v, "--window")),
-                                 help="Window seconds."),
+    hosts: int = typer.Option(3, "--hosts", min=3, callback=_lab_hosts,
+                              help="Lab hosts (the first two are canary slice 1; at most the lab's maximum)."),
+    window: float = typer.Option(1.0, "--window", callback=usage(_window_seconds), help="Window seconds."),
     pps: int = typer.Option(2000, "--pps", min=1, help="Packets per second into each host."),
+    rollback_after: int = typer.Option(2, "--rollback-after", min=1, help="Breaching windows in a row (N)."),
+    prefix: str = typer.Option("mbr", "--prefix", help="Lab prefix (namespaces and host names)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Rollback latency: Nth breaching window end -> slice mode maps read PERF -> first perf record.
+    """Rollback latency, both paths in one run: host-local and through the controller.
 
-    Each run is a real lab migration whose canary host's ring consumer is stalled; the timings
-    come from the database (window end, transition) and the agents' own switch reports.
+    Each run is a real lab migration whose canary slice 1 has two hosts on RING; the first one's
+    ring consumer is stalled. That host protects itself: its agent judges its own windows and
+    writes PERF into its mode map at once (LOCAL_MS: after the Nth breaching window's books
+    closed; LOCAL_END_MS: after that window ended). The controller then rolls back on its
+    report and the other canary host switches the way every host did before (DECIDED_MS,
+    CONFIRMED_MS, MAP_PERF_MS, FIRST_PERF_MS, all after the same window's end). Timings come from
+    the database and the agents' own switch reports.
 
     Example: migrator bench rollback --runs 5
     """
     from migrator.tools.bench.rollback import bench_rollback
 
-    res = bench_rollback(runs=runs, hosts=hosts, window=window, pps=pps,
+    res = bench_rollback(runs=runs, hosts=hosts, window=window, pps=pps, rollback_after=rollback_after, prefix=prefix,
                          progress=lambda m: typer.echo(m, err=True))
     if json_out:
         emit_json(res)
         return
-    typer.echo(f"{'RUN':<4} {'DECIDED_MS':>10} {'CONFIRMED_MS':>12} {'MAP_PERF_MS':>11} {'FIRST_PERF_MS':>13}")
+    cols = ("local_after_close_ms", "local_map_perf_ms", "decided_ms", "confirmed_ms", "map_perf_ms", "first_perf_ms")
+    heads = ("LOCAL_MS", "LOCAL_END_MS", "DECIDED_MS", "CONFIRMED_MS", "MAP_PERF_MS", "FIRST_PERF_MS")
+    typer.echo(f"{'RUN':<4} " + " ".join(f"{h:>{len(h)}}" for h in heads))
     for i, r in enumerate(res["runs"], 1):
-        typer.echo(f"{i:<4} {r['decided_ms']:>10} {r['confirmed_ms']:>12} {r['map_perf_ms']:>11} {r['first_perf_ms']!s:>13}")
+        typer.echo(f"{i:<4} " + " ".join(f"{r[c]!s:>{len(h)}}" for c, h in zip(cols, heads)))
     s = res["summary"]
-    typer.echo(f"median: map PERF {s['map_perf_ms']['median']} ms, first perf record {s['first_perf_ms']['median']} ms "
-               f"(max {s['map_perf_ms']['max']} / {s['first_perf_ms']['max']} ms)")
+    typer.echo(f"median: host-local map PERF {s['local_after_close_ms']['median']} ms after the books closed "
+               f"({s['local_map_perf_ms']['median']} ms after the window ended); controller path map PERF "
+               f"{s['map_perf_ms']['median']} ms, first perf record {s['first_perf_ms']['median']} ms")
     for name, ok in res["targets"].items():
         typer.echo(f"target {name}: {'met' if ok else 'MISSED'}")
+
+
+def render_overhead(res: dict) -> str:
+    """One row per rate: whole-process CPU (% of a core) of ours and of the libbpf C consumer, the ratio."""
+    head = (f"{'RATE/S':>10} {'OURS_%CPU':>10} {'C_%CPU':>8} {'OURS/C':>7} {'PER_RECORD':>10} {'EVENTS':>10} "
+            f"{'OURS_LOST':>10} {'C_LOST':>10} {'OURS_LAG_P99_MS':>16}  EXACT")
+    lines = [head]
+    for r in res["rates"]:
+        lag = r["ours"]["report"].get("lag_p99_ms_max")
+        exact = "yes" if all(r["exact"].values()) else "NO: " + ", ".join(k for k, ok in r["exact"].items() if not ok)
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        per = "-" if r["ratio_per_record"] is None else f"{r['ratio_per_record']:.2f}x"
+        # Records the kernel could not write (perf buffer full): consumed by nobody, so not paid for.
+        lost = {k: 2 * r[k]["events"] - sum(r[k]["written"].values()) for k in ("ours", "c")}
+        lines.append(f"{r['rate']:>10,.0f} {r['ours']['cpu_pct']:>10.3f} {r['c']['cpu_pct']:>8.3f} {ratio:>7} {per:>10} "
+                     f"{r['ours']['events']:>10,} {lost['ours']:>10,} {lost['c']:>10,} "
+                     f"{'-' if lag is None else f'{lag:.1f}':>16}  {exact}")
+    n = res["notes"]
+    lines.append(f"max_delay_ms {n['max_delay_ms']:g} (ours), C consumer woken every {n['c_interval_ms']:g} ms; "
+                 f"agent poll {n['agent_poll_ms']} ms; {n['probe']}")
+    for name, ok in res["targets"].items():
+        lines.append(f"target {name}: {'met' if ok else 'MISSED'}")
+    return "\n".join(lines)
+
+
+@bench_app.command("overhead")
+def overhead_cmd(
+    rates: list[float] = typer.Option(None, "--rate", min=0,
+                                      help="Events per second (repeat the option; 0 = idle). Default: 0, 10k, 100k, 1M."),
+    seconds: float = typer.Option(5.0, "--seconds", min=0.1, help="Seconds of events per rate and consumer."),
+    config: str = typer.Option(None, "--config", "-c", help="Take \\[buffers] (sizes, wakeup, max_delay_ms) from this canary.toml."),
+    max_delay_ms: float = typer.Option(None, "--max-delay-ms", min=0.1, help="Our batch clock (default: \\[buffers] max_delay_ms)."),
+    c_interval_ms: float = typer.Option(None, "--c-interval-ms", min=1, help="The C consumer's timer (default: max delay)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {rates, targets, notes}."),
+) -> None:
+    """What the agent costs: whole-process CPU of our consumer against a libbpf C consumer of the same maps.
+
+    Per rate, the synthetic probe runs in DUAL (perf and ring written for every event) on a
+    rate-limited generator, consumed (a) by our agent loop (a Feed in DUAL, in a child process)
+    and (b) by the libbpf reference consumer (ring_buffer__consume and perf_buffer__consume on a
+    timer; built by scripts/setup.sh). CPU is each consumer process's own (user + system, every
+    thread), the generator excluded. Each consumer must account for every record the kernel
+    wrote (EXACT). Progress goes to stderr.
+
+    Example:
+
+        sudo migrator bench overhead --rate 0 --rate 100000 --seconds 5
+    """
+    from migrator.config import load_config
+    from migrator.tools.bench.overhead import DEFAULT_RATES, bench_overhead
+
+    buffers = load_config(config).buffers if config else None
+    res = bench_overhead(tuple(rates) if rates else DEFAULT_RATES, seconds, max_delay_ms=max_delay_ms,
+                         c_interval_ms=c_interval_ms, buffers=buffers, progress=lambda m: typer.echo(m, err=True))
+    if json_out:
+        emit_json(res)
+    else:
+        typer.echo(render_overhead(res))

@@ -12,17 +12,35 @@ from pathlib import Path
 
 import typer
 
-from migrator.control import moves as ops
 from migrator.cli import app
 from migrator.errors import ConfigError, DatabaseUnavailable, MigratorError, StoreError
+from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.cli._out import emit_json
-from migrator.config import Config, load_config, source_hash
-from migrator.control.controller import run_controller, start_migration
-from migrator.control.phases import DbApplier, label
+from migrator.config import Config, hide_password, load_config, source_hash
 from migrator.shared.resources import example_config
-from migrator.store import api, check_database_url, check_integrity, database_errors, open_store
+
+# The control plane and the store (SQLAlchemy, alembic) are imported inside the commands that use
+# them: every `migrator` invocation imports this module, and `--help` or `plan` must not pay for them.
 
 CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."
+
+
+def metrics_addr_option() -> str:
+    """--metrics-addr HOST:PORT, the Prometheus endpoint of the long-running commands."""
+    return typer.Option(None, "--metrics-addr", metavar="HOST:PORT", callback=_check_metrics_addr,
+                        help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port).")
+
+
+def _check_metrics_addr(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from migrator.control.metrics import parse_addr
+
+    try:
+        parse_addr(value)
+    except MigratorError:
+        raise typer.BadParameter(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:9464") from None
+    return value
 
 
 def config_option() -> Path:
@@ -39,6 +57,8 @@ def check_database(cfg: Config) -> None:
     """Refuse a database that cannot work (ConfigError on canary.toml's `database` field), before
     anything is written: bad URL, unknown scheme, driver not installed, in-memory SQLite, an SQLite
     directory that does not exist (never created: "create DIR first") or is not writable."""
+    from migrator.store import check_database_url
+
     try:
         check_database_url(cfg.database_url)
     except DatabaseUnavailable as exc:
@@ -47,6 +67,8 @@ def check_database(cfg: Config) -> None:
 
 def writer(path: Path | None):
     """Config first and its database checked (nothing is written when either is bad), then the upgraded store."""
+    from migrator.store import open_store
+
     cfg = resolve_config(path)
     check_database(cfg)
     return cfg, open_store(cfg.database_url)
@@ -63,6 +85,8 @@ def plan_cmd(config: Path = config_option(),
 
     Example: migrator plan -c canary.toml
     """
+    from migrator.control.phases import label
+
     cfg = resolve_config(config)
     check_database(cfg)
     source = source_report(cfg)
@@ -72,12 +96,12 @@ def plan_cmd(config: Path = config_option(),
                 "manual_gate": cfg.phases.canary.manual_gate} for k, h in enumerate(cfg.slice_hosts, 1)]
     phases.append({"phase": "COMPLETE"})
     if as_json:
-        emit_json({"config": cfg.to_dict(), "config_hash": cfg.hash, "database_url": cfg.database_url,
+        emit_json({"config": cfg.to_dict(), "config_hash": cfg.hash, "database_url": hide_password(cfg.database_url),
                    "hosts": list(cfg.host_names), "phases": phases, "source": source})
         if source.get("error"):
             raise MigratorError(source["error"])
         return
-    typer.echo(f"{cfg.path}: valid (hash {cfg.hash[:12]}), database {cfg.database_url}")
+    typer.echo(f"{cfg.path}: valid (hash {cfg.hash[:12]}), database {hide_password(cfg.database_url)}")
     typer.echo(f"hosts ({len(cfg.host_names)}): {', '.join(cfg.host_names)}")
     typer.echo(f"rollback after {cfg.rollback_after} consecutive breaching windows of {cfg.window_seconds:g} s; "
                f"no-data: {cfg.no_data}")
@@ -181,11 +205,14 @@ def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_def
     if example:
         typer.echo(example_config(), nl=False)
         return
+    from migrator.control import moves as ops
+    from migrator.store import database_errors
+
     cfg, sf = writer(config_file)
     with database_errors(sf), sf() as s, s.begin():
         m, created = ops.init_migration(s, cfg, name=name)
         out = {"migration_id": m.id, "phase": m.phase, "created": created, "config_hash": m.config_hash,
-               "source_hash": m.source_hash, "database_url": cfg.database_url, "hosts": len(cfg.host_names),
+               "source_hash": m.source_hash, "database_url": hide_password(cfg.database_url), "hosts": len(cfg.host_names),
                "slices": len(cfg.slice_hosts)}
     if as_json:
         emit_json(out)
@@ -193,7 +220,7 @@ def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_def
         verb = "recorded" if created else "already recorded"
         src = f", source {out['source_hash'][:12]} ({cfg.source.file})" if out["source_hash"] else ""
         typer.echo(f"migration {out['migration_id']} {verb}: {out['phase']}, {out['hosts']} hosts, "
-                   f"{out['slices']} slices, config {out['config_hash'][:12]}{src}, database {cfg.database_url}")
+                   f"{out['slices']} slices, config {out['config_hash'][:12]}{src}, database {out['database_url']}")
 
 
 @app.command("start")
@@ -204,7 +231,10 @@ def start_cmd(config: Path = config_option(),
                                                     help="Wait this long for agents to apply each mode change."),
               run: bool = typer.Option(True, "--run/--no-run", help="Keep driving the migration (the controller loop)."),
               seconds: float = typer.Option(None, "--for", min=0.0, help="Stop the loop after this many seconds."),
-              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+              metrics_addr: str = metrics_addr_option(),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+              log_format: LogFormat = log_format_option(),
+              log_level: str = log_level_option()) -> None:
     """Start the PLANNED migration (DUAL_INSTRUMENT) and drive it to COMPLETE or ROLLED_BACK.
 
     Also resumes driving an already started migration, finishing a transition a crash left
@@ -213,8 +243,18 @@ def start_cmd(config: Path = config_option(),
     The whole database file is checked first (SQLite's quick_check): a corrupt page is refused
     before the controller decides anything on it.
 
+    With --metrics-addr it serves the migration's phase, slice and breach streak to Prometheus;
+    with webhooks in canary.toml's notify table it posts every transition (also those made by
+    other commands, such as a manual rollback).
+
     Example: migrator start -c canary.toml --confirm-timeout 10
     """
+    setup_logging(log_format, log_level)
+    from migrator.control import moves as ops
+    from migrator.control.controller import run_controller, start_migration
+    from migrator.control.phases import DbApplier
+    from migrator.store import api, check_integrity, database_errors
+
     cfg, sf = writer(config)
     check_integrity(sf)
     with database_errors(sf), sf() as s:
@@ -225,14 +265,22 @@ def start_cmd(config: Path = config_option(),
         mid = m.id
     applier = DbApplier(confirm_timeout=confirm_timeout)
     fp = schema_fingerprint or start_fingerprint(cfg)
-    with database_errors(sf):
-        start_migration(sf, mid, schema_fingerprint=fp, applier=applier)
-        phase = None
-        if run:
-            import time
-            deadline = None if seconds is None else time.time() + seconds
-            on_step = None if as_json else _print_step
-            phase = run_controller(sf, mid, applier=applier, stop=threading.Event(), deadline=deadline, on_step=on_step)
+    endpoint, notifier = controller_services(sf, mid, cfg, metrics_addr)
+    try:
+        with database_errors(sf):
+            start_migration(sf, mid, schema_fingerprint=fp, applier=applier)
+            phase = None
+            if run:
+                import time
+                deadline = None if seconds is None else time.time() + seconds
+                on_step = None if as_json else _print_step
+                phase = run_controller(sf, mid, applier=applier, stop=threading.Event(), deadline=deadline,
+                                       on_step=on_step)
+    finally:
+        if notifier is not None:
+            notifier.close()
+        if endpoint is not None:
+            endpoint.close()
     with database_errors(sf), sf() as s:
         rep = ops.status_report(s, mid)
     if as_json:
@@ -241,10 +289,26 @@ def start_cmd(config: Path = config_option(),
         typer.echo(f"migration {mid}: {rep['label']}" + ("" if phase else " (controller not running)"))
 
 
+def controller_services(sf, mid: int, cfg: Config, metrics_addr: str | None):
+    """(metrics endpoint, notifier) that run beside the controller loop; None for each one not asked for."""
+    endpoint = notifier = None
+    if metrics_addr is not None:
+        from migrator.control.metrics import start_migration_metrics
+
+        endpoint = start_migration_metrics(metrics_addr, sf, mid, say=lambda line: typer.echo(line, err=True))
+    if cfg.notify.webhooks:
+        from migrator.control.notify import notifier_for
+
+        notifier = notifier_for(sf, mid, cfg.notify)
+    return endpoint, notifier
+
+
 def start_fingerprint(cfg: Config) -> str:
     """The schema fingerprint `start` freezes: the demo probes', or for [source] kind = "bcc" that of
     the payload type bcc infers from the operator's program (compiled once here: root and bcc)."""
     if cfg.source.kind != "bcc":
+        from migrator.control import moves as ops
+
         return ops.default_fingerprint()
     why = ("not running as root" if os.geteuid() != 0 else
            "bcc is not importable" if importlib.util.find_spec("bcc") is None else None)
@@ -266,6 +330,10 @@ def _print_step(res) -> None:
 
 def _move(op: str, config: Path | None, migration: int | None, reason: str, confirm_timeout: float | None,
           as_json: bool) -> None:
+    from migrator.control import moves as ops
+    from migrator.control.phases import DbApplier
+    from migrator.store import api, database_errors
+
     cfg, sf = writer(config)
     with database_errors(sf), sf() as s:
         mid = api.get_migration(s, migration).id

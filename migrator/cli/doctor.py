@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import typer
 
-from migrator.tools import doctor as core
 from migrator.cli import app
 from migrator.cli._out import emit_json
 
 _COLOURS = {"OK": "green", "FAIL": "red", "WARN": "yellow"}
 
 
-def render_table(checks: list[core.Check]) -> str:
+def render_table(checks: list) -> str:
     """Plain aligned text, one row per check; colour only where the terminal takes it."""
     header = ("CHECK", "STATUS", "VALUE", "FIX")
     rows = [(c.name, c.status, c.value, c.fix) for c in checks]
@@ -38,6 +37,8 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print {\"ok\": b
 
         sudo migrator doctor --json | jq '.checks[] | select(.ok | not)'
     """
+    from migrator.tools import doctor as core  # ctypes and the kernel probes: only when doctor runs
+
     checks = core.run_checks()
     ok = core.all_ok(checks)
     if json_out:

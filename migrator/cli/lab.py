@@ -5,9 +5,11 @@ from pathlib import Path
 
 import typer
 
-from migrator.tools import lab as core
 from migrator.cli import app
+from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.cli._out import emit_json
+from migrator.cli.control import metrics_addr_option
+from migrator.config import hide_password
 from migrator.errors import MigratorError
 
 lab_app = typer.Typer(
@@ -17,10 +19,18 @@ lab_app = typer.Typer(
 )
 app.add_typer(lab_app, name="lab")
 
+
+def _core():
+    """migrator.tools.lab, imported when a lab command runs (it loads pyroute2: too slow for every `migrator`)."""
+    from migrator.tools import lab
+
+    return lab
+
+
 PREFIX = typer.Option("mig", "--prefix", "-p", help="Name prefix of the lab: namespaces <prefix>1..N, links <prefix>N-h/-n.")
 
 
-def _row(h: core.LabHost) -> str:
+def _row(h) -> str:
     filters = ",".join(f"{hook}:{'+'.join(n)}" for hook, n in sorted(h.filters.items())) or "-"
     return (f"{h.name:<8} {h.root_if:<10} {h.root_addr or '-':<13} {h.host_if:<10} "
             f"{h.host_addr or '-':<13} {'clsact' if h.qdisc else '-':<7} {filters}")
@@ -41,7 +51,7 @@ def up(hosts: int = typer.Option(3, "--hosts", "-n", help="Number of hosts (1-64
 
         sudo migrator lab up --hosts 4
     """
-    made = core.lab_up(hosts, prefix)
+    made = _core().lab_up(hosts, prefix)
     if json_out:
         emit_json([h.to_dict() for h in made])
         return
@@ -58,7 +68,7 @@ def down(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", he
 
         sudo migrator lab down --prefix mig
     """
-    removed = core.lab_down(prefix)
+    removed = _core().lab_down(prefix)
     if json_out:
         emit_json(removed)
         return
@@ -78,7 +88,7 @@ def status(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", 
 
         sudo migrator lab status --json | jq '.[] | select(.filters == {})'
     """
-    hosts = core.lab_status(prefix)
+    hosts = _core().lab_status(prefix)
     if json_out:
         emit_json([h.to_dict() for h in hosts])
     elif not hosts:
@@ -96,7 +106,8 @@ def traffic(
     pps: float = typer.Option(1000, "--pps", help="Datagrams per second (steady)."),
     seconds: float = typer.Option(1.0, "--seconds", help="Upper bound on the run time."),
     count: int = typer.Option(None, "--count", help="Upper bound on datagrams (burst: required)."),
-    port: int = typer.Option(core.traffic.DEFAULT_PORT, "--port", help="UDP port of the listener in the host."),
+    port: int = typer.Option(None, "--port", show_default=False,
+                             help="UDP port of the listener in the host (default: the lab listener's)."),
     prefix: str = typer.Option(None, "--prefix", "-p", help="Lab prefix (default: HOST without its number)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -108,8 +119,10 @@ def traffic(
 
         sudo migrator lab traffic mig2 --profile burst --count 200000 --seconds 5
     """
+    core = _core()
     core.traffic.check_args(profile, pps, seconds, count)
     h = core.get_host(host, prefix)
+    port = core.traffic.DEFAULT_PORT if port is None else port
     res = core.start_traffic(h, profile=profile, pps=pps, seconds=seconds, count=count, port=port).wait()
     if json_out:
         emit_json({"host": host, "sent": res.sent, "received": res.received, "elapsed": res.elapsed})
@@ -156,6 +169,9 @@ def run(
     timeout: float = typer.Option(110.0, "--timeout", help="Give up after this many seconds."),
     keep: bool = typer.Option(False, "--keep", help="Leave the lab hosts up afterwards."),
     json_out: bool = typer.Option(False, "--json", help="Print the result (phase, history) as JSON at the end."),
+    log_format: LogFormat = log_format_option(),
+    log_level: str = log_level_option(),
+    metrics_addr: str = metrics_addr_option(),  # the controller's gauges and every host's counters
 ) -> None:
     """Run a whole perf -> ring migration on lab hosts, live, then print its history.
 
@@ -166,7 +182,10 @@ def run(
       migrator lab run                        # 4 hosts, ends COMPLETE
       migrator lab run --fault stall-ring     # the canary host stalls: ends ROLLED_BACK
       migrator lab run --fault shrink-ring    # the canary's ring shrinks to 16 KiB for a while
+
+    --log-format and --log-level also apply to the agents it starts (their logs in the run directory).
     """
+    setup_logging(log_format, log_level)
     import time as _time
 
     from migrator.cli.control import resolve_config
@@ -180,14 +199,15 @@ def run(
     run_dir = run_dir or Path("runs") / _time.strftime("%Y%m%d-%H%M%S")
     say = (lambda line: typer.echo(line, err=True)) if json_out else typer.echo
     res = run_lab_migration(base, run_dir.resolve(), hosts=hosts, window=window, rollback_after=rollback_after,
-                            fault=fault, fault_seconds=fault_seconds, timeout=timeout, keep_lab=keep, say=say)
+                            fault=fault, fault_seconds=fault_seconds, timeout=timeout, keep_lab=keep, say=say,
+                            metrics_addr=metrics_addr)
     if json_out:
         emit_json({"migration_id": res.migration_id, "phase": res.phase, "seconds": res.seconds,
                    "run_dir": str(res.run_dir), "final_modes": res.final_modes,
                    "fault_host": res.fault_host, "history": res.history, "consumer": res.consumer})
     else:
         typer.echo("")
-        typer.echo(f"history of migration {res.migration_id} ({res.seconds:.1f} s, database {res.database_url}):")
+        typer.echo(f"history of migration {res.migration_id} ({res.seconds:.1f} s, database {hide_password(res.database_url)}):")
         for t in res.history:
             ws = t["window_ids"]
             wtxt = f" windows {ws[0]}..{ws[-1]} ({len(ws)})" if ws else ""

@@ -1,22 +1,36 @@
-"""Read-only commands: status, history, windows, what-if. They never write to the database."""
+"""Read-only commands: status, list, history, windows, what-if. They never write to the database.
+
+The store and the control plane are imported inside each command, so that `migrator --help`
+and every command that needs neither start without SQLAlchemy and alembic.
+"""
 from __future__ import annotations
 
+import re
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import typer
 
-from migrator.control import moves as ops
 from migrator.cli import app
 from migrator.cli.control import config_option, resolve_config
 from migrator.cli._out import emit_json
-from migrator.store import api, database_errors, open_store
 
+# `status` exit codes, after `kubectl argo rollouts status`: success when the migration is done (or,
+# without --watch, still healthy on its way), failure when it ended anywhere but COMPLETE, and its
+# own code when --timeout gave up first. Usage errors also exit 2, as every command's do.
+EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 2
+FINAL_PHASES = ("COMPLETE", "ROLLED_BACK", "ABORTED")
+
+_VERDICT_STYLE = {"pass": "green", "breach": "bold red", "no-data": "yellow"}
+_PHASE_STYLE = {"COMPLETE": "bold green", "ROLLED_BACK": "bold red", "ABORTED": "bold red", "PAUSED": "yellow"}
 
 
 def reader(path: Path | None):
     """Open the config's database read-only for the view commands (never creates or upgrades it)."""
+    from migrator.store import open_store
+
     cfg = resolve_config(path)
     return open_store(cfg.database_url, readonly=True)
 
@@ -29,8 +43,91 @@ def _migration_option():
     return typer.Option(None, "--migration", "-m", help="Migration id (default: the newest).")
 
 
-def render_status(rep: dict) -> str:
-    """The text of `migrator status`: phase, streak, clean windows, lease, last windows and host modes."""
+def parse_timeout(text: str) -> float:
+    """'5m', '90s', '1h30m', '500ms' or a bare number of seconds -> seconds (0: no limit); BadParameter otherwise."""
+    s = str(text).strip()
+    if re.fullmatch(r"[0-9]*\.?[0-9]+", s):
+        return float(s)
+    parts = re.findall(r"([0-9]*\.?[0-9]+)(ms|s|m|h)", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise typer.BadParameter(f"{text!r} is not a duration; write e.g. 90 (seconds), 90s, 5m, 1h30m or 0 (no limit)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _check_timeout(value: str | None) -> str | None:
+    if value is not None:
+        parse_timeout(value)  # a usage error (exit 2) before any database is opened
+    return value
+
+
+def exit_code(phase: str) -> int:
+    """What `status` returns for a migration in `phase`: 1 when it ended ROLLED_BACK or ABORTED, else 0."""
+    return EXIT_FAILED if phase in ("ROLLED_BACK", "ABORTED") else EXIT_OK
+
+
+def status_document(session, migration_id: int | None) -> dict:
+    """status_report plus, per host, its last ring and perf window, last verdict and streak, and the
+    transition that ended a final migration (`ended`)."""
+    from migrator.control import moves as ops
+    from migrator.store import api
+
+    rep = ops.status_report(session, migration_id)
+    # Host streaks count in the phase position being judged now; paused or ended, in each host's last one.
+    live = rep["phase"] in ("DUAL_INSTRUMENT", "SHADOW", "CANARY")
+    position = (rep["phase"], rep["slice"]) if live else None
+    by_name = {h["name"]: h for h in api.host_status(session, rep["migration_id"], position=position,
+                                                       rollback_after=rep["rollback_after"])}
+    rep["hosts"] = [{**h, **by_name.get(h["name"], {})} for h in rep["hosts"]]
+    rep["ended"] = None
+    if rep["phase"] in FINAL_PHASES:
+        hist = api.history(session, rep["migration_id"])
+        rep["ended"] = hist[-1] if hist else None
+    return rep
+
+
+# ---- rendering: plain text (pipes, logs, tests) and rich (a terminal) --------------------------
+
+def _channel(w: dict | None) -> str:
+    if w is None:
+        return "-"
+    p99 = "-" if w["lag_p99_ms"] is None else f"{w['lag_p99_ms']:.2f}ms"
+    return f"{100 * w['loss_rate']:.3f}% {p99}"
+
+
+def _mode(h: dict) -> str:
+    return f"{h['desired_mode']}/{h['applied_mode'] or '-'}"
+
+
+def _verdict(h: dict) -> str:
+    v = h.get("verdict")
+    return "-" if not v else v["verdict"] + ("" if v["verdict"] == "pass" else f" ({v['rule']})")
+
+
+def _age(h: dict, now: float) -> str:
+    ends = [w["end"] for w in (h.get("ring"), h.get("perf")) if w]
+    if not ends:
+        return "-"
+    age = max(0.0, now - max(ends))
+    if age < 60:
+        return f"{age:.1f}s"
+    return f"{int(age // 60)}m{int(age % 60):02d}s" if age < 3600 else f"{int(age // 3600)}h{int(age % 3600 // 60):02d}m"
+
+
+HOST_COLUMNS = ("HOST", "SLICE", "MODE", "RING loss p99", "PERF loss p99", "VERDICT", "STREAK", "AGE")
+LEGEND = ("MODE: desired/applied; RING, PERF: the host's last window per channel; VERDICT: its last judged "
+          "window; STREAK: its own breaching windows in a row / N; AGE: since its last window ended")
+
+
+def host_rows(rep: dict, now: float) -> list[tuple[str, ...]]:
+    """One row of strings per host, in canary order, under HOST_COLUMNS."""
+    n = rep["rollback_after"]
+    return [(h["name"], str(h["slice"]), _mode(h), _channel(h.get("ring")), _channel(h.get("perf")), _verdict(h),
+             f"{h.get('streak', 0)}/{n}", _age(h, now)) for h in rep["hosts"]]
+
+
+def header_lines(rep: dict) -> list[str]:
+    """The lines above the host table: phase, window and streak, last verdict, pending move, lease, end."""
     lines = [f"migration {rep['migration_id']}: {rep['label']}"
              + (f" (paused in {rep['paused_phase']})" if rep["paused_phase"] else "")
              + f"   since {_ts(rep['phase_since'])}"]
@@ -48,43 +145,169 @@ def render_status(rep: dict) -> str:
     lease = rep["lease"]
     lines.append("controller: " + (f"{lease['holder']} (lease until {_ts(lease['expires_at'])}"
                                    f"{'' if lease['live'] else ', expired'})" if lease else "not running"))
-    for ch, w in sorted(rep["last_window"].items()):
-        lag = "-" if w["lag_p99_ms"] is None else f"{w['lag_p99_ms']:.2f} ms"
-        lines.append(f"last {ch:<4} window: {w['host']} #{w['index']} {w['mode']} attempts {w['attempts']} "
-                     f"loss {100 * w['loss_rate']:.3f}% lag p99 {lag}")
-    hosts = rep["hosts"]
-    shown = hosts[:20]
-    lines.append("hosts: " + ", ".join(f"{h['name']}={h['desired_mode']}"
-                                       + ("" if h["applied_mode"] == h["desired_mode"] else f"(applied {h['applied_mode'] or '-'})")
-                                       for h in shown) + (f" ... {len(hosts) - 20} more" if len(hosts) > 20 else ""))
-    return "\n".join(lines)
+    end = rep.get("ended")
+    if end:
+        lines.append(f"ended: {end['from']} -> {end['to']} by {end['actor']} at {_ts(end['confirmed_at'] or end['at'])}: "
+                     f"{end['reason']}" + (f" (windows {end['window_ids']})" if end["window_ids"] else ""))
+    return lines
 
+
+def render_status(rep: dict, now: float | None = None) -> str:
+    """The plain text of `migrator status`: the header lines, then one aligned row per host."""
+    now = time.time() if now is None else now
+    rows = [HOST_COLUMNS, *host_rows(rep, now)]
+    w = [max(len(r[i]) for r in rows) for i in range(len(HOST_COLUMNS))]
+    table = ["  ".join(f"{c:<{w[i]}}" for i, c in enumerate(r)).rstrip() for r in rows]
+    return "\n".join(header_lines(rep) + table)
+
+
+def render_rich(rep: dict, now: float | None = None, note: str = ""):
+    """The live view: phase lines, then a per-host table coloured by verdict and mode (a rich renderable)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    now = time.time() if now is None else now
+    head = header_lines(rep)
+    title = Text(head[0], style=_PHASE_STYLE.get(rep["phase"], "bold"))
+    table = Table(*HOST_COLUMNS, box=None, header_style="bold", pad_edge=False, caption=LEGEND,
+                  caption_justify="left", caption_style="dim")
+    for h, row in zip(rep["hosts"], host_rows(rep, now)):
+        v = (h.get("verdict") or {}).get("verdict")
+        mode_style = "" if h["applied_mode"] == h["desired_mode"] else "yellow"
+        table.add_row(row[0], row[1], Text(row[2], style=mode_style), row[3], row[4],
+                      Text(row[5], style=_VERDICT_STYLE.get(v, "")),
+                      Text(row[6], style="bold red" if h.get("streak") else ""), row[7])
+    parts = [title, *(Text(line) for line in head[1:]), table]
+    if note:
+        parts.append(Text(note, style="dim"))
+    return Group(*parts)
+
+
+# ---- commands ------------------------------------------------------------------------------------
 
 @app.command("status")
 def status_cmd(config: Path = config_option(), migration: int = _migration_option(),
-               watch: bool = typer.Option(False, "--watch", "-w", help="Refresh until Ctrl-C."),
+               watch: bool = typer.Option(False, "--watch", "-w",
+                                          help="Refresh until the migration ends (COMPLETE, ROLLED_BACK or ABORTED)."),
+               timeout: str = typer.Option(None, "--timeout", "-t", metavar="DURATION", callback=_check_timeout,
+                                           help="Watch at most this long (90, 90s, 5m, 1h30m; 0: no limit), then exit 2. "
+                                                "Implies --watch."),
                interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between refreshes."),
-               as_json: bool = typer.Option(False, "--json", help="Print JSON (one line per refresh).")) -> None:
-    """Read-only: phase, slice, window, breach streak k/N, clean windows, lease, last window per channel.
+               as_json: bool = typer.Option(False, "--json", help="Print JSON (one document per refresh).")) -> None:
+    """Read-only: phase, window, breach streak k/N, lease, and per host its mode (desired/applied),
+    last ring and perf window (loss, lag p99), verdict, own breach streak and slice.
 
-    Examples: migrator status;  migrator status --watch --interval 2
+    Exit codes (as `kubectl argo rollouts status`): 0 when the migration is COMPLETE, or without
+    --watch while it is still on its way (PLANNED, a measured phase, PAUSED); 1 when it ended
+    ROLLED_BACK or ABORTED (or on any error); 2 when --timeout expired before it ended (2 is
+    also a usage error). --watch returns as soon as the migration reaches a final phase, with
+    that phase's code; Ctrl-C ends it with 130. The migration watched is fixed at the first
+    read, even if a newer one is recorded meanwhile.
+
+    On a terminal the view is a live table; piped, or with --json, it prints plain text or one
+    JSON document per refresh. The per-host streak counts that host's own breaching windows in
+    a row in the current phase position; the breach streak line is the migration's, the one
+    that rolls back at N.
+
+    Examples:
+
+        migrator status
+
+        migrator status --watch --timeout 30m && echo migrated    # a pipeline step
+
+        migrator status --watch --json | jq -c '{phase, streak}'
     """
+    from migrator.errors import DatabaseUnavailable
+    from migrator.store import database_errors
+
+    limit = parse_timeout(timeout) if timeout is not None else None
+    watch = watch or limit is not None
+    deadline = time.monotonic() + limit if limit else None
+    tty = sys.stdout.isatty() and not as_json
     sf = reader(config)
+    live = None
+    if watch and tty:
+        from rich.console import Console
+        from rich.live import Live
+
+        live = Live(console=Console(), auto_refresh=False, vertical_overflow="visible")
+        live.start()
+    rep, note = None, ""
     try:
         while True:
-            with database_errors(sf), sf() as s:
-                rep = ops.status_report(s, migration)
-            if as_json:
-                emit_json(rep)
-            else:
-                if watch:
-                    typer.echo("\x1b[2J\x1b[H", nl=False)
-                typer.echo(render_status(rep))
-            if not watch:
-                return
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        return  # Ctrl-C is how --watch ends
+            try:
+                with database_errors(sf), sf() as s:
+                    rep = status_document(s, migration)
+                note = ""
+            except DatabaseUnavailable as exc:
+                if rep is None or not watch:
+                    raise
+                note = f"{_ts(time.time())} {exc}; retrying"  # a watch rides out an outage: shows the last read
+                if not tty:
+                    typer.echo(note, err=True)
+            migration = rep["migration_id"]
+            if live is not None:
+                live.update(render_rich(rep, note=note), refresh=True)
+            elif not note:
+                if as_json:
+                    emit_json(rep)
+                elif tty:
+                    from rich.console import Console
+
+                    Console().print(render_rich(rep))
+                else:
+                    typer.echo(render_status(rep))
+                    if watch:
+                        typer.echo("")
+            if rep["phase"] in FINAL_PHASES or not watch:
+                code = exit_code(rep["phase"])
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                code = EXIT_TIMEOUT
+                break
+            time.sleep(interval if left is None else min(interval, left))
+    finally:
+        if live is not None:
+            live.stop()  # before any message: the last frame stays on the screen
+    if code == EXIT_TIMEOUT:
+        typer.echo(f"Error: --timeout {timeout} expired: migration {rep['migration_id']} is still {rep['label']}",
+                   err=True)
+    raise typer.Exit(code)
+
+
+@app.command("list")
+def list_cmd(config: Path = config_option(),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON (a list, oldest first).")) -> None:
+    """Read-only: every migration in the database: id, name, phase, created, hosts, windows, last transition.
+
+    Examples: migrator list;  migrator list --json | jq '.[] | select(.phase == "ROLLED_BACK") | .id'
+    """
+    from migrator.control.phases import label
+    from migrator.store import api, database_errors
+
+    sf = reader(config)
+    with database_errors(sf), sf() as s:
+        rows = api.list_migrations(s)
+    for r in rows:
+        r["label"] = label(r["phase"], r["slice"], r["slices"])
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        typer.echo("no migrations in this database; run `migrator init`")
+        return
+    table = [("ID", "PHASE", "CREATED", "HOSTS", "WINDOWS", "LAST TRANSITION", "NAME")]
+    for r in rows:
+        t = r["last_transition"]
+        last = "-" if t is None else (f"{_ts(t['confirmed_at'] or t['at'])} {t['from']} -> {t['to']} {t['actor']}"
+                                      + ("" if t["status"] == "confirmed" else f" ({t['status']})"))
+        table.append((str(r["id"]), r["label"], _ts(r["created_at"]), str(r["hosts"]), str(r["windows"]), last,
+                      r["name"]))
+    w = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        typer.echo("  ".join([*(f"{c:<{w[i]}}" if i else f"{c:>{w[i]}}" for i, c in enumerate(row[:-1])), row[-1]]))
 
 
 @app.command("history")
@@ -94,6 +317,8 @@ def history_cmd(config: Path = config_option(), migration: int = _migration_opti
 
     Example: migrator history --json
     """
+    from migrator.store import api, database_errors
+
     sf = reader(config)
     with database_errors(sf), sf() as s:
         m = api.get_migration(s, migration)
@@ -122,6 +347,8 @@ def windows_cmd(config: Path = config_option(), migration: int = _migration_opti
 
     Examples: migrator windows --phase SHADOW --host mig1;  migrator windows --last 100 --json
     """
+    from migrator.store import api, database_errors
+
     if phase:
         phase = phase.upper()
     sf = reader(config)
@@ -152,6 +379,9 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
 
     Example: migrator what-if --rollback-after 2 --max-loss-rate 0.0005
     """
+    from migrator.control import moves as ops
+    from migrator.store import database_errors
+
     if no_data is not None and no_data not in ("hold", "breach", "reset"):
         raise typer.BadParameter("must be hold, breach or reset", param_hint="--no-data")
     sf = reader(config)

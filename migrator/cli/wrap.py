@@ -13,11 +13,14 @@ import typer
 from migrator.cli import app
 from migrator.cli._out import emit_json
 from migrator.shared.records import WINDOW_HEADER, window_line
+from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.dataplane.rewrite import check_ring_bytes
 from migrator.errors import OptionError
-from migrator.tools.shadow import parse_duration
-from migrator.tools.wrap import DEFAULT_RING_BYTES, WrapReport, run_wrapped
 from migrator.shared.vocab import MODES
+
+# migrator.tools.wrap (the agent, the store, bcc) is imported when `wrap` runs; its default ring
+# size is spelled here for --help, and tests/test_startup.py checks it against DEFAULT_RING_BYTES.
+DEFAULT_RING_BYTES = 1 << 22
 
 Mode = Enum("Mode", {m: m for m in MODES}, type=str)
 
@@ -26,8 +29,12 @@ def _usage(check):
     def callback(value):
         if value is None:
             return None
+        if check == "parse_duration":  # imported only when the option is parsed: no numpy at start-up
+            from migrator.tools.shadow import parse_duration as check_fn
+        else:
+            check_fn = check
         try:
-            return check(value)
+            return check_fn(value)
         except OptionError as exc:
             raise typer.BadParameter(exc.detail) from None
     return callback
@@ -43,9 +50,11 @@ def wrap_cmd(
     mode: Mode = typer.Option(None, "--mode", help="Standalone mode: DUAL (default), PERF or RING."),
     ring_bytes: int = typer.Option(DEFAULT_RING_BYTES, "--ring-bytes", callback=_usage(check_ring_bytes),
                                    help="Ring size of every channel, a power of two in bytes."),
-    window: float = typer.Option(None, "--window", "-w", parser=_usage(parse_duration), metavar="<duration>",
+    window: float = typer.Option(None, "--window", "-w", parser=_usage("parse_duration"), metavar="<duration>",
                                  help="Window length: 1s, 500ms (default 1s, or the config's)."),
     json_out: bool = typer.Option(False, "--json", help="The closing report as one JSON object on stderr."),
+    log_format: LogFormat = log_format_option(),
+    log_level: str = log_level_option(),
 ) -> None:
     """Run a bcc Python tool unmodified, its perf buffer outputs moved onto migrator channels.
 
@@ -60,6 +69,9 @@ def wrap_cmd(
 
         migrator wrap -c canary.toml --host web-7 -- tcplife-bpfcc
     """
+    setup_logging(log_format, log_level)
+    from migrator.tools.wrap import run_wrapped
+
     out = run_wrapped(command, config=config, host=host, mode=Mode(mode).value if mode else None,
                       ring_bytes=ring_bytes, window_seconds=window)
     if json_out:
@@ -78,7 +90,7 @@ def wrap_cmd(
     raise typer.Exit(out.exit_code)
 
 
-def render_report(rep: WrapReport) -> list[str]:
+def render_report(rep) -> list[str]:
     """The closing report: per channel, perf and ring side by side per window, then the summary."""
     name = Path(rep.script).name
     where = (f"host {rep.host} in the migration of {rep.config} (windows to its database)" if rep.config

@@ -1,0 +1,373 @@
+"""`migrator report`: the HTML of a ROLLED_BACK and a COMPLETE migration made by the real controller.
+
+Windows go in through the agents' write path (`record`), the real Controller judges them and
+moves the phases (no hand-written transitions), the CLI runs through CliRunner, and one test
+opens the file in a real headless Chromium and looks at the pixels of its charts.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from migrator.cli import app
+from migrator.config import load_config
+from migrator.control.controller import Controller, start_migration
+from migrator.control.phases import DbApplier
+from migrator.errors import MigratorError
+from migrator.shared.vocab import FINAL
+from migrator.store import api, open_store
+from migrator.store.models import Migration
+
+from conftest import T0, record, window
+from kernel_util import unavailable
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+
+PLAN = ('hosts = ["h1", "h2", "h3"]\nslices = [1, 3]\nrollback_after = 3\n'
+        "[thresholds]\nmax_parse_errors = 5\nmax_payload_mismatch = 5\n"
+        "[phases.dual_instrument]\nmin_clean_windows = 2\n"
+        "[phases.shadow]\nmin_clean_windows = 2\n"
+        "[phases.canary]\nmin_clean_windows = 2\n")
+NAME = "<b>lab</b> & co"  # text from the database must reach the page escaped
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def drive(sf, mid: int, *, breach_in_canary: bool) -> list[dict]:
+    """Record one window index per host at a time and let the real controller judge and move.
+
+    Ring lag 400 ms (> max_lag_p99_ms 250) on the canary host from CANARY on when breach_in_canary.
+    Returns the windows recorded, as (index, host, channel, id)."""
+    clock = [T0]
+    start_migration(sf, mid, schema_fingerprint="fp1", applier=DbApplier(), clock=lambda: clock[0])
+    ctl = Controller(sf, mid, applier=DbApplier(), clock=lambda: clock[0])
+    recorded = []
+    for i in range(40):
+        with sf() as s:
+            m = s.get(Migration, mid)
+            phase, slice_ = m.phase, m.slice
+            hosts = [(h["name"], h["slice"]) for h in api.hosts(s, mid)]
+        if phase in FINAL:
+            break
+        with sf() as s, s.begin():
+            for h, first in hosts:
+                on_ring = phase == "CANARY" and first <= slice_
+                mode = "RING" if on_ring else ("PERF" if phase == "CANARY" else "DUAL")
+                chans = ["ring"] if on_ring else (["perf"] if mode == "PERF" else ["ring", "perf"])
+                for ch in chans:
+                    lag = 400.0 if (breach_in_canary and on_ring) else (2.0 if ch == "ring" else 5.0)
+                    extra = {}
+                    if phase == "SHADOW" and ch == "ring" and h == "h2":
+                        extra = {"parse_errors": 2, "payload_mismatches": 1}  # within the limits of 5
+                    w = window(h, ch, i, mode=mode, lag=lag,
+                               consumer_cpu_s=1000 * (2e-6 if ch == "ring" else 5e-6), **extra)
+                    recorded.append({"index": i, "host": h, "channel": ch, "id": record(s, mid, w)})
+        clock[0] = T0 + 11 + i  # the end of window i: the controller judges it, a move confirms then
+        with sf() as s, s.begin():
+            res = ctl.step(s, clock[0])
+        if res.transition_id is not None:
+            ctl.finish()
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One database, two migrations: 1 ends ROLLED_BACK in CANARY slice 1, 2 ends COMPLETE."""
+    d = tmp_path_factory.mktemp("report")
+    (d / "canary.toml").write_text(PLAN)
+    cfg = load_config(d / "canary.toml")
+    sf = open_store(cfg.database_url)
+    runs = {}
+    for breach in (True, False):
+        with sf() as s, s.begin():
+            mid = api.create_migration(s, cfg, name=NAME, schema_fingerprint="fp1", now=T0).id
+        runs[mid] = drive(sf, mid, breach_in_canary=breach)
+    with sf() as s:
+        hist = {mid: api.history(s, mid) for mid in runs}
+        phases = {mid: s.get(Migration, mid).phase for mid in runs}
+    sf.kw["bind"].dispose()
+    gc.collect()
+    return {"dir": d, "config": d / "canary.toml", "windows": runs, "history": hist, "phases": phases}
+
+
+def _files(d: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reports(db, tmp_path_factory):
+    """The CLI run once per migration: 1 with -m, 2 as the newest with --json; the database files around it."""
+    d = tmp_path_factory.mktemp("html")
+    gc.collect()  # earlier in-process connections closed, as when a real CLI process exits
+    before = _files(db["dir"])
+    rb = run("report", "-c", db["config"], "-m", 1, "-o", d / "rb.html")
+    ok = run("report", "-c", db["config"], "-o", d / "ok.html", "--json")
+    gc.collect()
+    return {"rb": rb, "ok": ok, "rb_path": d / "rb.html", "ok_path": d / "ok.html",
+            "db_before": before, "db_after": _files(db["dir"])}
+
+
+class Tables(HTMLParser):
+    """Rows of every <table id=...> as lists of cell texts, and the attributes of each row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[tuple[dict, list[str]]]] = {}
+        self._table = None
+        self._row = None
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and "id" in a:
+            self._table = self.tables.setdefault(a["id"], [])
+        elif tag == "tr" and self._table is not None:
+            self._row = (a, [])
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row[1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table.append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables(text: str) -> dict[str, list[tuple[dict, list[str]]]]:
+    p = Tables()
+    p.feed(text)
+    return p.tables
+
+
+def ids(db, mid, host, channel, indices):
+    by = {(w["host"], w["channel"], w["index"]): w["id"] for w in db["windows"][mid]}
+    return [by[(host, channel, i)] for i in indices]
+
+
+def test_the_controller_made_one_rollback_and_one_complete(db):
+    assert db["phases"] == {1: "ROLLED_BACK", 2: "COMPLETE"}
+    assert [(t["to"], t["to_slice"], t["actor"]) for t in db["history"][1]] == [
+        ("DUAL_INSTRUMENT", 0, "manual"), ("SHADOW", 0, "auto"), ("CANARY", 1, "auto"), ("ROLLED_BACK", 0, "auto")]
+    assert [(t["to"], t["to_slice"]) for t in db["history"][2]] == [
+        ("DUAL_INSTRUMENT", 0), ("SHADOW", 0), ("CANARY", 1), ("CANARY", 2), ("COMPLETE", 0)]
+
+
+def test_rolled_back_report_lists_every_transition_and_highlights_the_rollback(db, reports):
+    r, out = reports["rb"], reports["rb_path"]
+    assert (r.exit_code, r.stdout, r.stderr) == (0, f"{out}\n", "")
+    text = out.read_text()
+    rows = tables(text)["transitions"]
+    shadow, canary, rollback = (ids(db, 1, "h1", "ring", [0, 1]), ids(db, 1, "h1", "ring", [2, 3]),
+                                ids(db, 1, "h1", "ring", [4, 5, 6]))
+    assert rows[1:] == [
+        ({"id": "t1"}, ["1", "1970-01-12 13:46:40.000", "+0.0", "PLANNED", "DUAL_INSTRUMENT", "manual", "confirmed",
+                        "start (schema fingerprint fp1)", "-"]),
+        ({"id": "t2"}, ["2", "1970-01-12 13:46:52.000", "+12.0", "DUAL_INSTRUMENT", "SHADOW", "auto", "confirmed",
+                        "2 clean windows in DUAL_INSTRUMENT (min 2)",
+                        f"#{shadow[0]} h1 ring w0, #{shadow[1]} h1 ring w1"]),
+        ({"id": "t3"}, ["3", "1970-01-12 13:46:54.000", "+14.0", "SHADOW", "CANARY slice 1/2", "auto", "confirmed",
+                        "2 clean windows in SHADOW (min 2)", f"#{canary[0]} h1 ring w2, #{canary[1]} h1 ring w3"]),
+        ({"id": "t4", "class": "rollback"},
+         ["4", "1970-01-12 13:46:57.000", "+17.0", "CANARY slice 1/2", "ROLLED_BACK ⚠ ROLLBACK", "auto", "confirmed",
+          "3 consecutive breaching windows in CANARY slice 1/2; last: h1: max_lag_p99_ms",
+          f"#{rollback[0]} h1 ring w4, #{rollback[1]} h1 ring w5, #{rollback[2]} h1 ring w6"]),
+    ]
+    # The windows behind each move, with their numbers and verdicts; the rollback's rows in red.
+    dec = tables(text)["deciding"]
+    assert [(a.get("class"), c[:5] + c[9:]) for a, c in dec[1:]] == (
+        [(None, ["2", str(i), "h1", "ring", str(k), "pass", "ok"]) for k, i in enumerate(shadow)]
+        + [(None, ["3", str(i), "h1", "ring", str(k + 2), "pass", "ok"]) for k, i in enumerate(canary)]
+        + [("rollback", ["4", str(i), "h1", "ring", str(k + 4), "breach", "max_lag_p99_ms"])
+           for k, i in enumerate(rollback)])
+    assert [c[8] for _, c in dec[-3:]] == ["400.00"] * 3
+    # The streak reached N: facts say so, and the rollback links to its row.
+    assert "<dt>highest breach streak</dt><dd>3/3</dd>" in text
+    assert ('<dt>rollback</dt><dd><a href="#t4">transition 4</a> (auto): 3 consecutive breaching windows in '
+            "CANARY slice 1/2; last: h1: max_lag_p99_ms</dd>") in text
+    assert '<span class="badge ROLLED_BACK">ROLLED_BACK</span>' in text
+
+
+def test_report_shows_every_window_and_escapes_database_text(db, reports):
+    text = reports["rb_path"].read_text()
+    assert "&lt;b&gt;lab&lt;/b&gt; &amp; co" in text and NAME not in text
+    win = tables(text)["windows"]
+    body = [c for _, c in win[2:]]
+    # 3 hosts x 7 indices (0..6: DUAL 0-1, SHADOW 2-3, CANARY slice 1 4-6)
+    assert [(c[0], c[1], c[2], c[3]) for c in body[:7]] == [
+        ("h1", "0", "DUAL_INSTRUMENT", "DUAL"), ("h1", "1", "DUAL_INSTRUMENT", "DUAL"), ("h1", "2", "SHADOW", "DUAL"),
+        ("h1", "3", "SHADOW", "DUAL"), ("h1", "4", "CANARY slice 1/2", "RING"), ("h1", "5", "CANARY slice 1/2", "RING"),
+        ("h1", "6", "CANARY slice 1/2", "RING")]
+    assert len(body) == 21
+    # host, window, phase, mode, ring(attempts, loss, p99, cpu), perf(attempts, loss, p99, cpu), parse, mismatch, verdict, rule
+    assert body[2] == ["h1", "2", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00", "5.000",
+                       "0", "0", "pass", "ok"]
+    assert body[7 + 2] == ["h2", "2", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00",
+                           "5.000", "2", "1", "pass", "ok"]
+    assert body[4] == ["h1", "4", "CANARY slice 1/2", "RING", "1000", "0.000", "400.00", "2.000", "-", "0", "0",
+                       "breach", "max_lag_p99_ms"]
+    assert body[7 + 4] == ["h2", "4", "CANARY slice 1/2", "PERF", "-", "1000", "0.000", "5.00", "5.000", "0", "0",
+                           "-", "-"]
+    # Self-contained: no script, no stylesheet or image fetched, every link inside the page.
+    assert "<script" not in text and "<link" not in text and "<img" not in text and "@import" not in text
+    assert set(re.findall(r'href="(.)', text)) == {"#"}
+    assert not re.search(r"url\((?!#)", text)
+    # the only URLs left are the SVG namespace names, which nothing fetches
+    assert set(re.findall(r'(\S+)="(https?://[^"]*)"', text)) == {("xmlns", "http://www.w3.org/2000/svg"),
+                                                                  ("xmlns:xlink", "http://www.w3.org/1999/xlink")}
+    assert text.count("http") == 2 * text.count("<svg")
+    assert text.count("<svg") == 2 + 3  # timeline, streak, one per host
+
+
+def test_complete_report_and_json_summary(db, reports):
+    r, out = reports["ok"], reports["ok_path"]  # no -m: the newest, migration 2
+    assert r.exit_code == 0, r.output
+    summ = json.loads(r.stdout)
+    deciding = {str(t["id"]): t["window_ids"] for t in db["history"][2] if t["window_ids"]}
+    assert summ == {"path": str(out), "bytes": out.stat().st_size, "migration_id": 2, "phase": "COMPLETE",
+                    "label": "COMPLETE", "hosts": ["h1", "h2", "h3"], "transitions": 5,
+                    "windows": len(db["windows"][2]), "charts": 5, "rollback_after": 3, "max_streak": 0,
+                    "rollback": None, "deciding": deciding}
+    # transition ids run across migrations: 1-4 are migration 1's, start is 5
+    assert deciding == {"6": ids(db, 2, "h1", "ring", [0, 1]), "7": ids(db, 2, "h1", "ring", [2, 3]),
+                        "8": ids(db, 2, "h1", "ring", [4, 5]), "9": ids(db, 2, "h1", "ring", [6, 7])}
+    text = out.read_text()
+    rows = tables(text)["transitions"]
+    assert [c[3:6] for _, c in rows[1:]] == [["PLANNED", "DUAL_INSTRUMENT", "manual"],
+                                            ["DUAL_INSTRUMENT", "SHADOW", "auto"],
+                                            ["SHADOW", "CANARY slice 1/2", "auto"],
+                                            ["CANARY slice 1/2", "CANARY slice 2/2", "auto"],
+                                            ["CANARY slice 2/2", "COMPLETE", "auto"]]
+    assert all("class" not in a for a, _ in rows) and 'class="rollback"' not in text
+    assert '<span class="badge COMPLETE">COMPLETE</span>' in text
+
+
+def test_missing_and_empty_migrations_and_bad_output_are_errors(db, tmp_path):
+    out = tmp_path / "x.html"
+    r = run("report", "-c", db["config"], "-m", 7, "-o", out)
+    assert (r.exit_code, r.stderr) == (1, "Error: no migration 7 in this database (fix: pass -m with one of 1, 2, "
+                                          "or leave -m out for the newest)\n")
+    # An initialised migration that never ran has nothing to chart.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "canary.toml").write_text(PLAN)
+    assert run("init", fresh / "canary.toml").exit_code == 0
+    r = run("report", "-c", fresh / "canary.toml", "-o", out)
+    assert (r.exit_code, r.stderr) == (1, "Error: migration 1 (PLANNED) has no windows yet, so there is nothing to "
+                                          "report (fix: run `migrator start` and one `migrator agent` per host until "
+                                          "windows are recorded, or pass -m with a migration that ran)\n")
+    r = run("report", "-c", tmp_path / "none.toml", "-o", out)
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ")
+    r = run("report", "-c", db["config"], "-o", tmp_path / "no" / "such" / "r.html")
+    assert (r.exit_code, r.stderr) == (1, f"Error: cannot write the report to {tmp_path}/no/such/r.html: directory "
+                                          f"{tmp_path}/no/such does not exist (fix: create it with `mkdir -p "
+                                          f"{tmp_path}/no/such` or pass -o with a file in a directory that exists "
+                                          "and is writable)\n")
+    r = run("report", "-c", db["config"], "-o", tmp_path)
+    assert (r.exit_code, r.stderr) == (1, f"Error: cannot write the report to {tmp_path}: it is a directory (fix: "
+                                          "pass -o with a file in a directory that exists and is writable, e.g. "
+                                          f"-o {tmp_path}/report.html)\n")
+    assert not out.exists()
+    r = run("report", "-c", db["config"])
+    assert r.exit_code == 2 and "--output" in r.stderr
+
+
+def test_report_is_read_only(db, reports, tmp_path):
+    assert (reports["rb"].exit_code, reports["ok"].exit_code) == (0, 0)
+    assert sorted(reports["db_before"]) == ["canary.toml", "migrator.db"]
+    assert reports["db_after"] == reports["db_before"]
+    # and it never creates a database that is not there
+    (tmp_path / "canary.toml").write_text(PLAN)
+    r = run("report", "-c", tmp_path / "canary.toml", "-o", tmp_path / "r.html")
+    assert (r.exit_code, r.stderr) == (1, f"Error: no database at {tmp_path}/migrator.db; run `migrator init` first\n")
+    assert not (tmp_path / "migrator.db").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_a_failed_write_leaves_the_old_report_and_no_temp_file(tmp_path):
+    from migrator.tools.report import write_report
+
+    out = tmp_path / "r.html"
+    out.write_text("old")
+    # A file where the temp file's directory should be: the write fails before anything is renamed.
+    with pytest.raises(MigratorError) as exc:
+        write_report("new", tmp_path / "r.html" / "inner.html")
+    assert str(exc.value) == (f"cannot write the report to {tmp_path}/r.html/inner.html: {tmp_path}/r.html is not a "
+                              "directory (fix: pass -o with a file in a directory that exists and is writable)")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+    assert write_report("new", out) == 3
+    assert out.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_importing_the_cli_loads_neither_matplotlib_nor_the_report():
+    # Another command must not pay for matplotlib: importing the CLI loads neither.
+    code = "import sys, migrator.cli; print('matplotlib' in sys.modules, 'migrator.tools.report' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout == "False False\n"
+
+
+def _colour_count(img, rgb: str, tol: int = 24) -> int:
+    import numpy as np
+
+    want = np.array([int(rgb[k:k + 2], 16) for k in (1, 3, 5)])
+    px = np.asarray(img.convert("RGB")).astype(int)
+    return int((np.abs(px - want).max(axis=2) <= tol).sum())
+
+
+def test_report_renders_in_headless_chromium(reports, tmp_path):
+    """The real browser draws the inline SVG charts: the screenshot carries the ring, perf and rollback colours."""
+    from PIL import Image
+
+    from migrator.tools.report import BREACH, PERF, RING
+
+    browser = shutil.which("chromium")
+    if browser is None:
+        unavailable("Debian's chromium is not installed (scripts/setup.sh installs it)")
+    out = reports["rb_path"]
+    shot = tmp_path / "rb.png"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    # Every host name resolves to nothing: a page that fetched anything would render without it.
+    flags.append("--host-resolver-rules=MAP * ~NOTFOUND")
+    res = subprocess.run(flags + ["--window-size=1280,2600", f"--screenshot={shot}", out.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    img = Image.open(shot)
+    assert img.size == (1280, 2600)
+    counts = {name: _colour_count(img, c) for name, c in (("ring", RING), ("perf", PERF), ("rollback", BREACH))}
+    # The legend's swatches alone are 144 pixels of each: the rest is the charts' lines, markers and shading.
+    assert counts["ring"] > 1000 and counts["perf"] > 1000 and counts["rollback"] > 1000, counts
+    assert len(img.convert("RGB").getcolors(1 << 20)) > 200  # charts, not a blank or an error page
+    dom = subprocess.run(flags + ["--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # The browser parsed each chart as SVG: 5 <svg> roots and every path of the file in its DOM.
+    text = out.read_text()
+    assert dom.stdout.count("<svg") == 5 and dom.stdout.count("<path") == text.count("<path") > 300
+    if os.environ.get("MIGRATOR_REPORT_PNG"):  # to look at it: MIGRATOR_REPORT_PNG=/tmp/r.png
+        shutil.copy(shot, os.environ["MIGRATOR_REPORT_PNG"])
