@@ -27,6 +27,50 @@ else
     say "Debian packages present: ${APT_PKGS[*]}"
 fi
 
+# 1b. Debian's chromium: tests/test_report.py opens `migrator report`'s HTML in a real headless browser.
+if dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
+    say "chromium present (report test browser)"
+else
+    say "installing Debian package: chromium (report test browser)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+fi
+
+# 1c. Debian's PostgreSQL server: the tests run the store, controller and CLI against a real one
+#     (scripts/postgres.sh starts a cluster for them; psycopg comes with the venv's [postgres] extra).
+if dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q "install ok installed"; then
+    say "postgresql present (test database server)"
+else
+    say "installing Debian package: postgresql (test database server)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+fi
+
+# 1d. The libbpf C reference consumer of `migrator bench overhead|consumers`: Debian's gcc and
+#     libbpf-dev, built into build/ when missing or older than its source.
+REF_PKGS=(gcc libbpf-dev)
+ref_missing=()
+for p in "${REF_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || ref_missing+=("$p")
+done
+if [ ${#ref_missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${ref_missing[*]} (bench reference consumer)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${ref_missing[@]}" >/dev/null
+fi
+REF_SRC="$ROOT/migrator/tools/bench/c/refconsumer.c"
+REF_BIN="$ROOT/build/refconsumer"
+if [ ! -x "$REF_BIN" ] || [ "$REF_SRC" -nt "$REF_BIN" ]; then
+    mkdir -p "$ROOT/build"
+    gcc -O2 -Wall -Wextra -o "$REF_BIN" "$REF_SRC" -lbpf
+    say "built $REF_BIN (libbpf $(dpkg-query -W -f='${Version}' libbpf-dev))"
+else
+    say "bench reference consumer up to date at $REF_BIN"
+fi
+
 # 2. bcc compiles against /lib/modules/$(uname -r)/build; this kernel ships none, so link the
 #    Debian headers. Our BPF code never reads kernel struct fields, so the version skew is harmless.
 KREL="$(uname -r)"
@@ -70,7 +114,7 @@ STAMP="$VENV/.migrator-deps"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     say "installing Python dependencies into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,postgres]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
     echo "$WANT" > "$STAMP"
 else
     say "Python dependencies up to date in $VENV"

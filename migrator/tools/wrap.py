@@ -182,7 +182,7 @@ class Tap:
     def _on_batch(self, channel: str, frames) -> None:
         if self.tracking and len(frames):
             seq = frames.seq
-            mine = self.feed.handover.owned(channel, seq)
+            mine = self.feed.handover.owned(channel, seq, frames.hdr["flags"])
             acted = seq[mine]
             self.acted += len(acted)
             if channel == "ring":
@@ -315,6 +315,10 @@ def merge_channels(ws: list[ChannelWindow], names: list[str], fingerprint: str) 
         xs = [x for x in xs if x is not None]
         return max(xs) if xs else None
 
+    def known_max(xs):  # the channels share the program's run time; unknown on one is unknown
+        xs = list(xs)
+        return None if any(x is None for x in xs) else max(xs)
+
     first = ws[0]
     modes = sorted({w.mode for w in ws})
     extra = {"channels": dict(zip(names, (w.extra for w in ws))), "schema_fingerprint": fingerprint,
@@ -333,8 +337,8 @@ def merge_channels(ws: list[ChannelWindow], names: list[str], fingerprint: str) 
     return dataclasses.replace(
         first, start=min(w.start for w in ws), end=max(w.end for w in ws), **total,
         lag_p50_ms=worst(w.lag_p50_ms for w in ws), lag_p99_ms=worst(w.lag_p99_ms for w in ws),
-        lag_max_ms=worst(w.lag_max_ms for w in ws), bpf_run_ns=max(w.bpf_run_ns for w in ws),
-        bpf_run_cnt=max(w.bpf_run_cnt for w in ws), settled=all(w.settled for w in ws), extra=extra)
+        lag_max_ms=worst(w.lag_max_ms for w in ws), bpf_run_ns=known_max(w.bpf_run_ns for w in ws),
+        bpf_run_cnt=known_max(w.bpf_run_cnt for w in ws), settled=all(w.settled for w in ws), extra=extra)
 
 
 class HostMerger:
@@ -352,6 +356,7 @@ class HostMerger:
         self._pending: dict[int, dict[str, list[tuple[Tap, ChannelWindow]]]] = {}  # index -> channel -> parts
         self.link = None
         self.sent = 0
+        self._protections: list[dict] = []
 
     def add(self, tap: Tap) -> None:
         """Take in a new feed: its closed windows now come here, and the first feed's link sends them all."""
@@ -360,9 +365,11 @@ class HostMerger:
             tap.feed.owns_link = False  # the session stops it, after the last flush
         self.taps.append(tap)
         self._first[id(tap)] = int(math.floor(time.time() / tap.feed.window_seconds))
-        tap.feed.link.send = lambda ws, tap=tap: self._take(tap, ws)
+        tap.feed.link.send = lambda ws, protection=None, tap=tap: self._take(tap, ws, protection)
 
-    def _take(self, tap: Tap, ws: list[ChannelWindow]) -> None:
+    def _take(self, tap: Tap, ws: list[ChannelWindow], protection: dict | None = None) -> None:
+        if protection is not None:  # a feed protected itself: the host's reason goes out at the next flush
+            self._protections.append(protection)
         for w in ws:
             self._pending.setdefault(w.index, {}).setdefault(w.channel, []).append((tap, w))
             self._last[id(tap)] = max(self._last.get(id(tap), w.index), w.index)
@@ -382,7 +389,10 @@ class HostMerger:
                 out.append(merge_channels([w for _, w in parts], list(fps), combined_fingerprint(fps)))
         if out and self.link is not None:
             self.sent += len(out)
+            protections, self._protections = self._protections, []
             type(self.link).send(self.link, out)
+            for p in protections:
+                type(self.link).send(self.link, [], protection=p)
 
     def stop(self) -> None:
         """Stop the database link (after the last flush)."""

@@ -9,8 +9,14 @@ Paths (each with its own load generator of the same length and rate):
   bcc-perf  bcc's open_perf_buffer + perf_buffer_poll on `events__perf`, PERF mode
   bcc-ring  bcc's open_ring_buffer + ring_buffer_poll on `events__ring`, RING mode
   callback  the Feed in PERF mode, open_perf_buffer(callback): bcc's callback shape
-  batch     the Feed in RING mode, producer BPF_RB_NO_WAKEUP, on_batch(cb) with decoded arrays
+  batch     the Feed in RING mode, on_batch(cb) with decoded arrays
   ring/perf the bare Pipeline consumers (fixed stream only), as before the Feed existed
+  c         the libbpf reference consumer (tools/bench/c/refconsumer.c, its own process) on
+            `events__ring`, RING mode: ring_buffer__consume every batch interval
+
+Every ring path runs with the same producer flag (adaptive wakeup, bcc's default), so the ratios
+compare consumers, not producers: ours wait on epoll only when a drain found nothing and on the
+batch clock while records flow, so adaptive wakeups cost them one wake-up per quiet spell.
 
 Every callback does the same per-record work, reading the payload's first 8 bytes; bcc's
 callbacks also read seq and ktime from the header for the lag and order figures the library
@@ -44,11 +50,12 @@ from migrator.dataplane.schema import Registry, demo_registry
 from migrator.errors import OptionError
 from migrator.shared.resources import bpf_dir
 from migrator.tools.bench.bcc_ref import BccPerfRef, BccRingRef
+from migrator.tools.bench.overhead import ConsumerChild, ref_binary
 
 STREAMS = ("fixed", "mixed")
 STREAM_PATHS = {
-    "fixed": ("bcc-ring", "bcc-perf", "ring", "perf", "callback", "batch"),
-    "mixed": ("bcc-ring", "bcc-perf", "callback", "batch"),
+    "fixed": ("bcc-ring", "bcc-perf", "ring", "perf", "callback", "batch", "c"),
+    "mixed": ("bcc-ring", "bcc-perf", "callback", "batch", "c"),
 }
 KEYS = ("attempts", "delivered", "dropped", "lost", "wall_s", "consumer_cpu_s", "events_per_cpu_s",
         "process_cpu_s", "events_per_process_cpu_s", "lag_p99_ms")
@@ -58,9 +65,12 @@ CALLBACK_MIN_RATIO = 1.0
 # ratio name -> (ours, bcc's)
 RATIOS = {
     "fixed": {"batch/bcc-ring": ("batch", "bcc-ring"), "callback/bcc-perf": ("callback", "bcc-perf"),
-              "ring/bcc-ring": ("ring", "bcc-ring"), "perf/bcc-perf": ("perf", "bcc-perf")},
-    "mixed": {"batch/bcc-ring": ("batch", "bcc-ring"), "callback/bcc-perf": ("callback", "bcc-perf")},
+              "ring/bcc-ring": ("ring", "bcc-ring"), "perf/bcc-perf": ("perf", "bcc-perf"), "batch/c": ("batch", "c")},
+    "mixed": {"batch/bcc-ring": ("batch", "bcc-ring"), "callback/bcc-perf": ("callback", "bcc-perf"),
+              "batch/c": ("batch", "c")},
 }
+# ours against libbpf in C on the same stream: events per consumer CPU-second, at least this fraction.
+C_MIN_RATIO = 0.3
 
 # bpf/mixed.bpf.c: struct mixed_event's fields (the filler after them is not decoded).
 MIXED_FILE = "mixed.bpf.c"
@@ -117,13 +127,15 @@ def _specs(perf_pages: int, batch_interval: float) -> dict[str, PathSpec]:
         "bcc-perf": PathSpec("PERF", "bcc", "adaptive",
                              f"{perf_pages} pages/CPU, wakeup_events=1 (bcc); open_perf_buffer + perf_buffer_poll"),
         # A batched consumer polls on its own clock, so the producer need not wake it at all.
-        "ring": PathSpec("RING", "pipeline", "no_wakeup", f"producer BPF_RB_NO_WAKEUP; RingConsumer via Pipeline, {ms} batches"),
+        "ring": PathSpec("RING", "pipeline", "adaptive", f"producer adaptive wakeup; RingConsumer via Pipeline, {ms} batches"),
         "perf": PathSpec("PERF", "pipeline", "adaptive",
                          f"{perf_pages} pages/CPU, watermark 1/4 buffer; PerfConsumer via Pipeline, {ms} batches"),
         "callback": PathSpec("PERF", "feed", "adaptive",
                              f"{perf_pages} pages/CPU, watermark 1/4 buffer; Feed PERF, open_perf_buffer(callback)"),
-        "batch": PathSpec("RING", "feed", "no_wakeup",
-                          f"producer BPF_RB_NO_WAKEUP; Feed RING, on_batch(decoded arrays), {ms} batches"),
+        "batch": PathSpec("RING", "feed", "adaptive",
+                          f"producer adaptive wakeup; Feed RING, on_batch(decoded arrays), {ms} batches"),
+        "c": PathSpec("RING", "c", "adaptive",
+                      f"producer adaptive wakeup; libbpf ring_buffer__consume every {ms} (C, own process)"),
     }
 
 
@@ -176,7 +188,7 @@ class _FeedPath:
         self.stream = stream
         self.feed = Feed(src.bpf, "events", channel=src.channel, registry=registry_for(stream), mode=spec.mode,
                          perf_pages=perf_pages, batch_interval=batch_interval)
-        self.timeout_ms = batch_interval * 1e3  # with NO_WAKEUP nothing wakes epoll: the timeout is the batch clock
+        self.timeout_ms = batch_interval * 1e3
         self.first = array("Q")
         self.rows = 0
         self.bad_rows = 0
@@ -221,6 +233,39 @@ class _FeedPath:
         self.feed.close()
 
 
+class _CRef:
+    """The libbpf reference consumer of the channel's ring, in its own process (tools/bench/overhead.py's
+    protocol): its count is known when it stops; its CPU is its own, between a mark and its report."""
+
+    def __init__(self, src: _Source, batch_interval: float) -> None:
+        fd = src.channel.ring_map_fd
+        self.child = ConsumerChild([str(ref_binary()), "--ring-fd", str(fd), "--interval-ms",
+                             str(max(1, round(batch_interval * 1e3)))], pass_fds=(fd,))
+        self.got = 0
+        self.report: dict = {}
+        self._mark: dict = {}
+
+    def start(self) -> None:
+        self._mark = self.child.mark()
+
+    def step(self) -> int:
+        time.sleep(0.05)  # this process only waits: the count comes at the end
+        return 0
+
+    def delivered(self) -> int:
+        return self.got
+
+    def finish(self) -> tuple[float, float]:
+        """Stop it (it drains first); (consumer CPU s, whole-process CPU s) since start()."""
+        self.report = self.child.finish()
+        self.got = self.report["ring_records"]
+        cpu = self.report["user_s"] + self.report["sys_s"] - self._mark["cpu_s"]
+        return cpu, cpu
+
+    def close(self) -> None:
+        self.child.kill()
+
+
 def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, ring_bytes: int, perf_pages: int,
               batch_interval: float, timeout_s: float, progress: Callable[[str], None]) -> tuple[dict, dict]:
     """Measure one path of one stream on a freshly loaded program; returns (the KEYS dict, notes)."""
@@ -231,8 +276,11 @@ def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, 
     src = _Source(stream, ring_bytes, spec.wakeup)
     try:
         src.channel.set_mode(spec.mode)
-        pipe = ref = fp = None
-        if spec.consumer == "bcc":
+        pipe = ref = fp = cref = None
+        if spec.consumer == "c":
+            cref = _CRef(src, batch_interval)
+            step, delivered = cref.step, cref.delivered
+        elif spec.consumer == "bcc":
             ref = BccRingRef(src) if ch == "ring" else BccPerfRef(src, page_cnt=perf_pages)
 
             def step() -> int:
@@ -246,7 +294,6 @@ def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, 
             pipe = Pipeline(src.channel, perf_pages=perf_pages, batch_interval=batch_interval)
 
             def step() -> int:
-                # With NO_WAKEUP nothing wakes epoll: its timeout is the batch clock.
                 return pipe.poll(timeout=batch_interval)
 
             def delivered() -> int:
@@ -268,6 +315,8 @@ def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, 
             t0 = last = time.monotonic()
             next_report = t0 + 1.0
             proc0 = _process_cpu()
+            if cref is not None:
+                cref.start()
             gen.start()
             while True:
                 c0 = time.thread_time()
@@ -281,7 +330,7 @@ def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, 
                     next_report = now + 1.0
                 if not gen.running():
                     c = src.channel.counters()[ch]
-                    if delivered() + c.full + c.other >= c.attempts:
+                    if cref is not None or delivered() + c.full + c.other >= c.attempts:
                         break
                 if now - t0 > timeout_s:
                     timed_out = True
@@ -289,6 +338,10 @@ def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, 
                     break
             proc_cpu = _process_cpu() - proc0
             gen.wait(timeout=10)
+            if cref is not None:
+                # The C consumer's own process: it drains what is left, then reports.
+                cpu, proc_cpu = cref.finish()
+                last = time.monotonic()
             run1 = prog_run_stats(src.channel.prog_fds())
             c = src.channel.counters()[ch]
             if pipe is not None:
@@ -296,6 +349,9 @@ def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, 
                 w = next(w for w in pipe.close_window() if w.channel == ch)
                 got, lag_p99 = pipe.delivered_total[ch], w.lag_p99_ms
                 notes.update(inversions=w.inversions, residual=w.residual, parse_errors=w.parse_errors)
+            elif cref is not None:
+                got, lag_p99 = cref.got, None
+                notes.update(c_report=cref.report, lag_note="not measured by the C consumer")
             elif fp is not None:
                 lag_p99, more = fp.finish(ch, c.attempts)
                 got = fp.delivered
@@ -308,7 +364,7 @@ def _run_path(stream: str, name: str, spec: PathSpec, events: int, rate: float, 
                                                               c.attempts))
         finally:
             gen.kill()
-            for r in (pipe, ref, fp):
+            for r in (pipe, ref, fp, cref):
                 if r is not None:
                     r.close()
     finally:
@@ -350,6 +406,7 @@ def stream_targets(stream: str, paths: dict, ratios: dict) -> dict[str, bool]:
     return {
         f"batch >= {BATCH_MIN_EPS[stream] / 1e6:g} M events/CPU-s": batch >= BATCH_MIN_EPS[stream],
         f"callback/bcc-perf >= {CALLBACK_MIN_RATIO:g}": (ratios["callback/bcc-perf"] or 0.0) >= CALLBACK_MIN_RATIO,
+        f"batch/c >= {C_MIN_RATIO:g}": (ratios["batch/c"] or 0.0) >= C_MIN_RATIO,
     }
 
 
@@ -376,6 +433,8 @@ def bench_consumers(events: int, rate: float = 0, *, streams: tuple[str, ...] = 
     specs = _specs(perf_pages, batch_interval)
     # Hold BPF run-time accounting on for every path (the Pipeline turns it on for ours), so
     # each producer pays the same per-event cost.
+    if any("c" in STREAM_PATHS[s] for s in streams):
+        ref_binary()  # refuse before loading anything: the C path needs its build
     stats_fd = enable_stats()
     out: dict = {}
     try:
@@ -401,5 +460,5 @@ def bench_consumers(events: int, rate: float = 0, *, streams: tuple[str, ...] = 
                                   "mixed": f"bpf/{MIXED_FILE}: payloads 24..520 bytes, every 64th 4096 bytes"}}}
 
 
-__all__ = ["bench_consumers", "STREAMS", "STREAM_PATHS", "KEYS", "RATIOS", "BATCH_MIN_EPS", "CALLBACK_MIN_RATIO",
+__all__ = ["bench_consumers", "STREAMS", "STREAM_PATHS", "KEYS", "RATIOS", "BATCH_MIN_EPS", "CALLBACK_MIN_RATIO", "C_MIN_RATIO",
            "mixed_registry"]
