@@ -512,7 +512,8 @@ def hide_password(url: str) -> str:
         u = make_url(url)
         return u.render_as_string(hide_password=True) if u.password is not None else url
     except Exception:  # unparsable: hide anything between user: and @ by hand
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        # the password runs to the last @ before the path (it may hold @), else to the first @
+        return re.sub(r"(://[^:/@]*:)(?:[^/]*@|[^@]*@)", r"\1***@", url)
 
 
 def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):

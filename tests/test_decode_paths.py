@@ -104,3 +104,22 @@ def test_decode_matches_the_record_by_record_reference(seed):
             # same record order within a type: sort both by seq (versions come out in version order)
             g, w = np.sort(got[tid], order="seq"), np.sort(want[tid], order="seq")
             assert g.tobytes() == w.tobytes(), (seed, tid, strided)
+
+
+def test_equal_sized_short_records_in_one_perf_run_decode_their_missing_tail_as_zeros():
+    """A perf chunk of same-size samples is read as a strided run over the chunk; records shorter than
+    their layout (a variable tail) must not read past the chunk, and their missing bytes are zeros."""
+    from migrator.dataplane.channels.perf import PERF_RECORD_SAMPLE, PerfConsumer
+
+    reg = Registry()
+    reg.register(5, 1, [("a", "<u8"), ("tail", "V56")], min_size=8)
+    recs = [struct.pack("<HHHHIIQQ", 1, 1, 5, 1, 8, 0, i, 1000 + i) + struct.pack("<Q", i * 3) for i in range(50)]
+    chunk = b"".join(struct.pack("<IHHI", PERF_RECORD_SAMPLE, 0, 12 + len(r) + 4, len(r) + 4) + r + b"\0" * 4
+                     for r in recs)
+    pc = PerfConsumer.__new__(PerfConsumer)
+    pc.parse_errors = pc.lost_reported = 0
+    frames = pc._decode(chunk)
+    rows = reg.decode(frames)[5]
+    assert rows["seq"].tolist() == list(range(50)) and rows["a"].tolist() == [i * 3 for i in range(50)]
+    assert not any(bytes(t).strip(b"\0") for t in rows["tail"])
+    assert reg.parse_errors == {}

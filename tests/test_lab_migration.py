@@ -78,7 +78,9 @@ def test_stalled_canary_host_rolls_back_after_exactly_n(base, tmp_path):
                             timeout=90, after_final_windows=3)
     assert res.phase == "ROLLED_BACK"
     rb = res.history[-1]
-    assert (rb["from"], rb["to"], rb["actor"]) == ("CANARY", "ROLLED_BACK", "auto")
+    # the stalled host protected itself first (agent/selfprotect.py): one transition, with its reason
+    assert (rb["from"], rb["to"], rb["actor"]) == ("CANARY", "ROLLED_BACK", f"host {res.fault_host}")
+    assert rb["reason"].startswith(f"{res.fault_host} protected itself: 3 consecutive breaching ring windows")
     assert len(rb["window_ids"]) == 3
     from migrator.store import open_store
 
@@ -93,7 +95,12 @@ def test_stalled_canary_host_rolls_back_after_exactly_n(base, tmp_path):
         slice_verdicts = s.execute(select(Verdict.index, Verdict.verdict).where(
             Verdict.migration_id == res.migration_id, Verdict.scope == "slice", Verdict.phase == "CANARY")
             .order_by(Verdict.index)).all()
-    assert [v for i, v in slice_verdicts if i in idx] == ["breach"] * 3
+    # The host decided on its own three windows (the controller may not have judged the third index
+    # yet when the host's report arrived with it): every one breached, none was "no data".
+    report = json.loads(breach[-1].extra)["self_protect"]
+    assert report["indexes"] == idx and len(report["rules"]) == 3
+    assert not any(r.startswith("no data") for r in report["rules"]), report["rules"]
+    assert set(v for i, v in slice_verdicts if i in idx) == {"breach"}  # what the controller judged agrees
     assert all(v != "breach" for i, v in slice_verdicts if i < idx[0])  # N in a row, not N+1
     # after the rollback the host's map reads PERF and perf delivers again
     after = [w for w in ws if w.host == res.fault_host and w.index > idx[-1] + 1]

@@ -14,7 +14,11 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from typer.testing import CliRunner
+
+from browser import colour_count, render
 from kernel_util import needs_root
+from migrator.cli import app
 from migrator.config import load_config
 from migrator.store.models import Migration, Window
 from migrator.tools.lab.run import run_lab_migration
@@ -64,6 +68,22 @@ def no_password_left(run_dir, url: str, snapshot: str) -> None:
     assert leaks == [] and password not in snapshot
 
 
+def report_renders(run_dir, migration_id: int, work, *, rollback: bool) -> None:
+    """`migrator report` of the run (read from PostgreSQL) opens in Chromium with its charts."""
+    from migrator.tools.report import BREACH, PERF, RING
+
+    out = work / f"report-{migration_id}.html"
+    res = CliRunner().invoke(app, ["report", "-c", str(run_dir / "canary.toml"), "-m", str(migration_id),
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    img, dom = render(out, work)
+    text = out.read_text()
+    assert dom.count("<svg") == text.count("<svg") >= 5 and dom.count("<path") == text.count("<path") > 100
+    assert colour_count(img, RING) > 1000 and colour_count(img, PERF) > 1000
+    assert (colour_count(img, BREACH) > 1000) == rollback
+    assert ('class="rollback"' in text) == rollback
+
+
 def test_three_hosts_reach_complete_on_postgres(base, tmp_path, pg_database):
     url = pg_database()
     res = run_lab_migration(base, tmp_path / "run", prefix=PREFIX, say=lambda _: None, timeout=90, database=url)
@@ -81,6 +101,7 @@ def test_three_hosts_reach_complete_on_postgres(base, tmp_path, pg_database):
     assert res.final_modes == {h: "RING" for h in res.hosts}
     assert [(w.host, w.channel, w.index) for w in ws if w.residual != 0 or not w.settled] == []
     no_password_left(tmp_path / "run", url, snapshot)
+    report_renders(tmp_path / "run", res.migration_id, tmp_path, rollback=False)
 
 
 def test_stalled_canary_host_rolls_back_on_postgres(base, tmp_path, pg_database):
@@ -101,3 +122,4 @@ def test_stalled_canary_host_rolls_back_on_postgres(base, tmp_path, pg_database)
     assert res.final_modes == {h: "PERF" for h in res.hosts}
     assert [(w.host, w.channel, w.index) for w in ws if w.residual != 0 or not w.settled] == []
     no_password_left(tmp_path / "run", url, snapshot)
+    report_renders(tmp_path / "run", res.migration_id, tmp_path, rollback=True)

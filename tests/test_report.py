@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from browser import colour_count, render
 from migrator.cli import app
 from migrator.config import load_config
 from migrator.control.controller import Controller, start_migration
@@ -29,7 +30,7 @@ from migrator.store import api, open_store
 from migrator.store.models import Migration
 
 from conftest import T0, record, window
-from kernel_util import unavailable
+from browser import colour_count, render
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,42 +333,20 @@ def test_importing_the_cli_loads_neither_matplotlib_nor_the_report():
     assert out.stdout == "False False\n"
 
 
-def _colour_count(img, rgb: str, tol: int = 24) -> int:
-    import numpy as np
-
-    want = np.array([int(rgb[k:k + 2], 16) for k in (1, 3, 5)])
-    px = np.asarray(img.convert("RGB")).astype(int)
-    return int((np.abs(px - want).max(axis=2) <= tol).sum())
-
-
 def test_report_renders_in_headless_chromium(reports, tmp_path):
     """The real browser draws the inline SVG charts: the screenshot carries the ring, perf and rollback colours."""
-    from PIL import Image
-
     from migrator.tools.report import BREACH, PERF, RING
 
-    browser = shutil.which("chromium")
-    if browser is None:
-        unavailable("Debian's chromium is not installed (scripts/setup.sh installs it)")
     out = reports["rb_path"]
-    shot = tmp_path / "rb.png"
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    # Every host name resolves to nothing: a page that fetched anything would render without it.
-    flags.append("--host-resolver-rules=MAP * ~NOTFOUND")
-    res = subprocess.run(flags + ["--window-size=1280,2600", f"--screenshot={shot}", out.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    img = Image.open(shot)
+    img, dom = render(out, tmp_path)
+    shot = tmp_path / (out.stem + ".png")
     assert img.size == (1280, 2600)
-    counts = {name: _colour_count(img, c) for name, c in (("ring", RING), ("perf", PERF), ("rollback", BREACH))}
+    counts = {name: colour_count(img, c) for name, c in (("ring", RING), ("perf", PERF), ("rollback", BREACH))}
     # The legend's swatches alone are 144 pixels of each: the rest is the charts' lines, markers and shading.
     assert counts["ring"] > 1000 and counts["perf"] > 1000 and counts["rollback"] > 1000, counts
     assert len(img.convert("RGB").getcolors(1 << 20)) > 200  # charts, not a blank or an error page
-    dom = subprocess.run(flags + ["--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
     # The browser parsed each chart as SVG: 5 <svg> roots and every path of the file in its DOM.
     text = out.read_text()
-    assert dom.stdout.count("<svg") == 5 and dom.stdout.count("<path") == text.count("<path") > 300
+    assert dom.count("<svg") == 5 and dom.count("<path") == text.count("<path") > 300
     if os.environ.get("MIGRATOR_REPORT_PNG"):  # to look at it: MIGRATOR_REPORT_PNG=/tmp/r.png
         shutil.copy(shot, os.environ["MIGRATOR_REPORT_PNG"])

@@ -86,6 +86,7 @@ class Pipeline:
         self._prev_parse = {"perf": 0, "ring": 0}
         self._prev_run = prog_run_stats(probe.prog_fds())
         self._prev_lost_reported = 0
+        self._closed_once = False  # whether a window was closed yet
         # Records delivered per channel and epoch since the epoch's window was last closed.
         self._by_epoch = {"perf": np.zeros(EPOCHS, np.int64), "ring": np.zeros(EPOCHS, np.int64)}
         self._grace = GracePeriod()
@@ -242,7 +243,8 @@ class Pipeline:
             parse = cons.parse_errors
             oldest = cons.oldest_ktime()
             backlog_ms = (now_ns - oldest) / 1e6 if oldest is not None else 0.0
-            p50, p99, pmax = m.lag_summary(backlog_ms, cons.in_flight())
+            pending = cons.in_flight()  # every record still waiting, of this window's epoch or an earlier one
+            p50, p99, pmax = m.lag_summary(backlog_ms, pending)
             w = ChannelWindow(
                 host=self.host, channel=ch, index=self.window_index if index is None else index, start=self._win_start,
                 end=end, mode=mode, attempts=d.attempts, delivered=delivered,
@@ -254,10 +256,10 @@ class Pipeline:
                 bpf_run_cnt=None if run is None else run[1] - self._prev_run[1],
                 residual=d.attempts - delivered - loss.dropped - loss.lost - in_flight, settled=settled,
                 extra={"seq_min": m.seq_min, "seq_max": m.seq_max, "backlog_age_ms": round(backlog_ms, 3),
-                       "epoch": ended},
+                       "epoch": ended, "pending": pending},
             )
-            if late:
-                w.extra["late"] = late
+            if late:  # in a first window: records emitted before this pipeline started, in no window's books
+                w.extra["late" if self._closed_once else "before_start"] = late
             if run is None:
                 w.extra["bpf_stats"] = "refused: run time unknown (sysctl kernel.bpf_stats_enabled=1 turns it on)"
             if ch == "perf":
@@ -268,6 +270,7 @@ class Pipeline:
             m.reset()
         if run is not None:
             self._prev_run = run
+        self._closed_once = True
         self._win_start = end
         self.window_index += 1
         return out

@@ -233,7 +233,7 @@ class Registry:
         rows = np.empty(n, out_dt) if whole else np.zeros(n, out_dt)
         if not n:
             return rows
-        if whole and size:
+        if whole and size and (lens >= size).all():  # a short record's missing bytes must read as zeros
             at = _record_run(hdr, buf, off)
             if at is not None:
                 # Header and payload sit together in buf, equally spaced: one copy of both.

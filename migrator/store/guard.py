@@ -32,6 +32,7 @@ from sqlalchemy.exc import (ArgumentError, DBAPIError, IntegrityError, Interface
                             OperationalError)
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrator.config import hide_password
 from migrator.errors import DatabaseUnavailable
 
 # What to `pip install` for the DBAPI module SQLAlchemy failed to import.
@@ -61,10 +62,7 @@ def safe_url(where: Where) -> str:
     url = _url_of(where)
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # unparsable: hide anything between user: and @ by hand
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+    return hide_password(str(url))
 
 
 def parse_url(url: str | URL) -> URL:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from migrator.config import load_config
 from migrator.errors import BenchError
 from migrator.tools.lab.run import run_lab_migration
-from migrator.store import open_store
+from migrator.store import open_store, safe_url
 from migrator.store.models import Host, Transition, Window
 
 PLAN = """
@@ -69,7 +69,7 @@ def measure_run(database_url: str, migration_id: int) -> dict:
     if missing or local is None:
         what = (f"no PERF switch reported by {', '.join(missing)} after the rollback" if missing else
                 f"the rollback ({rb.actor}: {rb.reason}) did not come from {nth.host} protecting itself")
-        raise BenchError("rollback", f"migration {migration_id} in {database_url}: {what}",
+        raise BenchError("rollback", f"migration {migration_id} in {safe_url(database_url)}: {what}",
                          "rerun the scenario with `migrator lab run --fault stall-ring --run-dir DIR` and read "
                          "the agent logs in DIR, then run the bench again")
     ms = lambda t: None if t is None else round((t - window_end) * 1000, 2)  # noqa: E731

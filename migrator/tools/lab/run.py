@@ -292,15 +292,16 @@ class LabStage:
 
     def settle(self, since: float, timeout: float) -> bool:
         """Until every host sent, for both channels, a window that started after `since` (the
-        traffic stopped) with nothing left in flight: then its books hold every packet. False on
+        traffic stopped) with nothing left waiting in its buffer (extra.pending: records of any
+        window, a stalled consumer's included): then its books hold every packet. False on
         timeout (e.g. a ring consumer still stalled)."""
         end = time.monotonic() + timeout
         while True:
             with self.sf() as s:
-                rows = s.execute(select(Window.host, Window.channel, Window.start, Window.in_flight)
+                rows = s.execute(select(Window.host, Window.channel, Window.in_flight, Window.extra)
                                  .where(Window.migration_id == self.mid, Window.start >= since)
                                  .order_by(Window.index)).all()
-            last = {(h, ch): flight for h, ch, _, flight in rows}
+            last = {(h, ch): json.loads(extra or "{}").get("pending", flight) for h, ch, flight, extra in rows}
             if all(last.get((h, ch)) == 0 for h in self.names for ch in ("perf", "ring")):
                 return True
             if time.monotonic() > end or (self.agents and self.agents.dead()):
