@@ -53,7 +53,8 @@ class Feed:
                  registry: Registry | None = None, window_seconds: float = 1.0, perf_pages: int = 64,
                  batch_interval: float = 0.005, link: DbLink | None = None, fingerprint: str | None = None,
                  channel: Channel | None = None, guard: SelfProtect | None = None,
-                 metrics_addr: str | None = None, metrics: "AgentMetrics | None" = None) -> None:
+                 metrics_addr: str | None = None, metrics: "AgentMetrics | None" = None,
+                 ring_wakeup: bool = False) -> None:
         if mode not in MODES:
             raise MigratorError(f"mode {mode!r} unknown; choose one of {', '.join(MODES)}")
         self.bpf, self.name, self.host = bpf, name, host
@@ -78,6 +79,10 @@ class Feed:
         self._lost_cb: Callable | None = None
         self._batch_cb: Callable | None = None
         self._queue: list[np.ndarray] = []
+        self._queueing = False  # batches() is in use: keep decoded batches for it (else only count)
+        # The program's ring producer wakes its reader (adaptive or forced wakeups, not
+        # BPF_RB_NO_WAKEUP): in DUAL and RING a quiet feed can then sleep until its next duty.
+        self.ring_wakeup = ring_wakeup
         self._carry: list[ChannelWindow] = []
         self._lost_seen = 0
         # Per channel this window: records the registry cannot read (acted on or only measured),
@@ -97,8 +102,11 @@ class Feed:
         if self.metrics is not None:
             self.metrics.mode_source = lambda: self.mode
         self.set_mode(mode)
+        self.pipe.ring_wakes = self.ring_wakeup and self.mode != "PERF"
         if link is not None:
             link.mode_source = lambda: self.channel.mode  # every heartbeat reports the map's mode
+            if getattr(link, "wake_fd", None) is not None:
+                self.pipe.add_wake_fd(link.wake_fd)  # a new desired mode ends an idle wait at once
 
     # -- bcc's reader API -----------------------------------------------------------------------
     def open_perf_buffer(self, callback: Callable, page_cnt: int | None = None, lost_cb: Callable | None = None) -> None:
@@ -117,7 +125,11 @@ class Feed:
         timeout = 1.0 if timeout_ms is None or timeout_ms < 0 else timeout_ms / 1000
         delivered = sum(self.acted.values())
         self._duties()
-        self.pipe.poll(timeout=max(0.0, min(timeout, self._next_close - time.time())))
+        until = self._next_close - time.time()
+        if self.link is not None and self.link.up:
+            # The link goes down by the clock, not by a wake: be awake when it would.
+            until = min(until, self.link.last_ok + self.link.lost_after - time.monotonic() + 0.001)
+        self.pipe.poll(timeout=max(0.0, min(timeout, until)))
         self._duties()
         return sum(self.acted.values()) - delivered
 
@@ -130,6 +142,7 @@ class Feed:
 
     def batches(self, timeout_ms: int = 100) -> Iterator[np.ndarray]:
         """Yield delivered events as decoded numpy structured arrays, for operators who want speed."""
+        self._queueing = True
         while True:
             self.poll(timeout_ms)
             while self._queue:
@@ -139,10 +152,12 @@ class Feed:
     def _route(self, channel: str, frames: Frames) -> None:
         self.compare.add(channel, frames)  # records emitted in DUAL only
         mine = self.handover.owned(channel, frames.seq, frames.hdr["flags"])
-        if self.registry.types and not mine.all():  # measured only: counted, never delivered
-            self._parse[channel] += self.registry.check(frames.take(~mine))
-        if not mine.any():
+        if not mine.any():  # measured only (the other channel acts): counted, never delivered
+            if self.registry.types:
+                self._parse[channel] += self.registry.check(frames)
             return
+        if self.registry.types and not mine.all():
+            self._parse[channel] += self.registry.check(frames.take(~mine))
         batch = frames if mine.all() else frames.take(mine)
         self.acted[channel] += len(batch)
         if self.registry.types:
@@ -153,7 +168,8 @@ class Feed:
             base = batch.buf.ctypes.data
             for i, off in enumerate(batch.off.tolist()):
                 cb(cpus[i], base + off, lens[i])
-        if self._batch_cb is not None or self._callback is None:
+        if self._batch_cb is not None or (self._callback is None and self._queueing):
+            # Decoded only for someone: a feed with neither callback nor reader only counts.
             for rows in self.registry.decode(batch, count_errors=False).values():
                 if self._batch_cb is not None:
                     self._batch_cb(rows)
@@ -191,6 +207,7 @@ class Feed:
         if mode != "RING":
             self.pipe.watch("perf")
         self.mode = mode
+        self.pipe.ring_wakes = self.ring_wakeup and mode != "PERF"
         self.switches.append({"from": old, "to": mode, "at": t0, "read_back": time.time()})
         if self.link is not None:
             self.link.report(mode, t0)

@@ -3,6 +3,7 @@ the consumers. The data path only reads `desired`/`up` and hands windows and mod
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +56,9 @@ class DbLink(threading.Thread):
         # Reads the host's mode map (the feed sets it): every heartbeat reports the mode actually
         # in force, so the first round trip of a (re)started agent tells the controller at once.
         self.mode_source: Callable[[], str] | None = None
+        # Written when what the data path follows changes (a new desired mode, the link back up):
+        # the feed waits on it with its channels, so a quiet agent sleeps instead of polling.
+        self.wake_fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     # -- the data path's side ------------------------------------------------------------------
     @property
@@ -102,10 +106,22 @@ class DbLink(threading.Thread):
         with self._lock:
             return len(self._outbox)
 
+    def wake(self) -> None:
+        """Wake the data path's idle wait (its duties changed); harmless when nobody waits."""
+        fd = self.wake_fd
+        if fd is not None:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:  # closed by stop(), or the counter is full: a wake is pending anyway
+                pass
+
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Stop polling; try once more to deliver what is queued."""
         self._halt.set()
         self.join(flush_timeout)
+        if not self.is_alive() and self.wake_fd is not None:  # a thread still hung keeps it to write
+            fd, self.wake_fd = self.wake_fd, None
+            os.close(fd)
 
     # -- the thread ----------------------------------------------------------------------------
     def read_desired(self) -> Desired:
@@ -153,7 +169,11 @@ class DbLink(threading.Thread):
                 del self._protections[: len(protections)]
             self.sent += len(windows)
             self._beat_due = time.monotonic() + 1.0
-        self.desired = self.read_desired()
+        desired = self.read_desired()
+        changed = desired != self.desired
+        self.desired = desired
+        if changed:
+            self.wake()
 
     def run(self) -> None:
         """The link thread: a round trip every `poll` s, queued data kept across outages, one last flush on stop."""
@@ -161,11 +181,14 @@ class DbLink(threading.Thread):
             stopping = self._halt.is_set()
             try:
                 self._round_trip()
-                if self.down_since is not None or not self.up:
+                back = self.down_since is not None or not self.up
+                if back:
                     log.warning("%s: database back after %.1f s without a round trip; kept windows sent",
                                 self.host, time.time() - self.last_ok_wall)
                 self.down_since = None
                 self.last_ok, self.last_ok_wall = time.monotonic(), time.time()
+                if back:
+                    self.wake()  # the feed held PERF without the database: it follows `desired` again
             except SQLAlchemyError as exc:
                 if self.down_since is None:
                     self.down_since = time.time()

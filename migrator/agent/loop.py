@@ -40,6 +40,11 @@ from migrator.store.api import active_migration, get_migration, hosts
 
 log = logging.getLogger("migrator.agent")
 SHRUNK_RING_BYTES = 4 * 4096  # 16 KiB: ~200 demo records
+# The longest the loop waits in one feed.poll: how late a stop is seen. A new desired mode
+# wakes the wait at once (the link's eventfd), windows close on time and records are waited for
+# on epoll, so a quiet agent wakes about this often instead of every mode_poll.
+LOOP_WAIT_S = 0.25
+DRILL_CHECK_S = 0.05
 
 
 def serve_migration(sf: sessionmaker[Session], host: str, migration_id: int | None) -> int:
@@ -126,7 +131,7 @@ class Agent:
             feed = Feed(probe.bpf, "events", channel=probe.channel, host=self.host, mode=mode,
                         registry=demo_registry(), window_seconds=self.cfg.window_seconds,
                         perf_pages=b.perf_pages, batch_interval=b.max_delay_ms / 1000, link=self.link,
-                        guard=self.guard, metrics=self.metrics)
+                        guard=self.guard, metrics=self.metrics, ring_wakeup=b.wakeup != "no_wakeup")
             if self.cfg.probe.name == "tc":
                 # replace-filter: an already attached program is swapped atomically
                 attach_tc(probe.tc_fn.fd, self.tc_device, self.tc_netns or None)
@@ -247,7 +252,7 @@ class Agent:
                     why = "deadline"
                     break
                 if time.monotonic() >= next_drill_check:
-                    next_drill_check = time.monotonic() + 0.05
+                    next_drill_check = time.monotonic() + DRILL_CHECK_S
                     shrink = self._check_drill()
                     if shrink:
                         ring = shrink.ring_bytes or SHRUNK_RING_BYTES
@@ -258,7 +263,10 @@ class Agent:
                         log.warning("%s: drill over: ring back to %d bytes", self.host, self.cfg.buffers.ring_bytes)
                         probe, gen = self._reload(probe, gen, None)
                         restore_at = None
-                self.feed.poll(int(self.mode_poll * 1000))
+                wait = max(self.mode_poll, LOOP_WAIT_S if self.drills is None else DRILL_CHECK_S)
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - time.time()))
+                self.feed.poll(int(wait * 1000))
         finally:
             if gen is not None:
                 gen.kill()

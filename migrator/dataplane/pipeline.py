@@ -1,6 +1,7 @@
 """One channel's data plane in one process: both consumers, and window accounting."""
 from __future__ import annotations
 
+import os
 import select
 import time
 from collections.abc import Callable
@@ -100,6 +101,15 @@ class Pipeline:
         self.stall_ring_until = 0.0
         # poll(): the last drain found nothing, so wait on epoll rather than on the batch clock.
         self._idle = True
+        # Whether the ring's producer wakes an epoll waiter for the first record after a drain
+        # (adaptive or forced wakeups) and every record reaches the ring (DUAL, RING): an idle
+        # wait may then last the caller's whole timeout instead of one batch interval, since a
+        # record can no longer arrive unseen. False (the timer, as for perf below its watermark)
+        # unless the owner knows; set it through `ring_wakes`.
+        self._ring_wakes = False
+        self._timer_until = 0.0  # until then idle waits keep the batch clock (after a mode switch)
+        # eventfds (add_wake_fd) whose write ends an idle wait at once: the owner's duties changed.
+        self._wake_fds: set[int] = set()
         # Rollback timing: after watch(channel), the wall time of the first record delivered on it.
         self.watch_first: dict[str, float | None] = {}
         self.first_after: dict[str, float | None] = {}
@@ -110,6 +120,33 @@ class Pipeline:
         self.drain()  # what is already buffered predates the switch
         self.watch_first[channel] = time.time()
         self.first_after[channel] = None
+
+    @property
+    def ring_wakes(self) -> bool:
+        """Whether a new record is sure to end an idle epoll wait (see __init__)."""
+        return self._ring_wakes
+
+    @ring_wakes.setter
+    def ring_wakes(self, on: bool) -> None:
+        if on and not self._ring_wakes:
+            # A record emitted just before the switch may sit in perf below its watermark:
+            # keep the batch clock a little longer so it is not left waiting.
+            self._timer_until = time.monotonic() + 2 * self.batch_interval
+        self._ring_wakes = bool(on)
+
+    def add_wake_fd(self, fd: int) -> None:
+        """Let an eventfd end idle waits: a write to it makes poll() return (its count is read)."""
+        if fd not in self._wake_fds:
+            self._ep.register(fd, select.EPOLLIN)
+            self._wake_fds.add(fd)
+
+    def _clear_wakes(self, events: list[tuple[int, int]]) -> None:
+        for fd, _ev in events:
+            if fd in self._wake_fds:
+                try:
+                    os.eventfd_read(fd)
+                except OSError:  # already read (or closed by its owner): nothing to clear
+                    pass
 
     @property
     def ring_stalled(self) -> bool:
@@ -167,15 +204,21 @@ class Pipeline:
         buffer positions). After a drain that found nothing, the wait is an epoll on the ring and
         perf fds, bounded by the budget: the ring's wakeup or perf's watermark ends it early, and a
         record that wakes nobody (BPF_RB_NO_WAKEUP, perf below its watermark) is found by the
-        timer. Returns 0 without draining when `timeout` ends before a drain is due.
+        timer. When every record is sure to wake the ring's waiter (`ring_wakes`), the idle wait
+        lasts the whole `timeout`: a quiet consumer then wakes only for its owner's duties. A write
+        to a wake fd (add_wake_fd) ends any idle wait. Returns 0 without draining when `timeout`
+        ends before a drain is due.
         """
         now = time.monotonic()
         if self._idle:
-            wait = min(timeout, self.batch_interval)
+            long_wait = self._ring_wakes and now >= self._timer_until
+            wait = timeout if long_wait else min(timeout, self.batch_interval)
             if self.ring_stalled:
-                time.sleep(wait)  # the ring's fd stays readable while stalled: epoll would spin
+                time.sleep(min(wait, self.batch_interval))  # the ring's fd stays readable while stalled: epoll would spin
             elif wait > 0:
-                self._ep.poll(wait)
+                events = self._ep.poll(wait)
+                if events and self._wake_fds:
+                    self._clear_wakes(events)
             ring = 0 if self.ring_stalled else self.ring.pending_bytes()
             if not (ring or self.perf.pending_bytes()):
                 return 0  # nothing came: no drain, no allocation
@@ -243,8 +286,10 @@ class Pipeline:
             parse = cons.parse_errors
             oldest = cons.oldest_ktime()
             backlog_ms = (now_ns - oldest) / 1e6 if oldest is not None else 0.0
-            pending = cons.in_flight()  # every record still waiting, of this window's epoch or an earlier one
-            p50, p99, pmax = m.lag_summary(backlog_ms, pending)
+            waiting = cons.in_flight()
+            p50, p99, pmax = m.lag_summary(backlog_ms, waiting)
+            # what is still waiting of this window and the earlier ones (not of the epoch just begun)
+            pending = cons.in_flight_except(self._epoch) if waiting else 0
             w = ChannelWindow(
                 host=self.host, channel=ch, index=self.window_index if index is None else index, start=self._win_start,
                 end=end, mode=mode, attempts=d.attempts, delivered=delivered,

@@ -261,6 +261,10 @@ class PerfConsumer:
         """Samples of one epoch written but not yet consumed."""
         return sum(b.count_samples(epoch % EPOCHS) for b in self._bufs)
 
+    def in_flight_except(self, epoch: int) -> int:
+        """Samples written but not yet consumed, of every epoch but one (perf has no half-written ones)."""
+        return self.in_flight() - self.in_flight_of(epoch)
+
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the oldest record waiting in any CPU's buffer, None when all are empty."""
         ks = [k for k in (b.oldest_ktime() for b in self._bufs) if k is not None]

@@ -76,6 +76,11 @@ class RingConsumer:
         self._walk()
         return self._count_epochs[epoch % EPOCHS]
 
+    def in_flight_except(self, epoch: int) -> int:
+        """Committed records not yet consumed, of every epoch but one (the one just begun)."""
+        self._walk()
+        return sum(self._count_epochs) - self._count_epochs[epoch % EPOCHS]
+
     def _walk(self) -> int:
         cons, prod = self._cons.value, int(self._prod[0])
         if self._count_from != cons:

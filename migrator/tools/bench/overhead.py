@@ -36,8 +36,9 @@ from migrator.config import Buffers
 from migrator.errors import BenchError, OptionError
 
 DEFAULT_RATES = (0, 10_000, 100_000, 1_000_000)
-# The agent loop's poll (AgentLoop mode_poll): how often it returns to follow the desired mode.
-AGENT_POLL_MS = 10
+# The agent loop's longest wait in one feed.poll (agent/loop.py LOOP_WAIT_S): a new desired mode
+# wakes it through the database link's eventfd, so it need not return more often than this.
+AGENT_POLL_MS = 250
 # Targets (issue 9): ours <= 2x C at these rates; idle <= 0.3 % of a core.
 RATIO_MAX = 2.0
 RATIO_RATES = (100_000, 1_000_000)
@@ -278,7 +279,8 @@ def _agent_child(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, on_stop)
     with Probe("synthetic", ring_bytes=int(ring_bytes), wakeup=wakeup) as probe:
         feed = Feed(probe.bpf, "events", channel=probe.channel, mode="DUAL", registry=demo_registry(),
-                    perf_pages=int(perf_pages), batch_interval=float(max_delay_ms) / 1000)
+                    perf_pages=int(perf_pages), batch_interval=float(max_delay_ms) / 1000,
+                    ring_wakeup=wakeup != "no_wakeup")
         try:
             probe.set_target(int(target))
             print("ready", flush=True)
