@@ -151,6 +151,21 @@ def window(host: str, channel: str, index: int, *, mode: str = "DUAL", attempts:
                          lag_p50_ms=lag, lag_p99_ms=lag, lag_max_ms=lag, **kw)
 
 
+def lab_plan(hosts: int = 3, slices: str = '[1, "50%", "100%"]', extra: str = "") -> str:
+    """The lab migrations' canary.toml: 1 s windows, N=3, two clean windows per phase, 1000 pps."""
+    return (f'window_seconds = 1.0\nslices = {slices}\nrollback_after = 3\n'
+            "[phases.dual_instrument]\nmin_clean_windows = 2\n[phases.shadow]\nmin_clean_windows = 2\n"
+            f"[phases.canary]\nmin_clean_windows = 2\n[lab]\nhosts = {hosts}\npps = 1000\n{extra}")
+
+
+@pytest.fixture
+def lab_base(tmp_path) -> Config:
+    """The 3-host lab plan (lab_plan()) loaded from tmp_path/base.toml."""
+    p = tmp_path / "base.toml"
+    p.write_text(lab_plan())
+    return load_config(p)
+
+
 AGENT_PLAN = """
 hosts = ["h1"]
 slices = [1]

@@ -12,33 +12,16 @@ import pytest
 from sqlalchemy import select
 
 from kernel_util import needs_root
-from migrator.config import load_config
 from migrator.tools.lab.run import LabStage, run_lab_migration
 from migrator.store.models import Verdict, Window
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, needs_root]
 PREFIX = f"lm{os.getpid() % 1000}x"
-PLAN = """
-window_seconds = 1.0
-slices = [1, "50%", "100%"]
-rollback_after = 3
-[phases.dual_instrument]
-min_clean_windows = 2
-[phases.shadow]
-min_clean_windows = 2
-[phases.canary]
-min_clean_windows = 2
-[lab]
-hosts = 3
-pps = 1000
-"""
 
 
 @pytest.fixture
-def base(tmp_path):
-    p = tmp_path / "base.toml"
-    p.write_text(PLAN)
-    return load_config(p)
+def base(lab_base):
+    return lab_base
 
 
 def windows_of(sf, mid):

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from conftest import record, window
+from conftest import lab_plan, record, window
 from kernel_util import needs_root
 from migrator.cli import app
 from migrator.control.metrics import COUNTERS, start_migration_metrics
@@ -178,22 +178,7 @@ def windows(sf, mid, channel: str | None = None):
         return s.scalars(q).all()
 
 
-LAB_PLAN = """
-window_seconds = 1.0
-slices = [1, "100%"]
-rollback_after = 3
-[phases.dual_instrument]
-min_clean_windows = 2
-[phases.shadow]
-min_clean_windows = 2
-[phases.canary]
-min_clean_windows = 2
-[lab]
-hosts = 2
-pps = 1000
-[notify]
-webhooks = ["{url}"]
-"""
+LAB_PLAN = lab_plan(hosts=2, slices='[1, "100%"]', extra='[notify]\nwebhooks = ["{url}"]\n')
 
 
 @pytest.mark.kernel

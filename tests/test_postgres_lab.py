@@ -19,33 +19,16 @@ from typer.testing import CliRunner
 from browser import colour_count, render
 from kernel_util import needs_root
 from migrator.cli import app
-from migrator.config import load_config
 from migrator.store.models import Migration, Window
 from migrator.tools.lab.run import run_lab_migration
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, needs_root]
 PREFIX = "pgx"
-PLAN = """
-window_seconds = 1.0
-slices = [1, "50%", "100%"]
-rollback_after = 3
-[phases.dual_instrument]
-min_clean_windows = 2
-[phases.shadow]
-min_clean_windows = 2
-[phases.canary]
-min_clean_windows = 2
-[lab]
-hosts = 3
-pps = 1000
-"""
 
 
 @pytest.fixture
-def base(tmp_path):
-    p = tmp_path / "base.toml"
-    p.write_text(PLAN)
-    return load_config(p)
+def base(lab_base):
+    return lab_base
 
 
 def rows_of(url: str, mid: int) -> tuple[list[Window], str]:

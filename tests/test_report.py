@@ -30,7 +30,6 @@ from migrator.store import api, open_store
 from migrator.store.models import Migration
 
 from conftest import T0, record, window
-from browser import colour_count, render
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

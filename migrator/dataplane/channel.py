@@ -18,8 +18,7 @@ from pathlib import Path
 
 from migrator.dataplane import rewrite
 from migrator.dataplane.counters import Counters
-from migrator.dataplane.frames import (EPOCH_SHIFT, EPOCHS, FLAG_MODE_MASK, FLAG_RESERVED, FLAG_TRUNCATED,  # noqa: F401
-                                       HDR_SIZE, HDR_VERSION)
+from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, FLAG_MODE_MASK, FLAG_RESERVED, FLAG_TRUNCATED, HDR_SIZE
 from migrator.dataplane.syscalls import NR_BPF, libc
 from migrator.errors import BPFLoadError, ChannelError, OptionError, PrivilegeError
 from migrator.shared.vocab import MODE_NAMES, MODE_VALUES
