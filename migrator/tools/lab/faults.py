@@ -25,9 +25,12 @@ def cpu_load(seconds: float, cpu: int | None = None, duty: float = 1.0) -> subpr
         raise LabConfigError("cpu", cpu, f"choose one of {sorted(os.sched_getaffinity(0))}")
     # `-c` rather than `-m migrator.tools.lab.faults`: the package imports this module first, and runpy
     # warns about running a module that is already imported.
-    return subprocess.Popen([sys.executable, "-c", "import sys; from migrator.tools.lab.faults import _burn; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from migrator.tools.lab.faults import _burn; "
                              "_burn(float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))",
                              str(seconds), "-1" if cpu is None else str(cpu), str(duty)])
+    if cpu is not None:  # pinned before we return, not only once the child's interpreter has started
+        os.sched_setaffinity(proc.pid, {cpu})
+    return proc
 
 
 def _burn(seconds: float, cpu: int, duty: float) -> None:
