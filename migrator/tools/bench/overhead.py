@@ -39,7 +39,7 @@ DEFAULT_RATES = (0, 10_000, 100_000, 1_000_000)
 # The agent loop's longest wait in one feed.poll (agent/loop.py LOOP_WAIT_S): a new desired mode
 # wakes it through the database link's eventfd, so it need not return more often than this.
 AGENT_POLL_MS = 250
-# Targets (issue 9): ours <= 2x C at these rates; idle <= 0.3 % of a core.
+# Targets: whole-process CPU at most 2x the C reference at these rates; idle at most 0.3 % of a core.
 RATIO_MAX = 2.0
 RATIO_RATES = (100_000, 1_000_000)
 IDLE_MAX_PCT = 0.3
