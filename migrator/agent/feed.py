@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from migrator.agent.metrics import AgentMetrics
 
 log = logging.getLogger("migrator.agent")
+# registry.check reads headers only: the measured-only records it checks carry no payload.
+_NO_BYTES = np.empty(0, np.uint8)
+_NO_OFFSETS = np.empty(0, np.int64)
 
 
 def acting_channel(mode: str) -> str:
@@ -67,6 +70,10 @@ class Feed:
         self.fingerprint = fingerprint or self.registry.fingerprint()
         self.pipe = Pipeline(self.channel, host=host, perf_pages=perf_pages, batch_interval=batch_interval)
         self.pipe.on_batch = self._route
+        self.pipe.on_measure = self._measure
+        # Set aside by _route for the pipe's next measuring pass: every batch for the payload
+        # comparison, with whether there was room to hash it when drained.
+        self._to_compare: list[tuple[str, Frames, bool]] = []
         # Start from what the kernel runs now (PERF in a program just loaded), then switch.
         self.mode = self.channel.mode
         self.handover = Handover(acting_channel(self.mode))
@@ -150,18 +157,18 @@ class Feed:
 
     # -- delivery ---------------------------------------------------------------------------------
     def _route(self, channel: str, frames: Frames) -> None:
-        self.compare.add(channel, frames)  # records emitted in DUAL only
-        mine = self.handover.owned(channel, frames.seq, frames.hdr["flags"])
-        if not mine.any():  # measured only (the other channel acts): counted, never delivered
-            if self.registry.types:
-                self._parse[channel] += self.registry.check(frames)
-            return
-        if self.registry.types and not mine.all():
-            self._parse[channel] += self.registry.check(frames.take(~mine))
-        batch = frames if mine.all() else frames.take(mine)
+        # Measured at the pipe's next measuring pass (_measure): the payload comparison (records
+        # emitted in DUAL only; the room to hash them is judged now), and the parse check of every
+        # record, acted on or only measured.
+        self._to_compare.append((channel, frames, self._compare_room()))
+        if len(self.handover.owners) == 1 and self.handover.acting == channel:
+            batch = frames  # owner of every seq, and of every one-channel record: all of them
+        else:
+            mine = self.handover.owned(channel, frames.seq, frames.hdr["flags"])
+            if not mine.any():  # measured only (the other channel acts): counted, never delivered
+                return
+            batch = frames if mine.all() else frames.take(mine)
         self.acted[channel] += len(batch)
-        if self.registry.types:
-            self._parse[channel] += self.registry.check(batch)
         if self._callback is not None:
             cb = self._callback
             cpus, lens = batch.hdr["cpu"].tolist(), batch.hdr["len"].tolist()
@@ -175,6 +182,15 @@ class Feed:
                     self._batch_cb(rows)
                 else:
                     self._queue.append(rows)
+
+    def _measure(self, joined: dict[str, np.ndarray]) -> None:
+        """The pipe's measuring pass over the batches since the last one (`joined`: their headers
+        per channel): compare payloads, and count the records the registry cannot read."""
+        items, self._to_compare = self._to_compare, []
+        self.compare.add_many(items, joined)
+        if self.registry.types:
+            for channel, hdr in joined.items():
+                self._parse[channel] += self.registry.check(Frames(hdr, _NO_BYTES, _NO_OFFSETS))
 
     def _compare_room(self) -> bool:
         """Whether the payload comparison may spend CPU now: not while a buffer is a quarter full

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from migrator.dataplane.frames import FLAG_MODE_MASK, Frames
+from migrator.dataplane.frames import FLAG_MODE_MASK, Frames, concat_headers
 from migrator.shared.vocab import MODE_VALUES
 
 DUAL = MODE_VALUES["DUAL"]
@@ -244,46 +244,58 @@ class PayloadCompare:
         self._side: np.ndarray | None = None
         self.counts = CompareCounts()
         self.unpaired_evicted = 0  # digests overwritten before their pair arrived (total)
+        self._stamp: np.ndarray | None = None  # add_many's scratch: slot -> record index
+        self._count = np.empty(0, np.int64)  # 0, 1, 2, ... (reused)
 
     def _alloc(self) -> None:
         self._seq = np.zeros(self.capacity, np.uint64)
         self._dig = np.zeros(self.capacity, np.uint64)
         self._side = np.zeros(self.capacity, np.uint8)
 
-    def add(self, channel: str, frames: Frames) -> int:
-        """Take one drained batch of `channel`; returns the mismatches it completed."""
+    def add(self, channel: str, frames: Frames, room: bool | None = None) -> int:
+        """Take one drained batch of `channel`; returns the mismatches it completed. `room`: whether
+        the consumer had room to hash it (None: ask self.room now)."""
         if not len(frames):
             return 0
         dual = (frames.hdr["flags"] & FLAG_MODE_MASK) == DUAL
         n = int(np.count_nonzero(dual))
         if n == 0:
             return 0
-        if self.room is not None and not self.room():
+        if room is None:
+            room = self.room is None or self.room()
+        if not room:
             self.counts.skipped += n
             return 0
         f = frames if n == len(frames) else frames.take(dual)
         if self._side is None:
             self._alloc()
         seq = f.seq
-        dig = digests(f)
-        side = SIDES[channel]
+        bad, differ = self._pair(SIDES[channel], seq, digests(f))
+        c = self.counts
+        if bad and len(c.mismatch_seqs) < self.EVIDENCE:
+            c.mismatch_seqs += tuple(int(x) for x in differ[: self.EVIDENCE - len(c.mismatch_seqs)])
+        return bad
+
+    def _pair(self, side: int, seq: np.ndarray, dig: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """Pair DUAL records of one side with the table, store the unpaired ones; returns the
+        mismatches and the seqs that differ (in record order)."""
+        n = len(seq)
         slot = (seq & self._mask).astype(np.intp)
         occ = self._side[slot]
         hit = (occ == 3 - side) & (self._seq[slot] == seq)
         nhit = int(np.count_nonzero(hit))
-        bad = 0
+        bad, bad_seqs = 0, None
         if nhit:
             hs, hseq, hdig = (slot, seq, dig) if nhit == n else (slot[hit], seq[hit], dig[hit])
             differ = self._dig[hs] != hdig
             bad = int(np.count_nonzero(differ))
             self._side[hs] = 0
-            c = self.counts
-            c.compared += nhit
-            c.mismatches += bad
-            if bad and len(c.mismatch_seqs) < self.EVIDENCE:
-                c.mismatch_seqs += tuple(int(x) for x in hseq[differ][: self.EVIDENCE - len(c.mismatch_seqs)])
+            self.counts.compared += nhit
+            self.counts.mismatches += bad
+            if bad:
+                bad_seqs = hseq[differ]
             if nhit == n:
-                return bad
+                return bad, bad_seqs
             miss = ~hit
             slot, seq, dig, occ = slot[miss], seq[miss], dig[miss], occ[miss]
         evicted = int(np.count_nonzero(occ))
@@ -294,7 +306,109 @@ class PayloadCompare:
         self._seq[slot] = seq
         self._dig[slot] = dig
         self._side[slot] = side
-        return bad
+        return bad, bad_seqs
+
+    def add_many(self, items: list[tuple[str, Frames, bool]], joined: dict[str, np.ndarray] | None = None) -> None:
+        """Take drained batches (channel, frames, whether the consumer had room when it drained
+        them) in consumption order: the same counts, table and evidence as add() on each in turn.
+
+        Measurement is amortised over many drains: each channel's DUAL records are hashed and
+        paired in one pass (all perf, then all ring). That order gives add()'s answer whenever
+        every table slot the batches touch sees one seq, at most one copy per side, and not a
+        second copy of a record already waiting (no eviction between two copies: seqs spanning
+        less than the capacity, no duplicate seq): always for real streams. Otherwise the batches
+        go through add() one by one. Mismatch evidence is kept in the order add() finds it: by
+        the consumption position of each pair's later copy. `joined` (optional): per channel, the
+        headers of all its batches in `items`, already joined.
+        """
+        by_side: dict[int, list[tuple[int, Frames]]] = {1: [], 2: []}
+        for i, (channel, frames, room) in enumerate(items):
+            if not len(frames):
+                continue
+            if not room:
+                self.add(channel, frames, room=False)  # counted as skipped
+                continue
+            by_side[SIDES[channel]].append((i, frames))
+        parts = {}
+        whole = {SIDES[ch]: h for ch, h in (joined or {}).items()}
+        for side, fs in by_side.items():
+            if not fs:
+                continue
+            if side in whole and len(whole[side]) == sum(len(f) for _, f in fs):  # no batch skipped
+                hdr = whole[side]
+            else:
+                hdr = concat_headers([f.hdr for _, f in fs])
+            dual = (hdr["flags"] & FLAG_MODE_MASK) == DUAL
+            if dual.any():
+                parts[side] = (fs, hdr, dual)
+        if not parts:
+            return
+        if self._side is None:
+            self._alloc()
+        seqs = {side: (hdr["seq"] if dual.all() else hdr["seq"][dual]) for side, (_, hdr, dual) in parts.items()}
+        if not self._pairs_in_any_order(seqs):
+            for channel, frames, room in items:
+                if room and len(frames):
+                    self.add(channel, frames, room=True)
+            return
+        found: list[tuple[int, np.ndarray]] = []
+        for side in (1, 2):
+            if side not in parts:
+                continue
+            fs, hdr, dual = parts[side]
+            if len(fs) == 1:
+                frames = fs[0][1]
+            else:  # the headers are joined already: join the payload bytes
+                shift = np.cumsum([0] + [len(f.buf) for _, f in fs[:-1]])
+                off = np.concatenate([f.off for _, f in fs])
+                off += np.repeat(shift, [len(f) for _, f in fs])
+                frames = Frames(hdr, np.concatenate([f.buf for _, f in fs]), off)
+            if not dual.all():
+                frames = Frames(hdr[dual], frames.buf, frames.off[dual])
+            _bad, differ = self._pair(side, seqs[side], digests(frames))
+            if differ is not None:
+                found.append((side, differ))
+        c = self.counts
+        if found and len(c.mismatch_seqs) < self.EVIDENCE:
+            bad_seqs = np.concatenate([d for _, d in found])
+            done = np.full(len(bad_seqs), -1, np.int64)  # where add() would have completed each pair
+            for side, (fs, hdr, dual) in parts.items():
+                pos = self._positions(fs, dual)
+                idx = {int(s): j for j, s in enumerate(seqs[side].tolist())}
+                for k, s in enumerate(bad_seqs.tolist()):
+                    j = idx.get(s)
+                    if j is not None:
+                        done[k] = max(done[k], int(pos[j]))
+            order = np.argsort(done, kind="stable")
+            c.mismatch_seqs += tuple(int(x) for x in bad_seqs[order][: self.EVIDENCE - len(c.mismatch_seqs)])
+
+    @staticmethod
+    def _positions(fs: list[tuple[int, Frames]], dual: np.ndarray) -> np.ndarray:
+        """Each DUAL record's consumption position: (batch index, index in its batch) as one int."""
+        pos = np.concatenate([i * (1 << 32) + np.arange(len(f), dtype=np.int64) for i, f in fs])
+        return pos[dual]
+
+    def _pairs_in_any_order(self, seqs: dict[int, np.ndarray]) -> bool:
+        """Whether pairing all of one side's records, then all of the other's, gives what pairing
+        them batch by batch gives (see add_many)."""
+        lo = min(int(s.min()) for s in seqs.values())
+        hi = max(int(s.max()) for s in seqs.values())
+        if hi - lo >= self.capacity:
+            return False
+        if self._stamp is None:
+            self._stamp = np.empty(self.capacity, np.int64)
+        for side, seq in seqs.items():
+            slot = (seq & self._mask).astype(np.intp)
+            if len(self._count) < len(seq):
+                self._count = np.arange(max(len(seq), 2 * len(self._count)), dtype=np.int64)
+            count = self._count[:len(seq)]
+            self._stamp[slot] = count  # a seq twice on one side: its first stamp is overwritten
+            if not np.array_equal(self._stamp[slot], count):
+                return False
+            waiting = (self._side[slot] == side) & (self._seq[slot] == seq)  # a second copy of one record
+            if waiting.any():
+                return False
+        return True
 
     def take(self) -> CompareCounts:
         """The counts since the last take (for one window's books); they restart from zero."""

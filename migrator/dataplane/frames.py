@@ -32,6 +32,17 @@ EPOCH_SHIFT = 2
 EPOCHS = 64
 
 
+_HDR_BYTES = np.dtype(f"V{HDR_SIZE}")
+
+
+def concat_headers(hdrs: list[np.ndarray]) -> np.ndarray:
+    """Header arrays joined, in order: copied as opaque 32-byte items (numpy's concatenate of a
+    structured dtype first promotes it field by field in Python, ~10 us a call)."""
+    if len(hdrs) == 1:
+        return hdrs[0]
+    return np.concatenate([h.view(_HDR_BYTES) for h in hdrs]).view(HDR_DTYPE)
+
+
 def epochs_of(hdr: np.ndarray) -> np.ndarray:
     """How many records of each epoch a batch of headers holds (length EPOCHS)."""
     return np.bincount((hdr["flags"] >> EPOCH_SHIFT) % EPOCHS, minlength=EPOCHS)
@@ -80,7 +91,7 @@ class Frames:
         if len(parts) == 1:
             return parts[0]
         shift = np.cumsum([0] + [len(p.buf) for p in parts[:-1]])
-        return Frames(np.concatenate([p.hdr for p in parts]), np.concatenate([p.buf for p in parts]),
+        return Frames(concat_headers([p.hdr for p in parts]), np.concatenate([p.buf for p in parts]),
                       np.concatenate([p.off + s for p, s in zip(parts, shift)]))
 
 

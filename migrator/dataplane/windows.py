@@ -83,6 +83,24 @@ class ChannelMeter:
         self.hist += np.bincount(_bins_of(lag), minlength=_NBINS)
         self._order(batch["seq"])
 
+    def add_batches(self, hdr: np.ndarray, counts: list[int], now_ns: list[int]) -> None:
+        """Fold several consumed batches in at once, exactly as add() on each in turn: `hdr` their
+        headers joined, counts[i] > 0 records of batch i, consumed at now_ns[i] (its lag's reference)."""
+        if len(counts) == 1:
+            self.add(hdr, now_ns[0])
+            return
+        if not len(hdr):
+            return
+        kt = hdr["ktime_ns"]
+        # Each batch's own consume time, element by element as add() subtracts it (float64).
+        lag = np.repeat(np.array(now_ns, dtype=np.float64), counts)
+        np.subtract(lag, kt, out=lag, dtype=np.float64)
+        mins = np.minimum.reduceat(kt, np.cumsum([0, *counts[:-1]])).tolist()
+        self.lag_max_ns = max(self.lag_max_ns, *(t - int(m) for t, m in zip(now_ns, mins)))
+        np.maximum(lag, 1.0, out=lag)
+        self.hist += np.bincount(_bins_of(lag), minlength=_NBINS)
+        self._order(hdr["seq"])
+
     def add_lags(self, seq: np.ndarray, lag: np.ndarray) -> None:
         """Fold records in given their seq and lag in ns, in consumption order."""
         n = len(seq)

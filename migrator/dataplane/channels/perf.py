@@ -280,21 +280,33 @@ class PerfConsumer:
 
     def consume(self) -> Frames:
         """Drain every CPU's buffer; one batch in CPU order (perf has no cross-CPU order)."""
-        parts = []
+        chunks = []
         for b in self._bufs:
             chunk = b.take()
             if chunk:
                 self.consumed_bytes += len(chunk)
-                parts.append(self._decode(chunk))
-        frames = Frames.concat(parts)
+                chunks.append(chunk)
+        if not chunks:
+            return Frames.empty()
+        frames = None
+        if len(chunks) > 1:
+            # Every CPU's chunk holding samples of one size (a fixed-size event): joined, they are
+            # one run, decoded in one pass (one copy, as joining decoded parts would make).
+            joined = b"".join(chunks)
+            run = uniform_samples(np.frombuffer(joined, dtype=np.uint8))
+            if run is not None:
+                frames = self._decode(joined, run)
+        if frames is None:
+            frames = Frames.concat([self._decode(c) for c in chunks])
         self.consumed += len(frames)
         return frames
 
-    def _decode(self, chunk: bytes) -> Frames:
+    def _decode(self, chunk: bytes, run: tuple[int, int, int] | None = None) -> Frames:
         """Samples of one CPU: found in one vectorised pass when the chunk holds samples only,
-        else walked header by header (a LOST record, a corrupt header)."""
+        else walked header by header (a LOST record, a corrupt header). `run`: uniform_samples(chunk),
+        when the caller has it."""
         buf = np.frombuffer(chunk, dtype=np.uint8)
-        run = uniform_samples(buf)
+        run = run or uniform_samples(buf)
         if run is not None:  # one size (a fixed-size event): strided headers, nothing gathered
             n, size, raw = run
             return self._frames(buf, np.arange(SAMPLE_HDR, n * size, size, dtype=np.int64), raw,

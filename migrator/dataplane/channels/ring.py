@@ -25,6 +25,9 @@ DISCARD = 1 << 30
 RB_HDR = 8
 
 
+_SPARES = 32  # spare copy buffers at most (see RingConsumer._release)
+
+
 def _stride(size: int) -> int:
     return (size + RB_HDR + 7) & ~7
 
@@ -52,7 +55,7 @@ class RingConsumer:
         self._count_from = self._count_pos = -1  # in_flight's resumable walk
         self._count_n = 0
         self._count_epochs = [0] * EPOCHS  # the walked records by epoch
-        self._spare: np.ndarray | None = None  # see _release
+        self._spares: list[np.ndarray] = []  # see _release
 
     def fileno(self) -> int:
         """The ring map fd, for the caller to wait on (epoll)."""
@@ -87,12 +90,20 @@ class RingConsumer:
             self._count_from, self._count_pos, self._count_n = cons, cons, 0
             self._count_epochs = [0] * EPOCHS
         pos, n, by_epoch = self._count_pos, self._count_n, self._count_epochs
+        retry_at = pos  # where a run of one size is looked for next (see _run_epochs)
         while prod - pos >= RB_HDR:
             at = (PAGE + (pos & self.mask)) >> 2
             word = self._words[at]
             if word & BUSY:
                 self._count_pos, self._count_n = pos, n
                 return n + 1
+            if pos >= retry_at and 4 <= word and not word & DISCARD:
+                k = self._run_epochs(pos, prod, word, by_epoch)
+                if k:
+                    pos += k * _stride(word)
+                    n += k
+                    continue
+                retry_at = pos + 16 * _stride(word)  # records of mixed sizes: walk a while first
             if not word & DISCARD:
                 n += 1
                 if word >= 4:  # hdr_version and flags: the u32 after the ring's 8-byte header
@@ -100,6 +111,26 @@ class RingConsumer:
             pos += _stride(word & ~DISCARD)
         self._count_pos, self._count_n = pos, n
         return n
+
+    def _run_epochs(self, pos: int, prod: int, word: int, by_epoch: list[int]) -> int:
+        """Count, by epoch, the run of committed records of one size (ring header `word`) from
+        pos in one strided pass, as _walk would one by one; returns how many (0: no run here)."""
+        stride = _stride(word)
+        first = PAGE + (pos & self.mask)
+        # the data area is mapped twice: a run may cross the wrap, not the second mapping's end
+        n = min((prod - pos) // stride, (PAGE + 2 * self.size - first) // stride)
+        if n < 16:
+            return 0
+        heads = np.ndarray((n,), dtype="<u4", buffer=self._prod_mm, offset=first, strides=(stride,))
+        odd = heads != word
+        k = int(np.argmax(odd)) if odd.any() else n
+        if k < 16:
+            return 0
+        flags = np.ndarray((k,), dtype="<u4", buffer=self._prod_mm, offset=first + 8, strides=(stride,))
+        counts = np.bincount((flags >> (16 + EPOCH_SHIFT)) % EPOCHS, minlength=EPOCHS).tolist()
+        for e, c in enumerate(counts):
+            by_epoch[e] += c
+        return k
 
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the oldest record still waiting (None when empty or it is not complete)."""
@@ -267,17 +298,30 @@ class RingConsumer:
         """Copy [cons, end) out of the ring (one memcpy: the data area is mapped twice, so it
         never wraps), then hand the space back to the kernel.
 
-        The copy goes into the consumer's spare buffer when nothing references it any more (the
-        batch it held was dropped: nobody kept its Frames, headers or a view of its bytes), so a
-        steady stream does not allocate and free a batch-sized block per drain: glibc returns
+        The copy goes into one of the consumer's spare buffers that nothing references any more
+        (the batch it held was dropped: nobody kept its Frames, headers or a view of its bytes),
+        so a steady stream does not allocate and free a batch-sized block per drain: glibc returns
         such blocks to the kernel and faults them back in (a few hundred page faults a drain).
+        Several spares, as batches are held until their measuring pass (pipeline.MEASURE_EVERY_S);
+        together at most twice the ring's size.
         """
         n = end - cons
-        spare = self._spare
-        # References: the attribute, `spare`, and getrefcount's argument. More: a batch still uses it.
-        if spare is None or len(spare) < n or sys.getrefcount(spare) > 3:
-            spare = self._spare = np.empty(min(max(n, 2 * len(spare) if spare is not None else 0), 2 * self.size),
-                                           np.uint8)
+        spares = self._spares
+        spare = None
+        for i in range(len(spares)):
+            # References: the list, `spare`, and getrefcount's argument. More: a batch still uses it.
+            spare = spares[i]
+            if sys.getrefcount(spare) <= 3:
+                if len(spare) >= n:
+                    break
+                # free but too small: grow it (the old block is freed)
+                spare = spares[i] = np.empty(min(max(n, 2 * len(spare)), 2 * self.size), np.uint8)
+                break
+            spare = None
+        if spare is None:
+            spare = np.empty(max(n, 1 << 16), np.uint8)
+            if len(spares) < _SPARES and sum(len(s) for s in spares) + len(spare) <= 2 * self.size:
+                spares.append(spare)
         first = cons & self.mask
         buf = spare[:n]
         np.copyto(buf, self._data[first:first + n])
@@ -304,5 +348,6 @@ class RingConsumer:
     def close(self) -> None:
         """Unmap the ring (the map and its fd stay with the program)."""
         del self._cons
-        self._prod = self._data = self._spare = None
+        self._prod = self._data = None
+        self._spares = []
         self._words.release()
