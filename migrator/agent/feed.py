@@ -272,7 +272,7 @@ class Feed:
     def _duties(self) -> None:
         now = time.time()
         if now >= self._next_close:
-            self.close_window(int(round(self._next_close / self.window_seconds)) - 1)
+            self.close_window(self.next_index)
             self._next_close += self.window_seconds
             if now > self._next_close:  # we fell behind (suspended?): skip ahead, never fake windows
                 self._next_close = (math.floor(now / self.window_seconds) + 1) * self.window_seconds
@@ -336,6 +336,17 @@ class Feed:
         if self.metrics is not None:
             self.metrics.observe(ws)
         return ws
+
+    @property
+    def next_index(self) -> int:
+        """The index (on the shared clock) of the window this feed closes next."""
+        return int(round(self._next_close / self.window_seconds)) - 1
+
+    def join_clock(self, first: "Feed") -> None:
+        """Close windows from the same one as `first`, a feed of another channel of the same program
+        made just before: a window boundary passing between the two must not leave this feed
+        without a part of the window `first` is in (a host's windows merge every channel's part)."""
+        self._next_close = min(self._next_close, first._next_close)
 
     def succeed(self, old: "Feed") -> None:
         """Take over from the feed of a program this one replaces (a reload): the part of the

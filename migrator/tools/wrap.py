@@ -265,9 +265,12 @@ class Tap:
         self.feed.open_perf_buffer(self._discard)
 
     def close_last_window(self) -> None:
-        """Close the feed's current window, the last one, before the feed is closed."""
+        """Close the feed's current window, the last one, before the feed is closed.
+
+        By the feed's own clock, not the time now: closing each channel's books takes a grace period,
+        and a boundary passing between two channels' closes must not split the host's last window."""
         if not self.closed:
-            self.feed.close_window(int(math.floor(time.time() / self.feed.window_seconds)))
+            self.feed.close_window(self.feed.next_index)
 
     def close(self) -> None:
         """Close the feed (once)."""
@@ -364,7 +367,7 @@ class HostMerger:
             self.link = tap.feed.link
             tap.feed.owns_link = False  # the session stops it, after the last flush
         self.taps.append(tap)
-        self._first[id(tap)] = int(math.floor(time.time() / tap.feed.window_seconds))
+        self._first[id(tap)] = tap.feed.next_index
         tap.feed.link.send = lambda ws, protection=None, tap=tap: self._take(tap, ws, protection)
 
     def _take(self, tap: Tap, ws: list[ChannelWindow], protection: dict | None = None) -> None:
@@ -579,6 +582,8 @@ class WrapSession:
                               window_seconds=s.window_seconds)
             else:
                 feed = Feed(bpf, name, host=s.host or "local", mode=s.mode or "DUAL", window_seconds=s.window_seconds)
+            if taps:
+                feed.join_clock(taps[0].feed)
             tap = Tap(bpf, name, feed, object_no=len(self.objects) - 1)
             taps.append(tap)
             if self.merger is not None:
