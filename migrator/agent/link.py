@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from migrator.store import reader_of
 from migrator.store.api import heartbeat, record_windows, report_applied, report_self_protect
 from migrator.store.models import Host, Migration, Transition
 from migrator.shared.records import ChannelWindow
@@ -39,6 +40,9 @@ class DbLink(threading.Thread):
                  lost_after: float = 3.0) -> None:
         super().__init__(name=f"dblink-{host}", daemon=True)
         self.sf, self.migration_id, self.host = sf, migration_id, host
+        # The desired mode is read every poll: without the write lock every writer would queue for
+        # (SQLite's busy handler then sleeps in steps up to 100 ms: that was most of a rollback's delay).
+        self.reader = reader_of(sf)
         self.poll, self.lost_after = poll, lost_after
         self.desired: Desired | None = None
         self.last_ok = time.monotonic()
@@ -122,11 +126,13 @@ class DbLink(threading.Thread):
         if not self.is_alive() and self.wake_fd is not None:  # a thread still hung keeps it to write
             fd, self.wake_fd = self.wake_fd, None
             os.close(fd)
+        if not self.is_alive():
+            self.reader.kw["bind"].dispose()
 
     # -- the thread ----------------------------------------------------------------------------
     def read_desired(self) -> Desired:
         """Read the mode the controller wants for this host and whether a transition is still pending."""
-        with self.sf() as s:
+        with self.reader() as s:
             confirmed = (select(func.max(Transition.confirmed_at))
                          .where(Transition.migration_id == self.migration_id).scalar_subquery())
             row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase, confirmed)
