@@ -1,0 +1,198 @@
+"""The report's page: inline CSS, the tables, the charts pasted in; every database text escaped."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from collections import defaultdict
+from typing import Any
+
+from migrator import __version__
+from migrator.control.phases import label
+from migrator.tools.report.charts import BREACH, MAX_HOST_CHARTS, PASS, PERF, RING, host_chart, streak_chart, timeline_chart
+from migrator.tools.report.data import ReportData
+
+# The per-window table stops here; the charts still draw every window.
+MAX_TABLE_ROWS = 20000
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#1b1b1b;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:14px;margin:18px 0 4px}
+.meta{color:#555}.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:13px}
+.COMPLETE{background:#c9efd6;color:#0b5a2a}.ROLLED_BACK{background:#f8d0d0;color:#8a0f0f}.other{background:#eee}
+table{border-collapse:collapse;width:100%;font-size:12.5px;margin:6px 0}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.rollback td{background:#fde2e2;color:#7a0c0c;font-weight:600}tr.breach td{background:#fff1f1}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0}dl.facts dt{color:#555}dl.facts dd{margin:0}
+figure{margin:6px 0}figure svg{width:100%;height:auto;display:block}
+.legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:12px;height:12px;vertical-align:middle;margin-right:4px}
+details summary{cursor:pointer;color:#1f5fd6}code{font-size:12px}
+"""
+
+
+def esc(v: Any) -> str:
+    """Text for the page: html.escape of anything, '-' for None."""
+    return "-" if v is None else html.escape(str(v), quote=True)
+
+
+def _utc(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.3f}"
+
+
+def _num(v: float | None, fmt: str = ".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _window_ref(w: dict) -> str:
+    return f"#{w['id']} {w['host']} {w['channel']} w{w['index']}"
+
+
+def _transitions_table(data: ReportData) -> str:
+    t0 = data.t0
+    rows = []
+    for t in data.transitions:
+        rb = t["to"] == "ROLLED_BACK"
+        cls = ' class="rollback"' if rb else ""
+        when = t["confirmed_at"] or t["at"]
+        wins = ", ".join(esc(_window_ref(data.deciding[i])) if i in data.deciding else f"#{esc(i)}"
+                         for i in t["window_ids"]) or "-"
+        rows.append(
+            f'<tr id="t{esc(t["id"])}"{cls}>'
+            f'<td class="n">{esc(t["id"])}</td><td>{_utc(when)}</td><td class="n">{when - t0:+.1f}</td>'
+            f"<td>{esc(t['from_label'])}</td><td>{esc(t['to_label'])}{' &#9888; ROLLBACK' if rb else ''}</td>"
+            f"<td>{esc(t['actor'])}</td><td>{esc(t['status'])}</td><td>{esc(t['reason'])}</td><td>{wins}</td></tr>")
+    return ('<table id="transitions"><thead><tr><th>#</th><th>confirmed (UTC)</th><th>t (s)</th><th>from</th>'
+            "<th>to</th><th>actor</th><th>status</th><th>reason</th><th>deciding windows</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _deciding_table(data: ReportData) -> str:
+    rows = []
+    for t in data.transitions:
+        rb = t["to"] == "ROLLED_BACK"
+        for i in t["window_ids"]:
+            w = data.deciding.get(i)
+            if w is None:
+                rows.append(f'<tr><td class="n">{esc(t["id"])}</td><td class="n">{esc(i)}</td>'
+                            '<td colspan="9">window not in this database</td></tr>')
+                continue
+            cls = ' class="rollback"' if rb else ""
+            rows.append(
+                f'<tr{cls}><td class="n">{esc(t["id"])}</td><td class="n">{esc(w["id"])}</td><td>{esc(w["host"])}</td>'
+                f'<td>{esc(w["channel"])}</td><td class="n">{esc(w["index"])}</td>'
+                f'<td>{esc(label(w["phase"], w["slice"], data.migration["slices"]))}</td>'
+                f'<td class="n">{esc(w["attempts"])}</td><td class="n">{_pct(w["loss_rate"])}</td>'
+                f'<td class="n">{_num(w["lag_p99_ms"])}</td><td>{esc(w["verdict"])}</td><td>{esc(w["rule"])}</td></tr>')
+    if not rows:
+        return "<p>No transition names deciding windows (manual moves only).</p>"
+    return ('<table id="deciding"><thead><tr><th>transition</th><th>window id</th><th>host</th><th>channel</th>'
+            "<th>index</th><th>phase</th><th>attempts</th><th>loss %</th><th>lag p99 ms</th><th>verdict</th>"
+            "<th>rule</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _windows_table(data: ReportData) -> tuple[str, int]:
+    pairs: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
+    order = {h["name"]: k for k, h in enumerate(data.hosts)}
+    for w in data.windows:
+        pairs[(w["host"], w["index"])][w["channel"]] = w
+    keys = sorted(pairs, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
+    rows = []
+    for host, index in keys[:MAX_TABLE_ROWS]:
+        ring, perf = pairs[(host, index)].get("ring"), pairs[(host, index)].get("perf")
+        any_w = ring or perf
+        verdict = ring["verdict"] if ring else None
+        cls = ' class="breach"' if verdict == "breach" else ""
+
+        def cells(w: dict | None) -> str:
+            if w is None:
+                return '<td colspan="4">-</td>'
+            return (f'<td class="n">{esc(w["attempts"])}</td><td class="n">{_pct(w["loss_rate"])}</td>'
+                    f'<td class="n">{_num(w["lag_p99_ms"])}</td><td class="n">{_num(w["cpu_per_event_us"], ".3f")}</td>')
+        errors = sum((w or {}).get("parse_errors", 0) for w in (ring, perf))
+        mism = (ring or {}).get("payload_mismatches", 0)
+        rows.append(f'<tr{cls}><td>{esc(host)}</td><td class="n">{esc(index)}</td>'
+                    f'<td>{esc(label(any_w["phase"], any_w["slice"], data.migration["slices"]))}</td>'
+                    f"<td>{esc(ring['mode'] if ring else perf['mode'])}</td>{cells(ring)}{cells(perf)}"
+                    f'<td class="n">{errors}</td><td class="n">{esc(mism)}</td>'
+                    f"<td>{esc(verdict)}</td><td>{esc(ring['rule'] if ring else None)}</td></tr>")
+    table = ('<table id="windows"><thead><tr><th rowspan="2">host</th><th rowspan="2">window</th>'
+             '<th rowspan="2">phase</th><th rowspan="2">mode</th><th colspan="4">ring</th><th colspan="4">perf</th>'
+             '<th rowspan="2">parse errors</th><th rowspan="2">payload mismatches</th><th rowspan="2">verdict</th>'
+             '<th rowspan="2">rule</th></tr><tr>'
+             + "<th>attempts</th><th>loss %</th><th>lag p99 ms</th><th>CPU µs/event</th>" * 2
+             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    return table, len(keys)
+
+
+def render_html(data: ReportData) -> str:
+    """The whole page: facts, phase timeline and transitions, streak against N, deciding windows, per-host charts."""
+    m = data.migration
+    rb = data.rollback
+    hosts = [h["name"] for h in data.hosts]
+    by_host: dict[str, list[dict]] = defaultdict(list)
+    for w in data.windows:
+        by_host[w["host"]].append(w)
+    charted = [h for h in hosts if by_host.get(h)][:MAX_HOST_CHARTS]
+    badge = m["phase"] if m["phase"] in ("COMPLETE", "ROLLED_BACK") else "other"
+    t_first, t_last = min(w["start"] for w in data.windows), max(w["end"] for w in data.windows)
+    max_streak = max((v["streak"] for v in data.streak), default=0)
+    th = m["thresholds"]
+    facts = [
+        ("migration", f'{esc(m["id"])}: {esc(m["name"])}'),
+        ("outcome", f'<span class="badge {badge}">{esc(m["label"])}</span>'),
+        ("config", f'<code>{esc(m["config_path"])}</code> (hash {esc((m["config_hash"] or "")[:12])})'),
+        ("schema fingerprint", esc(m["schema_fingerprint"])),
+        ("hosts", f"{len(hosts)}: " + esc(", ".join(hosts[:40])) + (" ..." if len(hosts) > 40 else "")),
+        ("slices", esc(json.dumps(m["slice_specs"]))),
+        ("rollback after (N)", f'{esc(m["rollback_after"])} consecutive breaching windows; no-data: {esc(m["no_data"])}'),
+        ("thresholds", esc(", ".join(f"{k} {v}" for k, v in th.items()))),
+        ("windows", f"{len(data.windows)} of {esc(m['window_seconds'])} s, {_utc(t_first)} to {_utc(t_last)} UTC "
+                    f"({t_last - t_first:.1f} s)"),
+        ("transitions", str(len(data.transitions))),
+        ("highest breach streak", f"{max_streak}/{esc(m['rollback_after'])}"),
+    ]
+    if rb is not None:
+        facts.append(("rollback", f'<a href="#t{esc(rb["id"])}">transition {esc(rb["id"])}</a> ({esc(rb["actor"])}): '
+                                  f'{esc(rb["reason"])}'))
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>migrator report: migration {esc(m['id'])} ({esc(m['label'])})</title>",
+           f"<style>{CSS}</style></head><body>",
+           f'<h1>Migration {esc(m["id"])}: <span class="badge {badge}">{esc(m["label"])}</span></h1>',
+           f'<p class="meta">generated by migrator {esc(__version__)} at {_utc(data.generated_at)} UTC; '
+           "read-only from the migration's database</p>",
+           '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>",
+           '<h2 id="timeline">Phase timeline</h2>',
+           f'<figure class="chart" id="chart-timeline">{timeline_chart(data)}</figure>',
+           _transitions_table(data),
+           '<h2 id="streak">Breach streak against N</h2>',
+           f"<p>After each judged window index: the group verdict (green pass, red breach, grey no-data) and the "
+           f"streak of consecutive breaches; N = {esc(m['rollback_after'])} rolls back.</p>",
+           f'<figure class="chart" id="chart-streak">{streak_chart(data)}</figure>',
+           '<h2 id="deciding-windows">Windows that decided each move</h2>',
+           _deciding_table(data),
+           '<h2 id="hosts">Per host and window</h2>',
+           f'<p class="legend"><span><i class="sw" style="background:{RING}"></i>ring</span>'
+           f'<span><i class="sw" style="background:{PERF}"></i>perf</span>'
+           f'<span><i class="sw" style="border:2px solid {PASS}"></i>window that decided an advance</span>'
+           f'<span><i class="sw" style="border:2px solid {BREACH}"></i>window that decided the rollback</span>'
+           "<span>dotted line: the threshold</span></p>"]
+    for h in charted:
+        out.append(f'<h3>{esc(h)}</h3><figure class="chart" id="chart-host-{esc(h)}">{host_chart(data, h, by_host[h])}</figure>')
+    if len(hosts) > len(charted):
+        out.append(f"<p>{len(hosts) - len(charted)} more hosts are in the table below only.</p>")
+    table, n_rows = _windows_table(data)
+    more = f" (first {MAX_TABLE_ROWS} of {n_rows})" if n_rows > MAX_TABLE_ROWS else ""
+    out += ['<h2 id="every-window">Every window</h2>',
+            f"<details><summary>{min(n_rows, MAX_TABLE_ROWS)} rows{more}: one per host and window index, "
+            "ring and perf side by side</summary>", table, "</details>", "</body></html>"]
+    return "\n".join(out) + "\n"
