@@ -12,55 +12,36 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# 1. Debian packages. python3-bpfcc is the real bcc; PyPI's "bcc" is unrelated.
-APT_PKGS=(python3-bpfcc bpftool linux-headers-amd64 bpftrace iproute2)
-missing=()
-for p in "${APT_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing Debian packages: ${missing[*]}"
+# Install the Debian packages of a list that are missing, saying which and what for (one apt run).
+ensure_debs() {
+    local why="$1"; shift
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "Debian packages present: $* ($why)"
+        return
+    fi
+    say "installing Debian packages: ${missing[*]} ($why)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    if [ -z "${APT_UPDATED:-}" ]; then
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
     apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-    say "Debian packages present: ${APT_PKGS[*]}"
-fi
+}
 
-# 1b. Debian's chromium: tests/test_report.py opens `migrator report`'s HTML in a real headless browser.
-if dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
-    say "chromium present (report test browser)"
-else
-    say "installing Debian package: chromium (report test browser)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq chromium >/dev/null
-fi
-
-# 1c. Debian's PostgreSQL server: the tests run the store, controller and CLI against a real one
-#     (scripts/postgres.sh starts a cluster for them; psycopg comes with the venv's [postgres] extra).
-if dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q "install ok installed"; then
-    say "postgresql present (test database server)"
-else
-    say "installing Debian package: postgresql (test database server)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq postgresql >/dev/null
-fi
-
-# 1d. The libbpf C reference consumer of `migrator bench overhead|consumers`: Debian's gcc and
-#     libbpf-dev, built into build/ when missing or older than its source.
-REF_PKGS=(gcc libbpf-dev)
-ref_missing=()
-for p in "${REF_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || ref_missing+=("$p")
-done
-if [ ${#ref_missing[@]} -gt 0 ]; then
-    say "installing Debian packages: ${ref_missing[*]} (bench reference consumer)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${ref_missing[@]}" >/dev/null
-fi
+# 1. Debian packages. python3-bpfcc is the real bcc; PyPI's "bcc" is unrelated.
+ensure_debs "bcc, kernel headers, tools" python3-bpfcc bpftool linux-headers-amd64 bpftrace iproute2
+# Chromium: tests/test_report.py opens `migrator report`'s HTML in a real headless browser.
+ensure_debs "report test browser" chromium
+# PostgreSQL: the tests run the store, controller and CLI against a real server (scripts/postgres.sh
+# starts a cluster for them; psycopg comes with the venv's [postgres] extra).
+ensure_debs "test database server" postgresql
+# gcc and libbpf-dev: the libbpf C reference consumer of `migrator bench overhead|consumers`, built
+# into build/ when missing or older than its source.
+ensure_debs "bench reference consumer" gcc libbpf-dev
 REF_SRC="$ROOT/migrator/tools/bench/c/refconsumer.c"
 REF_BIN="$ROOT/build/refconsumer"
 if [ ! -x "$REF_BIN" ] || [ "$REF_SRC" -nt "$REF_BIN" ]; then
