@@ -56,6 +56,6 @@ def test_the_strided_walk_counts_what_the_record_walk_counts():
             ring.consume(max_records=50)
             ring.in_flight()
             _burst(probe, 10)  # the next walk resumes where this one stopped
-            assert (ring.in_flight_of(6), ring.in_flight()) == (_one_by_one(ring)[1][6], _one_by_one(ring)[0])
+            assert (ring.waiting()[1][6], ring.in_flight()) == (_one_by_one(ring)[1][6], _one_by_one(ring)[0])
         finally:
             ring.close()

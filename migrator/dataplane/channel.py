@@ -28,6 +28,7 @@ COUNTERS = ("perf_attempts", "perf_ok", "perf_full", "perf_other",
             "ring_attempts", "ring_ok", "ring_full", "ring_other",
             "truncated", "copy_fail", "no_scratch", "discard")
 EXTRA_COUNTERS = COUNTERS[8:]
+CHANNEL_COUNTERS = COUNTERS[:8]  # what Counters carries, for perf and ring
 N_COUNTERS = len(COUNTERS)  # per epoch parity: name__cnt holds two sets
 # The maps MIGRATOR_CHANNEL(name, bytes) declares, by suffix.
 SUFFIXES = ("", "__perf", "__ring", "__mode", "__seq", "__cnt", "__scratch")
@@ -224,17 +225,17 @@ class Channel:
         t = self._tables["__seq"]
         return t[t.Key(0)].value
 
-    def raw_counters(self, parity: int | None = None) -> dict[str, int]:
-        """Every counter of name__cnt (COUNTERS), summed over CPUs: of the epochs of one parity
-        (0 even, 1 odd), or of both (None)."""
+    def raw_counters(self, parity: int | None = None, names: tuple[str, ...] = COUNTERS) -> dict[str, int]:
+        """Counters of name__cnt (all of COUNTERS, or the ones named), summed over CPUs: of the epochs
+        of one parity (0 even, 1 odd), or of both (None). One map lookup per counter and parity."""
         t = self._tables["__cnt"]
         sets = (0, 1) if parity is None else (parity & 1,)
-        return {n: sum(int(sum(t[t.Key(p * N_COUNTERS + i)])) for p in sets) for i, n in enumerate(COUNTERS)}
+        return {n: sum(int(sum(t[t.Key(p * N_COUNTERS + COUNTERS.index(n))])) for p in sets) for n in names}
 
     def counters(self, parity: int | None = None) -> dict[str, Counters]:
         """{"perf": Counters, "ring": Counters}, summed over CPUs (and over both epoch parities
         unless one is given)."""
-        c = self.raw_counters(parity)
+        c = self.raw_counters(parity, CHANNEL_COUNTERS)
         return {ch: Counters(c[f"{ch}_attempts"], c[f"{ch}_ok"], c[f"{ch}_full"], c[f"{ch}_other"])
                 for ch in ("perf", "ring")}
 
@@ -242,10 +243,13 @@ class Channel:
         """The fds of the program's loaded functions (run-time statistics cover the channel's writers)."""
         return [f.fd for f in self.bpf.funcs.values()]
 
+    def refused(self, channel: str) -> int:
+        """Records `channel` ("perf" or "ring") refused so far (full and other), summed over CPUs."""
+        return sum(self.raw_counters(None, (f"{channel}_full", f"{channel}_other")).values())
+
     def extra_counters(self) -> dict[str, int]:
         """{"truncated", "copy_fail", "no_scratch", "discard"}, summed over CPUs."""
-        c = self.raw_counters()
-        return {n: c[n] for n in EXTRA_COUNTERS}
+        return self.raw_counters(None, EXTRA_COUNTERS)
 
 
 def load(text: str | None = None, src_file: str | None = None, cflags=(), **bpf_kwargs):

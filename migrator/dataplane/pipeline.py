@@ -105,7 +105,6 @@ class Pipeline:
         self._prev_parse = {"perf": 0, "ring": 0}
         self._prev_run = prog_run_stats(probe.prog_fds())
         self._prev_lost_reported = 0
-        self._closed_once = False  # whether a window was closed yet
         # Records delivered per channel and epoch since the epoch's window was last closed.
         self._by_epoch = {"perf": np.zeros(EPOCHS, np.int64), "ring": np.zeros(EPOCHS, np.int64)}
         self._grace = GracePeriod()
@@ -340,14 +339,14 @@ class Pipeline:
             late = int(by_epoch.sum()) - delivered - current
             by_epoch[:] = 0
             by_epoch[self._epoch] = current
-            in_flight = cons.in_flight_of(ended)
+            waiting, waiting_by_epoch = cons.waiting()
+            in_flight = waiting_by_epoch[ended]
             parse = cons.parse_errors
             oldest = cons.oldest_ktime()
             backlog_ms = (now_ns - oldest) / 1e6 if oldest is not None else 0.0
-            waiting = cons.in_flight()
             p50, p99, pmax = m.lag_summary(backlog_ms, waiting)
             # what is still waiting of this window and the earlier ones (not of the epoch just begun)
-            pending = cons.in_flight_except(self._epoch) if waiting else 0
+            pending = sum(waiting_by_epoch) - waiting_by_epoch[self._epoch]
             w = ChannelWindow(
                 host=self.host, channel=ch, index=self.window_index if index is None else index, start=self._win_start,
                 end=end, mode=mode, attempts=d.attempts, delivered=delivered,
@@ -362,7 +361,7 @@ class Pipeline:
                        "epoch": ended, "pending": pending},
             )
             if late:  # in a first window: records emitted before this pipeline started, in no window's books
-                w.extra["late" if self._closed_once else "before_start"] = late
+                w.extra["late" if self.window_index else "before_start"] = late
             if run is None:
                 w.extra["bpf_stats"] = "refused: run time unknown (sysctl kernel.bpf_stats_enabled=1 turns it on)"
             if ch == "perf":
@@ -373,7 +372,6 @@ class Pipeline:
             m.reset()
         if run is not None:
             self._prev_run = run
-        self._closed_once = True
         self._win_start = end
         self.window_index += 1
         return out

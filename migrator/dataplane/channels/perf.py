@@ -185,9 +185,9 @@ class _CpuBuffer:
             b += self.mm[self.data_off:self.data_off + n - len(b)]
         return b
 
-    def count_samples(self, epoch: int | None = None) -> int:
-        """Samples between tail and head (of one epoch, if given), walking their headers in place
-        (nothing is consumed)."""
+    def count_samples(self, by_epoch: list[int] | None = None) -> int:
+        """Samples between tail and head, walking their headers in place (nothing is consumed);
+        each one's epoch is counted into `by_epoch` when given."""
         head, pos = int(self.head[0]), self.tail.value
         n = 0
         while head - pos >= 8:
@@ -196,11 +196,10 @@ class _CpuBuffer:
             size = int.from_bytes(hdr[6:8], "little")
             if size < 8:
                 break
-            if rtype == PERF_RECORD_SAMPLE and (
-                    epoch is None or (size >= SAMPLE_HDR + 4 and
-                                      (int.from_bytes(self._at(pos + SAMPLE_HDR + 2, 2), "little") >> EPOCH_SHIFT)
-                                      % EPOCHS == epoch)):
+            if rtype == PERF_RECORD_SAMPLE:
                 n += 1
+                if by_epoch is not None and size >= SAMPLE_HDR + 4:
+                    by_epoch[(int.from_bytes(self._at(pos + SAMPLE_HDR + 2, 2), "little") >> EPOCH_SHIFT) % EPOCHS] += 1
             pos += size
         return n
 
@@ -257,13 +256,10 @@ class PerfConsumer:
         """Samples written but not yet consumed, counted by walking each CPU's buffer."""
         return sum(b.count_samples() for b in self._bufs)
 
-    def in_flight_of(self, epoch: int) -> int:
-        """Samples of one epoch written but not yet consumed."""
-        return sum(b.count_samples(epoch % EPOCHS) for b in self._bufs)
-
-    def in_flight_except(self, epoch: int) -> int:
-        """Samples written but not yet consumed, of every epoch but one (perf has no half-written ones)."""
-        return self.in_flight() - self.in_flight_of(epoch)
+    def waiting(self) -> tuple[int, list[int]]:
+        """(samples written but not yet consumed, how many of them per epoch), in one walk."""
+        by_epoch = [0] * EPOCHS
+        return sum(b.count_samples(by_epoch) for b in self._bufs), by_epoch
 
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the oldest record waiting in any CPU's buffer, None when all are empty."""

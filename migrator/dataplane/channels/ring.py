@@ -74,15 +74,11 @@ class RingConsumer:
         """
         return self._walk()
 
-    def in_flight_of(self, epoch: int) -> int:
-        """Committed records of one epoch not yet consumed (a record still busy has no epoch yet)."""
-        self._walk()
-        return self._count_epochs[epoch % EPOCHS]
-
-    def in_flight_except(self, epoch: int) -> int:
-        """Committed records not yet consumed, of every epoch but one (the one just begun)."""
-        self._walk()
-        return sum(self._count_epochs) - self._count_epochs[epoch % EPOCHS]
+    def waiting(self) -> tuple[int, list[int]]:
+        """(records not yet consumed, a busy one included; the committed ones per epoch: a record
+        still being written has no epoch yet), from one resumable walk."""
+        n = self._walk()
+        return n, list(self._count_epochs)
 
     def _walk(self) -> int:
         cons, prod = self._cons.value, int(self._prod[0])
