@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.store import reader_of
+from migrator.store.watch import ChangeWatch
 from migrator.store.api import heartbeat, record_windows, report_applied, report_self_protect
 from migrator.store.models import Host, Migration, Transition
 from migrator.shared.records import ChannelWindow
@@ -43,6 +44,13 @@ class DbLink(threading.Thread):
         # The desired mode is read every poll: without the write lock every writer would queue for
         # (SQLite's busy handler then sleeps in steps up to 100 ms: that was most of a rollback's delay).
         self.reader = reader_of(sf)
+        self.watch = ChangeWatch(self.reader)  # the desired mode is read again only after a commit
+        confirmed = (select(func.max(Transition.confirmed_at))
+                     .where(Transition.migration_id == migration_id).scalar_subquery())
+        self._desired_stmt = (select(Host.desired_mode, Migration.pending_transition_id, Migration.phase, confirmed)
+                              .join(Migration, Migration.id == Host.migration_id)
+                              .where(Host.migration_id == migration_id, Host.name == host))
+        self._conn = None  # the reading connection, made in the thread that reads
         self.poll, self.lost_after = poll, lost_after
         self.desired: Desired | None = None
         self.last_ok = time.monotonic()
@@ -127,17 +135,28 @@ class DbLink(threading.Thread):
             fd, self.wake_fd = self.wake_fd, None
             os.close(fd)
         if not self.is_alive():
+            self.watch.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             self.reader.kw["bind"].dispose()
 
     # -- the thread ----------------------------------------------------------------------------
     def read_desired(self) -> Desired:
-        """Read the mode the controller wants for this host and whether a transition is still pending."""
-        with self.reader() as s:
-            confirmed = (select(func.max(Transition.confirmed_at))
-                         .where(Transition.migration_id == self.migration_id).scalar_subquery())
-            row = s.execute(select(Host.desired_mode, Migration.pending_transition_id, Migration.phase, confirmed)
-                            .join(Migration, Migration.id == Host.migration_id)
-                            .where(Host.migration_id == self.migration_id, Host.name == self.host)).one()
+        """Read the mode the controller wants for this host and whether a transition is still pending.
+
+        One prepared statement on one held read-only connection (~40 us, against ~300 us through a new
+        ORM session): it runs up to 100 times a second. A failed read drops the connection."""
+        try:
+            if self._conn is None:
+                self._conn = self.reader.kw["bind"].connect()
+            row = self._conn.execute(self._desired_stmt).one()
+            self._conn.rollback()  # end the read: a held snapshot would pin SQLite's WAL
+        except BaseException:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.invalidate()
+            raise
         return Desired(row[0], row[1] is None, row[2], row[3])
 
     def _actual_mode(self) -> str | None:
@@ -158,7 +177,8 @@ class DbLink(threading.Thread):
             windows, reports = list(self._outbox), list(self._reports)
             protections = list(self._protections)
         now = time.time()
-        if windows or reports or protections or beat:
+        wrote = bool(windows or reports or protections or beat)
+        if wrote:
             with self.sf() as s, s.begin():
                 if windows:
                     record_windows(s, self.migration_id, windows, now=now)  # idempotent on the index
@@ -175,6 +195,9 @@ class DbLink(threading.Thread):
                 del self._protections[: len(protections)]
             self.sent += len(windows)
             self._beat_due = time.monotonic() + 1.0
+        committed = self.watch.changed()  # looked at every time, so it always compares with the last look
+        if self.desired is not None and not wrote and not committed:
+            return  # nobody committed since the last reading: the desired mode is what we have
         desired = self.read_desired()
         changed = desired != self.desired
         self.desired = desired
