@@ -11,9 +11,13 @@
 # with a password, over TCP on 127.0.0.1 and over the unix socket (the lab's agents run inside
 # network namespaces, where 127.0.0.1 is the namespace's own loopback: they use the socket).
 # The password is generated once and kept in the cluster's config directory, readable by root only.
-# Messages go to stderr; stdout carries only the export line.
+# Messages go to stderr; stdout carries only the export line. Everything the commands print goes
+# to stderr too (pg_ctlcluster, for one, prints "Removed stale pid file." on stdout after a crash or
+# a reboot), so nothing but that line reaches the caller's eval. (Not through a spare descriptor:
+# the server pg_ctlcluster starts would inherit it and the caller's $(...) would never end.)
 set -euo pipefail
 
+main() {
 PORT="${MIGRATOR_PG_PORT:-5433}"
 NAME=migrator
 ROLE=migrator_test
@@ -63,6 +67,14 @@ if pg_lsclusters -h | awk -v v="$VER" -v n="$NAME" '$1 == v && $2 == n && $4 ~ /
     say "cluster $VER/$NAME already running on port $PORT"
 else
     mkdir -p "$SOCKDIR" && chown postgres:postgres "$SOCKDIR"
+    # A server killed without a shutdown (a crash, a VM snapshot) leaves its socket's lock file,
+    # and the next start refuses it. Remove it only when the PID it names is no live postgres
+    # (gone, a zombie, or reused by another program).
+    LOCK="$SOCKDIR/.s.PGSQL.$PORT.lock"
+    if [ -f "$LOCK" ] && ! ps -o stat=,comm= -p "$(head -1 "$LOCK")" 2>/dev/null | grep -q '^[^Z]* *postgres'; then
+        rm -f "$LOCK"
+        say "removed the stale lock file $LOCK (its server is gone)"
+    fi
     pg_ctlcluster "$VER" "$NAME" start
     say "started cluster $VER/$NAME on port $PORT"
 fi
@@ -79,4 +91,7 @@ SELECT 'CREATE ROLE $ROLE' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname 
 ALTER ROLE $ROLE WITH LOGIN SUPERUSER PASSWORD '$PASSWORD';
 EOF
 say "role $ROLE ready; MIGRATOR_TEST_PG_URL names the server (tests create and drop their own databases)"
+}
+
+main >&2
 echo "export MIGRATOR_TEST_PG_URL='postgresql+psycopg://$ROLE:$PASSWORD@127.0.0.1:$PORT/postgres'"
