@@ -39,8 +39,8 @@ ensure_debs "report test browser" chromium
 # PostgreSQL: the tests run the store, controller and CLI against a real server (scripts/postgres.sh
 # starts a cluster for them; psycopg comes with the venv's [postgres] extra).
 ensure_debs "test database server" postgresql
-# gcc and libbpf-dev: the libbpf C reference consumer of `migrator bench overhead|consumers`, built
-# into build/ when missing or older than its source.
+# gcc: the data plane's native record loops (step 6); with libbpf-dev, the libbpf C reference
+# consumer of `migrator bench overhead|consumers`, built into build/ when missing or older than its source.
 ensure_debs "bench reference consumer" gcc libbpf-dev
 REF_SRC="$ROOT/migrator/tools/bench/c/refconsumer.c"
 REF_BIN="$ROOT/build/refconsumer"
@@ -108,4 +108,8 @@ if [ ! -e "$SITE/bcc" ]; then
     say "linked Debian bcc module into $SITE"
 fi
 "$VENV/bin/python" -c 'import bcc' || { echo "setup: bcc not importable from $VENV" >&2; exit 1; }
+
+# 6. The data plane's record loops in C (migrator/dataplane/native.c), built with gcc (step 1) when
+#    missing or older than the source; it says whether it built.
+"$VENV/bin/python" -m migrator.dataplane.native 2>&1 | sed 's/^native: /setup: /'
 say "ready: $VENV/bin/migrator"

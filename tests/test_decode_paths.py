@@ -117,8 +117,8 @@ def test_equal_sized_short_records_in_one_perf_run_decode_their_missing_tail_as_
     chunk = b"".join(struct.pack("<IHHI", PERF_RECORD_SAMPLE, 0, 12 + len(r) + 4, len(r) + 4) + r + b"\0" * 4
                      for r in recs)
     pc = PerfConsumer.__new__(PerfConsumer)
-    pc.parse_errors = pc.lost_reported = 0
-    frames = pc._decode(chunk)
+    pc.parse_errors = pc.lost_reported = pc.consumed = pc.consumed_bytes = 0
+    frames = pc.walk(chunk)
     rows = reg.decode(frames)[5]
     assert rows["seq"].tolist() == list(range(50)) and rows["a"].tolist() == [i * 3 for i in range(50)]
     assert not any(bytes(t).strip(b"\0") for t in rows["tail"])

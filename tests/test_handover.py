@@ -65,8 +65,8 @@ def test_perf_walker_reads_mixed_sizes_and_counts_lost_and_bad_records():
     bad = sample(record(99, b"x" * 8, hdr_version=9))
     chunk = b"".join(sample(r) for r in recs[:20]) + lost + bad + b"".join(sample(r) for r in recs[20:])
     pc = PerfConsumer.__new__(PerfConsumer)
-    pc.parse_errors = pc.lost_reported = 0
-    frames = pc._decode(chunk)
+    pc.parse_errors = pc.lost_reported = pc.consumed = pc.consumed_bytes = 0
+    frames = pc.walk(chunk)
     assert len(frames) == 40 and frames.seq.tolist() == list(range(40))
     assert (pc.lost_reported, pc.parse_errors) == (7, 1)
     assert bytes(frames.payload(13)) == recs[13][HDR_SIZE:]
@@ -76,8 +76,8 @@ def test_perf_walker_reads_mixed_sizes_and_counts_lost_and_bad_records():
 def test_perf_walker_reads_a_run_of_one_size_in_one_step():
     recs = [record(i, struct.pack("<Q", i) * 5) for i in range(1000)]
     pc = PerfConsumer.__new__(PerfConsumer)
-    pc.parse_errors = pc.lost_reported = 0
-    frames = pc._decode(b"".join(sample(r) for r in recs))
+    pc.parse_errors = pc.lost_reported = pc.consumed = pc.consumed_bytes = 0
+    frames = pc.walk(b"".join(sample(r) for r in recs))
     assert frames.seq.tolist() == list(range(1000))
     assert np.frombuffer(bytes(frames.payload(999)), "<u8").tolist() == [999] * 5
 
@@ -104,20 +104,14 @@ def test_registry_decodes_old_versions_with_defaults_and_counts_unknown_ones():
     assert reg.fingerprint() != before
 
 
-def test_a_payload_that_looks_like_a_sample_falls_back_to_the_walk():
-    # A payload holding a copy of a whole sample: the one-pass scan finds it too, the chain
-    # check rejects the scan, and the header-by-header walk reads the chunk right.
+def test_a_payload_that_looks_like_a_sample_is_read_as_payload():
+    # A payload holding a copy of a whole sample, 8-byte aligned inside the outer one: the walk
+    # follows the headers the kernel chained, so the copy is never taken for a record.
     inner = sample(record(777, b"z" * 16))
-    payload = b"\0" * 4 + inner + b"\0" * 4  # lands 8-byte aligned inside the outer sample
+    payload = b"\0" * 4 + inner + b"\0" * 4
     recs = [record(0, b"a" * 24), record(1, payload), record(2, b"b" * 40)]
-    chunk = b"".join(sample(r) for r in recs)
-    from migrator.dataplane.channels.perf import sample_chain
-
-    assert sample_chain(np.frombuffer(chunk, np.uint8)) is None
     pc = PerfConsumer.__new__(PerfConsumer)
-    pc.parse_errors = pc.lost_reported = 0
-    frames = pc._decode(chunk)
+    pc.parse_errors = pc.lost_reported = pc.consumed = pc.consumed_bytes = 0
+    frames = pc.walk(b"".join(sample(r) for r in recs))
     assert frames.seq.tolist() == [0, 1, 2] and bytes(frames.payload(1)) == payload
-    clean = b"".join(sample(r) for r in (recs[0], recs[2]))
-    starts, raw = sample_chain(np.frombuffer(clean, np.uint8))
-    assert starts.tolist() == [12, 12 + len(sample(recs[0]))]
+    assert (pc.consumed, pc.parse_errors, pc.lost_reported) == (3, 0, 0)

@@ -43,11 +43,6 @@ def concat_headers(hdrs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([h.view(_HDR_BYTES) for h in hdrs]).view(HDR_DTYPE)
 
 
-def epochs_of(hdr: np.ndarray) -> np.ndarray:
-    """How many records of each epoch a batch of headers holds (length EPOCHS)."""
-    return np.bincount((hdr["flags"] >> EPOCH_SHIFT) % EPOCHS, minlength=EPOCHS)
-
-
 @dataclass
 class Frames:
     """A batch of records in consumption order: headers, and payloads inside one buffer."""

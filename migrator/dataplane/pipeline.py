@@ -12,7 +12,7 @@ import numpy as np
 from migrator.dataplane.counters import Counters
 from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats, stats_on
 from migrator.dataplane.channels import PerfConsumer, RingConsumer
-from migrator.dataplane.frames import EPOCHS, Frames, concat_headers, epochs_of
+from migrator.dataplane.frames import EPOCHS, Frames, concat_headers
 from migrator.dataplane.grace import GracePeriod
 from migrator.dataplane.windows import ChannelMeter
 from migrator.shared.records import ChannelWindow
@@ -202,8 +202,7 @@ class Pipeline:
             if not mine:
                 continue
             hdr = joined[ch] = concat_headers([h for h, _ in mine])
-            self.meters[ch].add_batches(hdr, [len(h) for h, _ in mine], [t for _, t in mine])
-            self._by_epoch[ch] += epochs_of(hdr)
+            self.meters[ch].add_batches(hdr, [len(h) for h, _ in mine], [t for _, t in mine], self._by_epoch[ch])
             t1 = time.thread_time()
             self.meters[ch].cpu_s += t1 - t0
             t0 = t1

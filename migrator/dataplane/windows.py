@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from migrator.dataplane.native import addr, lib
+
 # Lag histogram: 8 bins per power of two of nanoseconds (about 9 % resolution), bounded memory
 # however many events a window holds.
 _BINS_PER_OCTAVE = 8
@@ -55,6 +57,8 @@ class ChannelMeter:
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.max_seq = -1  # carried across windows: ordering is a property of the stream
+        self._state = np.zeros(6, np.int64)  # add_batches' exchange with the native pass
+        self._state_at = addr(self._state)
         self.reset()
 
     def reset(self) -> None:
@@ -71,35 +75,24 @@ class ChannelMeter:
 
     def add(self, batch: np.ndarray, now_ns: int) -> None:
         """Fold one decoded batch in: count, lag (consume time - ktime), ordering inversions."""
-        if not len(batch):
-            return
-        kt = batch["ktime_ns"]
-        # Lags as float64 straight away: below 2**53 ns (104 days of uptime) ktime and now
-        # convert exactly, so the difference is the integer the int64 path gives; beyond, it
-        # is off by a few ns, far below a bin's width (9 %).
-        lag = np.subtract(float(now_ns), kt, dtype=np.float64)
-        self.lag_max_ns = max(self.lag_max_ns, now_ns - int(kt.min()))
-        np.maximum(lag, 1.0, out=lag)
-        self.hist += np.bincount(_bins_of(lag), minlength=_NBINS)
-        self._order(batch["seq"])
+        self.add_batches(batch, [len(batch)], [now_ns])
 
-    def add_batches(self, hdr: np.ndarray, counts: list[int], now_ns: list[int]) -> None:
+    def add_batches(self, hdr: np.ndarray, counts: list[int], now_ns: list[int],
+                    by_epoch: np.ndarray | None = None) -> None:
         """Fold several consumed batches in at once, exactly as add() on each in turn: `hdr` their
-        headers joined, counts[i] > 0 records of batch i, consumed at now_ns[i] (its lag's reference)."""
-        if len(counts) == 1:
-            self.add(hdr, now_ns[0])
-            return
+        headers joined, counts[i] records of batch i, consumed at now_ns[i] (its lag's reference).
+        `by_epoch` (int64, EPOCHS long), when given, counts each record's epoch as well. One
+        native pass (native.c mg_meter) for all of it."""
         if not len(hdr):
             return
-        kt = hdr["ktime_ns"]
-        # Each batch's own consume time, element by element as add() subtracts it (float64).
-        lag = np.repeat(np.array(now_ns, dtype=np.float64), counts)
-        np.subtract(lag, kt, out=lag, dtype=np.float64)
-        mins = np.minimum.reduceat(kt, np.cumsum([0, *counts[:-1]])).tolist()
-        self.lag_max_ns = max(self.lag_max_ns, *(t - int(m) for t, m in zip(now_ns, mins)))
-        np.maximum(lag, 1.0, out=lag)
-        self.hist += np.bincount(_bins_of(lag), minlength=_NBINS)
-        self._order(hdr["seq"])
+        st = self._state
+        st[:] = (self.max_seq, self.inversions, self.lag_max_ns, -1 if self.seq_min is None else self.seq_min,
+                 -1 if self.seq_max is None else self.seq_max, self.delivered)
+        c, t = np.asarray(counts, np.int64), np.asarray(now_ns, np.int64)
+        lib().mg_meter(addr(hdr), hdr.strides[0], len(hdr), addr(c), addr(t), len(c), addr(self.hist), _NBINS,
+                       self._state_at, None if by_epoch is None else addr(by_epoch))
+        self.max_seq, self.inversions, self.lag_max_ns, lo, hi, self.delivered = st.tolist()
+        self.seq_min, self.seq_max = (lo, hi) if lo >= 0 else (None, None)
 
     def add_lags(self, seq: np.ndarray, lag: np.ndarray) -> None:
         """Fold records in given their seq and lag in ns, in consumption order."""

@@ -1,7 +1,8 @@
-"""Perf buffer consumer: our own PERF_COUNT_SW_BPF_OUTPUT event per CPU, mmapped and batch-decoded.
+"""Perf buffer consumer: our own PERF_COUNT_SW_BPF_OUTPUT event per CPU, mmapped and batch-read.
 
 bcc's open_perf_buffer wakes the consumer for every record; here the wakeup policy is ours
-(watermark or every N records) and records are decoded as numpy arrays, not one callback each.
+(watermark or every N records), and each drain of every CPU's buffer is one native call
+(native.c mg_perf_take) handing out one batch of numpy arrays, not one callback per record.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import os
 import numpy as np
 
 from migrator.errors import ChannelError
-from migrator.dataplane.frames import (EPOCH_SHIFT, EPOCHS, HDR_SIZE, HDR_VERSION, Frames, headers_at,
-                                       strided_headers, validate)
+from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, HDR_DTYPE, HDR_SIZE, Frames
+from migrator.dataplane.native import R_BYTES, R_ERRORS, R_LOST, R_N, R_NRES, Spares, addr, gathered, lib
 from migrator.dataplane.syscalls import NR_PERF_EVENT_OPEN, libc as _libc
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -33,63 +34,6 @@ OFF_DATA_HEAD, OFF_DATA_TAIL, OFF_DATA_OFFSET, OFF_DATA_SIZE = 1024, 1032, 1040,
 # record (migrator's header and the payload) padded so the sample is 8-byte aligned.
 SAMPLE_HDR = 12
 MIN_SAMPLE = (SAMPLE_HDR + HDR_SIZE + 7) & ~7
-
-
-# A sample header as one u64: type (u32), misc (u16, may differ between samples), size (u16).
-_TYPE_AND_SIZE = np.uint64(0xFFFF0000FFFFFFFF)
-
-
-def uniform_samples(buf: np.ndarray) -> tuple[int, int, int] | None:
-    """(count, sample size, raw size) when the chunk is nothing but samples of one size, found
-    by reading only the sample headers (one strided compare); None otherwise.
-
-    Each header says where the next sample starts, so when the headers at every multiple of the
-    first one's size all say "sample of that size" and the last one ends at the chunk's end, that
-    is exactly the chain the kernel wrote: no payload byte is taken for a header.
-    """
-    if len(buf) < MIN_SAMPLE:
-        return None
-    first = int(buf[:8].view("<u8")[0])
-    size = first >> 48
-    if first & 0xFFFFFFFF != PERF_RECORD_SAMPLE or size < MIN_SAMPLE or len(buf) % size:
-        return None
-    n = len(buf) // size
-    raw = np.ndarray((n,), dtype="<u4", buffer=buf, offset=8, strides=(size,))
-    if n > 1:
-        heads = np.ndarray((n,), dtype="<u8", buffer=buf, offset=0, strides=(size,))
-        if not (((heads & _TYPE_AND_SIZE) == (first & int(_TYPE_AND_SIZE))).all() and (raw == raw[0]).all()):
-            return None
-    return n, size, int(raw[0])
-
-
-def sample_chain(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(where each sample's record starts, its raw size) for a chunk that is nothing but samples
-    carrying migrator records, found without a per-record Python step; None otherwise.
-
-    Every 8-byte aligned position is tested for a sample header (type SAMPLE, size = raw + 12)
-    followed by migrator's header version. A payload may contain such bytes by chance, so the
-    candidates are accepted only if they chain exactly (each one ends where the next begins,
-    from the first byte to the last); anything else is left to the header-by-header walk.
-    """
-    n = len(buf) // 8
-    if n < 3 or len(buf) % 8:
-        return None
-    rows = buf[: n * 8].view("<u4").reshape(n, 2)
-    idx = np.flatnonzero(rows[:-1, 0] == PERF_RECORD_SAMPLE)  # one pass; the rest only on these
-    if not len(idx) or idx[0] != 0:
-        return None
-    size = rows[idx, 1] >> 16
-    raw = rows[idx + 1, 0]
-    keep = (size == raw + SAMPLE_HDR) & ((rows[idx + 1, 1] & 0xFFFF) == HDR_VERSION)
-    if not keep.all():
-        idx, size, raw = idx[keep], size[keep], raw[keep]
-        if not len(idx) or idx[0] != 0:
-            return None
-    starts = idx.astype(np.int64) * 8
-    sizes = size.astype(np.int64)
-    if starts[-1] + sizes[-1] != len(buf) or (starts[1:] != starts[:-1] + sizes[:-1]).any():
-        return None
-    return starts + SAMPLE_HDR, raw.astype(np.int64)
 
 
 class PerfEventAttr(ct.Structure):
@@ -142,23 +86,6 @@ class _CpuBuffer:
         size = int.from_bytes(self.mm[OFF_DATA_SIZE : OFF_DATA_SIZE + 8], "little")
         self.data_off = off or PAGE
         self.data_size = size or PAGE * pages
-
-    def take(self) -> bytes:
-        """Copy out everything between tail and head (stitching the wrap), then release it."""
-        head = int(self.head[0])
-        tail = self.tail.value
-        if head == tail:
-            return b""
-        start = tail % self.data_size
-        n = head - tail
-        base = self.data_off
-        if start + n <= self.data_size:
-            chunk = self.mm[base + start : base + start + n]
-        else:
-            first = self.data_size - start
-            chunk = self.mm[base + start : base + self.data_size] + self.mm[base : base + n - first]
-        self.tail.value = head
-        return chunk
 
     def oldest_ktime(self) -> int | None:
         """ktime_ns of the record at the tail if it is a sample, else None."""
@@ -243,6 +170,18 @@ class PerfConsumer:
             self.close()
             raise
         self._perf_map = perf_map
+        # What the native drain reads: each CPU's mmap (its perf_event_mmap_page first), where
+        # its data area starts and its size, and room for the heads it saw.
+        self._lib = lib()
+        self._pages = np.array([ct.addressof(b.tail) - OFF_DATA_TAIL for b in self._bufs], np.uint64)
+        self._offs = np.array([b.data_off for b in self._bufs], np.uint64)
+        self._sizes = np.array([b.data_size for b in self._bufs], np.uint64)
+        self._heads = np.zeros(len(self._bufs), np.uint64)
+        held = 2 * pages * PAGE * len(self._bufs)  # reused drain buffers (native.Spares), at most
+        self._spare_bufs, self._spare_hdrs, self._spare_offs = Spares(held), Spares(held // 2), Spares(held // 8)
+        self._res = np.zeros(R_NRES, np.int64)
+        self._pages_addr, self._offs_addr, self._sizes_addr, self._heads_addr, self._res_addr = (
+            addr(a) for a in (self._pages, self._offs, self._sizes, self._heads, self._res))
 
     def fds(self) -> list[int]:
         """The per-CPU perf event fds, for the caller to wait on (epoll)."""
@@ -275,92 +214,37 @@ class PerfConsumer:
         return self.pages * PAGE
 
     def consume(self) -> Frames:
-        """Drain every CPU's buffer; one batch in CPU order (perf has no cross-CPU order)."""
-        chunks = []
-        for b in self._bufs:
-            chunk = b.take()
-            if chunk:
-                self.consumed_bytes += len(chunk)
-                chunks.append(chunk)
-        if not chunks:
+        """Drain every CPU's buffer; one batch in CPU order (perf has no cross-CPU order). The copy
+        (stitching each wrap), the walk and the header checks are one native call
+        (native.c mg_perf_take); LOST records add to lost_reported, unreadable ones to parse_errors."""
+        total = self._lib.mg_perf_pending(self._pages_addr, len(self._bufs), self._heads_addr)
+        if not total:
             return Frames.empty()
-        frames = None
-        if len(chunks) > 1:
-            # Every CPU's chunk holding samples of one size (a fixed-size event): joined, they are
-            # one run, decoded in one pass (one copy, as joining decoded parts would make).
-            joined = b"".join(chunks)
-            run = uniform_samples(np.frombuffer(joined, dtype=np.uint8))
-            if run is not None:
-                frames = self._decode(joined, run)
-        if frames is None:
-            frames = Frames.concat([self._decode(c) for c in chunks])
-        self.consumed += len(frames)
-        return frames
+        buf, buf_at = self._spare_bufs.take(total)
+        rows = total // MIN_SAMPLE + 1  # a readable sample takes at least MIN_SAMPLE bytes
+        hdr, hdr_at = self._spare_hdrs.take(rows * HDR_SIZE)
+        off, off_at = self._spare_offs.take(rows * 8)
+        self._lib.mg_perf_take(self._pages_addr, self._offs_addr, self._sizes_addr, self._heads_addr,
+                               len(self._bufs), buf_at, hdr_at, off_at, rows, self._res_addr)
+        return self._account(gathered(buf, hdr.view(HDR_DTYPE), off.view(np.int64), self._res))
 
-    def _decode(self, chunk: bytes, run: tuple[int, int, int] | None = None) -> Frames:
-        """Samples of one CPU: found in one vectorised pass when the chunk holds samples only,
-        else walked header by header (a LOST record, a corrupt header). `run`: uniform_samples(chunk),
-        when the caller has it."""
+    def walk(self, chunk: bytes) -> Frames:
+        """The records of one CPU's chunk already copied out (recorded batches, tests): the walk
+        of consume(), with the same accounting."""
         buf = np.frombuffer(chunk, dtype=np.uint8)
-        run = run or uniform_samples(buf)
-        if run is not None:  # one size (a fixed-size event): strided headers, nothing gathered
-            n, size, raw = run
-            return self._frames(buf, np.arange(SAMPLE_HDR, n * size, size, dtype=np.int64), raw,
-                                strided_headers(buf, SAMPLE_HDR, size, n))
-        found = sample_chain(buf)
-        if found is not None:
-            return self._frames(buf, *found)
-        at_parts: list[np.ndarray] = []
-        room_parts: list[np.ndarray] = []
-        one_at: list[int] = []
-        one_room: list[int] = []
-        words = memoryview(chunk).cast("I") if len(chunk) % 4 == 0 else memoryview(chunk[: len(chunk) & ~3]).cast("I")
-        pos, end = 0, len(chunk)
-        prev = 0  # size of the previous sample: two in a row of one size may start a run
-        while end - pos >= 8:
-            rtype = words[pos >> 2]
-            size = words[(pos >> 2) + 1] >> 16
-            if size < 8:
-                break  # a corrupt header: nothing after it can be trusted
-            if rtype == PERF_RECORD_SAMPLE:
-                n = (end - pos) // size
-                same, prev = size == prev, size
-                if same and n > 8:  # maybe a run of samples of one size
-                    heads = np.ndarray((n, 2), dtype="<u4", buffer=buf, offset=pos, strides=(size, 4))
-                    odd = (heads[:, 0] != PERF_RECORD_SAMPLE) | ((heads[:, 1] >> 16) != size)
-                    k = int(np.argmax(odd)) if odd.any() else n
-                    if k > 1:
-                        raw = np.ndarray((k,), dtype="<u4", buffer=buf, offset=pos + 8, strides=(size,))
-                        at_parts.append(np.arange(pos + SAMPLE_HDR, pos + SAMPLE_HDR + k * size, size, dtype=np.int64))
-                        room_parts.append(raw.astype(np.int64))
-                        pos += k * size
-                        continue
-                one_at.append(pos + SAMPLE_HDR)
-                one_room.append(words[(pos >> 2) + 2])
-            elif rtype == PERF_RECORD_LOST:
-                self.lost_reported += words[(pos >> 2) + 4] | (words[(pos >> 2) + 5] << 32)
-            pos += size
-        if one_at:
-            at_parts.append(np.asarray(one_at, dtype=np.int64))
-            room_parts.append(np.asarray(one_room, dtype=np.int64))
-        if not at_parts:
-            return Frames.empty()
-        at = np.concatenate(at_parts)
-        room = np.concatenate(room_parts)
-        order = np.argsort(at, kind="stable") if len(at_parts) > 1 else None
-        if order is not None:
-            at, room = at[order], room[order]
-        return self._frames(buf, at, room)
+        rows = len(buf) // MIN_SAMPLE + 1
+        hdr, off = np.empty(rows, HDR_DTYPE), np.empty(rows, np.int64)
+        res = np.zeros(R_NRES, np.int64)
+        lib().mg_perf_walk(addr(buf), len(buf), addr(hdr), addr(off), rows, addr(res))
+        return self._account(gathered(buf, hdr, off, res))
 
-    def _frames(self, buf: np.ndarray, at: np.ndarray, room: np.ndarray | int,
-                hdr: np.ndarray | None = None) -> Frames:
-        """The records at `at` (raw sizes `room`) as Frames; unreadable ones counted as parse errors."""
-        hdr = headers_at(buf, at) if hdr is None else hdr
-        ok = validate(hdr, room)
-        if not ok.all():
-            self.parse_errors += int((~ok).sum())
-            hdr, at = hdr[ok], at[ok]
-        return Frames(hdr, buf, at + HDR_SIZE)
+    def _account(self, done: tuple[Frames, list[int]]) -> Frames:
+        frames, r = done
+        self.consumed_bytes += r[R_BYTES]
+        self.parse_errors += r[R_ERRORS]
+        self.lost_reported += r[R_LOST]
+        self.consumed += r[R_N]
+        return frames
 
     def close(self) -> None:
         """Take the buffers out of the perf map, disable their events and free the mmaps and fds."""

@@ -1,0 +1,304 @@
+/* The data plane's per-record loops, in C: what Python pays per record (and per numpy call)
+ * was most of the agent's CPU (README, "What the agent costs"). Loaded by native.py, which
+ * builds this file with the system's C compiler; each function is one pass over one drain.
+ *
+ * Record layouts (the Python side documents them in channels/ring.py, channels/perf.py and
+ * frames.py): migrator's 32-byte header is u16 hdr_version, u16 flags, u16 type,
+ * u16 type_version, u32 len (payload bytes), u32 cpu, u64 seq, u64 ktime_ns.
+ *
+ * Results go to `res` (int64 slots, R_* below) so one call answers everything.
+ */
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+
+#define HDR_SIZE 32
+#define HDR_VERSION 1
+/* BPF ring buffer (kernel/bpf/ringbuf.c): u32 len (bit 31 busy, bit 30 discard), u32 pgoff. */
+#define RB_BUSY (1u << 31)
+#define RB_DISCARD (1u << 30)
+#define RB_HDR 8
+/* perf: perf_event_header (u32 type, u16 misc, u16 size), then for a sample u32 raw size. */
+#define PERF_RECORD_LOST 2
+#define PERF_RECORD_SAMPLE 9
+#define SAMPLE_HDR 12
+#define OFF_DATA_HEAD 1024
+#define OFF_DATA_TAIL 1032
+
+enum { R_END, R_N, R_ERRORS, R_BYTES, R_STRIDE, R_FIRST, R_LOST, R_NRES };
+
+static inline uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* Whether migrator can read a record given `room` bytes: known header version, payload inside. */
+static inline int readable(const uint8_t *rec, uint64_t room)
+{
+    return room >= HDR_SIZE && ld16(rec) == HDR_VERSION && (uint64_t)ld32(rec + 8) + HDR_SIZE <= room;
+}
+
+/* Collects the readable records of one drain: their headers copied out, their payload offsets,
+ * and whether they are equally spaced records of one size (then the caller may use a strided
+ * view instead: the decode and compare paths have a faster form for it). */
+struct gather {
+    uint8_t *hdr;
+    int64_t *off;
+    uint64_t cap, n, errors;
+    int64_t stride, first, last, size; /* stride -1: not uniform */
+};
+
+static inline void take_record(struct gather *g, const uint8_t *buf, int64_t at, uint64_t room)
+{
+    const uint8_t *rec = buf + at;
+    if (!readable(rec, room) || g->n >= g->cap) {
+        g->errors++;
+        g->stride = -1;
+        return;
+    }
+    memcpy(g->hdr + HDR_SIZE * g->n, rec, HDR_SIZE);
+    g->off[g->n] = at + HDR_SIZE;
+    if (g->n == 0) {
+        g->first = at;
+        g->size = (int64_t)room;
+        g->stride = 0;
+    } else if (g->stride >= 0) {
+        int64_t step = at - g->last;
+        if ((int64_t)room != g->size || (g->stride && step != g->stride))
+            g->stride = -1;
+        else
+            g->stride = step;
+    }
+    g->last = at;
+    g->n++;
+}
+
+static void finish(const struct gather *g, int64_t *res)
+{
+    res[R_N] = (int64_t)g->n;
+    res[R_ERRORS] = (int64_t)g->errors;
+    /* a single record counts as uniform with its own size as stride */
+    res[R_STRIDE] = g->n == 0 || g->stride < 0 ? 0 : (g->n == 1 ? 8 : g->stride);
+    res[R_FIRST] = g->n ? g->first : 0;
+}
+
+/* Ring: consume every committed record from the consumer position up to the first busy one (at
+ * most max_records, at most buf_cap bytes), copy that prefix into buf (one memcpy: the data area
+ * is mapped twice back to back, so it never wraps), hand the space back to the kernel (release
+ * store of the consumer position), then gather the records from the copy. Discarded records are
+ * skipped; unreadable ones counted (R_ERRORS). R_END: the new consumer position; R_BYTES: bytes
+ * consumed. */
+void mg_ring_take(const uint8_t *data, uint64_t mask, uint64_t *cons_p, const uint64_t *prod_p,
+                  uint64_t max_records, uint8_t *buf, uint64_t buf_cap, uint8_t *hdr, int64_t *off,
+                  uint64_t cap, int64_t *res)
+{
+    uint64_t cons = __atomic_load_n(cons_p, __ATOMIC_RELAXED); /* ours alone to write */
+    uint64_t prod = __atomic_load_n(prod_p, __ATOMIC_ACQUIRE);
+    uint64_t pos = cons, count = 0;
+    while (prod - pos >= RB_HDR && count < max_records) {
+        uint32_t len = __atomic_load_n((const uint32_t *)(data + (pos & mask)), __ATOMIC_ACQUIRE);
+        if (len & RB_BUSY)
+            break;
+        uint64_t stride = ((uint64_t)(len & ~RB_DISCARD) + RB_HDR + 7) & ~7ULL;
+        if (pos + stride - cons > buf_cap)
+            break;
+        pos += stride;
+        count++;
+    }
+    uint64_t nbytes = pos - cons;
+    memcpy(buf, data + (cons & mask), nbytes);
+    __atomic_store_n(cons_p, pos, __ATOMIC_RELEASE);
+    struct gather g = {hdr, off, cap, 0, 0, -1, 0, 0, 0};
+    for (uint64_t p = 0; p + RB_HDR <= nbytes;) {
+        uint32_t len = ld32(buf + p);
+        uint64_t size = len & ~RB_DISCARD;
+        if (!(len & RB_DISCARD))
+            take_record(&g, buf, (int64_t)(p + RB_HDR), size);
+        else
+            g.stride = -1;
+        p += (size + RB_HDR + 7) & ~7ULL;
+    }
+    finish(&g, res);
+    res[R_END] = (int64_t)pos;
+    res[R_BYTES] = (int64_t)nbytes;
+    res[R_LOST] = 0;
+}
+
+/* One CPU's records, n bytes from buf + at: samples gathered, a LOST record's count added to
+ * *lost, a header too short to move on (corrupt) ends the walk: nothing after it can be trusted. */
+static void walk_samples(struct gather *g, const uint8_t *buf, uint64_t at, uint64_t n, uint64_t *lost)
+{
+    const uint8_t *chunk = buf + at;
+    for (uint64_t p = 0; p + 8 <= n;) {
+        uint32_t type = ld32(chunk + p);
+        uint64_t size = ld16(chunk + p + 6);
+        if (size < 8 || p + size > n)
+            break;
+        if (type == PERF_RECORD_SAMPLE && size >= SAMPLE_HDR) {
+            uint64_t raw = ld32(chunk + p + 8);
+            if (raw + SAMPLE_HDR > size)
+                raw = 0; /* a raw size past its sample: unreadable */
+            take_record(g, buf, (int64_t)(at + p + SAMPLE_HDR), raw);
+        } else {
+            if (type == PERF_RECORD_LOST && size >= 24)
+                *lost += ld64(chunk + p + 16);
+            g->stride = -1;
+        }
+        p += size;
+    }
+}
+
+/* Perf: bytes waiting over every CPU's buffer; heads[i] gets the data_head it saw (acquire), so
+ * the take that follows copies exactly what was sized here. */
+uint64_t mg_perf_pending(uint8_t *const *pages, int ncpu, uint64_t *heads)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < ncpu; i++) {
+        heads[i] = __atomic_load_n((const uint64_t *)(pages[i] + OFF_DATA_HEAD), __ATOMIC_ACQUIRE);
+        total += heads[i] - __atomic_load_n((const uint64_t *)(pages[i] + OFF_DATA_TAIL), __ATOMIC_RELAXED);
+    }
+    return total;
+}
+
+/* Perf: copy every CPU's records between its tail and heads[i] into buf, one after the other
+ * (stitching the wrap), hand them back (release store of data_tail), and walk them (walk_samples;
+ * R_LOST: the LOST records' counts). buf must hold mg_perf_pending's total. */
+void mg_perf_take(uint8_t *const *pages, const uint64_t *data_off, const uint64_t *data_size,
+                  const uint64_t *heads, int ncpu, uint8_t *buf, uint8_t *hdr, int64_t *off, uint64_t cap,
+                  int64_t *res)
+{
+    struct gather g = {hdr, off, cap, 0, 0, -1, 0, 0, 0};
+    uint64_t used = 0, lost = 0;
+    for (int i = 0; i < ncpu; i++) {
+        uint64_t *tail_p = (uint64_t *)(pages[i] + OFF_DATA_TAIL);
+        uint64_t tail = __atomic_load_n(tail_p, __ATOMIC_RELAXED), n = heads[i] - tail;
+        if (!n)
+            continue;
+        const uint8_t *data = pages[i] + data_off[i];
+        uint64_t start = tail & (data_size[i] - 1), first = data_size[i] - start;
+        uint8_t *chunk = buf + used;
+        if (n <= first) {
+            memcpy(chunk, data + start, n);
+        } else {
+            memcpy(chunk, data + start, first);
+            memcpy(chunk + first, data, n - first);
+        }
+        __atomic_store_n(tail_p, heads[i], __ATOMIC_RELEASE);
+        walk_samples(&g, buf, used, n, &lost);
+        used += n;
+    }
+    finish(&g, res);
+    res[R_END] = 0;
+    res[R_BYTES] = (int64_t)used;
+    res[R_LOST] = (int64_t)lost;
+}
+
+/* Perf, for a chunk already copied out (tests, recorded batches): the walk of mg_perf_take. */
+void mg_perf_walk(const uint8_t *chunk, uint64_t n, uint8_t *hdr, int64_t *off, uint64_t cap, int64_t *res)
+{
+    struct gather g = {hdr, off, cap, 0, 0, -1, 0, 0, 0};
+    uint64_t lost = 0;
+    walk_samples(&g, chunk, 0, n, &lost);
+    finish(&g, res);
+    res[R_END] = 0;
+    res[R_BYTES] = (int64_t)n;
+    res[R_LOST] = (int64_t)lost;
+}
+
+/* Payload digests (compare.py): h = len * M3 + sum_j W_j * mix(w_j) mod 2^64 over the payload's
+ * 64-bit little-endian words w_j (the last one zero padded), mix(x) = y ^ (y >> 29) with
+ * y = x * M1 (a bijection, mix(0) = 0), W_j = Q_(j / 8) * K_(j % 8), Q_k = fmix((k + 1) * M2) | 1,
+ * K_i = fmix((i + 1) * M1) | 1 (splitmix64's constants and finaliser): every W_j is odd, so a
+ * change confined to one word always changes the digest. Record i's payload is off[i] bytes
+ * into buf, its length the u32 at byte 8 of its header (hdr + i * hdr_stride). */
+#define M1 0x9E3779B97F4A7C15ULL
+#define M2 0xBF58476D1CE4E5B9ULL
+#define M3 0x94D049BB133111EBULL
+
+static inline uint64_t fmix(uint64_t h)
+{
+    h ^= h >> 30;
+    h *= M2;
+    h ^= h >> 27;
+    h *= M3;
+    h ^= h >> 31;
+    return h;
+}
+
+static inline uint64_t mix(uint64_t x)
+{
+    uint64_t y = x * M1;
+    return y ^ (y >> 29);
+}
+
+void mg_digests(const uint8_t *buf, const int64_t *off, const uint8_t *hdr, int64_t hdr_stride, uint64_t n,
+                uint64_t *out)
+{
+    uint64_t K[8];
+    for (int i = 0; i < 8; i++)
+        K[i] = fmix((uint64_t)(i + 1) * M1) | 1;
+    for (uint64_t r = 0; r < n; r++) {
+        uint64_t len = ld32(hdr + (int64_t)r * hdr_stride + 8);
+        const uint8_t *p = buf + off[r];
+        uint64_t h = 0, words = len >> 3;
+        for (uint64_t k = 0; k * 8 < words; k++) {
+            uint64_t q = fmix((k + 1) * M2) | 1, s = 0;
+            uint64_t end = words - k * 8 < 8 ? words - k * 8 : 8;
+            for (uint64_t i = 0; i < end; i++)
+                s += K[i] * mix(ld64(p + 8 * (k * 8 + i)));
+            h += q * s;
+        }
+        if (len & 7) {
+            uint64_t w = 0, j = words;
+            memcpy(&w, p + 8 * j, len & 7);
+            h += (fmix((j / 8 + 1) * M2) | 1) * K[j % 8] * mix(w);
+        }
+        out[r] = h + len * M3;
+    }
+}
+
+/* The window meter (windows.py ChannelMeter) over nb consumed batches whose headers are joined in
+ * `hdr` (n records, hdr_stride apart): batch b holds counts[b] records consumed at now_ns[b].
+ * Per record: its lag (now - ktime_ns) into the histogram, 8 bins per power of two of
+ * nanoseconds (bin = trunc(8 * log2(max(lag, 1))) in doubles, the last bin open-ended), the
+ * largest lag in integers, ordering (an inversion is a seq below the largest seen before it,
+ * earlier windows included), the seq range, and, when by_epoch is given, the record's epoch
+ * (flags bits 2-7). st: [max_seq, inversions, lag_max_ns, seq_min, seq_max, delivered], -1 for
+ * "none yet" in seq_min and seq_max, updated in place. */
+void mg_meter(const uint8_t *hdr, int64_t hdr_stride, uint64_t n, const int64_t *counts, const int64_t *now_ns,
+              uint64_t nb, int64_t *hist, int64_t nbins, int64_t *st, int64_t *by_epoch)
+{
+    int64_t max_seq = st[0], inv = st[1], lag_max = st[2], smin = st[3], smax = st[4];
+    uint64_t r = 0;
+    for (uint64_t b = 0; b < nb; b++) {
+        int64_t now = now_ns[b];
+        double nowf = (double)now;
+        for (int64_t k = 0; k < counts[b] && r < n; k++, r++) {
+            const uint8_t *h = hdr + (int64_t)r * hdr_stride;
+            uint64_t kt = ld64(h + 24);
+            int64_t seq = (int64_t)ld64(h + 16), lag = now - (int64_t)kt;
+            double lf = nowf - (double)kt;
+            if (lag > lag_max)
+                lag_max = lag;
+            if (lf < 1.0)
+                lf = 1.0;
+            int64_t bin = (int64_t)(log2(lf) * 8.0);
+            hist[bin < nbins - 1 ? bin : nbins - 1]++;
+            if (seq < max_seq)
+                inv++;
+            else
+                max_seq = seq;
+            if (smin < 0 || seq < smin)
+                smin = seq;
+            if (seq > smax)
+                smax = seq;
+            if (by_epoch)
+                by_epoch[(ld16(h + 2) >> 2) % 64]++;
+        }
+    }
+    st[0] = max_seq;
+    st[1] = inv;
+    st[2] = lag_max;
+    st[3] = smin;
+    st[4] = smax;
+    st[5] += (int64_t)r;
+}
