@@ -6,14 +6,22 @@ The library an operator's process uses (see agent/feed.py):
     bpf = load(src_file="mytool.bpf.c")       # bcc.BPF with MIGRATOR_CHANNEL expanded
     feed = attach(bpf, "events")               # replaces bpf["events"].open_perf_buffer / perf_buffer_poll
 """
-from importlib import metadata as _metadata
-
 from migrator.errors import MigratorError
 
-try:
-    __version__ = _metadata.version("migrator")
-except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str):
+    """`__version__`, read from the installed package's metadata when first asked for (importing
+    importlib.metadata costs every command and every operator process some 20 ms)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'migrator' has no attribute {name!r}")
+    from importlib import metadata
+
+    try:
+        version = metadata.version("migrator")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "0+unknown"
+    globals()["__version__"] = version
+    return version
 
 
 def attach(bpf, name: str = "events", **kwargs):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from migrator import __version__
 from migrator.errors import MigratorError
 
 _state = {"debug": False}
@@ -43,6 +42,8 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
+        from migrator import __version__
+
         typer.echo(f"migrator {__version__}")
         raise typer.Exit(0)
 
