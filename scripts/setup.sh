@@ -41,7 +41,7 @@ ensure_debs "report test browser" chromium
 ensure_debs "test database server" postgresql
 # gcc: the data plane's native record loops (step 6); with libbpf-dev, the libbpf C reference
 # consumer of `migrator bench overhead|consumers`, built into build/ when missing or older than its source.
-ensure_debs "bench reference consumer" gcc libbpf-dev
+ensure_debs "native record loops, bench reference consumer" gcc libbpf-dev
 REF_SRC="$ROOT/migrator/tools/bench/c/refconsumer.c"
 REF_BIN="$ROOT/build/refconsumer"
 if [ ! -x "$REF_BIN" ] || [ "$REF_SRC" -nt "$REF_BIN" ]; then

@@ -184,8 +184,10 @@ def addr(a: np.ndarray) -> int:
 
 
 if __name__ == "__main__":
+    fresh = [p for p in _candidates() if _fresh(p, _digest())]
     try:
         path = build(quiet=False)
     except MigratorError as exc:
         sys.exit(f"native: {exc}")
-    print(f"native: {path} is up to date with {SOURCE.name}", file=sys.stderr)
+    if fresh:
+        print(f"native: {path} is up to date with {SOURCE.name}", file=sys.stderr)
