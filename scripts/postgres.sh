@@ -39,11 +39,13 @@ fi
 VER="$(ls /usr/lib/postgresql | sort -V | tail -1)"
 CONFDIR="/etc/postgresql/$VER/$NAME"
 
-if [ ! -f "$CONFDIR/postgresql.conf" ]; then
+create() {
     pg_createcluster "$VER" "$NAME" -p "$PORT" >/dev/null
     say "created cluster $VER/$NAME on port $PORT"
-fi
+}
+
 # Settings of a test cluster (rewritten every time, so a changed line here takes effect).
+configure() {
 cat > "$CONFDIR/conf.d/migrator-test.conf" <<EOF
 # written by migrator's scripts/postgres.sh: a throwaway cluster for the test suite
 port = $PORT
@@ -61,11 +63,9 @@ local   all   all                      scram-sha-256
 host    all   all      127.0.0.1/32    scram-sha-256
 EOF
 chown postgres:postgres "$CONFDIR/conf.d/migrator-test.conf" "$CONFDIR/pg_hba.conf"
+}
 
-if pg_lsclusters -h | awk -v v="$VER" -v n="$NAME" '$1 == v && $2 == n && $4 ~ /^online/ {found=1} END {exit !found}'; then
-    pg_ctlcluster "$VER" "$NAME" reload
-    say "cluster $VER/$NAME already running on port $PORT"
-else
+start() {
     mkdir -p "$SOCKDIR" && chown postgres:postgres "$SOCKDIR"
     # A server killed without a shutdown (a crash, a VM snapshot) leaves its socket's lock file,
     # and the next start refuses it. Remove it only when the PID it names is no live postgres
@@ -76,6 +76,23 @@ else
         say "removed the stale lock file $LOCK (its server is gone)"
     fi
     pg_ctlcluster "$VER" "$NAME" start
+}
+
+[ -f "$CONFDIR/postgresql.conf" ] || create
+configure
+if pg_lsclusters -h | awk -v v="$VER" -v n="$NAME" '$1 == v && $2 == n && $4 ~ /^online/ {found=1} END {exit !found}'; then
+    pg_ctlcluster "$VER" "$NAME" reload
+    say "cluster $VER/$NAME already running on port $PORT"
+elif start; then
+    say "started cluster $VER/$NAME on port $PORT"
+else
+    # It holds only throwaway test databases: a cluster that cannot start (a data directory left
+    # half-written by a crash, say) is made again rather than mended.
+    say "cluster $VER/$NAME did not start (log: /var/log/postgresql/postgresql-$VER-$NAME.log); making it again"
+    pg_dropcluster --stop "$VER" "$NAME" || rm -rf "/var/lib/postgresql/$VER/$NAME" "$CONFDIR"
+    create
+    configure
+    start
     say "started cluster $VER/$NAME on port $PORT"
 fi
 
