@@ -155,3 +155,60 @@ def test_runs_of_one_size_per_cpu_read_strided_agree_with_one_by_one():
     batch = Frames.concat(parts)
     assert batch.off.tolist() != list(range(batch.off[0], batch.off[0] + 80 * 90, 80))  # not one run
     assert digests(batch).tolist() == [int(digests(frames([r]))[0]) for r in recs]
+
+
+def reference_pairing(items: list[tuple[str, list[tuple[int, int, bytes]], bool]], capacity: int):
+    """The pairing rule in plain Python: per batch, in consumption order, every DUAL record whose
+    other copy waits in its slot is compared and frees the slot; then the rest are stored."""
+    table: dict[int, tuple[int, str, bytes]] = {}  # slot -> (seq, channel, payload)
+    compared = mismatches = skipped = evicted = 0
+    evidence: list[int] = []
+    for channel, recs, room in items:
+        dual = [(seq, p) for seq, mode, p in recs if mode == DUAL]
+        if not room:
+            skipped += len(dual)
+            continue
+        rest = []
+        for seq, p in dual:
+            w = table.get(seq % capacity)
+            if w is not None and w[0] == seq and w[1] != channel:
+                compared += 1
+                if w[2] != p:
+                    mismatches += 1
+                    evidence.append(seq)
+                del table[seq % capacity]
+            else:
+                rest.append((seq, p))
+        for seq, p in rest:
+            evicted += (seq % capacity) in table
+            table[seq % capacity] = (seq, channel, p)
+    return compared, mismatches, skipped, evicted, evidence[:PayloadCompare.EVIDENCE], table
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pairing_matches_the_plain_rule_on_messy_streams(seed):
+    # both channels in random batches: records dropped on one side, corrupted, emitted in PERF or
+    # RING (never compared), repeated, seqs spanning several times the table, consumers behind
+    rng = np.random.default_rng(seed)
+    capacity = 16
+    items = []
+    for _ in range(30):
+        channel = "perf" if rng.random() < 0.5 else "ring"
+        recs = []
+        for _ in range(int(rng.integers(0, 12))):
+            seq = int(rng.integers(0, 80))
+            mode = [DUAL, DUAL, DUAL, PERF, RING][int(rng.integers(5))]
+            p = payload(seq, 8 + seq % 13)
+            if rng.random() < 0.15:
+                p = p[:-1] + bytes([p[-1] ^ 1])
+            recs.append((seq, mode, p))
+        items.append((channel, recs, bool(rng.random() < 0.85)))
+    cmp = PayloadCompare(capacity=capacity)
+    cmp.add_many([(ch, frames([record(s, p, mode=m) for s, m, p in recs]), room) for ch, recs, room in items])
+    compared, mismatches, skipped, evicted, evidence, table = reference_pairing(items, capacity)
+    c = cmp.take()
+    assert (c.compared, c.mismatches, c.skipped, cmp.unpaired_evicted) == (compared, mismatches, skipped, evicted)
+    assert list(c.mismatch_seqs) == evidence
+    waiting = {slot: (int(cmp._seq[slot]), "perf" if cmp._side[slot] == 1 else "ring")
+               for slot in np.flatnonzero(cmp._side)}
+    assert waiting == {slot: (seq, ch) for slot, (seq, ch, _) in table.items()}

@@ -187,7 +187,7 @@ class Feed:
         """The pipe's measuring pass over the batches since the last one (`joined`: their headers
         per channel): compare payloads, and count the records the registry cannot read."""
         items, self._to_compare = self._to_compare, []
-        self.compare.add_many(items, joined)
+        self.compare.add_many(items)
         if self.registry.types:
             for channel, hdr in joined.items():
                 self._parse[channel] += self.registry.check(Frames(hdr, _NO_BYTES, _NO_OFFSETS))

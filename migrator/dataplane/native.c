@@ -230,30 +230,102 @@ static inline uint64_t mix(uint64_t x)
     return y ^ (y >> 29);
 }
 
+static inline uint64_t digest_one(const uint8_t *p, uint64_t len, const uint64_t *K)
+{
+    uint64_t h = 0, words = len >> 3;
+    for (uint64_t k = 0; k * 8 < words; k++) {
+        uint64_t q = fmix((k + 1) * M2) | 1, s = 0;
+        uint64_t end = words - k * 8 < 8 ? words - k * 8 : 8;
+        for (uint64_t i = 0; i < end; i++)
+            s += K[i] * mix(ld64(p + 8 * (k * 8 + i)));
+        h += q * s;
+    }
+    if (len & 7) {
+        uint64_t w = 0, j = words;
+        memcpy(&w, p + 8 * j, len & 7);
+        h += (fmix((j / 8 + 1) * M2) | 1) * K[j % 8] * mix(w);
+    }
+    return h + len * M3;
+}
+
+static void word_keys(uint64_t K[8])
+{
+    for (int i = 0; i < 8; i++)
+        K[i] = fmix((uint64_t)(i + 1) * M1) | 1;
+}
+
 void mg_digests(const uint8_t *buf, const int64_t *off, const uint8_t *hdr, int64_t hdr_stride, uint64_t n,
                 uint64_t *out)
 {
     uint64_t K[8];
-    for (int i = 0; i < 8; i++)
-        K[i] = fmix((uint64_t)(i + 1) * M1) | 1;
-    for (uint64_t r = 0; r < n; r++) {
-        uint64_t len = ld32(hdr + (int64_t)r * hdr_stride + 8);
-        const uint8_t *p = buf + off[r];
-        uint64_t h = 0, words = len >> 3;
-        for (uint64_t k = 0; k * 8 < words; k++) {
-            uint64_t q = fmix((k + 1) * M2) | 1, s = 0;
-            uint64_t end = words - k * 8 < 8 ? words - k * 8 : 8;
-            for (uint64_t i = 0; i < end; i++)
-                s += K[i] * mix(ld64(p + 8 * (k * 8 + i)));
-            h += q * s;
+    word_keys(K);
+    for (uint64_t r = 0; r < n; r++)
+        out[r] = digest_one(buf + off[r], ld32(hdr + (int64_t)r * hdr_stride + 8), K);
+}
+
+/* Payload pairing (compare.py PayloadCompare): nb batches in consumption order, each described
+ * by 7 int64s: header address, header stride, records, buffer address, payload offsets address,
+ * side (1 perf, 2 ring), room (0: the consumer was behind, its DUAL records are only counted as
+ * skipped). Only records emitted in DUAL (flags & 3 == DUAL) take part. Per batch, as one step:
+ * every record whose seq waits in the direct-mapped table (slot = seq & mask) from the other side
+ * is compared with it by digest and frees the slot; then every other one is stored, evicting
+ * whatever its slot held. out: [compared, mismatches, skipped, evicted, evidence found, up to
+ * max_evidence differing seqs in the order found]. scratch: a byte per record of the largest
+ * batch. */
+#define MODE_DUAL 1
+
+void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, uint8_t *tside, uint64_t mask,
+             uint8_t *scratch, int64_t max_evidence, int64_t *out)
+{
+    uint64_t K[8];
+    word_keys(K);
+    int64_t compared = 0, mismatches = 0, skipped = 0, evicted = 0, found = 0;
+    int64_t *evidence = out + 5;
+    for (uint64_t b = 0; b < nb; b++) {
+        const int64_t *d = desc + 7 * b;
+        const uint8_t *hdr = (const uint8_t *)d[0], *buf = (const uint8_t *)d[3];
+        const int64_t stride = d[1], n = d[2], *off = (const int64_t *)d[4];
+        const uint8_t side = (uint8_t)d[5], other = (uint8_t)(3 - d[5]);
+        if (!d[6]) {
+            for (int64_t r = 0; r < n; r++)
+                skipped += (ld16(hdr + r * stride + 2) & 3) == MODE_DUAL;
+            continue;
         }
-        if (len & 7) {
-            uint64_t w = 0, j = words;
-            memcpy(&w, p + 8 * j, len & 7);
-            h += (fmix((j / 8 + 1) * M2) | 1) * K[j % 8] * mix(w);
+        for (int64_t r = 0; r < n; r++) {
+            const uint8_t *h = hdr + r * stride;
+            scratch[r] = 0;
+            if ((ld16(h + 2) & 3) != MODE_DUAL) {
+                scratch[r] = 1;
+                continue;
+            }
+            uint64_t seq = ld64(h + 16), slot = seq & mask;
+            if (tside[slot] == other && tseq[slot] == seq) {
+                compared++;
+                if (digest_one(buf + off[r], ld32(h + 8), K) != tdig[slot]) {
+                    mismatches++;
+                    if (found < max_evidence)
+                        evidence[found++] = (int64_t)seq;
+                }
+                tside[slot] = 0;
+                scratch[r] = 1;
+            }
         }
-        out[r] = h + len * M3;
+        for (int64_t r = 0; r < n; r++) {
+            if (scratch[r])
+                continue;
+            const uint8_t *h = hdr + r * stride;
+            uint64_t seq = ld64(h + 16), slot = seq & mask;
+            evicted += tside[slot] != 0;
+            tseq[slot] = seq;
+            tdig[slot] = digest_one(buf + off[r], ld32(h + 8), K);
+            tside[slot] = side;
+        }
     }
+    out[0] = compared;
+    out[1] = mismatches;
+    out[2] = skipped;
+    out[3] = evicted;
+    out[4] = found;
 }
 
 /* The window meter (windows.py ChannelMeter) over nb consumed batches whose headers are joined in

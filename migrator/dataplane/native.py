@@ -2,7 +2,7 @@
 loaded through ctypes.
 
 Both consumers' drains (walk, copy, header gather, checks), the window meter (lag, order,
-epochs) and the payload digests run there: in
+epochs) and the payload comparison (digests, pairing) run there: in
 numpy each drain cost some 30 calls of fixed overhead plus per-record passes, most of what the
 agent cost (README, "What the agent costs"). The library is built once, next to its source, when
 it is missing or was built from another version of native.c (scripts/setup.sh builds it up front); a machine where the
@@ -116,6 +116,8 @@ def lib() -> ct.CDLL:
         so.mg_digests.restype = None
         so.mg_meter.argtypes = [_P, ct.c_int64, _U64, _P, _P, _U64, _P, ct.c_int64, _P, _P]
         so.mg_meter.restype = None
+        so.mg_pair.argtypes = [_U64, _P, _P, _P, _P, _U64, _P, ct.c_int64, _P]
+        so.mg_pair.restype = None
         _lib = so
     return _lib
 
