@@ -1,12 +1,13 @@
 /* The data plane's per-record loops, in C: what Python pays per record (and per numpy call)
  * was most of the agent's CPU (README, "What the agent costs"). Loaded by native.py, which
- * builds this file with the system's C compiler; each function is one pass over one drain.
+ * builds this file with the system's C compiler; each function is one pass over one drain (the
+ * takes) or over the batches of one measuring pass (meter, pairing).
  *
  * Record layouts (the Python side documents them in channels/ring.py, channels/perf.py and
  * frames.py): migrator's 32-byte header is u16 hdr_version, u16 flags, u16 type,
  * u16 type_version, u32 len (payload bytes), u32 cpu, u64 seq, u64 ktime_ns.
  *
- * Results go to `res` (int64 slots, R_* below) so one call answers everything.
+ * The takes' results go to `res` (int64 slots, R_* below) so one call answers everything.
  */
 #include <stdint.h>
 #include <math.h>
