@@ -109,8 +109,9 @@ class PayloadCompare:
             desc.append((addr(hdr), hdr.strides[0], n, addr(frames.buf), addr(off), SIDES[channel], int(bool(room))))
         if not desc:
             return
-        if len(self._scratch) < max(d[2] for d in desc):
-            self._scratch = np.empty(max(d[2] for d in desc), np.uint8)
+        largest = max(d[2] for d in desc)
+        if len(self._scratch) < largest:
+            self._scratch = np.empty(largest, np.uint8)
         c, out = self.counts, self._out
         d = np.array(desc, np.int64)
         lib().mg_pair(len(desc), addr(d), addr(self._seq), addr(self._dig), addr(self._side), self.capacity - 1,
