@@ -85,6 +85,12 @@ class LoadGen:
             self.proc.kill()
             self.proc.wait()
 
+    def __enter__(self) -> "LoadGen":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
 
 if __name__ == "__main__":
     n, r = int(sys.argv[1]), float(sys.argv[2])

@@ -21,6 +21,7 @@ kernel's counters exactly (records written == records consumed, per channel).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -111,6 +112,19 @@ class ConsumerChild:
             self.proc.kill()
             self.proc.wait()
 
+    def __enter__(self) -> "ConsumerChild":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def _generator(rate: float, seconds: float):
+    """The rate-limited generator of one run (killed at exit), or nothing for the idle rate."""
+    from migrator.dataplane.loadgen import LoadGen
+
+    return LoadGen(max(1, round(rate * seconds)), rate) if rate > 0 else contextlib.nullcontext()
+
 
 def _measure(child: ConsumerChild, rate: float, seconds: float, gen, progress: Callable[[str], None], tag: str) -> dict:
     """CPU of the child between two marks around the generator's run (or `seconds` idle)."""
@@ -137,51 +151,33 @@ def _measure(child: ConsumerChild, rate: float, seconds: float, gen, progress: C
 
 
 def _ours(rate: float, seconds: float, buffers: Buffers, max_delay_ms: float, progress, tag: str) -> dict:
-    from migrator.dataplane.loadgen import LoadGen
-
-    gen = LoadGen(max(1, round(rate * seconds)), rate) if rate > 0 else None
-    try:
+    with _generator(rate, seconds) as gen:
         argv = [sys.executable, "-m", "migrator.tools.bench.overhead", "agent", str(gen.pid if gen else 0),
                 str(buffers.ring_bytes), str(buffers.perf_pages), buffers.wakeup, str(max_delay_ms), str(os.getpid())]
-        child = ConsumerChild(argv)
-        try:
+        with ConsumerChild(argv) as child:
             res = _measure(child, rate, seconds, gen, progress, tag)
             rep = child.finish()
-        finally:
-            child.kill()
-    finally:
-        if gen is not None:
-            gen.kill()
     res.update(events=rep["attempts"]["perf"], consumed=rep["delivered"], written=rep["ok"], report=rep)
     return res
 
 
 def _c(rate: float, seconds: float, buffers: Buffers, interval_ms: float, progress, tag: str) -> dict:
     from migrator.dataplane.loader import Probe
-    from migrator.dataplane.loadgen import LoadGen
 
     binary = ref_binary()
     with Probe("synthetic", ring_bytes=buffers.ring_bytes, ring_submit=buffers.ring_submit,
-               wakeup=buffers.wakeup) as probe:
+               wakeup=buffers.wakeup) as probe, _generator(rate, seconds) as gen:
         probe.set_mode("DUAL")
         ring_fd, perf_fd = probe.channel.ring_map_fd, probe.channel.perf_map.map_fd
-        gen = LoadGen(max(1, round(rate * seconds)), rate) if rate > 0 else None
-        try:
-            child = ConsumerChild([str(binary), "--ring-fd", str(ring_fd), "--perf-fd", str(perf_fd),
-                            "--interval-ms", str(max(1, round(interval_ms))), "--perf-pages", str(buffers.perf_pages)],
-                           pass_fds=(ring_fd, perf_fd))
-            try:
-                if gen is not None:
-                    probe.set_target(gen.pid)
-                res = _measure(child, rate, seconds, gen, progress, tag)
-                probe.set_target(0)
-                counters = probe.counters()  # final: nothing else emits once the generator is done
-                rep = child.finish()
-            finally:
-                child.kill()
-        finally:
+        argv = [str(binary), "--ring-fd", str(ring_fd), "--perf-fd", str(perf_fd),
+                "--interval-ms", str(max(1, round(interval_ms))), "--perf-pages", str(buffers.perf_pages)]
+        with ConsumerChild(argv, pass_fds=(ring_fd, perf_fd)) as child:
             if gen is not None:
-                gen.kill()
+                probe.set_target(gen.pid)
+            res = _measure(child, rate, seconds, gen, progress, tag)
+            probe.set_target(0)
+            counters = probe.counters()  # final: nothing else emits once the generator is done
+            rep = child.finish()
     written = {"perf": counters["perf"].ok, "ring": counters["ring"].ok}
     consumed = {"perf": rep["perf_records"], "ring": rep["ring_records"]}
     res.update(events=counters["perf"].attempts, consumed=consumed, written=written, report=rep)
