@@ -34,6 +34,8 @@ ensure_debs() {
 
 # 1. Debian packages. python3-bpfcc is the real bcc; PyPI's "bcc" is unrelated.
 ensure_debs "bcc, kernel headers, tools" python3-bpfcc bpftool linux-headers-amd64 bpftrace iproute2
+# bpfcc-tools: Debian's stock bcc tools (/usr/sbin/*-bpfcc), which tests/test_wrap.py runs unmodified under wrap.
+ensure_debs "stock bcc tools for the wrap tests" bpfcc-tools
 # Chromium: tests/test_report.py opens `migrator report`'s HTML in a real headless browser.
 ensure_debs "report test browser" chromium
 # PostgreSQL: the tests run the store, controller and CLI against a real server (scripts/postgres.sh
