@@ -336,9 +336,15 @@ def _move(op: str, config: Path | None, migration: int | None, reason: str, conf
 
     cfg, sf = writer(config)
     with database_errors(sf), sf() as s:
-        mid = api.get_migration(s, migration).id
+        m = api.get_migration(s, migration)
+        mid, planned = m.id, m.phase == "PLANNED"
+        warning = ops.check_plan(m, cfg, op)  # a changed plan: refused, or a warning for rollback/abort
+    if warning:
+        typer.echo(f"Warning: {warning}", err=True)
+    fp = start_fingerprint(cfg) if op == "advance" and planned else None  # leaving PLANNED freezes it
     with database_errors(sf):
-        t = ops.manual_move(sf, mid, op, reason=reason, applier=DbApplier(confirm_timeout=confirm_timeout))
+        t = ops.manual_move(sf, mid, op, reason=reason, applier=DbApplier(confirm_timeout=confirm_timeout),
+                            schema_fingerprint=fp)
     if as_json:
         emit_json(t)
     else:
@@ -360,6 +366,9 @@ def advance_cmd(config: Path = config_option(), migration: int = _migration_opti
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Move to the next phase or canary slice (passes a manual gate; clean-window and schema guards still apply).
 
+    Refused when canary.toml changed since `init`, as `start` is; from PLANNED it freezes the
+    schema fingerprint as `start` does.
+
     Example: migrator advance --reason "dashboards look fine"
     """
     _move("advance", config, migration, reason, confirm_timeout, as_json)
@@ -371,6 +380,8 @@ def pause_cmd(config: Path = config_option(), migration: int = _migration_option
               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Stop advancing (hosts keep their modes; automatic rollback stays armed).
 
+    Refused when canary.toml changed since `init`. Windows measured while paused never count as clean.
+
     Example: migrator pause --reason "change freeze"
     """
     _move("pause", config, migration, reason, None, as_json)
@@ -381,6 +392,8 @@ def resume_cmd(config: Path = config_option(), migration: int = _migration_optio
                reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Go back to the phase (and slice) the migration was paused in.
+
+    Refused when canary.toml changed since `init`.
 
     Example: migrator resume
     """
@@ -394,6 +407,8 @@ def rollback_cmd(config: Path = config_option(), migration: int = _migration_opt
                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Put every host back on PERF now (ROLLED_BACK, final).
 
+    A canary.toml changed since `init` only warns: stopping is always possible.
+
     Example: migrator rollback --reason "p99 lag regression on mig1"
     """
     _move("rollback", config, migration, reason, confirm_timeout, as_json)
@@ -405,6 +420,8 @@ def abort_cmd(config: Path = config_option(), migration: int = _migration_option
               confirm_timeout: float = _timeout_option(),
               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Cancel the migration (ABORTED, final): every host back on PERF.
+
+    A canary.toml changed since `init` only warns: stopping is always possible.
 
     Example: migrator abort --reason "wrong host list"
     """

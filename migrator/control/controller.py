@@ -401,9 +401,9 @@ def start_migration(session_factory: sessionmaker[Session], migration_id: int, *
         m = lock_migration(s, migration_id)
         if m.phase != Phase.PLANNED:
             return
-        m.schema_fingerprint = schema_fingerprint
         request_transition(s, migration_id, Phase.DUAL_INSTRUMENT, actor="manual", now=clock(),
-                           reason=f"start (schema fingerprint {schema_fingerprint})")
+                           reason=f"start (schema fingerprint {schema_fingerprint})",
+                           schema_fingerprint=schema_fingerprint)
     finish_transition(session_factory, migration_id, applier, clock)
 
 

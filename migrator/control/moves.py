@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.config import Config, config_from_snapshot, source_hash
 from migrator.errors import ConfigChanged, OptionError, SourceChanged, TransitionNotAllowed
-from migrator.control.phases import DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
+from migrator.control.phases import FINAL, DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
 from migrator.control.policy import what_if as replay
 from migrator.store import api
 from migrator.store.models import Host, Lease, Migration, Verdict, Window
@@ -58,11 +58,34 @@ def check_same_source(m: Migration, config: Config) -> None:
 
 
 MOVES = ("advance", "pause", "resume", "rollback", "abort")
+# Moves that stop a migration: a changed plan never blocks them (stopping must always be possible).
+STOPS = ("rollback", "abort")
+
+
+def check_plan(m: Migration, config: Config, op: str) -> str | None:
+    """A manual move checks canary.toml and the operator's program against the migration's recorded
+    plan, as `start` does. Changed: advance, pause and resume are refused (ConfigChanged,
+    SourceChanged); rollback and abort go ahead and this returns the warning to show. None when
+    the plan is unchanged or the migration is final (its own refusal says more)."""
+    if op not in MOVES:
+        raise OptionError("move", op, "is not a manual move", f"use one of {', '.join(MOVES)}")
+    if m.phase in FINAL:
+        return None
+    try:
+        check_same_config(m, config)
+    except (ConfigChanged, SourceChanged) as exc:
+        if op not in STOPS:
+            raise
+        return f"{exc}; {op} goes ahead anyway (stopping is always allowed)"
+    return None
 
 
 def manual_move(session_factory: sessionmaker[Session], migration_id: int, op: str, *, reason: str = "",
-                applier: ModeApplier | None = None) -> dict:
-    """advance | pause | resume | rollback | abort, by an operator; returns the transition as a dict."""
+                applier: ModeApplier | None = None, schema_fingerprint: str | None = None) -> dict:
+    """advance | pause | resume | rollback | abort, by an operator; returns the transition as a dict.
+
+    An advance out of PLANNED freezes `schema_fingerprint` as `start` does (default: the data
+    plane's, default_fingerprint())."""
     if op not in MOVES:
         raise OptionError("move", op, "is not a manual move", f"use one of {', '.join(MOVES)}")
     with session_factory() as s:
@@ -76,6 +99,9 @@ def manual_move(session_factory: sessionmaker[Session], migration_id: int, op: s
         target, to_slice = next_step(phase, slice_, slices)
         if phase in ("DUAL_INSTRUMENT", "SHADOW", "CANARY"):
             kw["min_clean"] = cfg.phase_rule(phase).min_clean_windows
+        if phase == Phase.PLANNED:
+            fp = schema_fingerprint or default_fingerprint()
+            kw.update(schema_fingerprint=fp, evidence={"schema_fingerprint": fp})
     elif op == "pause":
         target, to_slice = Phase.PAUSED, 0
     elif op == "resume":
@@ -146,5 +172,5 @@ def what_if_report(session: Session, migration_id: int | None = None, **override
     return report
 
 
-__all__ = ["init_migration", "manual_move", "status_report", "what_if_report", "default_fingerprint",
+__all__ = ["init_migration", "manual_move", "check_plan", "status_report", "what_if_report", "default_fingerprint",
            "check_same_config", "check_same_source", "snapshot_config"]

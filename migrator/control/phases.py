@@ -151,8 +151,12 @@ def check_guards(m: Migration, target: Phase, *, actor: str, min_clean: int, man
 def request_transition(session: Session, migration_id: int, target: str, *, to_slice: int = 0,
                        actor: str = "manual", reason: str = "", window_ids: list[int] | None = None,
                        evidence: dict | None = None, now: float | None = None, holder: str = "",
-                       min_clean: int = 0, manual_gate: bool = False) -> Transition:
-    """Check the move and its guards, then add the intent row; the caller commits it. Never applies."""
+                       min_clean: int = 0, manual_gate: bool = False,
+                       schema_fingerprint: str | None = None) -> Transition:
+    """Check the move and its guards, then add the intent row; the caller commits it. Never applies.
+
+    schema_fingerprint: frozen on the migration when the move leaves PLANNED for DUAL_INSTRUMENT
+    (`start` and `advance` alike), in the same transaction as the intent."""
     m = lock_migration(session, migration_id)
     if m.pending_transition_id is not None:
         t = session.get(Transition, m.pending_transition_id)
@@ -164,6 +168,8 @@ def request_transition(session: Session, migration_id: int, target: str, *, to_s
                      paused_phase=m.paused_phase, paused_slice=m.paused_slice)
     check_guards(m, tgt, actor=actor, min_clean=min_clean, manual_gate=manual_gate,
                  slices=slices, to_slice=to_slice)
+    if schema_fingerprint is not None and m.phase == Phase.PLANNED and tgt == Phase.DUAL_INSTRUMENT:
+        m.schema_fingerprint = schema_fingerprint
     hosts = session.execute(select(Host.name, Host.slice).where(Host.migration_id == migration_id)
                             .order_by(Host.position)).all()
     modes = modes_for(tgt, to_slice, [(h, s) for h, s in hosts])
