@@ -9,13 +9,21 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
+from migrator.cli._help import tidy_tree
 from migrator.errors import MigratorError
 
 _state = {"debug": False}
 
 
 class MigratorGroup(TyperGroup):
-    """The root command group: migrator errors end as one `Error: ...` line and an exit code, in one place."""
+    """The root command group: migrator errors end as one `Error: ...` line and an exit code, in one place.
+
+    It also makes the help of the whole tree reflow at any width (migrator.cli._help.tidy_tree).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        tidy_tree(self)
 
     def invoke(self, ctx):  # type: ignore[override]
         """Run the command; a MigratorError or Ctrl-C becomes a short message and exit code (--debug re-raises)."""
