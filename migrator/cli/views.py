@@ -128,9 +128,12 @@ def host_rows(rep: dict, now: float) -> list[tuple[str, ...]]:
 
 def header_lines(rep: dict) -> list[str]:
     """The lines above the host table: phase, window and streak, last verdict, pending move, lease, end."""
+    pause = rep.get("pause")  # while PAUSED: since the pause itself, not the paused phase's start
     lines = [f"migration {rep['migration_id']}: {rep['label']}"
              + (f" (paused in {rep['paused_phase']})" if rep["paused_phase"] else "")
-             + f"   since {_ts(rep['phase_since'])}"]
+             + f"   since {_ts(pause['at'] if pause else rep['phase_since'])}"]
+    if pause:
+        lines.append(f"paused by {pause['actor']}: {pause['reason']}")
     clean = (f", clean {rep['clean_windows']}/{rep['min_clean_windows']}"
              + (" + manual gate" if rep["manual_gate"] else "")) if rep["min_clean_windows"] is not None else ""
     lines.append(f"window {rep['window']}   breach streak {rep['streak']}/{rep['rollback_after']}{clean}"

@@ -39,7 +39,18 @@ from migrator.control.phases import (
     slice_count,
 )
 from migrator.control.liveness import lost_hosts, lost_reason
-from migrator.control.policy import BREACH, NO_DATA, PASS, GroupVerdict, StreakState, judge_group, judged_hosts, needed, next_streak
+from migrator.control.policy import (
+    BREACH,
+    NO_DATA,
+    PASS,
+    GroupVerdict,
+    StreakState,
+    judge_group,
+    judged_hosts,
+    needed,
+    next_streak,
+    overlaps_pause,
+)
 from migrator.store.api import self_protect_reports
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
@@ -145,6 +156,28 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+def pause_spans(session: Session, migration_id: int, since: float) -> list[tuple[float, float]]:
+    """(began, ended) of each pause of the migration confirmed at or after `since` (the current phase
+    position's start), from the pause's intent to its resume's confirmation; one still on ends at inf.
+    Derived from the transitions table, the audit of every move."""
+    rows = session.execute(select(Transition.from_phase, Transition.to_phase, Transition.created_at,
+                                  Transition.confirmed_at)
+                           .where(Transition.migration_id == migration_id, Transition.status == "confirmed",
+                                  Transition.confirmed_at >= since)
+                           .order_by(Transition.id)).all()
+    spans: list[tuple[float, float]] = []
+    began = None
+    for from_phase, to_phase, created_at, confirmed_at in rows:
+        if to_phase == Phase.PAUSED:
+            began = created_at
+        elif from_phase == Phase.PAUSED and began is not None:
+            spans.append((began, confirmed_at))
+            began = None
+    if began is not None:
+        spans.append((began, float("inf")))
+    return spans
+
+
 def acquire_lease(session: Session, migration_id: int, holder: str, now: float, ttl: float) -> None:
     """Take or renew the migration's lease; LeaseHeld while another live holder's lease is unexpired."""
     lease = session.get(Lease, migration_id, with_for_update=True)
@@ -206,6 +239,7 @@ class Controller:
         for r in rows:
             by_index[r.index].setdefault(r.host, {})[r.channel] = r
         state = StreakState(m.streak, tuple(json.loads(m.streak_window_ids)), m.clean_windows)
+        pauses = pause_spans(session, m.id, m.phase_since)
         grace = self.grace_windows * cfg.window_seconds
         verdict_rows: list[dict] = []
         fired = False
@@ -215,7 +249,9 @@ class Controller:
             if not need <= have and now < max(w.end for chans in group.values() for w in chans.values()) + grace:
                 break  # incomplete and not late yet: judge in order, so wait
             gv = judge_group(phase, index, judged, group, cfg.thresholds)
-            state = next_streak(state, gv.verdict, gv.window_id, cfg.no_data)
+            ws = [w for chans in group.values() for w in chans.values()]
+            paused_window = overlaps_pause(min(w.start for w in ws), max(w.end for w in ws), pauses)
+            state = next_streak(state, gv.verdict, gv.window_id, cfg.no_data, counts_clean=not paused_window)
             res.judged.append(gv)
             verdict_rows.extend(
                 {"migration_id": m.id, "window_id": hv.window_id, "scope": "host", "host": hv.host, "index": index,
@@ -255,12 +291,18 @@ class Controller:
                 res.blocked = f"{here}: {state.clean} clean windows; manual gate: waiting for `migrator advance`"
                 return res
             target, to_slice = next_step(phase, slice_, slices)
-            # The evidence: the clean slice windows that justified the move, oldest first.
-            clean_ids = session.scalars(
-                select(Verdict.window_id).where(Verdict.migration_id == m.id, Verdict.scope == "slice",
-                                                Verdict.phase == phase, Verdict.slice == slice_,
-                                                Verdict.verdict == PASS, Verdict.decided_at >= m.phase_since)
-                .order_by(Verdict.index.desc()).limit(max(state.clean, 1))).all()[::-1]
+            # The evidence: the clean slice windows that justified the move, oldest first (none of a pause).
+            clean_ids = []
+            for wid, start, end in session.execute(
+                    select(Verdict.window_id, Window.start, Window.end).outerjoin(Window, Window.id == Verdict.window_id)
+                    .where(Verdict.migration_id == m.id, Verdict.scope == "slice", Verdict.phase == phase,
+                           Verdict.slice == slice_, Verdict.verdict == PASS, Verdict.decided_at >= m.phase_since)
+                    .order_by(Verdict.index.desc())):
+                if start is None or not overlaps_pause(start, end, pauses):
+                    clean_ids.append(wid)
+                if len(clean_ids) >= max(state.clean, 1):
+                    break
+            clean_ids.reverse()
             try:
                 t = request_transition(session, m.id, target, to_slice=to_slice, actor="auto", now=now,
                                        holder=self.holder, min_clean=rule.min_clean_windows,

@@ -11,7 +11,7 @@ from migrator.errors import ConfigChanged, OptionError, SourceChanged, Transitio
 from migrator.control.phases import FINAL, DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
 from migrator.control.policy import what_if as replay
 from migrator.store import api
-from migrator.store.models import Host, Lease, Migration, Verdict, Window
+from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
 
 def default_fingerprint() -> str:
@@ -140,12 +140,11 @@ def status_report(session: Session, migration_id: int | None = None, now: float 
     ts = time.time() if now is None else now
     pending = None
     if m.pending_transition_id:
-        t = api.transition_dict(session.get(__import__("migrator.store.models", fromlist=["Transition"]).Transition,
-                                            m.pending_transition_id))
+        t = api.transition_dict(session.get(Transition, m.pending_transition_id))
         pending = {"id": t["id"], "to": t["to"], "to_slice": t["to_slice"]}
     return {
         "migration_id": m.id, "name": m.name, "phase": m.phase, "slice": m.slice, "slices": slices,
-        "label": label(m.phase, m.slice, slices), "paused_phase": m.paused_phase,
+        "label": label(m.phase, m.slice, slices), "paused_phase": m.paused_phase, "pause": pause_of(session, m),
         "phase_since": m.phase_since, "config_hash": m.config_hash, "schema_fingerprint": m.schema_fingerprint,
         "reported_fingerprint": m.reported_fingerprint, "window": m.judged_index,
         "streak": m.streak, "rollback_after": cfg.rollback_after, "no_data": cfg.no_data,
@@ -157,6 +156,19 @@ def status_report(session: Session, migration_id: int | None = None, now: float 
                   if lease else None),
         "hosts": api.hosts(session, m.id),
     }
+
+
+def pause_of(session: Session, m: Migration) -> dict | None:
+    """While PAUSED: when the pause began (its transition's confirmation, not the phase's start), by
+    whom and why; None otherwise."""
+    if m.phase != Phase.PAUSED:
+        return None
+    t = session.scalars(select(Transition).where(Transition.migration_id == m.id, Transition.to_phase == Phase.PAUSED,
+                                                 Transition.status == "confirmed")
+                        .order_by(Transition.id.desc()).limit(1)).first()
+    if t is None:
+        return None
+    return {"transition_id": t.id, "at": t.confirmed_at or t.created_at, "actor": t.actor, "reason": t.reason}
 
 
 def what_if_report(session: Session, migration_id: int | None = None, **overrides) -> dict:

@@ -21,8 +21,9 @@ Definitions (the controller and what-if use exactly these):
   breach when any limit is exceeded (`rule` lists every exceeded rule, `values` the numbers).
 * Group (slice window) verdict for index i: breach if any judged host breaches; otherwise
   no-data if any judged host has no data; otherwise pass.
-* Streak: consecutive breaching groups. pass -> 0 (and one more clean window); breach -> +1
-  (clean windows restart from 0); no-data -> `hold` leaves both, `breach` counts as a breach,
+* Streak: consecutive breaching groups. pass -> 0 (and one more clean window, unless the window
+  overlaps a pause: windows measured while PAUSED never count toward `min_clean_windows`);
+  breach -> +1 (clean windows restart from 0); no-data -> `hold` leaves both, `breach` counts as a breach,
   `reset` sets the streak to 0. Rollback fires on the group that brings the streak to N, and
   lists one window id per breaching group (its first breaching host's ring window).
 """
@@ -222,8 +223,10 @@ def judge_group(phase: str, index: int, judged: list[str], by_host: Mapping[str,
     return GroupVerdict(index, PASS, "ok", tuple(hv), any_id, values)
 
 
-def next_streak(state: StreakState, verdict: str, window_id: int | None, no_data: str) -> StreakState:
-    """The streak after one more group verdict (see module docstring)."""
+def next_streak(state: StreakState, verdict: str, window_id: int | None, no_data: str, *,
+                counts_clean: bool = True) -> StreakState:
+    """The streak after one more group verdict (see module docstring); counts_clean=False for a
+    window that overlaps a pause: a pass still ends the breach streak but adds no clean window."""
     if verdict == NO_DATA:
         if no_data == "hold":
             return state
@@ -231,8 +234,13 @@ def next_streak(state: StreakState, verdict: str, window_id: int | None, no_data
             return replace(state, streak=0, window_ids=())
         verdict = BREACH
     if verdict == PASS:
-        return StreakState(0, (), state.clean + 1)
+        return StreakState(0, (), state.clean + 1 if counts_clean else state.clean)
     return StreakState(state.streak + 1, state.window_ids + (window_id,), 0)
+
+
+def overlaps_pause(start: float, end: float, pauses: Iterable[tuple[float, float]]) -> bool:
+    """True when the interval [start, end] meets one of the (began, ended) pauses."""
+    return any(start < ended and end > began for began, ended in pauses)
 
 
 def judged_hosts(phase: str, slice_: int, hosts: list[tuple[str, int]]) -> list[str]:
