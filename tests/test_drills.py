@@ -170,3 +170,71 @@ def test_fault_with_an_unreachable_database_says_so(drill_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "database not reachable" in r.output
     assert [p.name for p in tmp_path.iterdir() if p.suffix in (".db", ".sqlite")] == []
+
+
+# -- deadlines: a drill nobody took in time lapses and never fires -------------------------------
+
+def test_a_drill_queued_then_expired_never_fires(tmp_path, caplog):
+    path = inject("mig1", "stall-ring", 2, tmp_path, expires_in=30, now=1_000.0)
+    assert json.loads(path.read_text())["expires_at"] == 1_030.0
+    box = DrillBox("mig1", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="migrator.agent"):
+        assert box.take(now=1_030.5) is None  # the first poll of an agent started after the deadline
+    assert not path.exists() and "lapsed" in caplog.text and "not acted out" in caplog.text
+    assert box.take(now=1_031.0) is None  # gone for good
+
+
+def test_a_drill_is_taken_up_to_its_deadline(tmp_path):
+    inject("mig1", "stall-ring", 2, tmp_path, expires_in=30, now=1_000.0)
+    assert DrillBox("mig1", tmp_path).take(now=1_030.0) == Drill("mig1", "stall-ring", 2.0)
+
+
+@pytest.mark.parametrize("expires_at", [None, "soon", True, "NaN"])
+def test_a_drill_without_a_deadline_is_refused(tmp_path, caplog, expires_at):
+    spec = {"host": "mig1", "kind": "stall-ring", "seconds": 1}
+    if expires_at is not None:
+        spec["expires_at"] = expires_at
+    path = _drop(tmp_path, "mig1", json.dumps(spec).replace('"NaN"', "NaN"))
+    with caplog.at_level(logging.WARNING, logger="migrator.agent"):
+        assert DrillBox("mig1", tmp_path).take() is None
+    assert not path.exists() and "refused" in caplog.text and "expires_at" in caplog.text
+
+
+@pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, 3601, True, "30"])
+def test_inject_refuses_a_bad_deadline(tmp_path, ttl):
+    with pytest.raises(DrillError) as ei:
+        inject("mig1", "stall-ring", 1, tmp_path / "d", expires_in=ttl)
+    assert ei.value.field == "expires_in" and not (tmp_path / "d").exists()
+
+
+def test_fault_writes_the_deadline_and_warns_when_no_agent_lives(cfg_path, drill_dir):
+    import time
+
+    before = time.time()
+    r = runner.invoke(app, ["fault", "h2", "stall-ring", "--expires-in", "5", "-c", str(cfg_path)])
+    assert r.exit_code == 0, r.output
+    assert r.stderr == ("fault: no live agent for h2 in migration 1 (its agent never reported); the drill lapses "
+                        "in 5 s unless an agent started with --drills takes it\n")
+    assert r.stdout == (f"fault stall-ring for 5 s queued for h2 ({drill_dir / 'h2.json'}); "
+                        "lapses in 5 s if no agent takes it\n")
+    spec = json.loads((drill_dir / "h2.json").read_text())
+    assert spec["expires_at"] == spec["at"] + 5 and before <= spec["at"] <= time.time()
+
+
+def test_fault_for_a_live_agent_does_not_warn(cfg_path, drill_dir):
+    from migrator.config import load_config
+    from migrator.store import api, open_store
+
+    sf = open_store(load_config(cfg_path).database_url)
+    with sf() as s, s.begin():
+        api.heartbeat(s, 1, "h1")
+    r = runner.invoke(app, ["fault", "h1", "stall-ring", "-c", str(cfg_path)])
+    assert (r.exit_code, r.stderr) == (0, "")
+    assert r.stdout.endswith("lapses in 30 s if no agent takes it\n")
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "nan", "7200"])
+def test_fault_refuses_a_bad_deadline_exit_1(cfg_path, drill_dir, ttl):
+    line = _one_error(runner.invoke(app, ["fault", "h1", "stall-ring", "--expires-in", ttl, "-c", str(cfg_path)]))
+    assert "expires_in" in line
+    assert not drill_dir.exists()

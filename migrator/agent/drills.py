@@ -3,6 +3,11 @@
 They exist only in an agent started with `--drills`. A drill is a small JSON file in a root-only
 directory (0700), named after the host and naming it inside; the agent that serves that host
 takes it, checks its shape, acts and deletes it. Anything else is refused with a log line.
+
+Every drill carries a deadline (`expires_at`, unix seconds; DRILL_TTL after it was queued unless
+asked otherwise). A drill nobody took by then lapses: the next agent of that host removes it with
+a log line and never acts it out, so a drill queued while no agent ran cannot fire in a later,
+unrelated run. A file without a deadline (an older migrator's) is refused the same way.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ DRILL_DIR = Path(os.environ.get("MIGRATOR_DRILL_DIR", "/run/migrator/drills"))
 # Agent-side drills (the lab adds traffic bursts and CPU load from outside the agent).
 DRILL_KINDS = ("stall-ring", "shrink-ring")
 MAX_SECONDS = 24 * 3600.0
+DRILL_TTL = 30.0  # a queued drill lapses this long after `migrator fault` unless --expires-in says otherwise
+MAX_TTL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -58,14 +65,30 @@ def drill_path(host: str, drill_dir: Path = DRILL_DIR) -> Path:
     return drill_dir / f"{host}.json"
 
 
-def inject(host: str, kind: str, seconds: float, drill_dir: Path = DRILL_DIR) -> Path:
-    """Queue a drill for `host`'s agent (started with --drills); it is taken within a poll."""
+def _number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_ttl(expires_in: object) -> float:
+    """A drill's time to live in seconds, or DrillError naming the fix."""
+    if not _number(expires_in) or not 0 < expires_in <= MAX_TTL:
+        raise DrillError("expires_in", expires_in, f"give a number of seconds in (0, {MAX_TTL:g}]")
+    return float(expires_in)
+
+
+def inject(host: str, kind: str, seconds: float, drill_dir: Path = DRILL_DIR, *, expires_in: float = DRILL_TTL,
+           now: float | None = None) -> Path:
+    """Queue a drill for `host`'s agent (started with --drills); it is taken within a poll, or lapses
+    `expires_in` seconds from now (its deadline is written in the file)."""
     d = validate(host, kind, seconds)
+    ttl = check_ttl(expires_in)
     drill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(drill_dir, 0o700)  # mkdir's mode is masked, and an old directory may be wider
     path = drill_path(d.host, drill_dir)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": d.host, "kind": d.kind, "seconds": d.seconds, "at": time.time()}))
+    at = time.time() if now is None else now
+    tmp.write_text(json.dumps({"host": d.host, "kind": d.kind, "seconds": d.seconds, "at": at,
+                               "expires_at": at + ttl}))
     tmp.replace(path)  # atomic: the agent never reads half a file
     return path
 
@@ -76,8 +99,8 @@ class DrillBox:
     def __init__(self, host: str, drill_dir: Path = DRILL_DIR) -> None:
         self.host, self.path = host, drill_path(host, drill_dir)
 
-    def take(self) -> Drill | None:
-        """The pending drill for this host, or None; a malformed file is removed and logged once."""
+    def take(self, now: float | None = None) -> Drill | None:
+        """The pending drill for this host, or None; a malformed or lapsed file is removed and logged once."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -100,7 +123,19 @@ class DrillBox:
             if ring is not None and (isinstance(ring, bool) or not isinstance(ring, int)
                                      or ring < os.sysconf("SC_PAGE_SIZE") or ring & (ring - 1)):
                 raise DrillError("ring_bytes", ring, "give a positive power of two, at least one page")
+            expires_at = spec.get("expires_at")
+            if not _number(expires_at):
+                raise DrillError("expires_at", expires_at, "queue it again with `migrator fault` (every drill has a deadline)")
+            ts = time.time() if now is None else now
+            if ts > expires_at:
+                log.warning("%s: drill file %s lapsed: %s for %g s, deadline %s (%.1f s ago); removed, not acted out",
+                            self.host, self.path, d.kind, d.seconds, _when(expires_at), ts - expires_at)
+                return None
             return Drill(d.host, d.kind, d.seconds, ring)
         except (ValueError, RecursionError, DrillError) as exc:  # ValueError covers bad UTF-8 and bad JSON
             log.warning("%s: drill file %s refused: %s", self.host, self.path, exc)
             return None
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from migrator.agent.drills import DRILL_KINDS, DRILL_DIR, inject, validate
+from migrator.agent.drills import DRILL_KINDS, DRILL_DIR, DRILL_TTL, check_ttl, inject, validate
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.config import hide_password
@@ -87,6 +87,8 @@ def fault_cmd(
     host: str = typer.Argument(..., help="Host whose agent should misbehave."),
     kind: str = typer.Argument(..., help=f"One of: {', '.join(DRILL_KINDS)}."),
     seconds: float = typer.Option(5.0, "--seconds", help="How long the fault lasts."),
+    expires_in: float = typer.Option(DRILL_TTL, "--expires-in",
+                                     help="Deadline: a drill no agent took this many seconds after queuing lapses."),
     config: Path = config_option(),
 ) -> None:
     """Queue a drill for a running agent started with --drills (lab and rehearsals only).
@@ -94,22 +96,34 @@ def fault_cmd(
     The host must be one the active migration lists (checked in the database of -c, default
     $MIGRATOR_CONFIG or ./canary.toml); without a reachable database only its name is checked.
 
+    Every drill has a deadline (--expires-in, default 30 s) written in its file. One that no agent
+    took by then is dropped: the next agent of that host removes it and never acts it out. A host
+    whose agent shows no recent heartbeat gets a warning, and its drill lapses unless an agent
+    started with --drills comes up before the deadline.
+
     Example: migrator fault mig1 stall-ring --seconds 6
     """
     d = validate(host, kind, seconds)  # before any path or database is touched
+    ttl = check_ttl(expires_in)
     listed = migration_hosts(config)
     if isinstance(listed, str):
         typer.echo(f"fault: {listed}; {d.host} checked as a name only", err=True)
     elif d.host not in listed[1]:
         raise DrillError("host", d.host, f"migration {listed[0]} lists {', '.join(listed[1]) or 'no hosts'}; "
                          "name one of them")
-    path = inject(d.host, d.kind, d.seconds, DRILL_DIR)
-    typer.echo(f"fault {kind} for {seconds:g} s queued for {host} ({path})")
+    elif d.host in listed[2]:
+        typer.echo(f"fault: no live agent for {d.host} in migration {listed[0]} ({listed[2][d.host]}); "
+                   f"the drill lapses in {ttl:g} s unless an agent started with --drills takes it", err=True)
+    path = inject(d.host, d.kind, d.seconds, DRILL_DIR, expires_in=ttl)
+    typer.echo(f"fault {kind} for {seconds:g} s queued for {host} ({path}); lapses in {ttl:g} s if no agent takes it")
 
 
-def migration_hosts(config: Path | None) -> tuple[int, list[str]] | str:
-    """(id, host names) of the active migration, or why they cannot be known (no config, no database,
-    no active migration). An explicit -c that is invalid is an error, not a reason to skip the check."""
+def migration_hosts(config: Path | None) -> tuple[int, list[str], dict[str, str]] | str:
+    """(id, host names, {silent host: why}) of the active migration, or why they cannot be known (no
+    config, no database, no active migration). A host is silent when its agent never reported or not
+    within [agents] lost_after_windows windows. An explicit -c that is invalid is an error, not a
+    reason to skip the check."""
+    from migrator.control import moves as ops
     from migrator.store import api, database_errors, open_store
 
     path = config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml"))
@@ -123,8 +137,23 @@ def migration_hosts(config: Path | None) -> tuple[int, list[str]] | str:
                 m = api.active_migration(s)
                 if m is None:
                     return f"no active migration in {hide_password(cfg.database_url)}"
-                return m.id, [h["name"] for h in api.hosts(s, m.id)]
+                hosts = api.hosts(s, m.id)
+                snap = ops.snapshot_config(m)
+                return m.id, [h["name"] for h in hosts], silent_agents(
+                    hosts, time.time(), snap.agents.lost_after_windows * snap.window_seconds)
         finally:
             sf.kw["bind"].dispose()
     except StoreError as exc:
         return f"database not reachable ({exc})"
+
+
+def silent_agents(hosts: list[dict], now: float, limit_seconds: float) -> dict[str, str]:
+    """{host: why} for each host whose agent never reported, or not for more than limit_seconds."""
+    out = {}
+    for h in hosts:
+        last = max((t for t in (h["last_heartbeat"], h["applied_at"]) if t is not None), default=None)
+        if last is None:
+            out[h["name"]] = "its agent never reported"
+        elif now - last > limit_seconds:
+            out[h["name"]] = f"last report {now - last:.0f} s ago"
+    return out
