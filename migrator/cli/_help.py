@@ -7,13 +7,14 @@ command, group and parameter once, when the root group is built:
 * a paragraph's lines are joined into one line (rich then wraps it to the terminal);
 * indented lines (example blocks) and paragraphs starting with \\b are kept line by line;
 * text that looks like rich markup (`[source]`, `[[source.attach]]`) is escaped so it shows;
-* flags show no `<bool>` type: a flag takes no value.
+* flags show no `<bool>` type (a flag takes no value), arguments with a metavar no type after it.
 """
 from __future__ import annotations
 
 import inspect
 
 from rich.markup import escape
+from typer.core import TyperArgument
 
 
 def reflow(text: str | None) -> str | None:
@@ -36,6 +37,12 @@ def reflow(text: str | None) -> str | None:
             else:
                 lines[-1] = f"{lines[-1]} {line.strip()}"
         out.append("\n".join(lines))
+    rest = "\n\n".join(out[1:]).split("\n")[1:]
+    if rest and all(line[:1].isspace() for line in rest if line.strip()):
+        # Typer dedents the text after the first paragraph as one block (inspect.cleandoc, which
+        # skips its first line): "Example:" followed only by indented lines would lose their
+        # indentation. A leading newline makes "Example:" count, and cleandoc drops it again.
+        out[1] = "\n" + out[1]
     return "\n\n".join(out) + sep + tail
 
 
@@ -68,4 +75,6 @@ def _tidy_params(params: list) -> list:
             p.help = _tidy(p.help)
         if getattr(p, "is_flag", False) and getattr(p, "metavar", None) is None:
             p.metavar = ""  # typer shows the metavar instead of `<bool>`: a flag takes no value
+        elif isinstance(p, TyperArgument) and p.metavar:
+            p.display_type_rich = lambda ctx: None  # COMMAND, not COMMAND <list[str]>: the name says it
     return params

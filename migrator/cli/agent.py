@@ -24,7 +24,7 @@ log = logging.getLogger("migrator.agent")
 def agent_cmd(
     host: str = typer.Option(..., "--host", help="This host's name, as listed in the migration."),
     config: Path = config_option(),
-    migration: int = typer.Option(None, "--migration", help="Migration id (default: the active one)."),
+    migration: int = typer.Option(None, "--migration", "-m", help="Migration id (default: the active one)."),
     seconds: float = typer.Option(None, "--seconds", help="Stop after this long (default: until SIGTERM/Ctrl-C)."),
     drills: bool = typer.Option(False, "--drills", help="Act out faults queued with `migrator fault` (lab and rehearsals only)."),
     tc_device: str = typer.Option(None, "--tc-device", help="Device the tc probe attaches to (default: <host>-n, the lab's)."),

@@ -10,7 +10,12 @@ from migrator.cli._out import emit_json
 from migrator.cli.shadow import usage
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
-                             "controller (windows/s, query times), rollback (latency on the lab).",
+                             "controller (windows/s, query times), rollback (latency on the lab), overhead (CPU "
+                             "against a libbpf C consumer).\n\n"
+                             "Examples:\n\n"
+                             "    sudo migrator bench consumers --events 2000000\n\n"
+                             "    migrator bench controller --hosts 50 --json\n\n"
+                             "    sudo migrator bench rollback --runs 5",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -83,7 +88,8 @@ def consumers(
 
         sudo migrator bench consumers --events 2000000
 
-        sudo migrator bench consumers --stream mixed --events 20000 --json | jq .streams.mixed.ratios
+        sudo migrator bench consumers --stream mixed --events 20000 --json \\
+            | jq .streams.mixed.ratios
     """
     from migrator.tools.bench.consumers import STREAMS, bench_consumers  # loads bcc: only when the command runs
 
@@ -182,8 +188,8 @@ def overhead_cmd(
     rates: list[float] = typer.Option(None, "--rate", min=0,
                                       help="Events per second (repeat the option; 0 = idle). Default: 0, 10k, 100k, 1M."),
     seconds: float = typer.Option(5.0, "--seconds", min=0.1, help="Seconds of events per rate and consumer."),
-    config: str = typer.Option(None, "--config", "-c", help="Take \\[buffers] (sizes, wakeup, max_delay_ms) from this canary.toml."),
-    max_delay_ms: float = typer.Option(None, "--max-delay-ms", min=0.1, help="Our batch clock (default: \\[buffers] max_delay_ms)."),
+    config: str = typer.Option(None, "--config", "-c", help="Take [buffers] (sizes, wakeup, max_delay_ms) from this canary.toml."),
+    max_delay_ms: float = typer.Option(None, "--max-delay-ms", min=0.1, help="Our batch clock (default: [buffers] max_delay_ms)."),
     c_interval_ms: float = typer.Option(None, "--c-interval-ms", min=1, help="The C consumer's timer (default: max delay)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object {rates, targets, notes}."),
 ) -> None:
@@ -210,3 +216,29 @@ def overhead_cmd(
         emit_json(res)
     else:
         typer.echo(render_overhead(res))
+
+
+@bench_app.command("parity")
+def parity_cmd(
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds; each runs every variant once, alternating."),
+    count: int = typer.Option(50_000, "--count", min=1, help="getpid() calls the tool's child makes per run."),
+    pages: int = typer.Option(64, "--pages", min=1, help="The tool's open_perf_buffer page_cnt (a power of two)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {runs, variants}."),
+) -> None:
+    """Never worse than the original: a bursty bcc tool run plainly and under `migrator wrap` in PERF, DUAL and RING.
+
+    The tool (migrator/tools/bench/bursty_tool.py, unmodified bcc) bursts COUNT events into a PAGES-page perf buffer. Each round runs it plainly and wrapped in every mode, alternating; per variant it prints what the tool's callback got in each round, the median against plain's, what its lost_cb heard, wrap's books (perf lost, records filled from the ring copy, ring dropped) and the whole process's CPU. Progress goes to stderr.
+
+    Example:
+
+        sudo migrator bench parity --rounds 3 --count 50000 --pages 64
+    """
+    from migrator.tools.bench.parity import render, run_parity
+
+    if pages & (pages - 1):
+        raise typer.BadParameter(f"must be a power of two, got {pages}", param_hint="--pages")
+    res = run_parity(rounds, count, pages, progress=lambda m: typer.echo(f"parity: {m}", err=True))
+    if json_out:
+        emit_json(res.to_dict())
+    else:
+        typer.echo(render(res))

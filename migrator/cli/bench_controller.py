@@ -22,7 +22,7 @@ def controller_cmd(hosts: int = typer.Option(1000, "--hosts", min=1, help="Hosts
                    db_windows: int = typer.Option(1_000_000, "--db-windows", min=100, help="Windows in the history database."),
                    db: str = typer.Option(None, "--db", callback=_db_option,
                                           help="Keep/reuse the history database: an SQLite file path or an "
-                                               "SQLAlchemy URL (postgresql+psycopg://user:password@host/db)."),
+                                               "SQLAlchemy URL (PostgreSQL: see the last example)."),
                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Controller throughput (windows/s evaluated and persisted) and `history`/`windows --last 100` times.
 
@@ -30,8 +30,14 @@ def controller_cmd(hosts: int = typer.Option(1000, "--hosts", min=1, help="Hosts
     a server the evaluate part runs as a migration of its own there, deleted afterwards). ANALYZE
     runs after the history's bulk load.
 
-    Examples: migrator bench controller;  migrator bench controller --hosts 50 --windows 5 --db-windows 5000 --json;
-    migrator bench controller --db postgresql+psycopg://migrator@/bench?host=/var/run/postgresql
+    Examples:
+
+        migrator bench controller
+
+        migrator bench controller --hosts 50 --windows 5 --db-windows 5000 --json
+
+        migrator bench controller \\
+            --db 'postgresql+psycopg://migrator@/bench?host=/var/run/postgresql'
     """
     from migrator.tools.bench.controller import bench_controller
 

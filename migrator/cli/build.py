@@ -22,7 +22,7 @@ def cflags_cmd(max_payload: int = typer.Option(None, "--max-payload", help="Larg
 
         migrator cflags
 
-        python3 -c "from bcc import BPF; import migrator; b = migrator.load(src_file='mytool.bpf.c')"
+        python3 -c "import migrator; migrator.load(src_file='mytool.bpf.c')"
     """
     try:
         flags = rewrite.cflags(max_payload=max_payload, ring_wakeup=ring_wakeup)

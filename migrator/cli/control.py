@@ -28,7 +28,7 @@ CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."
 def metrics_addr_option() -> str:
     """--metrics-addr HOST:PORT, the Prometheus endpoint of the long-running commands."""
     return typer.Option(None, "--metrics-addr", metavar="HOST:PORT", callback=_check_metrics_addr,
-                        help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port).")
+                        help="Serve Prometheus metrics on HOST:PORT, path /metrics (port 0: any free port).")
 
 
 def _check_metrics_addr(value: str | None) -> str | None:
@@ -198,7 +198,7 @@ def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_def
 
     Examples:
 
-        migrator init --example > canary.toml    # start from the shipped, commented plan
+        migrator init --example > canary.toml    # the shipped plan, commented
 
         migrator init canary.toml
     """
@@ -225,12 +225,12 @@ def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_def
 
 @app.command("start")
 def start_cmd(config: Path = config_option(),
-              schema_fingerprint: str = typer.Option(None, "--schema-fingerprint",
+              schema_fingerprint: str = typer.Option(None, "--schema-fingerprint", metavar="FP",
                                                      help="Event schema fingerprint to freeze (default: the data plane's)."),
-              confirm_timeout: float = typer.Option(None, "--confirm-timeout", min=0.0,
+              confirm_timeout: float = typer.Option(None, "--confirm-timeout", min=0.0, metavar="SECONDS",
                                                     help="Wait this long for agents to apply each mode change."),
               run: bool = typer.Option(True, "--run/--no-run", help="Keep driving the migration (the controller loop)."),
-              seconds: float = typer.Option(None, "--for", min=0.0, help="Stop the loop after this many seconds."),
+              seconds: float = typer.Option(None, "--for", min=0.0, metavar="SECONDS", help="Stop the loop after this many seconds."),
               metrics_addr: str = metrics_addr_option(),
               as_json: bool = typer.Option(False, "--json", help="Print JSON."),
               log_format: LogFormat = log_format_option(),
@@ -356,7 +356,7 @@ def _migration_option():
 
 
 def _timeout_option():
-    return typer.Option(None, "--confirm-timeout", min=0.0, help="Wait this long for agents to apply the new modes.")
+    return typer.Option(None, "--confirm-timeout", min=0.0, metavar="SECONDS", help="Wait this long for agents to apply the new modes.")
 
 
 @app.command("advance")

@@ -14,7 +14,10 @@ from migrator.errors import MigratorError
 
 lab_app = typer.Typer(
     help="Simulated hosts on this machine: network namespaces joined by veth pairs (needs root).\n\n"
-         "Example: sudo migrator lab up --hosts 4 && sudo migrator lab traffic mig1 --profile burst --count 10000",
+         "Examples:\n\n"
+         "    sudo migrator lab up --hosts 4\n\n"
+         "    sudo migrator lab traffic mig1 --profile burst --count 10000\n\n"
+         "    sudo migrator lab run --fault stall-ring",
     no_args_is_help=True,
 )
 app.add_typer(lab_app, name="lab")
@@ -178,10 +181,14 @@ def run(
     The run gets its own directory (canary.toml, SQLite database, agent logs) so it can be
     inspected afterwards with `migrator status|history|windows -c <run-dir>/canary.toml`.
 
-    Examples:
-      migrator lab run                        # 4 hosts, ends COMPLETE
-      migrator lab run --fault stall-ring     # the canary host stalls: ends ROLLED_BACK
-      migrator lab run --fault shrink-ring    # the canary's ring shrinks to 16 KiB for a while
+    Examples (the first ends COMPLETE on 4 hosts; with stall-ring the canary host stalls and the run ends
+    ROLLED_BACK; with shrink-ring the canary's ring shrinks to 16 KiB for a while):
+
+        sudo migrator lab run
+
+        sudo migrator lab run --fault stall-ring
+
+        sudo migrator lab run --fault shrink-ring
 
     --log-format and --log-level also apply to the agents it starts (their logs in the run directory).
     """

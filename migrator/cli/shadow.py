@@ -46,7 +46,7 @@ def usage(check):
 @app.command()
 def shadow(
     seconds: float = typer.Option(10.0, "--seconds", "-s", callback=usage("check_seconds"), help="How long to run."),
-    window: float = typer.Option("1s", "--window", "-w", parser=usage("parse_duration"), metavar="<duration>",
+    window: float = typer.Option("1s", "--window", parser=usage("parse_duration"), metavar="<duration>",
                                  help="Window length: 1s, 500ms, 2.5."),
     probe: ProbeName = typer.Option("synthetic", "--probe",
                                     help="synthetic (getppid of a generator) or proc (fork/exec/exit)."),

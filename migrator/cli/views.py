@@ -217,7 +217,7 @@ def status_cmd(config: Path = config_option(), migration: int = _migration_optio
 
         migrator status
 
-        migrator status --watch --timeout 30m && echo migrated    # a pipeline step
+        migrator status --watch --timeout 30m && echo migrated
 
         migrator status --watch --json | jq -c '{phase, streak}'
     """
@@ -285,7 +285,11 @@ def list_cmd(config: Path = config_option(),
              as_json: bool = typer.Option(False, "--json", help="Print JSON (a list, oldest first).")) -> None:
     """Read-only: every migration in the database: id, name, phase, created, hosts, windows, last transition.
 
-    Examples: migrator list;  migrator list --json | jq '.[] | select(.phase == "ROLLED_BACK") | .id'
+    Examples:
+
+        migrator list
+
+        migrator list --json | jq '.[] | select(.phase == "ROLLED_BACK") | .id'
     """
     from migrator.control.phases import label
     from migrator.store import api, database_errors
@@ -348,7 +352,11 @@ def windows_cmd(config: Path = config_option(), migration: int = _migration_opti
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Read-only: per-window measurements with their verdicts, per host and channel.
 
-    Examples: migrator windows --phase SHADOW --host mig1;  migrator windows --last 100 --json
+    Examples:
+
+        migrator windows --phase SHADOW --host mig1
+
+        migrator windows --last 100 --json
     """
     from migrator.store import api, database_errors
 
@@ -371,16 +379,38 @@ def windows_cmd(config: Path = config_option(), migration: int = _migration_opti
 
 @app.command("what-if")
 def what_if_cmd(config: Path = config_option(), migration: int = _migration_option(),
-                rollback_after: int = typer.Option(None, "--rollback-after", min=1, help="Another N."),
-                max_loss_rate: float = typer.Option(None, "--max-loss-rate", min=0.0, max=1.0),
-                max_lag_p99_ms: float = typer.Option(None, "--max-lag-p99-ms", min=0.0),
-                max_parse_errors: int = typer.Option(None, "--max-parse-errors", min=0),
-                max_payload_mismatch: int = typer.Option(None, "--max-payload-mismatch", min=0),
-                no_data: str = typer.Option(None, "--no-data", help="hold, breach or reset."),
+                rollback_after: int = typer.Option(None, "--rollback-after", min=1, metavar="N",
+                                                   help="Breaching windows in a row that roll back."),
+                max_loss_rate: float = typer.Option(None, "--max-loss-rate", min=0.0, max=1.0, metavar="RATE",
+                                                    help="Most (dropped + lost) / attempts of a ring window."),
+                max_lag_p99_ms: float = typer.Option(None, "--max-lag-p99-ms", min=0.0, metavar="MS",
+                                                     help="Most end-to-end lag p99 of the ring consumer."),
+                max_loss_delta: float = typer.Option(None, "--max-loss-delta", max=1.0, metavar="RATE",
+                                                     help="Most ring loss rate minus perf loss rate."),
+                max_lag_ratio: float = typer.Option(None, "--max-lag-ratio", min=0.0, metavar="RATIO",
+                                                    help="Most ring lag p99 / perf lag p99."),
+                max_cpu_ratio: float = typer.Option(None, "--max-cpu-ratio", min=0.0, metavar="RATIO",
+                                                    help="Most ring consumer CPU per event / perf's."),
+                max_inversions: int = typer.Option(None, "--max-inversions", min=0, metavar="COUNT",
+                                                   help="Most ordering inversions in a ring window."),
+                min_events: int = typer.Option(None, "--min-events", min=1, metavar="COUNT",
+                                               help="Fewest attempts a window needs to be judged (fewer: no-data)."),
+                max_parse_errors: int = typer.Option(None, "--max-parse-errors", min=0, metavar="COUNT",
+                                                     help="Most ring records per window no payload layout reads."),
+                max_payload_mismatch: int = typer.Option(None, "--max-payload-mismatch", min=0, metavar="COUNT",
+                                                         help="Most ring payloads per window that differ from perf's (DUAL)."),
+                no_data: str = typer.Option(None, "--no-data", metavar="hold|breach|reset",
+                                            help="What a window without data does to the streak."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Read-only: replay stored windows under other thresholds / N; where would it have rolled back?
 
-    Example: migrator what-if --rollback-after 2 --max-loss-rate 0.0005
+    Every option not given keeps the value the migration was planned with (its canary.toml [thresholds], rollback_after and no_data), so what-if without options replays the migration as it ran.
+
+    Examples:
+
+        migrator what-if --rollback-after 2 --max-loss-rate 0.0005
+
+        migrator what-if --max-lag-ratio 2 --min-events 100 --json
     """
     from migrator.control import moves as ops
     from migrator.store import database_errors
@@ -391,6 +421,8 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
     with database_errors(sf), sf() as s:
         rep = ops.what_if_report(s, migration, rollback_after=rollback_after, no_data=no_data,
                                  max_loss_rate=max_loss_rate, max_lag_p99_ms=max_lag_p99_ms,
+                                 max_loss_delta=max_loss_delta, max_lag_ratio=max_lag_ratio,
+                                 max_cpu_ratio=max_cpu_ratio, max_inversions=max_inversions, min_events=min_events,
                                  max_parse_errors=max_parse_errors, max_payload_mismatch=max_payload_mismatch)
     if as_json:
         emit_json(rep)

@@ -43,14 +43,14 @@ def _usage(check):
 @app.command("wrap", context_settings={"allow_interspersed_args": False})
 def wrap_cmd(
     command: list[str] = typer.Argument(..., metavar="COMMAND",
-                                        help="The bcc tool: a name on PATH, a script, or python3 SCRIPT."),
+                                        help="The bcc tool and its arguments, after --: a name on PATH, a script, or python3 SCRIPT."),
     config: Path = typer.Option(None, "--config", "-c", show_default=False,
                                 help="canary.toml: serve --host in its migration (the database decides the mode)."),
     host: str = typer.Option(None, "--host", help="This host's name in canary.toml (needed with -c)."),
     mode: Mode = typer.Option(None, "--mode", help="Standalone mode: DUAL (default), PERF or RING."),
     ring_bytes: int = typer.Option(DEFAULT_RING_BYTES, "--ring-bytes", callback=_usage(check_ring_bytes),
                                    help="Ring size of every channel, a power of two in bytes."),
-    window: float = typer.Option(None, "--window", "-w", parser=_usage("parse_duration"), metavar="<duration>",
+    window: float = typer.Option(None, "--window", parser=_usage("parse_duration"), metavar="<duration>",
                                  help="Window length: 1s, 500ms (default 1s, or the config's)."),
     json_out: bool = typer.Option(False, "--json", help="The closing report as one JSON object on stderr."),
     log_format: LogFormat = log_format_option(),
@@ -118,7 +118,9 @@ def render_report(rep) -> list[str]:
             f"no: {s['not_on_ring']} never reached the ring ({s['emitted_in_perf_mode']} emitted in PERF mode, "
             f"{s['not_on_ring'] - s['emitted_in_perf_mode']} missing)")
     lines.append(f"what this tool would see on the ring buffer: {s['acted']} events acted on, "
-                 f"ring delivered {s['ring_delivered']} dropped {s['ring_dropped']}, perf lost {s['perf_lost']}; "
+                 f"ring delivered {s['ring_delivered']} dropped {s['ring_dropped']}, perf lost {s['perf_lost']}"
+                 + (f" ({s['filled_from_ring']} of them delivered from their ring copy)" if s["filled_from_ring"] else "")
+                 + "; "
                  f"every acted event also seen on ring: {seen}")
     notes = []
     if s["ring_not_acted"]:
