@@ -52,8 +52,10 @@
  *
  * RECORD: struct migrator_hdr (32 bytes, little endian), then `len` payload bytes.
  *   flags bits 0-1: the mode at emit time; bits 2-7 the epoch at emit time; 0x100 payload
- *   truncated; 0x200 RESERVE/SUBMIT.
- *   In DUAL both copies carry the same seq. perf samples are padded to 8 bytes by the kernel,
+ *   truncated; 0x200 RESERVE/SUBMIT; 0x400 (ring copy, DUAL) perf refused this record.
+ *   In DUAL both copies carry the same seq. perf is written first, so when perf refuses a
+ *   record its ring copy says so (0x400): that copy is then the record's only one, and the
+ *   reader delivers it in perf's place (never worse than perf alone, without any timing guess). perf samples are padded to 8 bytes by the kernel,
  *   so use `len`, not the sample size.
  *
  * EPOCHS (why every window's books balance exactly, also under load)
@@ -123,6 +125,7 @@
 #define MIGRATOR_FLAG_EPOCH_MASK 0x00fc /* bits 2-7, in the mode word and in the record flags */
 #define MIGRATOR_FLAG_TRUNCATED 0x0100
 #define MIGRATOR_FLAG_RESERVED 0x0200
+#define MIGRATOR_FLAG_PERF_LOST 0x0400 /* in a DUAL ring copy: perf refused the record */
 
 /* Counter indexes in name__cnt (per CPU). */
 #define MIGRATOR_CNT_PERF_ATTEMPTS 0
@@ -324,6 +327,8 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
     if (mode != MIGRATOR_MODE_RING)
         rc = __migrator_perf_@NAME@(&k, ctx, sc, total, cb);
     if (mode != MIGRATOR_MODE_PERF) {
+        if (rc)
+            sc->flags |= MIGRATOR_FLAG_PERF_LOST; /* the ring copy is the only one */
         int rrc = __migrator_ring_@NAME@(&k, sc, total, cb);
         if (!rc)
             rc = rrc;
@@ -379,9 +384,12 @@ static __always_inline void __migrator_submit_@NAME@(void *ctx, u32 st, void *p,
     int k = 0;
     struct migrator_hdr *h = ((struct migrator_hdr *)p) - 1;
     int cb = __migrator_cb_@NAME@(h->flags); /* the epoch of the reservation */
+    int rc = 0;
     if (st != MIGRATOR_ST_RING)
-        __migrator_perf_@NAME@(&k, ctx, (struct migrator_record *)h, sizeof(*h) + size, cb);
+        rc = __migrator_perf_@NAME@(&k, ctx, (struct migrator_record *)h, sizeof(*h) + size, cb);
     if (st == MIGRATOR_ST_DUAL || st == MIGRATOR_ST_RING) {
+        if (rc)
+            h->flags |= MIGRATOR_FLAG_PERF_LOST; /* the ring copy is the only one */
         __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
         @NAME@__ring.ringbuf_submit(h, MIGRATOR_RB_FLAGS);
         __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_OK);

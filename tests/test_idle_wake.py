@@ -30,7 +30,7 @@ def test_idle_wait_lasts_the_timeout_and_a_record_ends_it():
     with Probe("synthetic") as probe:
         feed = _feed(probe)
         try:
-            assert feed.pipe.ring_wakes and feed.mode == "DUAL"
+            assert feed.pipe.records_wake and feed.mode == "DUAL"
             time.sleep(0.05)  # past the batch clock kept after the switch to DUAL
             _quiet(feed)
             t0 = time.monotonic()
@@ -77,7 +77,7 @@ def test_without_ring_wakeups_the_batch_clock_bounds_an_idle_wait(mode, ring_wak
     with Probe("synthetic") as probe:
         feed = _feed(probe, mode=mode, ring_wakeup=ring_wakeup)
         try:
-            assert not feed.pipe.ring_wakes
+            assert not feed.pipe.records_wake
             _quiet(feed)
             t0 = time.monotonic()
             assert feed.pipe.poll(timeout=1.0) == 0
@@ -90,11 +90,11 @@ def test_switching_to_perf_turns_the_long_wait_off_and_back():
     with Probe("synthetic") as probe:
         feed = _feed(probe)
         try:
-            assert feed.pipe.ring_wakes
+            assert feed.pipe.records_wake
             feed.set_mode("PERF")
-            assert not feed.pipe.ring_wakes
+            assert not feed.pipe.records_wake
             feed.set_mode("RING")
-            assert feed.pipe.ring_wakes
+            assert feed.pipe.records_wake
         finally:
             feed.close()
 

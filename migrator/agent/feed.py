@@ -3,7 +3,8 @@
 A ring has one shared consumer position and perf one per CPU, so the process that acts on the
 events must be the reader. A Feed reads both channels of one MIGRATOR_CHANNEL, hands each event
 exactly once to the operator's code from the acting channel (perf in PERF and DUAL, ring in
-RING; switches cut at a seq, see dataplane/handover.py), keeps the books of both channels per
+RING; switches cut at a seq, see dataplane/handover.py; in DUAL a record perf lost comes from its
+ring copy instead, `filled_from_ring`), keeps the books of both channels per
 window on the shared clock, and, given a database link, follows the host's desired mode, writes
 its windows and falls back to PERF when the database is lost (unless RING was confirmed).
 
@@ -27,7 +28,7 @@ from migrator.agent.link import DbLink, Desired
 from migrator.agent.selfprotect import Protection, SelfProtect
 from migrator.dataplane.channel import Channel
 from migrator.dataplane.compare import PayloadCompare
-from migrator.dataplane.frames import Frames
+from migrator.dataplane.frames import FLAG_PERF_LOST, Frames
 from migrator.dataplane.handover import Handover
 from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.schema import Registry, bcc_registry
@@ -84,6 +85,12 @@ class Feed:
         self.acted = {"perf": 0, "ring": 0}
         self._callback: Callable | None = None
         self._lost_cb: Callable | None = None
+        # What lost_cb is told: perf's PERF_RECORD_LOST counts less the records the ring delivered in
+        # their place, plus the ring's refusals while it acts (_operator_lost).
+        self._ring_held = 0  # ring copies of records perf refused, delivered
+        self._ring_lost = 0  # ring refusals while the ring acted
+        self._ring_refused_at: int | None = None
+        self._filled = 0  # this window: records perf lost that the ring delivered in perf's place
         self._batch_cb: Callable | None = None
         self._queue: list[np.ndarray] = []
         self._queueing = False  # batches() is in use: keep decoded batches for it (else only count)
@@ -109,18 +116,32 @@ class Feed:
         if self.metrics is not None:
             self.metrics.mode_source = lambda: self.mode
         self.set_mode(mode)
-        self.pipe.ring_wakes = self.ring_wakeup and self.mode != "PERF"
+        self._set_wakes()
         if link is not None:
             link.mode_source = lambda: self.channel.mode  # every heartbeat reports the map's mode
             if getattr(link, "wake_fd", None) is not None:
                 self.pipe.add_wake_fd(link.wake_fd)  # a new desired mode ends an idle wait at once
 
     # -- bcc's reader API -----------------------------------------------------------------------
-    def open_perf_buffer(self, callback: Callable, page_cnt: int | None = None, lost_cb: Callable | None = None) -> None:
+    def open_perf_buffer(self, callback: Callable, page_cnt: int | None = None, lost_cb: Callable | None = None,
+                         wakeup_events: int = 1) -> None:
         """bcc's `table.open_perf_buffer`: callback(cpu, data, size) per event, data at the payload.
 
-        page_cnt is accepted for compatibility; the buffers were sized when the feed was made.
+        Perf stays what the operator's bcc reader had: `page_cnt` pages per CPU (None: the feed's
+        `perf_pages`), a wakeup every `wakeup_events` records (bcc's 1; 0: wake at a quarter-full
+        buffer and drain on the batch clock, cheaper for the consumer but the producer then runs
+        unthrottled), drained as soon as woken. lost_cb(count) hears of the events lost to the
+        operator: perf's lost counts less those the ring delivered instead (DUAL), and the ring's
+        refusals while it acts.
         """
+        if page_cnt is not None and (page_cnt <= 0 or page_cnt & (page_cnt - 1)):
+            raise MigratorError(f"open_perf_buffer({self.name!r}): page_cnt must be a power of two, got {page_cnt}")
+        self.pipe.reopen_perf(page_cnt or self.pipe.perf.pages, max(0, int(wakeup_events)))
+        self._set_wakes()
+        self.deliver_to(callback, lost_cb)
+
+    def deliver_to(self, callback: Callable | None, lost_cb: Callable | None = None) -> None:
+        """Hand every delivered event to callback(cpu, data, size) (None: nobody), leaving the buffers as they are."""
         self._callback, self._lost_cb = callback, lost_cb
 
     def on_batch(self, callback: Callable[[np.ndarray], None]) -> None:
@@ -164,10 +185,16 @@ class Feed:
         if len(self.handover.owners) == 1 and self.handover.acting == channel:
             batch = frames  # owner of every seq, and of every one-channel record: all of them
         else:
+            # by seq, plus every record that is its only copy (a ring copy of one perf refused)
             mine = self.handover.owned(channel, frames.seq, frames.hdr["flags"])
             if not mine.any():  # measured only (the other channel acts): counted, never delivered
                 return
             batch = frames if mine.all() else frames.take(mine)
+        if channel == "ring":
+            held = (batch.hdr["flags"] & FLAG_PERF_LOST) != 0
+            if held.any():
+                self._ring_held += int(held.sum())
+                self._filled += int(self.handover.fills(batch.hdr["flags"][held], batch.seq[held]).sum())
         self.acted[channel] += len(batch)
         if self._callback is not None:
             cb = self._callback
@@ -223,10 +250,18 @@ class Feed:
         if mode != "RING":
             self.pipe.watch("perf")
         self.mode = mode
-        self.pipe.ring_wakes = self.ring_wakeup and mode != "PERF"
+        self._set_wakes()
         self.switches.append({"from": old, "to": mode, "at": t0, "read_back": time.time()})
         if self.link is not None:
             self.link.report(mode, t0)
+
+    def _set_wakes(self) -> None:
+        """Tell the pipe how records wake it in this mode: the ring's producer wakes its reader
+        (DUAL, RING with ring wakeups); perf wakes by count (PERF, DUAL with wakeup_events), and
+        then, while perf acts, a wakeup drains at once as the operator's bcc reader did."""
+        perf_wakes = self.pipe.perf.wakeup_events > 0 and self.mode != "RING"
+        self.pipe.records_wake = (self.ring_wakeup and self.mode != "PERF") or perf_wakes
+        self.pipe.drain_on_wake = perf_wakes and self.handover.acting == "perf"
 
     def _follow(self, desired: Desired) -> None:
         self.set_mode(desired.mode)
@@ -284,10 +319,24 @@ class Feed:
             elif not self.link.up:
                 self._safe_mode()
         if self._lost_cb is not None:
-            lost = self.channel.refused(self.handover.acting)  # 4 map lookups, every poll
+            lost = self._operator_lost()
             if lost > self._lost_seen:
                 self._lost_cb(lost - self._lost_seen)
-            self._lost_seen = lost
+                self._lost_seen = lost
+
+    def _operator_lost(self) -> int:
+        """Events lost to the operator so far: perf's PERF_RECORD_LOST counts (what bcc's lost_cb
+        hears) less the ring copies delivered in their place, and the ring's refusals while it acts.
+        A ring copy is committed before perf can report its loss, and a drain takes perf before the
+        ring, so the difference never runs ahead of the truth."""
+        if self.handover.acting == "ring":
+            refused = self.channel.refused("ring")  # 4 map lookups, every poll, only while the ring acts
+            if self._ring_refused_at is not None:
+                self._ring_lost += refused - self._ring_refused_at
+            self._ring_refused_at = refused
+        else:
+            self._ring_refused_at = None
+        return max(0, self.pipe.perf.lost_reported - self._ring_held) + self._ring_lost
 
     def _switch_evidence(self) -> dict | None:
         """The last mode switch with its timings, reported once its first perf record arrived."""
@@ -312,7 +361,10 @@ class Feed:
         parse, self._parse = self._parse, {"perf": 0, "ring": 0}
         cmp = self.compare.take()
         switch = self._switch_evidence()
+        filled, self._filled = self._filled, 0
         for w in ws:
+            if w.channel == "perf":
+                w.filled_from_ring = filled
             w.extra["schema_fingerprint"] = self.fingerprint
             w.extra["acted"] = self.acted[w.channel]
             w.parse_errors += parse[w.channel]

@@ -14,7 +14,7 @@ import numpy as np
 HDR_VERSION = 1
 HDR_DTYPE = np.dtype([
     ("hdr_version", "<u2"),
-    ("flags", "<u2"),  # bits 0-1: the mode in force at emit, 2-7 the epoch; FLAG_TRUNCATED, FLAG_RESERVED
+    ("flags", "<u2"),  # bits 0-1: the mode in force at emit, 2-7 the epoch; FLAG_TRUNCATED, FLAG_RESERVED, FLAG_PERF_LOST
     ("type", "<u2"),
     ("type_version", "<u2"),
     ("len", "<u4"),  # payload bytes after the header
@@ -27,6 +27,8 @@ assert HDR_SIZE == 32
 FLAG_MODE_MASK = 0x3
 FLAG_TRUNCATED = 0x100
 FLAG_RESERVED = 0x200
+# In a ring copy emitted in DUAL: perf refused the record, so this copy is its only one.
+FLAG_PERF_LOST = 0x400
 # The epoch a record was emitted in (bits 2-7 of flags and of the mode word; migrator.h EPOCHS).
 EPOCH_SHIFT = 2
 EPOCHS = 64

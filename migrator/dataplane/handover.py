@@ -13,12 +13,16 @@ one channel only, so that channel delivers it, whatever its seq. Only a record e
 two copies, and the seq decides which one is delivered. So a program run that read the old mode
 just before a switch, and fetched its seq just after the cut was read, is still delivered exactly
 once: from the only channel it went to.
+
+The same rule makes DUAL never worse than perf alone: when perf refuses a DUAL record (full), the
+kernel flags its ring copy (FLAG_PERF_LOST; perf is written first), which is then that record's only
+copy, so the ring delivers it whoever owns its seq: a "fill" when perf owns it.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from migrator.dataplane.frames import FLAG_MODE_MASK
+from migrator.dataplane.frames import FLAG_MODE_MASK, FLAG_PERF_LOST
 from migrator.shared.vocab import CHANNELS, MODE_VALUES
 
 DUAL = MODE_VALUES["DUAL"]
@@ -49,14 +53,31 @@ class Handover:
         self.cuts.append(int(seq))
         self.owners.append(to)
 
+    def by_seq(self, channel: str, seq: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of these seqs `channel` owns (the cut points alone)."""
+        if len(self.owners) == 1:
+            return np.full(len(seq), self.owners[0] == channel)
+        idx = np.searchsorted(np.asarray(self.cuts, dtype=np.uint64), seq.astype(np.uint64), side="right")
+        return np.asarray([o == channel for o in self.owners])[idx]
+
     def owned(self, channel: str, seq: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
         """Boolean mask: which of these records `channel` delivers: by seq, and, given their header
-        flags, every record emitted in a one-channel mode (its only copy) too."""
-        if len(self.owners) == 1:
-            mine = np.full(len(seq), self.owners[0] == channel)
-        else:
-            idx = np.searchsorted(np.asarray(self.cuts, dtype=np.uint64), seq.astype(np.uint64), side="right")
-            mine = np.asarray([o == channel for o in self.owners])[idx]
+        flags, every record that is its only copy too (emitted in a one-channel mode, or a ring copy
+        of a record perf refused)."""
+        mine = self.by_seq(channel, seq)
         if flags is not None:
-            mine |= (flags & FLAG_MODE_MASK) != DUAL
+            mine |= only_copy(channel, flags)
         return mine
+
+    def fills(self, flags: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        """Boolean mask over ring records: those delivered in perf's place (perf owns the seq but
+        refused the record)."""
+        return ((flags & FLAG_PERF_LOST) != 0) & self.by_seq("perf", seq)
+
+
+def only_copy(channel: str, flags: np.ndarray) -> np.ndarray:
+    """Boolean mask: records that are the only copy of their event on `channel`."""
+    alone = (flags & FLAG_MODE_MASK) != DUAL
+    if channel == "ring":
+        alone |= (flags & FLAG_PERF_LOST) != 0
+    return alone

@@ -118,12 +118,17 @@ class Pipeline:
         self.stall_ring_until = 0.0
         # poll(): the last drain found nothing, so wait on epoll rather than on the batch clock.
         self._idle = True
-        # Whether the ring's producer wakes an epoll waiter for the first record after a drain
-        # (adaptive or forced wakeups) and every record reaches the ring (DUAL, RING): an idle
-        # wait may then last the caller's whole timeout instead of one batch interval, since a
-        # record can no longer arrive unseen. False (the timer, as for perf below its watermark)
-        # unless the owner knows; set it through `ring_wakes`.
-        self._ring_wakes = False
+        # Whether every record is sure to wake an epoll waiter: the ring's producer wakes (adaptive
+        # or forced wakeups) and every record reaches the ring (DUAL, RING), or perf wakes by count
+        # (wakeup_events) and every record reaches perf (PERF, DUAL). An idle wait may then last
+        # the caller's whole timeout instead of one batch interval, since a record can no longer
+        # arrive unseen. False (the timer, as for perf below its watermark) unless the owner
+        # knows; set it through `records_wake`.
+        self._records_wake = False
+        # Whether a perf wakeup ends any wait at once (bcc's reader: drain as records arrive): set
+        # by the owner while perf acts and its buffers wake by count, so a burst the producer
+        # writes is drained as fast as an unmodified bcc tool drains it, never on the batch clock.
+        self.drain_on_wake = False
         self._timer_until = 0.0  # until then idle waits keep the batch clock (after a mode switch)
         # eventfds (add_wake_fd) whose write ends an idle wait at once: the owner's duties changed.
         self._wake_fds: set[int] = set()
@@ -139,23 +144,43 @@ class Pipeline:
         self.first_after[channel] = None
 
     @property
-    def ring_wakes(self) -> bool:
+    def records_wake(self) -> bool:
         """Whether a new record is sure to end an idle epoll wait (see __init__)."""
-        return self._ring_wakes
+        return self._records_wake
 
-    @ring_wakes.setter
-    def ring_wakes(self, on: bool) -> None:
-        if on and not self._ring_wakes:
+    @records_wake.setter
+    def records_wake(self, on: bool) -> None:
+        if on and not self._records_wake:
             # A record emitted just before the switch may sit in perf below its watermark:
             # keep the batch clock a little longer so it is not left waiting.
             self._timer_until = time.monotonic() + 2 * self.batch_interval
-        self._ring_wakes = bool(on)
+        self._records_wake = bool(on)
 
     def add_wake_fd(self, fd: int) -> None:
         """Let an eventfd end idle waits: a write to it makes poll() return (its count is read)."""
         if fd not in self._wake_fds:
             self._ep.register(fd, select.EPOLLIN)
             self._wake_fds.add(fd)
+
+    def reopen_perf(self, pages: int, wakeup_events: int) -> None:
+        """Re-size the perf buffers (pages per CPU) and their wakeup (every `wakeup_events`-th record,
+        0: the quarter-buffer watermark), losing nothing: the new buffers take the map's slots, one
+        grace period lets the writers that read the old slots finish, and what they wrote is
+        delivered before the old buffers are freed. Running totals (lost, parse errors) go on."""
+        old = self.perf
+        if pages == old.pages and wakeup_events == old.wakeup_events:
+            return
+        self.drain()
+        new = PerfConsumer(self.probe.perf_map, pages=pages, wakeup_events=wakeup_events)
+        self._grace.wait()  # no program still writes to the old buffers after this
+        self._take("perf", old)
+        new.carry_from(old)
+        self.perf = new
+        for fd in old.fds():
+            self._ep.unregister(fd)
+        old.close(clear_map=False)
+        for fd in new.fds():
+            self._ep.register(fd, select.EPOLLIN)
 
     def _clear_wakes(self, events: list[tuple[int, int]]) -> None:
         for fd, _ev in events:
@@ -170,10 +195,10 @@ class Pipeline:
         """Fault injection: while True the ring is not consumed (it fills and ages)."""
         return time.monotonic() < self.stall_ring_until
 
-    def _take(self, channel: str) -> int:
+    def _take(self, channel: str, consumer=None) -> int:
         if channel == "ring" and self.ring_stalled:
             return 0
-        batch = (self.ring if channel == "ring" else self.perf).consume()
+        batch = (consumer or (self.ring if channel == "ring" else self.perf)).consume()
         n = len(batch)
         if n:
             if self.watch_first.get(channel) is not None and self.first_after.get(channel) is None:
@@ -255,19 +280,24 @@ class Pipeline:
         one, sooner when a buffer would pass half full at the rate just seen: batches grow as long
         as the rate allows, and no record waits longer than the budget. While records flow the wait
         is one sleep to that instant (no epoll, no wake-up per record, nothing read per call but the
-        buffer positions). After a drain that found nothing, the wait is an epoll on the ring and
-        perf fds, bounded by the budget: the ring's wakeup or perf's watermark ends it early, and a
+        buffer positions). With `drain_on_wake` (perf acts and wakes by count, as the operator's bcc
+        reader did) every wait is the idle one below, and records perf holds are drained at once,
+        as bcc's reader drains them. After a drain that found nothing, the wait is an epoll on the
+        ring and perf fds, bounded by the budget: the ring's wakeup or perf's watermark ends it early, and a
         record that wakes nobody (BPF_RB_NO_WAKEUP, perf below its watermark) is found by the
-        timer. When every record is sure to wake the ring's waiter (`ring_wakes`), the idle wait
+        timer. When every record is sure to wake a waiter (`records_wake`), the idle wait
         lasts the whole `timeout`: a quiet consumer then wakes only for its owner's duties. A write
         to a wake fd (add_wake_fd) ends any idle wait. Returns 0 without draining when `timeout`
         ends before a drain is due.
         """
         now = time.monotonic()
-        if self._idle:
-            long_wait = self._ring_wakes and now >= self._timer_until
+        eager = self.drain_on_wake and not self.ring_stalled
+        if self._idle or eager:
+            long_wait = self._records_wake and now >= self._timer_until
             wait = timeout if long_wait else min(timeout, self.batch_interval)
-            if self.ring_stalled:
+            if eager and self.perf.pending_bytes():
+                pass  # perf holds records (its wakeup may have been seen by another waiter): drain now
+            elif self.ring_stalled:
                 time.sleep(min(wait, self.batch_interval))  # the ring's fd stays readable while stalled: epoll would spin
             elif wait > 0:
                 events = self._ep.poll(wait)

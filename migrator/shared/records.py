@@ -42,6 +42,8 @@ class ChannelWindow:
     lost: int = 0
     parse_errors: int = 0
     payload_mismatches: int = 0  # SHADOW: ring payloads that differ from perf's for the same seq
+    # perf row, DUAL: records perf lost (refused) that the operator got from their ring copy instead
+    filled_from_ring: int = 0
     in_flight: int = 0
     lag_p50_ms: float | None = None
     lag_p99_ms: float | None = None
@@ -103,7 +105,8 @@ def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
         attempts=a.attempts + b.attempts, delivered=a.delivered + b.delivered,
         dropped_full=a.dropped_full + b.dropped_full, dropped_other=a.dropped_other + b.dropped_other,
         lost=a.lost + b.lost + a.in_flight, parse_errors=a.parse_errors + b.parse_errors,
-        payload_mismatches=a.payload_mismatches + b.payload_mismatches, in_flight=b.in_flight,
+        payload_mismatches=a.payload_mismatches + b.payload_mismatches,
+        filled_from_ring=a.filled_from_ring + b.filled_from_ring, in_flight=b.in_flight,
         lag_p50_ms=worse(a.lag_p50_ms, b.lag_p50_ms), lag_p99_ms=worse(a.lag_p99_ms, b.lag_p99_ms),
         lag_max_ms=worse(a.lag_max_ms, b.lag_max_ms), inversions=a.inversions + b.inversions,
         consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=known_sum(a.bpf_run_ns, b.bpf_run_ns),
@@ -118,15 +121,16 @@ def _ms(v: float | None) -> str:
 
 WINDOW_HEADER = (
     f"{'host':<8} {'win':>4} {'chan':<4} {'mode':<4} {'attempts':>9} {'deliver':>9} {'dropped':>7} {'lost':>7} "
-    f"{'loss%':>6} {'p50ms':>6} {'p99ms':>6} {'inv':>5} {'cpu_s':>6} {'resid':>5}"
+    f"{'filled':>7} {'loss%':>6} {'p50ms':>6} {'p99ms':>6} {'inv':>5} {'cpu_s':>6} {'resid':>5}"
 )
 
 
 def window_line(w: ChannelWindow) -> str:
-    """One closed window as a fixed-width line under WINDOW_HEADER (`~` marks an unsettled residual)."""
+    """One closed window as a fixed-width line under WINDOW_HEADER (`~` marks an unsettled residual;
+    `filled`: records perf lost that were delivered from their ring copy instead)."""
     resid = str(w.residual) + ("" if w.settled else "~")
     return (
         f"{w.host:<8} {w.index:>4} {w.channel:<4} {w.mode:<4} {w.attempts:>9} {w.delivered:>9} {w.dropped:>7} "
-        f"{w.lost:>7} {100 * w.loss_rate:>6.2f} {_ms(w.lag_p50_ms):>6} {_ms(w.lag_p99_ms):>6} {w.inversions:>5} "
+        f"{w.lost:>7} {w.filled_from_ring:>7} {100 * w.loss_rate:>6.2f} {_ms(w.lag_p50_ms):>6} {_ms(w.lag_p99_ms):>6} {w.inversions:>5} "
         f"{w.consumer_cpu_s:>6.3f} {resid:>5}"
     )

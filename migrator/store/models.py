@@ -149,6 +149,8 @@ class Window(Base):
     parse_errors: Mapped[int] = mapped_column(BigInteger, default=0)
     # SHADOW: records whose ring payload differs from the perf payload of the same seq.
     payload_mismatches: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # perf rows, DUAL: records perf lost that the operator got from their ring copy instead.
+    filled_from_ring: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     in_flight: Mapped[int] = mapped_column(BigInteger, default=0)
     lag_p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     lag_p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -176,7 +176,7 @@ class Tap:
         self.feed.pipe.on_batch = self._on_batch
         self._close_window = self.feed.close_window
         self.feed.close_window = self._closed_window  # Feed._duties calls it through the instance
-        self.feed.open_perf_buffer(self._discard)
+        self.feed.deliver_to(self._discard)
 
     # -- the feed's side --
     def _on_batch(self, channel: str, frames) -> None:
@@ -213,8 +213,9 @@ class Tap:
         self.unread += 1
 
     # -- the tool's side --
-    def open(self, callback: Callable, page_cnt: int, lost_cb: Callable | None) -> None:
-        """The tool's open_perf_buffer on the anchor: hand its callback and lost_cb to the feed."""
+    def open(self, callback: Callable, page_cnt: int, lost_cb: Callable | None, wakeup_events: int = 1) -> None:
+        """The tool's open_perf_buffer on the anchor: its callback, lost_cb, page_cnt and wakeup_events
+        go to the feed, so perf is the buffer the tool asked bcc for."""
         def on_event(cpu, data, size):
             # bcc hands a perf callback the sample's raw size: the payload padded so that it and
             # its u32 size end on 8 bytes. The bytes are there in a perf record; a ring record is
@@ -242,7 +243,7 @@ class Tap:
                 self.callback_errors += 1
                 _unraisable(lost_cb)
 
-        self.feed.open_perf_buffer(on_event, page_cnt, on_lost if lost_cb is not None else None)
+        self.feed.open_perf_buffer(on_event, page_cnt, on_lost if lost_cb is not None else None, wakeup_events)
         self.opened = self.tracking = True
 
     @property
@@ -262,7 +263,7 @@ class Tap:
     def stop_delivery(self) -> None:
         """The tool is done with this channel: nothing more reaches its callbacks."""
         self.tracking = False
-        self.feed.open_perf_buffer(self._discard)
+        self.feed.deliver_to(self._discard)
 
     def close_last_window(self) -> None:
         """Close the feed's current window, the last one, before the feed is closed.
@@ -336,7 +337,7 @@ def merge_channels(ws: list[ChannelWindow], names: list[str], fingerprint: str) 
         extra["modes"] = dict(zip(names, (w.mode for w in ws)))
     total = {f: sum(getattr(w, f) for w in ws) for f in (
         "attempts", "delivered", "dropped_full", "dropped_other", "lost", "parse_errors", "payload_mismatches",
-        "in_flight", "inversions", "consumer_cpu_s", "residual")}
+        "filled_from_ring", "in_flight", "inversions", "consumer_cpu_s", "residual")}
     return dataclasses.replace(
         first, start=min(w.start for w in ws), end=max(w.end for w in ws), **total,
         lag_p50_ms=worst(w.lag_p50_ms for w in ws), lag_p99_ms=worst(w.lag_p99_ms for w in ws),
@@ -509,7 +510,7 @@ class WrapSession:
                 return orig["open"](table, callback, page_cnt, lost_cb, wakeup_events)
             if page_cnt & (page_cnt - 1) != 0:
                 raise Exception("Perf buffer page_cnt must be a power of two")  # bcc's own check and words
-            tap.open(callback, page_cnt, lost_cb)
+            tap.open(callback, page_cnt, lost_cb, wakeup_events)
 
         BPF.__init__ = __init__
         BPF._trace_autoload = _trace_autoload
@@ -712,6 +713,7 @@ class ChannelReport:
         ws = [w for w in self.windows if w.channel == channel]
         return {"attempts": sum(w.attempts for w in ws), "delivered": sum(w.delivered for w in ws),
                 "dropped": sum(w.dropped for w in ws), "lost": sum(w.lost for w in ws),
+                "filled_from_ring": sum(w.filled_from_ring for w in ws),
                 "residual": ws[-1].residual if ws else 0}  # a window's residual is cumulative
 
     def to_dict(self) -> dict:
@@ -750,6 +752,7 @@ class WrapReport:
                 "ring_delivered": sum(r["delivered"] for r in ring),
                 "ring_dropped": sum(r["dropped"] + r["lost"] for r in ring),
                 "perf_lost": sum(p["dropped"] + p["lost"] for p in perf),
+                "filled_from_ring": sum(p["filled_from_ring"] for p in perf),
                 "ring_not_acted": sum(c.ring_not_acted for c in self.channels),
                 "unread": sum(c.unread for c in self.channels),
                 "every_acted_event_on_ring": bool(self.channels) and not_on_ring == 0}

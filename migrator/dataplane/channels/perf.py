@@ -152,6 +152,9 @@ class PerfConsumer:
             # Default: wake when a quarter of the buffer is full; the poll timeout bounds the lag.
             watermark_bytes = 0 if wakeup_events else (pages * PAGE) // 4
         self.pages = pages
+        # Woken by count (bcc's wakeup_events, 1 by default): every N-th record wakes the reader, as
+        # an unmodified bcc tool asked; its reader then drains at once (Pipeline.drain_on_wake).
+        self.wakeup_events = wakeup_events if watermark_bytes == 0 else 0
         self.parse_errors = 0
         self.lost_reported = 0
         self.consumed = 0
@@ -182,6 +185,13 @@ class PerfConsumer:
         self._res = np.zeros(R_NRES, np.int64)
         self._pages_addr, self._offs_addr, self._sizes_addr, self._heads_addr, self._res_addr = (
             addr(a) for a in (self._pages, self._offs, self._sizes, self._heads, self._res))
+
+    def carry_from(self, old: "PerfConsumer") -> None:
+        """Continue the running totals of the consumer this one replaces (a re-sized buffer)."""
+        self.parse_errors += old.parse_errors
+        self.lost_reported += old.lost_reported
+        self.consumed += old.consumed
+        self.consumed_bytes += old.consumed_bytes
 
     def fds(self) -> list[int]:
         """The per-CPU perf event fds, for the caller to wait on (epoll)."""
@@ -246,9 +256,10 @@ class PerfConsumer:
         self.consumed += r[R_N]
         return frames
 
-    def close(self) -> None:
-        """Take the buffers out of the perf map, disable their events and free the mmaps and fds."""
-        perf_map = getattr(self, "_perf_map", None)
+    def close(self, clear_map: bool = True) -> None:
+        """Take the buffers out of the perf map (unless a successor's are there now: clear_map=False),
+        disable their events and free the mmaps and fds."""
+        perf_map = getattr(self, "_perf_map", None) if clear_map else None
         for b in self._bufs:
             if perf_map is not None:
                 try:
