@@ -35,6 +35,7 @@ from migrator.control.phases import (
     label,
     lock_migration,
     next_step,
+    recover_transition,
     request_transition,
     slice_count,
 )
@@ -352,10 +353,12 @@ class Controller:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def finish(self) -> Transition | None:
-        """Apply and confirm a pending intent (ours or a crashed process's); retried later on timeout."""
+    def finish(self, recovering: bool = False) -> Transition | None:
+        """Apply and confirm a pending intent (ours or, recovering, a crashed process's, which is
+        logged); retried later on timeout."""
+        done = recover_transition if recovering else finish_transition
         try:
-            return finish_transition(self.session_factory, self.migration_id, self.applier, self.clock)
+            return done(self.session_factory, self.migration_id, self.applier, self.clock)
         except ApplyTimeout as exc:
             log.warning("%s", exc)
             return None
@@ -387,7 +390,7 @@ class Controller:
                             if interval is None:
                                 interval = min(1.0, self.config(m).window_seconds / 4)
                         leased = True
-                        self.finish()
+                        self.finish(recovering=True)
                     now = self.clock()
                     with sf() as s, s.begin():  # one transaction: an error rolls the whole round back
                         acquire_lease(s, self.migration_id, self.holder, now, self.lease_seconds)
@@ -438,7 +441,7 @@ def start_migration(session_factory: sessionmaker[Session], migration_id: int, *
                     applier: ModeApplier | None = None, clock: Callable[[], float] = time.time) -> None:
     """PLANNED -> DUAL_INSTRUMENT, freezing the schema fingerprint; a no-op when already started."""
     applier = applier or DbApplier()
-    finish_transition(session_factory, migration_id, applier, clock)
+    recover_transition(session_factory, migration_id, applier, clock)
     with session_factory() as s, s.begin():
         m = lock_migration(s, migration_id)
         if m.phase != Phase.PLANNED:

@@ -15,6 +15,7 @@ A crash anywhere leaves at most one intent row, which the next writer re-applies
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Callable, Protocol
 
@@ -33,6 +34,7 @@ from migrator.store.models import Host, Migration, Transition
 from migrator.shared.vocab import FINAL, MEASURED, Phase
 
 
+log = logging.getLogger("migrator.control.phases")
 
 LEGAL: dict[Phase, frozenset[Phase]] = {
     Phase.PLANNED: frozenset({Phase.DUAL_INSTRUMENT, Phase.ABORTED}),
@@ -274,10 +276,25 @@ def finish_transition(session_factory: sessionmaker[Session], migration_id: int,
     return t
 
 
+def recover_transition(session_factory: sessionmaker[Session], migration_id: int, applier: ModeApplier,
+                       clock=time.time) -> Transition | None:
+    """finish_transition for what another process (most often a crashed one) left half-done, before
+    this one writes anything: one WARNING line names the transition it finished, who wrote it, when."""
+    t = finish_transition(session_factory, migration_id, applier, clock)
+    if t is not None:
+        now = clock()
+        log.warning("migration %d: finished transition %d (%s -> %s, %s: %s) left half-done by %s since %s "
+                    "(%.1f s ago): modes applied, confirmed", migration_id, t.id, label(t.from_phase, t.from_slice),
+                    label(t.to_phase, t.to_slice), t.actor, t.reason, t.holder or "a manual command",
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created_at)), now - t.created_at,
+                    extra={"migration_id": migration_id, "transition_id": t.id})
+    return t
+
+
 def transition(session_factory: sessionmaker[Session], migration_id: int, target: str, *,
                applier: ModeApplier, clock=time.time, step_hook: StepHook | None = None, **kw) -> Transition:
     """Finish any pending intent, then request, apply and confirm one move (manual commands use this)."""
-    finish_transition(session_factory, migration_id, applier, clock)
+    recover_transition(session_factory, migration_id, applier, clock)
     with session_factory() as s, s.begin():
         t = request_transition(s, migration_id, target, now=clock(), **kw)
     finish_transition(session_factory, migration_id, applier, clock, step_hook)
@@ -285,5 +302,5 @@ def transition(session_factory: sessionmaker[Session], migration_id: int, target
 
 
 __all__ = ["Phase", "FINAL", "MEASURED", "LEGAL", "check_transition", "next_step", "modes_for",
-           "request_transition", "confirm_transition", "finish_transition", "transition",
+           "request_transition", "confirm_transition", "finish_transition", "recover_transition", "transition",
            "ModeApplier", "DbApplier", "MigratorError"]
