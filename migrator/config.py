@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, close_matches
 from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, is_host_name, is_lab_prefix, parse_percent,
                             percent_of)
 
@@ -288,8 +288,15 @@ class _Parser:
     def no_unknown(self, raw: dict, allowed: tuple[str, ...], prefix: str = "") -> None:
         for key in raw:
             if key not in allowed:
-                raise self.err(f"{prefix}{key}", "unknown key",
-                               f"remove it; known keys here: {', '.join(allowed)}")
+                raise self.unknown(f"{prefix}{key}", key, allowed)
+
+    def unknown(self, fld: str, key: str, allowed: tuple[str, ...] | list[str]) -> ConfigError:
+        """An unknown key: "did you mean" its closest known key, when one is close enough."""
+        close = close_matches(str(key), allowed)
+        if close:
+            return self.err(fld, f"unknown key, did you mean {close[0]}?",
+                            f"rename it {close[0]}, or remove it; known keys here: {', '.join(allowed)}")
+        return self.err(fld, "unknown key", f"remove it; known keys here: {', '.join(allowed)}")
 
     def integer(self, raw: dict, key: str, default: int, fld: str, *, minimum: int | None = None,
                 maximum: int | None = None) -> int:
@@ -586,22 +593,34 @@ def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
     return tuple(specs), tuple(sets)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a canary.toml file; ConfigError names file, field and fix."""
+# Where the path of the canary.toml came from, for the fix when it does not exist: the caller's own
+# path (an option, an argument, an API parameter), $MIGRATOR_CONFIG, or the default ./canary.toml.
+_MISSING_FIX = {
+    "given": "check the path, or write the commented default there with `migrator init --example > {path}`",
+    "env": "point $MIGRATOR_CONFIG at an existing canary.toml, or give one with -c",
+    "default": "run the command where canary.toml is, give its path with -c, or write the commented default "
+               "with `migrator init --example > canary.toml`",
+}
+
+
+def load_config(path: str | Path, *, origin: str = "given") -> Config:
+    """Read and validate a canary.toml file; ConfigError names file, field and fix.
+
+    `origin` ("given", "env" or "default") only chooses the fix shown when the file does not exist."""
     p = Path(path)
     shown = str(path)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(shown, "<file>", "does not exist", "write the commented default with `migrator init --example > canary.toml`, or pass --config") from None
+        raise ConfigError(shown, "", "does not exist", _MISSING_FIX[origin].format(path=shown)) from None
     except OSError as exc:
-        raise ConfigError(shown, "<file>", f"cannot be read: {exc.strerror or exc}", "pass the path of a readable canary.toml") from None
+        raise ConfigError(shown, "", f"cannot be read: {exc.strerror or exc}", "give the path of a readable canary.toml") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(shown, "<file>", "is not UTF-8 text", "save it as UTF-8") from None
+        raise ConfigError(shown, "", "is not UTF-8 text", "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(shown, "<syntax>", str(exc), "fix the TOML syntax") from None
+        raise ConfigError(shown, "", f"is not valid TOML: {exc}", "correct the TOML syntax there") from None
     return parse_config(data, shown, p.resolve().parent)
 
 
@@ -637,7 +656,7 @@ def _parse_source(p: _Parser, data: dict, base_dir: Path, check_files: bool) -> 
     every = sorted({k for keys in SOURCE_KEYS.values() for k in keys}, key=lambda k: (k != "kind", k))
     for key in raw:
         if key not in every:
-            raise p.err(f"source.{key}", "unknown key", f"remove it; known keys here: {', '.join(SOURCE_KEYS[kind])}")
+            raise p.unknown(f"source.{key}", key, SOURCE_KEYS[kind])
         if key not in SOURCE_KEYS[kind]:
             users = [k for k, keys in SOURCE_KEYS.items() if key in keys]
             raise p.err(f"source.{key}", f'is not used with kind = "{kind}"',

@@ -1,6 +1,14 @@
 """One exception family: the CLI catches MigratorError in one place and prints its message."""
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def close_matches(word: str, choices: Iterable[str], n: int = 1) -> list[str]:
+    """The (at most n) choices closest to a mistyped `word`, best first, for a "did you mean" hint."""
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+
 
 class MigratorError(Exception):
     """Base of every error an operator is meant to read. exit_code is what the CLI returns."""
@@ -20,7 +28,7 @@ class ConfigError(MigratorError):
 
     def __init__(self, path: str, field: str, problem: str, fix: str = "") -> None:
         self.path, self.field, self.problem, self.fix = path, field, problem, fix
-        msg = f"{path}: {field}: {problem}"
+        msg = f"{path}: {field}: {problem}" if field else f"{path}: {problem}"  # no field: the file itself
         if fix:
             msg += f" (fix: {fix})"
         super().__init__(msg)
@@ -49,6 +57,19 @@ class ChannelError(MigratorError):
     def __init__(self, channel: str, reason: str) -> None:
         self.channel, self.reason = channel, reason
         super().__init__(f"{channel} channel: {reason}")
+
+
+class UnknownHost(MigratorError):
+    """A host name the migration does not list. Points at the names it does list (the closest first);
+    never at canary.toml, since a host added there changes the recorded plan and every agent refuses it."""
+
+    def __init__(self, host: str, migration_id: int, hosts: Iterable[str]) -> None:
+        self.host, self.migration_id, self.hosts = host, migration_id, list(hosts)
+        close = close_matches(host, self.hosts, n=3)
+        hint = f"; did you mean {' or '.join(filter(None, [', '.join(close[:-1]), close[-1]]))}?" if close else ""
+        listed = ", ".join(self.hosts) or "none"
+        super().__init__(f"host {host!r} is not part of migration {migration_id}{hint} (fix: use a host name "
+                         f"from its plan: {listed}; a host it does not list needs a new migration planned with it)")
 
 
 class DrillError(MigratorError):

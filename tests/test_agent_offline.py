@@ -33,8 +33,8 @@ def test_agent_refuses_a_host_the_migration_does_not_list(started, tmp_path):
     finally:
         signal.signal(signal.SIGTERM, sigterm)  # the command installs its own handler
     assert (res.exit_code, res.stdout) == (1, "")
-    assert res.stderr == (f"Error: host 'nosuch' is not part of migration {mid}; its hosts are: h1 "
-                          "(fix: --host one of them, or add it to canary.toml)\n")
+    assert res.stderr == (f"Error: host 'nosuch' is not part of migration {mid} (fix: use a host name from its "
+                          "plan: h1; a host it does not list needs a new migration planned with it)\n")
     with sf() as s:  # refused before it loaded anything or wrote a row
         assert s.scalar(select(func.count()).select_from(Window)) == 0
         assert [(h["name"], h["applied_mode"], h["last_heartbeat"]) for h in api.hosts(s, mid)] == [("h1", None, None)]

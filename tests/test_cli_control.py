@@ -194,12 +194,13 @@ BAD = [
     ("min_clean negative", GOOD.replace("min_clean_windows = 2", "min_clean_windows = -2"),
      "phases.shadow.min_clean_windows: must be >= 0, got -2 (fix: use a value >= 0)"),
     ("unknown phase", GOOD + "[phases.canry]\nmin_clean_windows = 1\n",
-     "phases.canry: unknown key (fix: remove it; known keys here: dual_instrument, shadow, canary)"),
+     "phases.canry: unknown key, did you mean canary? (fix: rename it canary, or remove it; "
+     "known keys here: dual_instrument, shadow, canary)"),
     ("bad wakeup", GOOD + '[buffers]\nwakeup = "sometimes"\n',
      """buffers.wakeup: must be one of adaptive, no_wakeup, force_wakeup, got 'sometimes' (fix: write e.g. wakeup = "adaptive")"""),
     ("ring not page multiple", GOOD + "[buffers]\nring_bytes = 1000\n",
      "buffers.ring_bytes: must be >= 4096, got 1000 (fix: use a value >= 4096)"),
-    ("syntax", GOOD + "[lab\n", "<syntax>: "),
+    ("syntax", GOOD + "[lab\n", "is not valid TOML: "),
 ]
 
 
@@ -225,10 +226,10 @@ def test_bad_config_creates_no_database(tmp_path):
     assert (r.exit_code, r.stderr) == (1, f"Error: {bad}: rollback_after: must be >= 1, got 0 (fix: use a value >= 1)\n")
     assert os.listdir(tmp_path) == ["canary.toml"]
     r = run("init", tmp_path / "missing.toml")
-    assert r.exit_code == 1 and r.stderr.startswith(f"Error: {tmp_path / 'missing.toml'}: <file>: does not exist")
+    assert r.exit_code == 1 and r.stderr.startswith(f"Error: {tmp_path / 'missing.toml'}: does not exist")
     r = run("plan", "-c", tmp_path)  # a directory: unreadable
-    assert (r.exit_code, r.stderr) == (1, f"Error: {tmp_path}: <file>: cannot be read: Is a directory "
-                                          "(fix: pass the path of a readable canary.toml)\n")
+    assert (r.exit_code, r.stderr) == (1, f"Error: {tmp_path}: cannot be read: Is a directory "
+                                          "(fix: give the path of a readable canary.toml)\n")
     assert os.listdir(tmp_path) == ["canary.toml"]
 
 

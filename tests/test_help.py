@@ -181,3 +181,85 @@ def test_what_if_covers_every_threshold():
     wanted = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Thresholds)}
     assert wanted - opts == set()
     assert {"--rollback-after", "--no-data"} <= opts
+
+
+# ---- errors: "did you mean", no placeholders, fixes that work -------------------------------------
+
+PLAN = 'hosts = ["web-1", "web-2", "db-1"]\nslices = [1, 3]\n'
+
+
+@pytest.fixture
+def planned(tmp_path, monkeypatch):
+    """A canary.toml in an empty directory (the working directory), its migration recorded by init."""
+    monkeypatch.delenv("MIGRATOR_CONFIG", raising=False)
+    monkeypatch.setattr("migrator.cli.agent.DRILL_DIR", tmp_path / "drills")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "canary.toml"
+    path.write_text(PLAN)
+    r = runner.invoke(app, ["init", str(path)])
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def test_unknown_key_says_did_you_mean(tmp_path):
+    path = tmp_path / "canary.toml"
+    path.write_text(PLAN + "rollback_afer = 3\n")
+    r = runner.invoke(app, ["plan", "-c", str(path)])
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert r.stderr == (f"Error: {path}: rollback_afer: unknown key, did you mean rollback_after? (fix: rename it "
+                        "rollback_after, or remove it; known keys here: database, database_file, window_seconds, hosts, "
+                        "slices, rollback_after, no_data, phases, thresholds, probe, buffers, lab, source, agents, "
+                        "notify)\n")
+    path.write_text(PLAN + "[thresholds]\nmax_lag_p99 = 100\n")
+    r = runner.invoke(app, ["plan", "-c", str(path)])
+    assert r.exit_code == 1 and r.stderr.startswith(
+        f"Error: {path}: thresholds.max_lag_p99: unknown key, did you mean max_lag_p99_ms? (fix: rename it "
+        "max_lag_p99_ms, or remove it; known keys here: max_loss_rate, ")
+    path.write_text(PLAN + "colour = 3\n")  # nothing close: no guess
+    r = runner.invoke(app, ["plan", "-c", str(path)])
+    assert r.exit_code == 1 and r.stderr.startswith(f"Error: {path}: colour: unknown key (fix: remove it; known keys")
+
+
+def test_a_wrong_config_path_names_no_placeholder_and_no_option_already_given(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIGRATOR_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    wrong = tmp_path / "runs" / "canary.toml"
+    r = runner.invoke(app, ["status", "-c", str(wrong)])
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert r.stderr == (f"Error: {wrong}: does not exist (fix: check the path, or write the commented default "
+                        f"there with `migrator init --example > {wrong}`)\n")
+    r = runner.invoke(app, ["status"])  # no -c: then -c is the fix to suggest
+    assert (r.exit_code, r.stderr) == (1, "Error: canary.toml: does not exist (fix: run the command where "
+                                          "canary.toml is, give its path with -c, or write the commented default "
+                                          "with `migrator init --example > canary.toml`)\n")
+    monkeypatch.setenv("MIGRATOR_CONFIG", str(wrong))
+    r = runner.invoke(app, ["status"])
+    assert (r.exit_code, r.stderr) == (1, f"Error: {wrong}: does not exist (fix: point $MIGRATOR_CONFIG at an "
+                                          "existing canary.toml, or give one with -c)\n")
+    path = tmp_path / "bad.toml"
+    path.write_text("hosts = = 1\n")
+    r = runner.invoke(app, ["plan", "-c", str(path)])
+    assert (r.exit_code, r.stderr) == (1, f"Error: {path}: is not valid TOML: Invalid value (at line 1, column 9) "
+                                          "(fix: correct the TOML syntax there)\n")
+    assert "<" not in r.stderr and "--config" not in r.stderr
+
+
+def test_a_host_not_in_the_plan_gets_did_you_mean_and_no_advice_to_edit_the_plan(planned):
+    import signal
+
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        r = runner.invoke(app, ["agent", "--host", "web-3", "-c", str(planned)])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert r.stderr == ("Error: host 'web-3' is not part of migration 1; did you mean web-2 or web-1? (fix: use a "
+                        "host name from its plan: web-1, web-2, db-1; a host it does not list needs a new migration "
+                        "planned with it)\n")
+    assert "canary.toml" not in r.stderr
+    r = runner.invoke(app, ["fault", "db1", "stall-ring", "-c", str(planned)])
+    assert (r.exit_code, r.stdout) == (1, "")
+    assert r.stderr == ("Error: host 'db1' is not part of migration 1; did you mean db-1? (fix: use a host name from "
+                        "its plan: web-1, web-2, db-1; a host it does not list needs a new migration planned with it)\n")
+    r = runner.invoke(app, ["fault", "cache-9", "stall-ring", "-c", str(planned)])  # nothing close: no guess
+    assert r.exit_code == 1 and r.stderr.startswith("Error: host 'cache-9' is not part of migration 1 (fix: ")

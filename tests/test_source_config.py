@@ -133,7 +133,8 @@ def test_malformed_source_names_the_field(prog_dir, body, field, problem):
 def test_unknown_source_key_lists_the_kinds_keys(prog_dir):
     with pytest.raises(ConfigError) as exc:
         load_config(prog_dir(BCC + "sinkpath = 1\n"))
-    assert exc.value.fix == "remove it; known keys here: kind, file, cflags, channel, sink, sink_path, attach"
+    assert exc.value.problem == "unknown key, did you mean sink_path?"
+    assert exc.value.fix == "rename it sink_path, or remove it; known keys here: kind, file, cflags, channel, sink, sink_path, attach"
 
 
 def test_source_hash_covers_file_cflags_and_header(prog_dir, tmp_path):

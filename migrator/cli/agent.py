@@ -14,7 +14,7 @@ from migrator.agent.drills import DRILL_KINDS, DRILL_DIR, DRILL_TTL, check_ttl, 
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.config import hide_password
-from migrator.errors import DrillError, MigratorError, StoreError
+from migrator.errors import MigratorError, StoreError, UnknownHost
 from migrator.cli.control import config_option, metrics_addr_option, resolve_config, writer
 
 log = logging.getLogger("migrator.agent")
@@ -53,6 +53,9 @@ def agent_cmd(
         if m is None:
             raise MigratorError("no active migration in the database; run `migrator init` first")
         mid, snap = m.id, ops.snapshot_config(m)
+        names = [h["name"] for h in api.hosts(s, mid)]
+    if host not in names:  # before anything is loaded or written
+        raise UnknownHost(host, mid, names)
     if snap.source.kind == "command":
         run_command(snap.source.command, config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")), host)
         return
@@ -109,8 +112,7 @@ def fault_cmd(
     if isinstance(listed, str):
         typer.echo(f"fault: {listed}; {d.host} checked as a name only", err=True)
     elif d.host not in listed[1]:
-        raise DrillError("host", d.host, f"migration {listed[0]} lists {', '.join(listed[1]) or 'no hosts'}; "
-                         "name one of them")
+        raise UnknownHost(d.host, listed[0], listed[1])
     elif d.host in listed[2]:
         typer.echo(f"fault: no live agent for {d.host} in migration {listed[0]} ({listed[2][d.host]}); "
                    f"the drill lapses in {ttl:g} s unless an agent started with --drills takes it", err=True)

@@ -50,7 +50,11 @@ def config_option() -> Path:
 
 def resolve_config(path: Path | None) -> Config:
     """Load the canary.toml a command should use: --config, else $MIGRATOR_CONFIG, else ./canary.toml."""
-    return load_config(path or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")))
+    if path is not None:
+        return load_config(path)
+    if os.environ.get("MIGRATOR_CONFIG"):
+        return load_config(Path(os.environ["MIGRATOR_CONFIG"]), origin="env")
+    return load_config(Path("canary.toml"), origin="default")
 
 
 def check_database(cfg: Config) -> None:
