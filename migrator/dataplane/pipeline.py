@@ -27,6 +27,12 @@ MEASURE_EVERY_S = 0.1
 # while there the fixed cost is small beside the per-record one anyway.
 MEASURE_MAX_BATCHES = 24
 MEASURE_MAX_RECORDS = 16384
+# With drain_on_wake, records below 1/TRICKLE of a perf buffer may wait for a batch to form (not
+# past the batch clock), checked every step in which the producer's ceiling (~2.2 M records/s of
+# ~100 bytes here, KERNEL_NOTES) fills half a buffer; more are drained at once.
+TRICKLE = 16
+PRODUCER_CEILING_BPS = 2.5e8
+MIN_STEP_S = 50e-6
 
 
 class ChannelSource(Protocol):
@@ -99,9 +105,8 @@ class Pipeline:
         self.window_index = 0
         self._win_start = time.time()
         self._last_drain = time.monotonic()
-        # Assume the producer ceiling (~2.2 M records/s of ~100 bytes here) until drains have
-        # measured the real rate, in bytes per second.
-        self._rate = {"perf": 2.5e8, "ring": 2.5e8}
+        # Assume the producer ceiling until drains have measured the real rate, in bytes per second.
+        self._rate = {"perf": PRODUCER_CEILING_BPS, "ring": PRODUCER_CEILING_BPS}
         self._prev_parse = {"perf": 0, "ring": 0}
         self._prev_run = prog_run_stats(probe.prog_fds())
         self._prev_lost_reported = 0
@@ -273,6 +278,29 @@ class Pipeline:
             room.append((ring_cap / 2 - self.ring.pending_bytes()) / max(self._rate["ring"], 1.0))
         return max(0.0, min(room))
 
+    def _let_batch_form(self, timeout: float) -> None:
+        """With drain_on_wake: a trickle in perf (below 1/TRICKLE of a buffer) waits a little so a
+        batch forms (one drain per record costs the consumer several times bcc's per-record price);
+        more is drained at once, as bcc's reader drains a burst. The wait is two sleeps: a first
+        one short enough that even the producer's ceiling cannot fill half a buffer within it,
+        which measures the rate now, then the rest of the batch clock, unless that rate would
+        reach 2/TRICKLE of a buffer sooner. Sleeps, so perf's wakeups meanwhile cost nothing."""
+        cap = self.perf.capacity_per_cpu()
+        step = cap / 2 / PRODUCER_CEILING_BPS
+        if step < MIN_STEP_S:  # a buffer this small is drained as soon as anything is in it
+            return
+        t0 = time.monotonic()
+        end = min(t0 + timeout, self._last_drain + self.batch_interval)
+        p0 = self.perf.max_pending_bytes()
+        if not 0 < p0 < cap // TRICKLE or end <= t0:
+            return
+        time.sleep(min(step, end - t0))
+        t1, p1 = time.monotonic(), self.perf.max_pending_bytes()
+        if p1 >= cap // TRICKLE or end <= t1:
+            return
+        rate = (p1 - p0) / max(t1 - t0, 1e-6)
+        time.sleep(min(end - t1, (2 * cap / TRICKLE - p1) / rate) if rate > 0 else end - t1)
+
     def poll(self, timeout: float = 0.1) -> int:
         """Wait for the batch clock (never longer than `timeout` s), then drain both channels.
 
@@ -296,13 +324,15 @@ class Pipeline:
             long_wait = self._records_wake and now >= self._timer_until
             wait = timeout if long_wait else min(timeout, self.batch_interval)
             if eager and self.perf.pending_bytes():
-                pass  # perf holds records (its wakeup may have been seen by another waiter): drain now
+                pass  # perf holds records (its wakeup may have been seen by another waiter)
             elif self.ring_stalled:
                 time.sleep(min(wait, self.batch_interval))  # the ring's fd stays readable while stalled: epoll would spin
             elif wait > 0:
                 events = self._ep.poll(wait)
                 if events and self._wake_fds:
                     self._clear_wakes(events)
+            if eager:
+                self._let_batch_form(timeout)
             ring = 0 if self.ring_stalled else self.ring.pending_bytes()
             if not (ring or self.perf.pending_bytes()):
                 return 0  # nothing came: no drain, no allocation
