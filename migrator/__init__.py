@@ -9,9 +9,22 @@ The library an operator's process uses (see agent/feed.py):
 from migrator.errors import MigratorError
 
 
+# The library's entry points, imported when first asked for (`from migrator import attach` or
+# `migrator.attach`): the real functions, so help() shows their signatures and options, while
+# `import migrator` alone (every command) stays cheap.
+_LAZY = {"attach": ("migrator.agent.attach", "attach"), "load": ("migrator.dataplane.channel", "load")}
+
+
 def __getattr__(name: str):
-    """`__version__`, read from the installed package's metadata when first asked for (importing
-    importlib.metadata costs every command and every operator process some 20 ms)."""
+    """`attach` and `load` (imported on first use), and `__version__` (read from the installed
+    package's metadata when first asked for: importlib.metadata costs every command ~20 ms)."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
     if name != "__version__":
         raise AttributeError(f"module 'migrator' has no attribute {name!r}")
     from importlib import metadata
@@ -22,20 +35,6 @@ def __getattr__(name: str):
         version = "0+unknown"
     globals()["__version__"] = version
     return version
-
-
-def attach(bpf, name: str = "events", **kwargs):
-    """Replace bcc's reader of channel `name` in this process (migrator.agent.attach.attach)."""
-    from migrator.agent.attach import attach as _attach
-
-    return _attach(bpf, name, **kwargs)
-
-
-def load(text: str | None = None, src_file: str | None = None, cflags=(), **bpf_kwargs):
-    """Compile a program that uses bpf/migrator.h with bcc (migrator.dataplane.channel.load)."""
-    from migrator.dataplane.channel import load as _load
-
-    return _load(text=text, src_file=src_file, cflags=cflags, **bpf_kwargs)
 
 
 __all__ = ["MigratorError", "__version__", "attach", "load"]

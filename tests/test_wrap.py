@@ -233,7 +233,11 @@ class TestStockTools:
             head = next(x for x in err if x.startswith("wrap: "))
             assert head.startswith("wrap: tcplife-bpfcc: mode DUAL, 2 channels (ipv4_events, ipv6_events), windows "
                                    "of 1 s, ended by exit (exit 0)")
-            assert "channel ipv4_events:" in err and any(x.startswith("host ") for x in err)
+            # the buffers the tool asked bcc for (tcplife: open_perf_buffer(..., page_cnt=64)) and what they pin
+            ncpu = os.cpu_count()
+            assert f"channel ipv4_events: perf 64 pages x {ncpu} CPUs = {64 * ncpu * 4} KiB (the tool's page_cnt), " \
+                   "ring 4 MiB (one buffer for every CPU)" in err
+            assert any(x.startswith("host ") for x in err)
             assert err[-1] == (f"what this tool would see on the ring buffer: {printed} events acted on, ring "
                                f"delivered {printed} dropped 0, perf lost 0; every acted event also seen on ring: yes")
 

@@ -34,7 +34,7 @@ from migrator.dataplane.operator import OperatorProgram, import_sink
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.schema import demo_registry
 from migrator.dataplane.tc import attach_tc
-from migrator.errors import MigratorError, SourceChanged
+from migrator.errors import MigratorError, SourceChanged, UnknownHost
 from migrator.shared.records import ChannelWindow
 from migrator.store.api import active_migration, get_migration, hosts
 
@@ -57,8 +57,7 @@ def serve_migration(sf: sessionmaker[Session], host: str, migration_id: int | No
             migration_id = m.id
         names = [h["name"] for h in hosts(s, migration_id)]
     if host not in names:
-        raise MigratorError(f"host {host!r} is not part of migration {migration_id}; "
-                            f"its hosts are: {', '.join(names)} (fix: --host one of them, or add it to canary.toml)")
+        raise UnknownHost(host, migration_id, names)
     return migration_id
 
 

@@ -108,7 +108,9 @@ def render_report(rep) -> list[str]:
         if not any(w.attempts or w.delivered for w in c.windows):
             lines.append(f"channel {label}: no events in {len({w.index for w in c.windows})} windows{opened}")
             continue
-        lines.append(f"channel {label}{opened}:")
+        mem = c.memory
+        lines.append(f"channel {label}{opened}: perf {c.perf_pages} pages x {c.cpus} CPUs = {_kib(mem['perf_bytes'])} "
+                     f"(the tool's page_cnt), ring {_kib(mem['ring_bytes'])} (one buffer for every CPU)")
         lines.append(WINDOW_HEADER)
         first = min(w.index for w in c.windows)
         for w in c.windows:
@@ -133,3 +135,7 @@ def render_report(rep) -> list[str]:
     if notes:
         lines.append("wrap: " + "; ".join(notes))
     return lines
+
+
+def _kib(n: int) -> str:
+    return f"{n // 1024} KiB" if n < 1 << 20 else f"{n / (1 << 20):g} MiB"

@@ -54,6 +54,7 @@ from migrator.config import load_config
 from migrator.dataplane import rewrite
 from migrator.dataplane.channel import check_bpf_privileges
 from migrator.errors import MigratorError, OptionError, SourceError
+from migrator.dataplane.channels.perf import PAGE
 from migrator.shared.records import ChannelWindow
 from migrator.store import open_store
 from migrator.shared.vocab import MODES
@@ -167,6 +168,9 @@ class Tap:
     callback_errors: int = 0
     lost_reported: int = 0  # counts handed to the tool's lost_cb
     closed: bool = False
+    perf_pages: int = 0  # the buffers' sizes, kept at close for the report
+    cpus: int = 0
+    ring_bytes: int = 0
     _acted_waiting: set = field(default_factory=set)  # acted, emitted with the ring on, ring copy not seen yet
     _ring_waiting: set = field(default_factory=set)  # ring copies not acted (yet)
     _channel_now: str = "perf"  # the channel of the batch being delivered
@@ -274,9 +278,11 @@ class Tap:
             self.feed.close_window(self.feed.next_index)
 
     def close(self) -> None:
-        """Close the feed (once)."""
+        """Close the feed (once), keeping the sizes its buffers had for the report."""
         if not self.closed:
             self.closed = True
+            pipe = self.feed.pipe
+            self.perf_pages, self.cpus, self.ring_bytes = pipe.perf.pages, len(pipe.perf.fds()), pipe.ring.capacity()
             self.feed.close()
 
     @property
@@ -707,6 +713,15 @@ class ChannelReport:
     callback_errors: int
     schema_fingerprint: str
     windows: list[ChannelWindow]
+    perf_pages: int = 0  # per CPU, as the tool asked bcc (page_cnt) or the feed's default
+    cpus: int = 0
+    ring_bytes: int = 0
+
+    @property
+    def memory(self) -> dict:
+        """Bytes each buffer pins: perf pages x CPUs x page size (data, plus a metadata page per
+        CPU), and the ring's data area (mapped twice by the kernel, charged once)."""
+        return {"perf_bytes": self.perf_pages * self.cpus * PAGE, "ring_bytes": self.ring_bytes}
 
     def totals(self, channel: str) -> dict:
         """Attempts, delivered, dropped, lost and residual of the "perf" or "ring" side over the run."""
@@ -719,6 +734,7 @@ class ChannelReport:
     def to_dict(self) -> dict:
         """The channel's report as JSON-ready data, with perf/ring totals and its windows."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "windows"}
+        d["memory"] = self.memory
         d["perf"], d["ring"] = self.totals("perf"), self.totals("ring")
         d["windows"] = [w.to_dict() for w in self.windows]
         return d
@@ -776,7 +792,8 @@ class WrapReport:
 def _report(session: WrapSession, command: list[str], script: Path, ended_by: str, exit_code: int) -> WrapReport:
     s = session.s
     chans = [ChannelReport(t.name, t.object_no, t.opened, t.acted, t.matched, t.not_on_ring, t.perf_mode_only,
-                           t.ring_not_acted, t.unread, t.callback_errors, t.feed.fingerprint, list(t.windows))
+                           t.ring_not_acted, t.unread, t.callback_errors, t.feed.fingerprint, list(t.windows),
+                           t.perf_pages, t.cpus, t.ring_bytes)
              for t in session.taps]
     ws = None
     if session.merger is not None:
