@@ -219,14 +219,15 @@ def test_report_shows_every_window_and_escapes_database_text(db, reports):
         ("h1", "3", "SHADOW", "DUAL"), ("h1", "4", "CANARY slice 1/2", "RING"), ("h1", "5", "CANARY slice 1/2", "RING"),
         ("h1", "6", "CANARY slice 1/2", "RING")]
     assert len(body) == 21
-    # host, window, phase, mode, ring(attempts, loss, p99, cpu), perf(attempts, loss, p99, cpu), parse, mismatch, verdict, rule
+    # host, window, phase, mode, ring(attempts, loss, p99, cpu), perf(attempts, loss, p99, cpu), filled from ring,
+    # parse, mismatch, verdict, rule
     assert body[2] == ["h1", "2", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00", "5.000",
-                       "0", "0", "pass", "ok"]
+                       "0", "0", "0", "pass", "ok"]
     assert body[7 + 2] == ["h2", "2", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00",
-                           "5.000", "2", "1", "pass", "ok"]
-    assert body[4] == ["h1", "4", "CANARY slice 1/2", "RING", "1000", "0.000", "400.00", "2.000", "-", "0", "0",
+                           "5.000", "0", "2", "1", "pass", "ok"]
+    assert body[4] == ["h1", "4", "CANARY slice 1/2", "RING", "1000", "0.000", "400.00", "2.000", "-", "0", "0", "0",
                        "breach", "max_lag_p99_ms"]
-    assert body[7 + 4] == ["h2", "4", "CANARY slice 1/2", "PERF", "-", "1000", "0.000", "5.00", "5.000", "0", "0",
+    assert body[7 + 4] == ["h2", "4", "CANARY slice 1/2", "PERF", "-", "1000", "0.000", "5.00", "5.000", "0", "0", "0",
                            "-", "-"]
     # Self-contained: no script, no stylesheet or image fetched, every link inside the page.
     assert "<script" not in text and "<link" not in text and "<img" not in text and "@import" not in text

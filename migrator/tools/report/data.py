@@ -74,6 +74,7 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
         windows.append({"id": w.id, "phase": w.phase, "slice": w.slice, "host": w.host, "channel": w.channel,
                         "index": w.index, "start": w.start, "end": w.end, "mode": w.mode, "attempts": w.attempts,
                         "delivered": w.delivered, "lost": w.lost, "dropped": w.dropped_full + w.dropped_other,
+                        "filled_from_ring": w.filled_from_ring,
                         "loss_rate": w.loss_rate, "lag_p99_ms": w.lag_p99_ms, "consumer_cpu_s": w.consumer_cpu_s,
                         "cpu_per_event_us": _cpu_per_event_us(w.consumer_cpu_s, w.delivered),
                         "parse_errors": w.parse_errors, "payload_mismatches": w.payload_mismatches,

@@ -120,13 +120,15 @@ def _windows_table(data: ReportData) -> tuple[str, int]:
                     f'<td class="n">{_num(w["lag_p99_ms"])}</td><td class="n">{_num(w["cpu_per_event_us"], ".3f")}</td>')
         errors = sum((w or {}).get("parse_errors", 0) for w in (ring, perf))
         mism = (ring or {}).get("payload_mismatches", 0)
+        filled = (perf or {}).get("filled_from_ring", 0)
         rows.append(f'<tr{cls}><td>{esc(host)}</td><td class="n">{esc(index)}</td>'
                     f'<td>{esc(label(any_w["phase"], any_w["slice"], data.migration["slices"]))}</td>'
                     f"<td>{esc(ring['mode'] if ring else perf['mode'])}</td>{cells(ring)}{cells(perf)}"
-                    f'<td class="n">{errors}</td><td class="n">{esc(mism)}</td>'
+                    f'<td class="n">{esc(filled)}</td><td class="n">{errors}</td><td class="n">{esc(mism)}</td>'
                     f"<td>{esc(verdict)}</td><td>{esc(ring['rule'] if ring else None)}</td></tr>")
     table = ('<table id="windows"><thead><tr><th rowspan="2">host</th><th rowspan="2">window</th>'
              '<th rowspan="2">phase</th><th rowspan="2">mode</th><th colspan="4">ring</th><th colspan="4">perf</th>'
+             '<th rowspan="2" title="records perf lost that were delivered from their ring copy">filled from ring</th>'
              '<th rowspan="2">parse errors</th><th rowspan="2">payload mismatches</th><th rowspan="2">verdict</th>'
              '<th rowspan="2">rule</th></tr><tr>'
              + "<th>attempts</th><th>loss %</th><th>lag p99 ms</th><th>CPU µs/event</th>" * 2
