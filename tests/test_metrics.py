@@ -40,17 +40,22 @@ def scrape(url: str) -> dict[str, dict[tuple, float]]:
 
 
 def db_sums(sf, mid, host: str, channel: str, k: int) -> dict[str, int]:
-    """Sums of the first k stored windows (by index) of host/channel."""
+    """Sums of the first k stored windows (by index) of host/channel, and the delivered of the
+    window after them (None when there is none yet)."""
     with sf() as s:
         ws = s.scalars(select(Window).where(Window.migration_id == mid, Window.host == host, Window.channel == channel)
-                       .order_by(Window.index).limit(k)).all()
-    assert len(ws) == k
+                       .order_by(Window.index).limit(k + 1)).all()
+    assert len(ws) >= k
+    ws, after = ws[:k], ws[k:]
     sums = {f: sum(getattr(w, f) for w in ws) for f in ("attempts", "delivered", "lost", "parse_errors",
                                                          "payload_mismatches", "dropped_full", "dropped_other")}
     sums["windows"] = k
     lag = [json.loads(w.extra).get("lag_buckets") for w in ws]
     sums["lag_buckets"] = [sum(col) for col in zip(*[b for b in lag if b is not None])]
     sums["lag_sum_s"] = sum(json.loads(w.extra).get("lag_sum_s", 0.0) for w in ws)
+    # records of an earlier epoch read in a window: in its histogram, in no window's delivered
+    sums["late"] = sum(json.loads(w.extra).get(f, 0) for w in ws for f in ("late", "before_start"))
+    sums["next_delivered"] = after[0].delivered if after else None
     return sums
 
 
@@ -69,9 +74,20 @@ def check_host(m, sf, mid, host: str, channel: str) -> int:
     assert buckets == sums["lag_buckets"]  # the stored windows' histograms, added up
     assert m["migrator_lag_seconds_count"][key] == buckets[-1]
     assert m["migrator_lag_seconds_sum"][key] == pytest.approx(sums["lag_sum_s"])
-    # The histogram counts the records read during each window; `delivered` those of the window's
-    # epoch (some of which are read early in the next one): the same stream within a window's edge.
-    assert abs(buckets[-1] - sums["delivered"]) <= max(50, 0.02 * sums["delivered"])
+    # Like with like: a window's histogram counts the records READ while it was open; its
+    # `delivered` the records of its EPOCH (pipeline.close_window's books). Each record read is in
+    # exactly one of: its own window's delivered, a window's `late` (or `before_start`: an earlier
+    # epoch's record, in no window's books), or, read during the grace period after the epoch
+    # moved on, the NEXT window's delivered. So over the first k windows
+    #     histogram count = delivered + late + carried,
+    # where `carried` (the records of window k+1's epoch read before window k closed) is at least 0
+    # and at most window k+1's delivered. (Once 5,568 read against 5,452 delivered: 116 carried
+    # and late, past a 2 % tolerance; there is no tolerance now.)
+    carried = buckets[-1] - sums["delivered"] - sums["late"]
+    assert carried >= 0, (host, channel, buckets[-1], sums["delivered"], sums["late"])
+    if sums["next_delivered"] is not None:
+        assert carried <= sums["next_delivered"], (host, channel, buckets[-1], sums["delivered"], sums["late"],
+                                                   sums["next_delivered"])
     return sums["delivered"]
 
 
@@ -152,9 +168,10 @@ def test_agent_metrics_equal_its_stored_windows(started):
             time.sleep(0.05)
         url = agent.metrics.url
         m = scrape(url)
-        end = time.monotonic() + 5
-        # the scrape may count windows the link thread has not written yet: wait for them
-        while any(len(windows(sf, mid, ch)) < m["migrator_windows_total"][(("channel", ch), ("host", "h1"))]
+        # the scrape may count windows the link thread has not written yet: wait for them, and for
+        # the one after them (check_host bounds what the last one carried by its delivered)
+        end = time.monotonic() + 15
+        while any(len(windows(sf, mid, ch)) < m["migrator_windows_total"][(("channel", ch), ("host", "h1"))] + 1
                   for ch in ("perf", "ring")):
             assert time.monotonic() < end
             time.sleep(0.05)
