@@ -178,7 +178,12 @@ rate = 4000
 
 @pytest.fixture
 def started(tmp_path):
-    """One synthetic host h1 in a migration already in DUAL_INSTRUMENT: (config, session factory, id)."""
+    """One synthetic host h1 in a migration already in DUAL_INSTRUMENT: (config, session factory, id).
+
+    The frozen schema fingerprint is the one the synthetic probe's agent reports (what `migrator
+    start` freezes), not a placeholder: else the first window an agent stores marks the schema
+    changed and every forward move after it fails its guard, or not, by timing."""
+    from migrator.control.moves import default_fingerprint
     from migrator.control.phases import DbApplier, transition
     from migrator.store import api
     from migrator.shared.vocab import Phase
@@ -187,7 +192,7 @@ def started(tmp_path):
     cfg = load_config(tmp_path / "canary.toml")
     sf = open_store(cfg.database_url)
     with sf() as s, s.begin():
-        mid = api.create_migration(s, cfg, schema_fingerprint="fp").id
+        mid = api.create_migration(s, cfg, schema_fingerprint=default_fingerprint()).id
     transition(sf, mid, Phase.DUAL_INSTRUMENT, applier=DbApplier())
     return cfg, sf, mid
 

@@ -144,6 +144,13 @@ def test_restarted_agent_reports_its_actual_mode_and_unblocks_a_pending_rollback
                              "--migration", str(mid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: api_host(sf, mid)["applied_mode"] == "DUAL", timeout=30)
+        # The forward moves' schema guard sees the agent's real fingerprint, whenever it lands:
+        # wait for a stored window (which reports it) and check it matches the frozen one.
+        wait_for(lambda: len(windows(sf, mid)) > 0, timeout=30)
+        reported = {json.loads(w.extra)["schema_fingerprint"] for w in windows(sf, mid)}
+        with sf() as s:
+            m = s.get(Migration, mid)
+            assert (m.reported_fingerprint, reported) == (None, {m.schema_fingerprint}), m.schema_fingerprint
         applier = DbApplier(confirm_timeout=15, poll_interval=0.01)
         transition(sf, mid, Phase.SHADOW, applier=applier)
         transition(sf, mid, Phase.CANARY, to_slice=1, applier=applier)
