@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,13 +136,31 @@ def _interpreter_readable_by_others() -> bool:
     return all(os.stat(p).st_mode & 0o005 == 0o005 for p in [*path.parents])
 
 
-def _run_as_nobody(args: list[str], python: str = sys.executable) -> subprocess.CompletedProcess:
+def _run_as_nobody(args: list[str], python: str = sys.executable,
+                   pythonpath: Path = ROOT) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:
         unavailable("needs root to switch to nobody")
     readable = python != sys.executable or _interpreter_readable_by_others()
     return subprocess.run([*_as_nobody(readable), python, *args], capture_output=True, text=True, timeout=120,
-                          cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT),
+                          cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(pythonpath),
                                         "HOME": "/nonexistent"})
+
+
+def _readable_copy_of_migrator(where: Path) -> Path:
+    """A copy of the migrator package that any user can read, in `where` (made world-readable):
+    the checkout may sit under a directory `nobody` cannot enter (a clone under a 0700 home)."""
+    if not all(os.stat(p).st_mode & 0o001 for p in where.parents):
+        unavailable(f"no directory other users can reach to hold a copy of migrator ({where.parent} is closed)")
+    def not_source(d: str, names: list[str]) -> list[str]:  # its Python modules only (no caches, links, builds)
+        return [n for n in names if n == "__pycache__" or os.path.islink(os.path.join(d, n))
+                or (not n.endswith(".py") and not os.path.isdir(os.path.join(d, n)))]
+
+    shutil.copytree(ROOT / "migrator", where / "migrator", ignore=not_source)
+    for d, _, files in os.walk(where):
+        os.chmod(d, 0o755)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o644)
+    return where
 
 
 def _nobody_can_run_python() -> None:
@@ -186,12 +205,15 @@ def test_doctor_tracefs_as_nobody():
     if not Path("/sys/kernel/tracing/events").exists() or (os.stat("/sys/kernel/tracing").st_mode & 0o005):
         unavailable("needs a tracefs at /sys/kernel/tracing closed to other users")
     # Plain nobody (no capability at all): the system python, which any user can run; the check
-    # needs nothing outside the standard library.
+    # needs nothing outside the standard library. It imports migrator from a world-readable copy,
+    # so the test does not depend on where the checkout sits (nobody may not read it).
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None:
         unavailable("no /usr/bin/python3")
-    r = _run_as_nobody(["-c", "from migrator.tools.doctor import check_tracefs; print(check_tracefs().value)"],
-                       python=python)
+    with tempfile.TemporaryDirectory(prefix="migrator-nobody-", dir="/tmp" if os.path.isdir("/tmp") else None) as d:
+        r = _run_as_nobody(["-c", "import migrator.tools.doctor as d; print(d.__file__); print(d.check_tracefs().value)"],
+                           python=python, pythonpath=_readable_copy_of_migrator(Path(d)))
+    assert r.stdout.startswith(d), r.stdout + r.stderr  # the copy, not a checkout on some path
     assert "mounted at /sys/kernel/tracing but unreadable to euid" in r.stdout, r.stdout + r.stderr
 
 
