@@ -54,6 +54,10 @@ class ChannelWindow:
     bpf_run_cnt: int | None = 0
     residual: int = 0
     settled: bool = True
+    # What this channel's emit cost the traced code, mean ns per event (None: not measured), and
+    # the highest occupancy of its buffer in the window (ring: one buffer; perf: the fullest CPU's).
+    producer_ns: float | None = None
+    peak_bytes: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property

@@ -151,6 +151,9 @@ class Window(Base):
     payload_mismatches: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # perf rows, DUAL: records perf lost that the operator got from their ring copy instead.
     filled_from_ring: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # What the channel's emit costs the traced code, ns per event; its fullest buffer, bytes. NULL: not measured.
+    producer_ns: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     in_flight: Mapped[int] = mapped_column(BigInteger, default=0)
     lag_p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     lag_p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
