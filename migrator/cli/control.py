@@ -1,4 +1,4 @@
-"""Commands that drive a migration: init, plan, start, advance, pause, resume, rollback, abort.
+"""Commands that drive a migration: init, plan, start, advance, pause, resume, rollback, abort, undo.
 
 Each one loads canary.toml first (so an invalid config writes nothing), opens the database
 (upgrading an older one, refusing a newer one), calls one core function, and renders.
@@ -138,11 +138,14 @@ def source_report(cfg: Config) -> dict:
                attach=[a.to_dict() for a in src.attach], source_hash=source_hash(cfg))
     from migrator.dataplane.operator import check_program, check_sink
 
-    try:
-        out["sink_file"] = check_sink(src)
-    except MigratorError as exc:
-        out["error"] = str(exc)
-        return out
+    if src.kind == "attach":
+        out["runs_through"] = "migrator.attach"
+    else:
+        try:
+            out["sink_file"] = check_sink(src)
+        except MigratorError as exc:
+            out["error"] = str(exc)
+            return out
     if os.geteuid() != 0:
         out["compile"] = {"skipped": "not running as root (loading BPF programs needs root)"}
         return out
@@ -150,7 +153,7 @@ def source_report(cfg: Config) -> dict:
         out["compile"] = {"skipped": "bcc is not importable (install python3-bpfcc; scripts/setup.sh does)"}
         return out
     try:
-        out["compile"] = check_program(src)
+        out["compile"] = check_program(_as_bcc(src))
     except MigratorError as exc:
         out["compile"] = {"failed": str(exc)}
         out["error"] = str(exc)
@@ -164,8 +167,11 @@ def source_lines(rep: dict) -> list[str]:
     if rep["kind"] == "command":
         return [f"source: command {' '.join(rep['command'])!r}, channel {rep['channel']}, run through `migrator wrap`"]
     lines = [f"source: bcc program {rep['file']}" + (f" (cflags {' '.join(rep['cflags'])})" if rep["cflags"] else ""),
-             f"  source hash {rep['source_hash'][:12]} (the C file, its cflags and migrator.h; `init` records it)",
-             f"  sink {rep['sink']}: " + (f"def found in {rep['sink_file']}" if "sink_file" in rep else "not checked")]
+             f"  source hash {rep['source_hash'][:12]} (the C file, its cflags and migrator.h; `init` records it)"]
+    if rep["kind"] == "attach":
+        lines[0] += f", channel {rep['channel']}, served by your own process through migrator.attach (no agent)"
+    else:
+        lines.append(f"  sink {rep['sink']}: " + (f"def found in {rep['sink_file']}" if "sink_file" in rep else "not checked"))
     for a in rep["attach"]:
         where = a["device"] + (f" in netns {a['netns']}" if a.get("netns") else "")
         how = a.get("direction") or f"mode {a.get('mode')}"
@@ -307,10 +313,19 @@ def controller_services(sf, mid: int, cfg: Config, metrics_addr: str | None):
     return endpoint, notifier
 
 
+def _as_bcc(src):
+    """A [source] kind = "attach" as the bcc program it names (same file, cflags, channel), for the
+    compile check and the fingerprint: the program is the same, only who runs it differs."""
+    from dataclasses import replace
+
+    return replace(src, kind="bcc") if src.kind == "attach" else src
+
+
 def start_fingerprint(cfg: Config) -> str:
-    """The schema fingerprint `start` freezes: the demo probes', or for [source] kind = "bcc" that of
-    the payload type bcc infers from the operator's program (compiled once here: root and bcc)."""
-    if cfg.source.kind != "bcc":
+    """The schema fingerprint `start` freezes: the demo probes', or for [source] kind = "bcc" or
+    "attach" that of the payload type bcc infers from the operator's program (compiled once here:
+    root and bcc), the same registry migrator.attach reports from the process's own BPF object."""
+    if cfg.source.kind not in ("bcc", "attach"):
         from migrator.control import moves as ops
 
         return ops.default_fingerprint()
@@ -322,7 +337,7 @@ def start_fingerprint(cfg: Config) -> str:
                             "`migrator start --schema-fingerprint ...`)")
     from migrator.dataplane.operator import source_fingerprint
 
-    return source_fingerprint(cfg.source)
+    return source_fingerprint(_as_bcc(cfg.source))
 
 
 def _print_step(res) -> None:
@@ -416,6 +431,24 @@ def rollback_cmd(config: Path = config_option(), migration: int = _migration_opt
     Example: migrator rollback --reason "p99 lag regression on mig1"
     """
     _move("rollback", config, migration, reason, confirm_timeout, as_json)
+
+
+@app.command("undo")
+def undo_cmd(config: Path = config_option(), migration: int = _migration_option(),
+             reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
+             confirm_timeout: float = _timeout_option(),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Undo a COMPLETE migration: every host back on PERF (COMPLETE -> ROLLED_BACK, final).
+
+    The only move out of COMPLETE (`rollback` refuses it and names this command). The channel
+    header still writes perf after COMPLETE, so PERF is one mode switch away, made through DUAL
+    on each host like any switch: no event is lost or delivered twice. Recorded as a transition
+    with actor manual and your reason, as every move is. A canary.toml changed since `init` only
+    warns. Refused in any other phase: use `rollback` before COMPLETE.
+
+    Example: migrator undo --reason "ring path regressed after rollout" --confirm-timeout 10
+    """
+    _move("undo", config, migration, reason, confirm_timeout, as_json)
 
 
 @app.command("abort")

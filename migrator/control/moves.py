@@ -57,9 +57,9 @@ def check_same_source(m: Migration, config: Config) -> None:
         raise SourceChanged(m.id, config.source.file or config.path, digest, m.source_hash)
 
 
-MOVES = ("advance", "pause", "resume", "rollback", "abort")
+MOVES = ("advance", "pause", "resume", "rollback", "abort", "undo")
 # Moves that stop a migration: a changed plan never blocks them (stopping must always be possible).
-STOPS = ("rollback", "abort")
+STOPS = ("rollback", "abort", "undo")
 
 
 def check_plan(m: Migration, config: Config, op: str) -> str | None:
@@ -82,7 +82,11 @@ def check_plan(m: Migration, config: Config, op: str) -> str | None:
 
 def manual_move(session_factory: sessionmaker[Session], migration_id: int, op: str, *, reason: str = "",
                 applier: ModeApplier | None = None, schema_fingerprint: str | None = None) -> dict:
-    """advance | pause | resume | rollback | abort, by an operator; returns the transition as a dict.
+    """advance | pause | resume | rollback | abort | undo, by an operator; returns the transition as a dict.
+
+    undo is the only move out of COMPLETE: COMPLETE -> ROLLED_BACK, every host back on PERF (the
+    channel header still writes perf after COMPLETE), one transition row like any other move.
+    `rollback` from COMPLETE is refused and names `undo`.
 
     An advance out of PLANNED freezes `schema_fingerprint` as `start` does (default: the data
     plane's, default_fingerprint())."""
@@ -109,7 +113,13 @@ def manual_move(session_factory: sessionmaker[Session], migration_id: int, op: s
             raise TransitionNotAllowed(label(phase, slice_, slices), "resume", f"{phase} is not PAUSED")
         target, to_slice = Phase(paused_phase), paused_slice or 0
     elif op == "rollback":
+        if phase == Phase.COMPLETE:
+            raise TransitionNotAllowed(label(phase, slice_, slices), str(Phase.ROLLED_BACK),
+                                       "COMPLETE is final; `migrator undo` puts every host back on PERF")
         target, to_slice = Phase.ROLLED_BACK, 0
+    elif op == "undo":
+        target, to_slice = Phase.ROLLED_BACK, 0
+        kw["undo"] = True
     else:  # abort
         target, to_slice = Phase.ABORTED, 0
     t = transition(session_factory, migration_id, target, to_slice=to_slice, actor="manual",

@@ -48,6 +48,11 @@ LEGAL: dict[Phase, frozenset[Phase]] = {
     Phase.ABORTED: frozenset(),
 }
 
+# `migrator undo`: the one way out of COMPLETE, taken only when asked for by name (the machine,
+# the controller and `rollback` still see COMPLETE as final). Every host goes back to PERF, which
+# the channel header still writes after COMPLETE (RING is a mode, not a rebuilt program).
+UNDO = (Phase.COMPLETE, Phase.ROLLED_BACK)
+
 # Moves that need the phase's evidence: min clean windows, fingerprint, manual gate.
 FORWARD = {(Phase.DUAL_INSTRUMENT, Phase.SHADOW), (Phase.SHADOW, Phase.CANARY),
            (Phase.CANARY, Phase.CANARY), (Phase.CANARY, Phase.COMPLETE)}
@@ -61,10 +66,17 @@ def label(phase: str, slice_: int = 0, slices: int = 0) -> str:
 
 
 def check_transition(current: str, target: str, *, slice_: int = 0, to_slice: int = 0,
-                     slices: int = 1, paused_phase: str | None = None, paused_slice: int | None = None) -> None:
-    """Raise TransitionNotAllowed unless current -> target is a legal move of the machine."""
+                     slices: int = 1, paused_phase: str | None = None, paused_slice: int | None = None,
+                     undo: bool = False) -> None:
+    """Raise TransitionNotAllowed unless current -> target is a legal move of the machine
+    (undo=True: only COMPLETE -> ROLLED_BACK, see UNDO)."""
     cur, tgt = Phase(current), Phase(target)
     here, there = label(cur, slice_, slices), label(tgt, to_slice, slices)
+    if undo:
+        if (cur, tgt) != UNDO:
+            raise TransitionNotAllowed(here, "undo", f"undo only leaves COMPLETE; from {cur} use `migrator rollback`"
+                                       if cur not in FINAL else f"{cur} is final")
+        return
     if tgt not in LEGAL[cur]:
         if cur in FINAL:
             raise TransitionNotAllowed(here, there, f"{cur} is final")
@@ -154,11 +166,12 @@ def request_transition(session: Session, migration_id: int, target: str, *, to_s
                        actor: str = "manual", reason: str = "", window_ids: list[int] | None = None,
                        evidence: dict | None = None, now: float | None = None, holder: str = "",
                        min_clean: int = 0, manual_gate: bool = False,
-                       schema_fingerprint: str | None = None) -> Transition:
+                       schema_fingerprint: str | None = None, undo: bool = False) -> Transition:
     """Check the move and its guards, then add the intent row; the caller commits it. Never applies.
 
     schema_fingerprint: frozen on the migration when the move leaves PLANNED for DUAL_INSTRUMENT
-    (`start` and `advance` alike), in the same transaction as the intent."""
+    (`start` and `advance` alike), in the same transaction as the intent. undo: COMPLETE -> ROLLED_BACK
+    (`migrator undo`), the only move out of COMPLETE."""
     m = lock_migration(session, migration_id)
     if m.pending_transition_id is not None:
         t = session.get(Transition, m.pending_transition_id)
@@ -167,7 +180,7 @@ def request_transition(session: Session, migration_id: int, target: str, *, to_s
     slices = slice_count(session, migration_id)
     tgt = Phase(target)
     check_transition(m.phase, tgt, slice_=m.slice, to_slice=to_slice, slices=slices,
-                     paused_phase=m.paused_phase, paused_slice=m.paused_slice)
+                     paused_phase=m.paused_phase, paused_slice=m.paused_slice, undo=undo)
     check_guards(m, tgt, actor=actor, min_clean=min_clean, manual_gate=manual_gate,
                  slices=slices, to_slice=to_slice)
     if schema_fingerprint is not None and m.phase == Phase.PLANNED and tgt == Phase.DUAL_INSTRUMENT:
@@ -301,6 +314,6 @@ def transition(session_factory: sessionmaker[Session], migration_id: int, target
     return t
 
 
-__all__ = ["Phase", "FINAL", "MEASURED", "LEGAL", "check_transition", "next_step", "modes_for",
+__all__ = ["Phase", "FINAL", "MEASURED", "LEGAL", "UNDO", "check_transition", "next_step", "modes_for",
            "request_transition", "confirm_transition", "finish_transition", "recover_transition", "transition",
            "ModeApplier", "DbApplier", "MigratorError"]
