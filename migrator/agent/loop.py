@@ -36,6 +36,7 @@ from migrator.dataplane.schema import demo_registry
 from migrator.dataplane.tc import attach_tc
 from migrator.errors import MigratorError, SourceChanged, UnknownHost
 from migrator.shared.records import ChannelWindow
+from migrator.store import check_integrity
 from migrator.store.api import active_migration, get_migration, hosts
 
 log = logging.getLogger("migrator.agent")
@@ -48,7 +49,13 @@ DRILL_CHECK_S = 0.05
 
 
 def serve_migration(sf: sessionmaker[Session], host: str, migration_id: int | None) -> int:
-    """The migration a host process serves (the active one by default); refuses a host it does not list."""
+    """The migration a host process serves (the active one by default); refuses a host it does not list.
+
+    Every process that writes windows comes through here before its first write (the agent, the
+    library's attach with a config, wrap), so here the whole file gets the check `start` makes
+    (check_integrity, SQLite's quick_check): a corrupt database is refused with start's error,
+    before a window lands on a bad page."""
+    check_integrity(sf)
     with sf() as s:
         if migration_id is None:
             m = active_migration(s)
