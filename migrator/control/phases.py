@@ -31,6 +31,7 @@ from migrator.errors import (
     TransitionPending,
 )
 from migrator.store.models import Host, Migration, Transition
+from migrator.store.push import announce
 from migrator.shared.vocab import FINAL, MEASURED, Phase
 
 
@@ -216,6 +217,7 @@ def confirm_transition(session: Session, migration_id: int, transition_id: int, 
         m.paused_phase, m.paused_slice = None, None
     m.phase, m.slice = str(tgt), t.to_slice
     m.pending_transition_id = None
+    announce(session, migration_id, "phase")  # PostgreSQL: the links read phase and settled now (a pause moves no mode)
     if not keep_evidence:
         # A new phase or slice proves itself from scratch; pausing must not wipe a breach streak.
         m.phase_since = now
@@ -247,6 +249,7 @@ class DbApplier:
                 .values(desired_mode=bindparam("m")),
                 [{"h": h, "m": mode} for h, mode in modes.items()],
             )
+            announce(s, migration_id, "modes")  # PostgreSQL: the hosts' links read the new modes at commit
         if self.confirm_timeout is None:
             return
         deadline = time.monotonic() + self.confirm_timeout
