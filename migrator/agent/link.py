@@ -1,9 +1,23 @@
 """The agent's link to the database, on its own thread so a slow or lost database never stalls
-the consumers. The data path only reads `desired`/`up` and hands windows and mode reports over."""
+the consumers. The data path only reads `desired`/`up` and hands windows and mode reports over.
+
+How it learns a new desired mode depends on the database:
+- SQLite: a look at `PRAGMA data_version` every `poll` (store/watch.py); the row is read only after
+  somebody committed.
+- PostgreSQL: push. One held connection in autocommit LISTENs on the migration's channel, which
+  every transaction that changes what a host reads NOTIFYs (store/push.py). The thread sleeps on
+  that connection's socket (and on its own eventfd, written when there is something to send or it
+  must stop), reads its row only when notified, and once every `safety_read` seconds in case a
+  notification was lost. Idle, it costs a heartbeat a second and a read every `safety_read`; a
+  transition arrives within one notification, whatever `safety_read` is.
+Writes (closed windows, the heartbeat, mode reports, self-protection) go in one transaction per
+round trip; while windows flow (one a window) they carry the heartbeat.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import select as selectmod
 import threading
 import time
 from collections.abc import Callable
@@ -16,10 +30,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.store import reader_of
 from migrator.store.watch import ChangeWatch
 from migrator.store.api import heartbeat, record_windows, report_applied, report_self_protect
+from migrator.store.push import channel
 from migrator.store.models import Host, Migration, Transition
 from migrator.shared.records import ChannelWindow
 
 log = logging.getLogger("migrator.agent")
+
+# PostgreSQL: the desired mode is read when notified, and at least this often (seconds) in case a
+# notification was lost (a NOTIFY is not sent when its transaction rolls back, and a LISTEN made
+# after a commit does not hear it; both are covered by the read that follows every (re)connect).
+SAFETY_READ_S = 5.0
+# The heartbeat when nothing else is written (seconds); a write that carries windows puts the next
+# one off by BEAT_AFTER_WINDOWS_S, so while windows flow every 1 s they carry it: one transaction a window.
+BEAT_S = 1.0
+BEAT_AFTER_WINDOWS_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -35,10 +59,13 @@ class Desired:
 
 
 class DbLink(threading.Thread):
-    """Polls the host's desired mode, sends windows and mode reports, tracks the last good round trip."""
+    """Follows the host's desired mode, sends windows and mode reports, tracks the last good round trip.
+
+    poll: SQLite's look at data_version (seconds). safety_read: PostgreSQL's read of the desired mode
+    without a notification (seconds; notifications make it arrive at once)."""
 
     def __init__(self, sf: sessionmaker[Session], migration_id: int, host: str, *, poll: float = 0.01,
-                 lost_after: float = 3.0) -> None:
+                 lost_after: float = 3.0, safety_read: float = SAFETY_READ_S) -> None:
         super().__init__(name=f"dblink-{host}", daemon=True)
         self.sf, self.migration_id, self.host = sf, migration_id, host
         # The desired mode is read every poll: without the write lock every writer would queue for
@@ -51,7 +78,14 @@ class DbLink(threading.Thread):
                               .join(Migration, Migration.id == Host.migration_id)
                               .where(Host.migration_id == migration_id, Host.name == host))
         self._conn = None  # the reading connection, made in the thread that reads
-        self.poll, self.lost_after = poll, lost_after
+        self.poll, self.lost_after, self.safety_read = poll, lost_after, safety_read
+        # PostgreSQL: _conn also LISTENs; the row is read when notified or every safety_read.
+        self.push = self.reader.kw["bind"].dialect.name == "postgresql"
+        self._notified = False  # a notification seen after the last reading began: read again
+        self._safety_due = 0.0
+        self.reads = 0  # desired-mode reads made (the bench and the tests count them)
+        # Wakes the link thread's own wait (push mode): something to send, or stop.
+        self._kick: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.desired: Desired | None = None
         self.last_ok = time.monotonic()
         self.last_ok_wall = time.time()
@@ -97,11 +131,22 @@ class DbLink(threading.Thread):
             if protection is not None:
                 self._protections.append(protection)
             self._beat_due = 0.0
+        self._nudge()
 
     def report(self, mode: str, at: float) -> None:
         """Queue a mode-applied report, so the controller learns this host has switched (and when)."""
         with self._lock:
             self._reports.append((mode, at))
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the link thread's wait (push mode sleeps until a notification or its next heartbeat)."""
+        fd = self._kick
+        if fd is not None and self.push:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:  # closed by stop(), or the counter is full: a wake is pending anyway
+                pass
 
     def queued(self) -> list[ChannelWindow]:
         """A copy of the windows still waiting for the database."""
@@ -130,9 +175,13 @@ class DbLink(threading.Thread):
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Stop polling; try once more to deliver what is queued."""
         self._halt.set()
+        self._nudge()
         self.join(flush_timeout)
         if not self.is_alive() and self.wake_fd is not None:  # a thread still hung keeps it to write
             fd, self.wake_fd = self.wake_fd, None
+            os.close(fd)
+        if not self.is_alive() and self._kick is not None:
+            fd, self._kick = self._kick, None
             os.close(fd)
         if not self.is_alive():
             self.watch.close()
@@ -146,18 +195,72 @@ class DbLink(threading.Thread):
         """Read the mode the controller wants for this host and whether a transition is still pending.
 
         One prepared statement on one held read-only connection (~40 us, against ~300 us through a new
-        ORM session): it runs up to 100 times a second. A failed read drops the connection."""
+        ORM session): on SQLite it runs up to 100 times a second. A failed read drops the connection.
+        On PostgreSQL the connection is in autocommit and LISTENs (before its first read, so no change
+        committed after that read goes unheard)."""
         try:
             if self._conn is None:
-                self._conn = self.reader.kw["bind"].connect()
+                conn = self.reader.kw["bind"].connect()
+                self._conn = conn
+                if self.push:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                    self._conn = conn
+                    conn.exec_driver_sql(f"LISTEN {channel(self.migration_id)}")
+            self._notified = False  # what was announced before this reading, it sees
             row = self._conn.execute(self._desired_stmt).one()
             self._conn.rollback()  # end the read: a held snapshot would pin SQLite's WAL
         except BaseException:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.invalidate()
+            self._drop_conn()
             raise
+        self.reads += 1
+        self._safety_due = time.monotonic() + self.safety_read
         return Desired(row[0], row[1] is None, row[2], row[3])
+
+    def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.invalidate()
+
+    def _drain(self) -> bool:
+        """Push mode: whether a notification came (taken off the connection, never blocking).
+
+        A broken connection counts as one: it is dropped, and the next reading reconnects, LISTENs and reads."""
+        if self._conn is None:
+            return True
+        try:
+            got = list(self._conn.connection.driver_connection.notifies(timeout=0))
+        except Exception:  # noqa: BLE001 -- psycopg's own errors: the server or the socket is gone
+            self._drop_conn()
+            return True
+        if got:
+            self._notified = True
+        return self._notified
+
+    def _idle(self) -> None:
+        """Push mode: sleep until a notification, something to send, stop, the next heartbeat or safety read."""
+        if self._drain() or self._halt.is_set():
+            return
+        fds = [self._kick] if self._kick is not None else []
+        if self._conn is not None:
+            try:
+                fds.append(self._conn.connection.driver_connection.fileno())
+            except Exception:  # noqa: BLE001 -- a closed connection: the next round trip reconnects
+                self._drop_conn()
+                return
+        now = time.monotonic()
+        timeout = max(0.0, min(self._beat_due, self._safety_due) - now)
+        with self._lock:
+            if self._outbox or self._reports or self._protections:
+                timeout = min(timeout, self.poll)  # a write that failed: try again soon
+        try:
+            ready, _, _ = selectmod.select(fds, [], [], min(timeout, BEAT_S))
+        except (OSError, ValueError):  # a descriptor closed under us (stop)
+            return
+        if self._kick is not None and self._kick in ready:
+            try:
+                os.eventfd_read(self._kick)
+            except OSError:
+                pass
 
     def _actual_mode(self) -> str | None:
         """The mode map's value now, or None when it cannot be read (no feed yet, program closing)."""
@@ -194,7 +297,18 @@ class DbLink(threading.Thread):
                 del self._reports[: len(reports)]
                 del self._protections[: len(protections)]
             self.sent += len(windows)
-            self._beat_due = time.monotonic() + 1.0
+            self._beat_due = time.monotonic() + (BEAT_AFTER_WINDOWS_S if windows else BEAT_S)
+        if self.push:
+            # Only when told (or first, or after a reconnect), and every safety_read: never on a write.
+            if (self.desired is not None and not self._drain()
+                    and time.monotonic() < self._safety_due):
+                return
+            desired = self.read_desired()
+            changed = desired != self.desired
+            self.desired = desired
+            if changed:
+                self.wake()
+            return
         committed = self.watch.changed()  # looked at every time, so it always compares with the last look
         if self.desired is not None and not wrote and not committed:
             return  # nobody committed since the last reading: the desired mode is what we have
@@ -205,7 +319,8 @@ class DbLink(threading.Thread):
             self.wake()
 
     def run(self) -> None:
-        """The link thread: a round trip every `poll` s, queued data kept across outages, one last flush on stop."""
+        """The link thread: a round trip every `poll` s (push mode: when notified, something is queued,
+        or a heartbeat or safety read is due), queued data kept across outages, one last flush on stop."""
         while True:
             stopping = self._halt.is_set()
             try:
@@ -226,4 +341,7 @@ class DbLink(threading.Thread):
                     self._halt.wait(0.2)
             if stopping:
                 return
-            self._halt.wait(self.poll)
+            if self.push and self.down_since is None:
+                self._idle()
+            else:
+                self._halt.wait(self.poll)

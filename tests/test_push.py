@@ -1,0 +1,170 @@
+"""Push, not poll (issue 17, item 1), on a real PostgreSQL: a host's link LISTENs on its migration's
+channel and reads its desired mode only when notified, plus a slow safety read.
+
+Statements are counted in process: every statement the link sends goes through SQLAlchemy, whose
+`before_cursor_execute` event sees it on both of its engines (the writer and the LISTENing reader),
+and pg_stat_database's commits of the test's own database bound the link's transactions.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.pool import NullPool
+
+from migrator.agent.link import DbLink
+from migrator.config import load_config
+from migrator.control.phases import DbApplier, transition
+from migrator.shared.vocab import Phase
+from migrator.store import api, open_store
+from migrator.store.push import channel
+
+PLAN = ('hosts = ["h1", "h2"]\nslices = [1, 2]\n'
+        "[phases.dual_instrument]\nmin_clean_windows = 0\n"
+        "[phases.shadow]\nmin_clean_windows = 0\n"
+        "[phases.canary]\nmin_clean_windows = 0\n")
+
+
+class Statements:
+    """Statements sent on an engine, kept with when they were sent."""
+
+    def __init__(self, *engines) -> None:
+        self.sent: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        for engine in engines:
+            event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        with self._lock:
+            self.sent.append((time.monotonic(), " ".join(statement.split())))
+
+    def desired_reads(self, since: float = 0.0) -> list[float]:
+        """When the link's desired-mode query ran (it joins hosts to migrations; the heartbeat reads hosts only)."""
+        with self._lock:
+            return [t for t, s in self.sent if t >= since and "desired_mode" in s and "JOIN migrations" in s]
+
+
+@pytest.fixture
+def pg_migration(tmp_path, pg_database, monkeypatch):
+    """A PLANNED two-host migration in a throwaway PostgreSQL database: (url, session factory, id)."""
+    url = pg_database()
+    monkeypatch.setenv("MIGRATOR_DATABASE_URL", url)
+    (tmp_path / "canary.toml").write_text(PLAN)
+    cfg = load_config(tmp_path / "canary.toml")
+    sf = open_store(url)
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, cfg, schema_fingerprint="fp").id
+    yield url, sf, mid
+    sf.kw["bind"].dispose()
+
+
+def wait_for(cond, timeout: float, step: float = 0.005) -> float:
+    """Seconds until cond() held; fails after timeout."""
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def commits(url: str) -> int:
+    """Committed transactions of the database of `url` so far (the statistics are read fresh)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+            return conn.scalar(text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+    finally:
+        engine.dispose()
+
+
+def test_idle_link_reads_its_mode_only_at_safety_reads(pg_migration):
+    url, sf, mid = pg_migration
+    link = DbLink(sf, mid, "h1", safety_read=1.5)
+    assert link.push
+    seen = Statements(sf.kw["bind"], link.reader.kw["bind"])
+    link.start()
+    try:
+        wait_for(lambda: link.desired is not None, 5.0)
+        assert link.desired.mode == "PERF"
+        t0 = time.monotonic()
+        time.sleep(4.6)
+        reads = seen.desired_reads(since=t0)
+        # One safety read every 1.5 s, none in between: 3 in 4.6 s (4 at most, by timing), and
+        # nothing polled: the old link read it 100 times a second.
+        assert 2 <= len(reads) <= 4, reads
+        gaps = [b - a for a, b in zip(reads, reads[1:])]
+        assert all(g >= 1.4 for g in gaps), gaps
+        assert link.reads >= len(reads)
+        # The heartbeat (one write a second) and the safety reads are all it does.
+        with seen._lock:
+            others = [s for t, s in seen.sent if t >= t0 and "desired_mode" not in s]
+        assert len(others) <= 60, others[:10]
+    finally:
+        link.stop()
+
+
+def test_idle_link_commits_few_transactions(pg_migration):
+    url, sf, mid = pg_migration
+    link = DbLink(sf, mid, "h1")  # the default safety read
+    link.start()
+    try:
+        wait_for(lambda: link.desired is not None, 5.0)
+        time.sleep(0.5)
+        before, t0 = commits(url), time.monotonic()
+        time.sleep(4.0)
+        rate = (commits(url) - before - 1) / (time.monotonic() - t0)  # less this count's own query
+        assert rate <= 2.0, f"{rate:.1f} transactions/s from an idle link"
+    finally:
+        link.stop()
+
+
+def test_transition_arrives_within_one_notification(pg_migration):
+    """With the safety read a minute away, each move reaches both hosts' links within a second: the
+    notification carries it, not a poll. Pause (no mode changes) is announced too."""
+    url, sf, mid = pg_migration
+    links = [DbLink(sf, mid, h, safety_read=60.0) for h in ("h1", "h2")]
+    seen = Statements(*[link.reader.kw["bind"] for link in links])
+    for link in links:
+        link.start()
+    try:
+        wait_for(lambda: all(link.desired is not None for link in links), 5.0)
+        time.sleep(0.3)  # past the first reads: what follows is notified, or would wait 60 s
+        first = len(seen.desired_reads())
+        moves = [(Phase.DUAL_INSTRUMENT, 0, {"h1": "DUAL", "h2": "DUAL"}),
+                 (Phase.SHADOW, 0, {"h1": "DUAL", "h2": "DUAL"}),
+                 (Phase.CANARY, 1, {"h1": "RING", "h2": "PERF"}),
+                 (Phase.PAUSED, 0, {"h1": "RING", "h2": "PERF"}),
+                 (Phase.CANARY, 1, {"h1": "RING", "h2": "PERF"}),
+                 (Phase.ROLLED_BACK, 0, {"h1": "PERF", "h2": "PERF"})]
+        for target, to_slice, want in moves:
+            transition(sf, mid, target, to_slice=to_slice, applier=DbApplier(), actor="manual")
+            took = wait_for(lambda: all(link.desired.mode == want[link.host] and link.desired.phase == target
+                                        and link.desired.settled for link in links), 1.0)
+            assert took < 1.0, (target, took)
+        # Reads came from notifications: a handful per move and link, never a poll's hundred a second.
+        assert len(seen.desired_reads()) - first <= len(moves) * len(links) * 3
+    finally:
+        for link in links:
+            link.stop()
+
+
+def test_notify_is_sent_only_when_the_transaction_commits(pg_migration):
+    """announce() rides the transaction: a rolled-back mode change tells nobody."""
+    import psycopg
+
+    url, sf, mid = pg_migration
+    raw = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(raw, autocommit=True) as listener:
+        listener.execute(f"LISTEN {channel(mid)}")
+        with sf() as s:
+            s.begin()
+            from migrator.store.push import announce
+            announce(s, mid, "modes")
+            s.rollback()
+        assert list(listener.notifies(timeout=0.3)) == []
+        DbApplier().apply(sf, mid, {"h1": "DUAL"})
+        got = list(listener.notifies(timeout=2.0, stop_after=1))
+        assert [(n.channel, n.payload) for n in got] == [(channel(mid), "modes")]
