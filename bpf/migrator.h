@@ -74,6 +74,11 @@
  *                         compile. The per-CPU scratch is 32 + MIGRATOR_MAX_PAYLOAD bytes.
  *   MIGRATOR_RING_WAKEUP  flags of ringbuf_output/submit/discard: 0 adaptive (default),
  *                         1 BPF_RB_NO_WAKEUP, 2 BPF_RB_FORCE_WAKEUP.
+ *   MIGRATOR_TIME_EVERY   time each channel's emit on every N-th seq (a power of two, default
+ *                         16; 0: never): bpf_ktime_get_ns around perf_submit and around
+ *                         ringbuf_output (MIGRATOR_OUTPUT) or ringbuf_submit (MIGRATOR_SUBMIT; the
+ *                         reservation is not timed), summed per CPU and epoch parity in the
+ *                         counters *_NS and *_TIMED: the producer's cost per event per channel.
  *
  * LIMITS
  *   - "full" is -ENOSPC from perf, -EAGAIN from ringbuf_output or NULL from ringbuf_reserve.
@@ -107,6 +112,14 @@
 #ifndef MIGRATOR_RING_WAKEUP
 #define MIGRATOR_RING_WAKEUP 0
 #endif
+#ifndef MIGRATOR_TIME_EVERY
+#define MIGRATOR_TIME_EVERY 16
+#endif
+#if MIGRATOR_TIME_EVERY < 0 || (MIGRATOR_TIME_EVERY & (MIGRATOR_TIME_EVERY - 1)) != 0
+#error "MIGRATOR_TIME_EVERY must be 0 or a power of two"
+#endif
+/* Whether the emit of the record with this seq is timed. */
+#define MIGRATOR_TIMED(seq) (MIGRATOR_TIME_EVERY && ((seq) & (MIGRATOR_TIME_EVERY - 1)) == 0)
 #if MIGRATOR_RING_WAKEUP == 0
 #define MIGRATOR_RB_FLAGS 0
 #elif MIGRATOR_RING_WAKEUP == 1
@@ -140,7 +153,11 @@
 #define MIGRATOR_CNT_COPY_FAIL 9 /* bpf_probe_read_kernel() of the payload failed */
 #define MIGRATOR_CNT_NO_SCRATCH 10
 #define MIGRATOR_CNT_DISCARD 11 /* MIGRATOR_DISCARD calls */
-#define MIGRATOR_CNT_MAX 12 /* counters per epoch parity; the map holds two sets */
+#define MIGRATOR_CNT_PERF_NS 12 /* ns spent in timed perf emits (MIGRATOR_TIME_EVERY) */
+#define MIGRATOR_CNT_PERF_TIMED 13 /* timed perf emits */
+#define MIGRATOR_CNT_RING_NS 14 /* ns spent in timed ring emits */
+#define MIGRATOR_CNT_RING_TIMED 15 /* timed ring emits */
+#define MIGRATOR_CNT_MAX 16 /* counters per epoch parity; the map holds two sets */
 
 /* Where a reservation lives; the low 2 bits are the mode written into the header. */
 #define MIGRATOR_ST_PERF 0         /* PERF: scratch, submit goes to perf */
@@ -224,6 +241,16 @@ static __always_inline void __migrator_cnt_@NAME@(int *k, int idx)
     u64 *c = @NAME@__cnt.lookup(k);
     if (c)
         *c += 1; /* per CPU: no atomic needed */
+}
+
+/* A timed emit: add its ns to counter idx and count it in idx + 1. */
+static __always_inline void __migrator_time_@NAME@(int *k, int idx, u64 ns)
+{
+    *k = idx;
+    u64 *c = @NAME@__cnt.lookup(k);
+    if (c)
+        *c += ns;
+    __migrator_cnt_@NAME@(k, idx + 1);
 }
 
 /* The mode word, read once per record: the mode (3 read as RING) in bits 0-1, the epoch in 2-7. */
@@ -323,13 +350,24 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
     sc->ktime = bpf_ktime_get_ns();
     u64 total = sizeof(struct migrator_hdr) + n;
     u32 mode = sc->flags & MIGRATOR_FLAG_MODE_MASK;
+    int timed = MIGRATOR_TIMED(sc->seq);
+    u64 t0 = 0;
     int rc = 0;
-    if (mode != MIGRATOR_MODE_RING)
+    if (mode != MIGRATOR_MODE_RING) {
+        if (timed)
+            t0 = bpf_ktime_get_ns();
         rc = __migrator_perf_@NAME@(&k, ctx, sc, total, cb);
+        if (timed)
+            __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_PERF_NS, bpf_ktime_get_ns() - t0);
+    }
     if (mode != MIGRATOR_MODE_PERF) {
         if (rc)
             sc->flags |= MIGRATOR_FLAG_PERF_LOST; /* the ring copy is the only one */
+        if (timed)
+            t0 = bpf_ktime_get_ns();
         int rrc = __migrator_ring_@NAME@(&k, sc, total, cb);
+        if (timed)
+            __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_RING_NS, bpf_ktime_get_ns() - t0);
         if (!rc)
             rc = rrc;
     }
@@ -384,14 +422,25 @@ static __always_inline void __migrator_submit_@NAME@(void *ctx, u32 st, void *p,
     int k = 0;
     struct migrator_hdr *h = ((struct migrator_hdr *)p) - 1;
     int cb = __migrator_cb_@NAME@(h->flags); /* the epoch of the reservation */
+    int timed = MIGRATOR_TIMED(h->seq);
+    u64 t0 = 0;
     int rc = 0;
-    if (st != MIGRATOR_ST_RING)
+    if (st != MIGRATOR_ST_RING) {
+        if (timed)
+            t0 = bpf_ktime_get_ns();
         rc = __migrator_perf_@NAME@(&k, ctx, (struct migrator_record *)h, sizeof(*h) + size, cb);
+        if (timed)
+            __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_PERF_NS, bpf_ktime_get_ns() - t0);
+    }
     if (st == MIGRATOR_ST_DUAL || st == MIGRATOR_ST_RING) {
         if (rc)
             h->flags |= MIGRATOR_FLAG_PERF_LOST; /* the ring copy is the only one */
         __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
+        if (timed)
+            t0 = bpf_ktime_get_ns();
         @NAME@__ring.ringbuf_submit(h, MIGRATOR_RB_FLAGS);
+        if (timed)
+            __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_RING_NS, bpf_ktime_get_ns() - t0);
         __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_OK);
     }
 }

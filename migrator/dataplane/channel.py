@@ -26,9 +26,11 @@ from migrator.shared.vocab import MODE_NAMES, MODE_VALUES
 # Index order of the per-CPU counters in name__cnt (MIGRATOR_CNT_* in migrator.h).
 COUNTERS = ("perf_attempts", "perf_ok", "perf_full", "perf_other",
             "ring_attempts", "ring_ok", "ring_full", "ring_other",
-            "truncated", "copy_fail", "no_scratch", "discard")
-EXTRA_COUNTERS = COUNTERS[8:]
-CHANNEL_COUNTERS = COUNTERS[:8]  # what Counters carries, for perf and ring
+            "truncated", "copy_fail", "no_scratch", "discard",
+            "perf_ns", "perf_timed", "ring_ns", "ring_timed")
+EXTRA_COUNTERS = COUNTERS[8:12]
+# What Counters carries, for perf and ring: the emit counts, and the timed emits' ns and number.
+CHANNEL_COUNTERS = COUNTERS[:8] + COUNTERS[12:]
 N_COUNTERS = len(COUNTERS)  # per epoch parity: name__cnt holds two sets
 # The maps MIGRATOR_CHANNEL(name, bytes) declares, by suffix.
 SUFFIXES = ("", "__perf", "__ring", "__mode", "__seq", "__cnt", "__scratch")
@@ -236,7 +238,8 @@ class Channel:
         """{"perf": Counters, "ring": Counters}, summed over CPUs (and over both epoch parities
         unless one is given)."""
         c = self.raw_counters(parity, CHANNEL_COUNTERS)
-        return {ch: Counters(c[f"{ch}_attempts"], c[f"{ch}_ok"], c[f"{ch}_full"], c[f"{ch}_other"])
+        return {ch: Counters(c[f"{ch}_attempts"], c[f"{ch}_ok"], c[f"{ch}_full"], c[f"{ch}_other"],
+                             c[f"{ch}_ns"], c[f"{ch}_timed"])
                 for ch in ("perf", "ring")}
 
     def prog_fds(self) -> list[int]:

@@ -416,6 +416,8 @@ class Pipeline:
                 bpf_run_ns=None if run is None else run[0] - self._prev_run[0],
                 bpf_run_cnt=None if run is None else run[1] - self._prev_run[1],
                 residual=d.attempts - delivered - loss.dropped - loss.lost - in_flight, settled=settled,
+                producer_ns=None if d.producer_ns is None else round(d.producer_ns, 1),
+                peak_bytes=max(cons.peak_bytes, cons.pending_bytes() if ch == "ring" else cons.max_pending_bytes()),
                 extra={"seq_min": m.seq_min, "seq_max": m.seq_max, "backlog_age_ms": round(backlog_ms, 3),
                        "epoch": ended, "pending": pending},
             )
@@ -427,6 +429,7 @@ class Pipeline:
                 w.extra["lost_reported"] = self.perf.lost_reported - self._prev_lost_reported
                 self._prev_lost_reported = self.perf.lost_reported
             out.append(w)
+            cons.peak_bytes = 0
             self._prev_parse[ch] = parse
             m.reset()
         if run is not None:

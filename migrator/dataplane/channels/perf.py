@@ -156,6 +156,7 @@ class PerfConsumer:
         # an unmodified bcc tool asked; its reader then drains at once (Pipeline.drain_on_wake).
         self.wakeup_events = wakeup_events if watermark_bytes == 0 else 0
         self.parse_errors = 0
+        self.peak_bytes = 0  # fullest CPU buffer seen at a drain since the owner last reset it
         self.lost_reported = 0
         self.consumed = 0
         self.consumed_bytes = 0
@@ -192,6 +193,7 @@ class PerfConsumer:
         self.lost_reported += old.lost_reported
         self.consumed += old.consumed
         self.consumed_bytes += old.consumed_bytes
+        self.peak_bytes = max(self.peak_bytes, old.peak_bytes)
 
     def fds(self) -> list[int]:
         """The per-CPU perf event fds, for the caller to wait on (epoll)."""
@@ -230,6 +232,8 @@ class PerfConsumer:
         total = self._lib.mg_perf_pending(self._pages_addr, len(self._bufs), self._heads_addr)
         if not total:
             return Frames.empty()
+        # the fill is highest just before a drain: each CPU's head (just read) less its tail
+        self.peak_bytes = max(self.peak_bytes, *(int(h) - b.tail.value for h, b in zip(self._heads, self._bufs)))
         buf, buf_at = self._spare_bufs.take(total)
         rows = total // MIN_SAMPLE + 1  # a readable sample takes at least MIN_SAMPLE bytes
         hdr, hdr_at = self._spare_hdrs.take(rows * HDR_SIZE)

@@ -50,6 +50,7 @@ class RingConsumer:
         self._words = memoryview(self._prod_mm).cast("I")  # u32 at every 4-byte offset
         self.parse_errors = 0
         self.consumed = 0
+        self.peak_bytes = 0  # highest fill seen at a drain since the owner last reset it
         self.consumed_bytes = 0
         self._count_from = self._count_pos = -1  # in_flight's resumable walk
         self._count_n = 0
@@ -157,6 +158,7 @@ class RingConsumer:
         avail = int(self._prod[0]) - cons
         if avail <= 0:
             return Frames.empty()
+        self.peak_bytes = max(self.peak_bytes, avail)  # the fill is highest just before a drain
         buf, buf_at = self._bufs.take(avail)
         rows = avail // MIN_RECORD + 1  # a readable record takes at least MIN_RECORD bytes
         hdr, hdr_at = self._hdrs.take(rows * HDR_SIZE)
