@@ -43,6 +43,7 @@ MAX_LAB_HOSTS = 64  # lab.hosts: what `migrator lab up` can build (migrator.tool
 MAX_LAB_PPS = 1_000_000  # lab.pps: packets/s into each lab host
 MAX_SLICES = 100  # slices: canary steps (each one holds its cumulative host set)
 MAX_LOST_AFTER_WINDOWS = 10_000  # agents.lost_after_windows
+MAX_STALL_PAUSE_WINDOWS = 1_000_000  # agents.stall_pause_windows
 # Overrides `database` / `database_file` of every canary.toml this process loads (a URL or a path), so a
 # fleet's password can come from the environment. Not part of the config hash.
 DATABASE_URL_ENV = "MIGRATOR_DATABASE_URL"
@@ -116,10 +117,13 @@ ON_LOST_ACTIONS = ("pause", "rollback")
 @dataclass(frozen=True)
 class Agents:
     """[agents]: when a judged host's agent counts as lost (no report for lost_after_windows
-    windows) and what the controller then does (on_lost: pause or rollback)."""
+    windows) and what the controller then does (on_lost: pause or rollback); and after how many
+    windows a migration that cannot advance (control/stall.py: schema changed, no agent reported,
+    too few events) is paused with that reason (stall_pause_windows; 0: never, only logged and shown)."""
 
     lost_after_windows: int = 5
     on_lost: str = "pause"
+    stall_pause_windows: int = 0
 
 
 MAX_NOTIFY_ATTEMPTS = 20  # notify.max_attempts
@@ -135,7 +139,7 @@ class Notify:
     timeout_seconds: float = 5.0  # per HTTP request
 
 
-SOURCE_KINDS = ("demo", "bcc", "command")
+SOURCE_KINDS = ("demo", "bcc", "command", "attach")
 ATTACH_TYPES = ("tc", "xdp")
 TC_DIRECTIONS = ("ingress", "egress")
 XDP_MODES = ("auto", "skb", "native")
@@ -172,7 +176,10 @@ class AttachPoint:
 @dataclass(frozen=True)
 class SourceConfig:
     """What the agents run ([source]): migrator's demo probes, the operator's bcc program with its
-    sink, or the operator's unmodified command run through `migrator wrap`. Paths are absolute."""
+    sink, the operator's unmodified command run through `migrator wrap`, or ("attach") the
+    operator's own process that loads the program and serves its channel through
+    `migrator.attach(bpf, channel, config=..., host=...)`: file and cflags only name what `start`
+    compiles for the schema fingerprint, nothing is run for it and there is no sink. Paths are absolute."""
 
     kind: str = "demo"
     file: str | None = None  # bcc: the program's C file
@@ -199,6 +206,8 @@ class SourceConfig:
             return {"kind": "demo"}
         if self.kind == "command":
             return {"kind": "command", "command": list(self.command), "channel": self.channel}
+        if self.kind == "attach":
+            return {"kind": "attach", "file": self.file, "cflags": list(self.cflags), "channel": self.channel}
         return {"kind": "bcc", "file": self.file, "cflags": list(self.cflags), "channel": self.channel,
                 "sink": self.sink, "sink_path": self.sink_path, "attach": [a.to_dict() for a in self.attach]}
 
@@ -252,6 +261,8 @@ class Config:
             d["source"] = self.source.to_dict()
         if self.agents == Agents():  # likewise [agents]: plans written before it keep their hash
             d.pop("agents")
+        elif self.agents.stall_pause_windows == Agents.stall_pause_windows:
+            d["agents"].pop("stall_pause_windows")  # and plans written before stall_pause_windows
         # [notify] is where news of the migration goes, not part of the plan: left out of the hash
         # (adding a webhook mid-migration is no change of plan) and of the stored snapshot (a
         # webhook URL is a secret: Slack's carry their token).
@@ -448,10 +459,12 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
 
     source = _parse_source(p, data, base_dir or Path.cwd(), check_files)
 
-    ag = p.section(data, "agents", ("lost_after_windows", "on_lost"))
+    ag = p.section(data, "agents", ("lost_after_windows", "on_lost", "stall_pause_windows"))
     agents = Agents(p.integer(ag, "lost_after_windows", 5, "agents.lost_after_windows", minimum=1,
                               maximum=MAX_LOST_AFTER_WINDOWS),
-                    p.choice(ag, "on_lost", "pause", "agents.on_lost", ON_LOST_ACTIONS))
+                    p.choice(ag, "on_lost", "pause", "agents.on_lost", ON_LOST_ACTIONS),
+                    p.integer(ag, "stall_pause_windows", 0, "agents.stall_pause_windows", minimum=0,
+                              maximum=MAX_STALL_PAUSE_WINDOWS))
 
     hosts_raw = data.get("hosts", [])
     if not isinstance(hosts_raw, list):
@@ -642,6 +655,7 @@ SOURCE_KEYS = {
     "demo": ("kind",),
     "bcc": ("kind", "file", "cflags", "channel", "sink", "sink_path", "attach"),
     "command": ("kind", "command", "channel"),
+    "attach": ("kind", "file", "cflags", "channel"),
 }
 ATTACH_KEYS = {"tc": ("type", "function", "device", "netns", "direction"),
                "xdp": ("type", "function", "device", "netns", "mode")}
@@ -680,10 +694,10 @@ def _parse_source(p: _Parser, data: dict, base_dir: Path, check_files: bool) -> 
                 raise p.err(f"source.command[{i}]", f"must be a non-empty string, got {arg!r}", "quote every argument")
         return SourceConfig(kind="command", command=tuple(cmd), channel=channel)
 
-    # kind = "bcc"
+    # kind = "bcc" or "attach"
     f = raw.get("file")
     if f is None:
-        raise p.err("source.file", 'is required with kind = "bcc"',
+        raise p.err("source.file", f'is required with kind = "{kind}"',
                     'write e.g. file = "mytool.bpf.c" (a path relative to this file)')
     if not isinstance(f, str) or not f.strip():
         raise p.err("source.file", f"must be a path, got {_tname(f)} {f!r}", 'write e.g. file = "mytool.bpf.c"')
@@ -700,6 +714,8 @@ def _parse_source(p: _Parser, data: dict, base_dir: Path, check_files: bool) -> 
         if not isinstance(flag, str) or not flag.strip():
             raise p.err(f"source.cflags[{i}]", f"must be a non-empty string, got {flag!r}",
                         'write one compiler flag per string, e.g. "-DFOO=1"')
+    if kind == "attach":  # the operator's process serves the channel: no sink, nothing attached by us
+        return SourceConfig(kind="attach", file=str(file), cflags=tuple(cflags), channel=channel)
 
     sink = raw.get("sink")
     if sink is None:
@@ -764,10 +780,10 @@ def _parse_attach(p: _Parser, a: Any, fld: str) -> AttachPoint:
 
 
 def source_hash(cfg: Config) -> str | None:
-    """sha256 of what a kind = "bcc" source compiles from: the program file's bytes, its cflags and
-    the migrator.h it includes. None for the demo probes and for kind = "command"."""
+    """sha256 of what a kind = "bcc" or "attach" source compiles from: the program file's bytes, its
+    cflags and the migrator.h it includes. None for the demo probes and for kind = "command"."""
     src = cfg.source
-    if src.kind != "bcc":
+    if src.kind not in ("bcc", "attach"):
         return None
     from migrator.shared.resources import bpf_dir
 

@@ -68,7 +68,7 @@ BCC = '[source]\nkind = "bcc"\nfile = "tool.bpf.c"\nsink = "mysink:handle"\nsink
 TC = '[[source.attach]]\ntype = "tc"\nfunction = "tc_in"\ndevice = "{host}-n"\n'
 BAD = [
     ("not a table", "source = 3\n", "source", "must be a table, got integer"),
-    ("bad kind", '[source]\nkind = "binary"\n', "source.kind", "must be one of demo, bcc, command, got 'binary'"),
+    ("bad kind", '[source]\nkind = "binary"\n', "source.kind", "must be one of demo, bcc, command, attach, got 'binary'"),
     ("unknown key", BCC + 'files = "x.c"\n', "source.files", "unknown key"),
     ("key of another kind", '[source]\nkind = "demo"\nfile = "tool.bpf.c"\n', "source.file",
      'is not used with kind = "demo"'),

@@ -77,6 +77,10 @@ class Agent:
                  db_lost_after: float | None = None, metrics_addr: str | None = None) -> None:
         self.sf, self.cfg, self.host = session_factory, config, host
         self.migration_id = migration_id
+        if config.source.kind == "attach":
+            raise MigratorError('[source] kind = "attach" is not run by `migrator agent`: your own process serves the '
+                                f"channel through migrator.attach(bpf, {config.source.channel!r}, config=..., host=...) "
+                                "(fix: start that process on this host, or use kind = \"bcc\" with a sink for the agent to run)")
         if config.source.kind not in ("demo", "bcc"):
             raise MigratorError(f'[source] kind = "{config.source.kind}" is not run by `migrator agent`: the command '
                                 "is run through `migrator wrap` (fix: use kind = \"bcc\" with the program's file, or "

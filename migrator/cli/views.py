@@ -440,6 +440,14 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
                    f"at window {at['index']} (windows {at['window_ids']})")
     else:
         typer.echo("would not roll back")
+    rolled = rep.get("rolled_up")
+    if rolled:  # `migrator prune` rolled windows up: the replay only sees the ones kept
+        typer.echo(f"note: {rolled['windows']} windows were rolled up by `migrator prune`; the replay covers "
+                   "only the windows kept. Host verdicts recorded on the rolled-up ones:")
+        for p in rolled["recorded_verdicts"]:
+            where = p["phase"] + (f" slice {p['slice']}" if p["slice"] else "")
+            typer.echo(f"  {where}: {p['windows']} windows, {p['pass']} pass, {p['breach']} breach, "
+                       f"{p['no-data']} no-data")
     act = rep["actual_rollback"]
     typer.echo("actually: " + (f"rolled back by transition {act['transition_id']} (windows {act['window_ids']})"
                                 if act else "no automatic rollback"))

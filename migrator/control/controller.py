@@ -52,6 +52,7 @@ from migrator.control.policy import (
     next_streak,
     overlaps_pause,
 )
+from migrator.control.stall import Stall, stall_of
 from migrator.store.api import self_protect_reports
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
@@ -131,6 +132,7 @@ class StepResult:
     target: str | None = None
     blocked: str | None = None
     pending: bool = False
+    stall: Stall | None = None  # why the migration cannot advance now (control/stall.py), None when it can
 
 
 def default_holder() -> str:
@@ -209,6 +211,7 @@ class Controller:
         self.holder = holder or default_holder()
         self.lease_seconds, self.grace_windows, self.clock = lease_seconds, grace_windows, clock
         self._config: Config | None = None
+        self._stall_seen: tuple[str, str] | None = None  # (cause, position) of the stall last logged
 
     def config(self, m: Migration) -> Config:
         """The plan the migration was started with (its stored config snapshot), parsed once."""
@@ -286,6 +289,8 @@ class Controller:
             return res
         if paused:
             return res  # pausing stops advancing, never protecting
+        if self._on_stall(session, m, now, cfg, here, state.clean, res):
+            return res
         rule = cfg.phase_rule(phase)
         if state.clean >= rule.min_clean_windows:
             if rule.manual_gate:
@@ -334,6 +339,29 @@ class Controller:
         t = request_transition(session, m.id, Phase.ROLLED_BACK, actor=actor if len(actor) <= 16 else "host",
                                now=now, holder=self.holder, window_ids=first["window_ids"],
                                reason=f"{first['reason']} (in {here})", evidence=evidence)
+        res.transition_id, res.target = t.id, t.to_phase
+        return True
+
+    def _on_stall(self, session: Session, m: Migration, now: float, cfg: Config, here: str, clean: int,
+                  res: StepResult) -> bool:
+        """Why the migration cannot advance (control/stall.py): logged once per change of cause or
+        position, kept on the result; after [agents] stall_pause_windows windows, a pause with that reason."""
+        stall = res.stall = stall_of(session, m, cfg, now, here, clean_windows=clean)
+        seen = (stall.cause, here) if stall else None
+        if seen != self._stall_seen:
+            if stall:
+                log.warning("migration %d cannot advance in %s: %s", m.id, here, stall.reason)
+            elif self._stall_seen is not None and self._stall_seen[1] == here:
+                log.info("migration %d in %s can advance again (%s resolved)", m.id, here,
+                         self._stall_seen[0].replace("_", " "))
+            self._stall_seen = seen
+        limit = cfg.agents.stall_pause_windows
+        if not stall or not stall.pauses or not limit or stall.windows < limit:
+            return False
+        t = request_transition(session, m.id, Phase.PAUSED, actor="auto", now=now, holder=self.holder,
+                               reason=f"stalled for {stall.windows} windows ([agents] stall_pause_windows = "
+                                      f"{limit}) in {here}: {stall.reason}",
+                               evidence={"stall": stall.to_dict()})
         res.transition_id, res.target = t.id, t.to_phase
         return True
 
@@ -437,6 +465,14 @@ class Controller:
                           "that created it)")
 
 
+def log_transition(t: Transition | None, migration_id: int) -> None:
+    """One INFO line per transition this process applied and confirmed: from, to, who, why."""
+    if t is not None:
+        log.info("migration %d: %s -> %s (%s: %s)", migration_id, label(t.from_phase, t.from_slice),
+                 label(t.to_phase, t.to_slice), t.actor, t.reason,
+                 extra={"migration_id": migration_id, "transition_id": t.id})
+
+
 def start_migration(session_factory: sessionmaker[Session], migration_id: int, *, schema_fingerprint: str,
                     applier: ModeApplier | None = None, clock: Callable[[], float] = time.time) -> None:
     """PLANNED -> DUAL_INSTRUMENT, freezing the schema fingerprint; a no-op when already started."""
@@ -449,7 +485,7 @@ def start_migration(session_factory: sessionmaker[Session], migration_id: int, *
         request_transition(s, migration_id, Phase.DUAL_INSTRUMENT, actor="manual", now=clock(),
                            reason=f"start (schema fingerprint {schema_fingerprint})",
                            schema_fingerprint=schema_fingerprint)
-    finish_transition(session_factory, migration_id, applier, clock)
+    log_transition(finish_transition(session_factory, migration_id, applier, clock), migration_id)
 
 
 def run_controller(session_factory: sessionmaker[Session], migration_id: int, *, applier: ModeApplier | None = None,

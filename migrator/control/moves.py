@@ -189,9 +189,29 @@ def what_if_report(session: Session, migration_id: int | None = None, **override
     actual = [t for t in api.history(session, m.id) if t["to"] == "ROLLED_BACK" and t["actor"] == "auto"]
     report = replay(snapshot_config(m), hosts, api.iter_window_rows(session, m.id), **overrides)
     report["migration_id"] = m.id
+    # After `migrator prune` the replay sees only the windows kept (the deciding ones); what the
+    # controller decided on the rest is in the rollups: their host verdicts per phase position.
+    from migrator.store.retention import rollups
+
+    rolled = rollups(session, m.id)
+    report["rolled_up"] = ({"windows": sum(r["windows"] for r in rolled),
+                            "recorded_verdicts": _recorded_verdicts(rolled)} if rolled else None)
     report["actual_rollback"] = ({"transition_id": actual[0]["id"], "window_ids": actual[0]["window_ids"]}
                                  if actual else None)
     return report
+
+
+def _recorded_verdicts(rolled: list[dict]) -> list[dict]:
+    """Per phase position of the rollups (in order), the host verdicts the pruned windows got."""
+    out: dict[tuple[str, int], dict] = {}
+    for r in rolled:
+        d = out.setdefault((r["phase"], r["slice"]), {"phase": r["phase"], "slice": r["slice"], "windows": 0,
+                                                      "pass": 0, "breach": 0, "no-data": 0})
+        d["windows"] += r["windows"]
+        d["pass"] += r["passes"]
+        d["breach"] += r["breaches"]
+        d["no-data"] += r["no_data"]
+    return list(out.values())
 
 
 __all__ = ["init_migration", "manual_move", "check_plan", "status_report", "what_if_report", "default_fingerprint",

@@ -230,3 +230,44 @@ class Notification(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
     done_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WindowRollup(Base):
+    """What `migrator prune` (store/retention.py) keeps of the windows it deletes: per migration, host,
+    channel and phase position, their index and time span, summed counts, worst lag and the host
+    verdicts they got. Windows named by a transition (its deciding windows) are never rolled up:
+    they stay in `windows`, so every id `history` prints still resolves."""
+
+    __tablename__ = "window_rollups"
+    __table_args__ = (UniqueConstraint("migration_id", "host", "channel", "phase", "slice"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    migration_id: Mapped[int] = mapped_column(ForeignKey("migrations.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(8))
+    phase: Mapped[str] = mapped_column(String(32))
+    slice: Mapped[int] = mapped_column(Integer, default=0)
+    first_index: Mapped[int] = mapped_column(BigInteger)
+    last_index: Mapped[int] = mapped_column(BigInteger)
+    first_start: Mapped[float] = mapped_column(Float)
+    last_end: Mapped[float] = mapped_column(Float)
+    windows: Mapped[int] = mapped_column(BigInteger, default=0)  # windows rolled up into this row
+    attempts: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_full: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_other: Mapped[int] = mapped_column(BigInteger, default=0)
+    lost: Mapped[int] = mapped_column(BigInteger, default=0)
+    filled_from_ring: Mapped[int] = mapped_column(BigInteger, default=0)
+    parse_errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    payload_mismatches: Mapped[int] = mapped_column(BigInteger, default=0)
+    inversions: Mapped[int] = mapped_column(BigInteger, default=0)
+    residual: Mapped[int] = mapped_column(BigInteger, default=0)  # summed books residual of settled windows
+    unsettled: Mapped[int] = mapped_column(BigInteger, default=0)  # windows whose books were not closed
+    consumer_cpu_s: Mapped[float] = mapped_column(Float, default=0.0)
+    lag_p99_max_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lag_max_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The host verdicts of these windows (ring windows carry them): what the controller decided on.
+    passes: Mapped[int] = mapped_column(BigInteger, default=0)
+    breaches: Mapped[int] = mapped_column(BigInteger, default=0)
+    no_data: Mapped[int] = mapped_column(BigInteger, default=0)
+    pruned_at: Mapped[float] = mapped_column(Float)

@@ -13,6 +13,7 @@ from migrator.control.phases import label, slice_count
 from migrator.errors import StoreError
 from migrator.store import api
 from migrator.store.models import Migration, Verdict
+from migrator.store.retention import rollups
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ReportData:
     streak: list[dict]  # slice-scope verdicts: the group verdict and streak after each judged index
     deciding: dict[int, dict] = field(default_factory=dict)  # window id -> window, for transitions' window_ids
     generated_at: float = 0.0
+    rollups: list[dict] = field(default_factory=list)  # what `migrator prune` kept of deleted windows
 
     @property
     def t0(self) -> float:
@@ -79,6 +81,9 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
                         "cpu_per_event_us": _cpu_per_event_us(w.consumer_cpu_s, w.delivered),
                         "parse_errors": w.parse_errors, "payload_mismatches": w.payload_mismatches,
                         "residual": w.residual, "verdict": v, "rule": rule})
+    rolled = rollups(session, m.id)
+    if rolled:  # pruned: one summary row per host, channel and phase position stands for its windows
+        windows = sorted(windows + [_rollup_window(r) for r in rolled], key=lambda w: (w["start"], w["index"]))
     if not windows:
         raise StoreError(f"migration {m.id} ({m.phase}) has no windows yet, so there is nothing to report "
                          "(fix: run `migrator start` and one `migrator agent` per host until windows are "
@@ -101,7 +106,26 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
            "thresholds": {"max_loss_rate": th.max_loss_rate, "max_lag_p99_ms": th.max_lag_p99_ms,
                           "max_parse_errors": th.max_parse_errors, "max_payload_mismatch": th.max_payload_mismatch,
                           "min_events": th.min_events}}
-    return ReportData(mig, api.hosts(session, m.id), transitions, windows, streak, deciding, time.time())
+    return ReportData(mig, api.hosts(session, m.id), transitions, windows, streak, deciding, time.time(), rolled)
+
+
+def _rollup_window(r: dict) -> dict:
+    """A rollup as a window of the report: its span, summed counts, worst lag p99, and as verdict the
+    worst of its host verdicts (id negative: no window row has it)."""
+    dropped = r["dropped_full"] + r["dropped_other"]
+    verdict = "breach" if r["breaches"] else ("no-data" if r["no_data"] else ("pass" if r["passes"] else None))
+    return {"id": -r["id"], "phase": r["phase"], "slice": r["slice"], "host": r["host"], "channel": r["channel"],
+            "index": r["last_index"], "start": r["first_start"], "end": r["last_end"], "mode": "rollup",
+            "attempts": r["attempts"], "delivered": r["delivered"], "lost": r["lost"], "dropped": dropped,
+            "filled_from_ring": r["filled_from_ring"],
+            "loss_rate": (dropped + r["lost"]) / r["attempts"] if r["attempts"] else 0.0,
+            "lag_p99_ms": r["lag_p99_max_ms"], "consumer_cpu_s": r["consumer_cpu_s"],
+            "cpu_per_event_us": _cpu_per_event_us(r["consumer_cpu_s"], r["delivered"]),
+            "parse_errors": r["parse_errors"], "payload_mismatches": r["payload_mismatches"],
+            "residual": r["residual"], "verdict": verdict,
+            "rule": (f"rollup of {r['windows']} windows {r['first_index']}-{r['last_index']}: {r['passes']} pass, "
+                     f"{r['breaches']} breach, {r['no_data']} no-data"),
+            "rollup": r["windows"]}
 
 
 # ---- charts ----------------------------------------------------------------------------------
