@@ -33,7 +33,8 @@ from migrator.dataplane.loader import Probe
 from migrator.dataplane.operator import OperatorProgram, import_sink
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.schema import demo_registry
-from migrator.dataplane.tc import attach_tc
+from migrator.dataplane.attachments import AttachRecord, reap
+from migrator.dataplane.tc import FILTER_HANDLE, PRIO, TcFilter, attach_tc, detach_filter
 from migrator.errors import MigratorError, SourceChanged, UnknownHost
 from migrator.shared.records import ChannelWindow
 from migrator.store import check_integrity
@@ -106,6 +107,10 @@ class Agent:
         # Prometheus endpoint (--metrics-addr): one per agent, so its counters outlive a reload.
         self.metrics_addr = metrics_addr
         self.metrics = None
+        # What this agent attached, on disk for the next agent (dataplane/attachments.py), and the
+        # demo tc probe's filter (an operator's program keeps its own, in the same record).
+        self.record = AttachRecord(host)
+        self.tc_filter: TcFilter | None = None
 
     @property
     def state(self) -> "Agent":
@@ -143,8 +148,13 @@ class Agent:
                         perf_pages=b.perf_pages, batch_interval=b.max_delay_ms / 1000, link=self.link,
                         guard=self.guard, metrics=self.metrics, ring_wakeup=b.wakeup != "no_wakeup")
             if self.cfg.probe.name == "tc":
-                # replace-filter: an already attached program is swapped atomically
-                attach_tc(probe.tc_fn.fd, self.tc_device, self.tc_netns or None)
+                # replace-filter at an explicit (prio, handle): a reload swaps this one filter
+                # atomically, never stacks another; recorded before it exists, so a SIGKILL at any
+                # point leaves the next agent a record of it
+                f = TcFilter(self.tc_device, self.tc_netns or None, "ingress", PRIO, FILTER_HANDLE, "tc_packet")
+                self.record.add(f.to_dict())
+                self.tc_filter = f
+                attach_tc(probe.tc_fn.fd, f.device, f.netns, f.direction, f.name, prio=f.prio, handle=f.handle)
             elif self.cfg.probe.name == "synthetic":
                 gen = LoadGen(self.cfg.probe.rate * 24 * 3600, self.cfg.probe.rate)
                 probe.set_target(gen.pid)
@@ -161,6 +171,7 @@ class Agent:
         sink on its channel, then attach its [[source.attach]] entries."""
         src = self.cfg.source
         prog = OperatorProgram.load(src, self.host)
+        prog.record = self.record  # its tc/XDP attachments are recorded and removed exactly
         feed = None
         try:
             feed = Feed(prog.bpf, src.channel, channel=prog.channel, host=self.host, mode=mode,
@@ -229,6 +240,18 @@ class Agent:
             return None
         return d
 
+    def _detach(self) -> None:
+        """Remove the demo tc probe's filter, exactly (its hook, prio, handle), and its record entry.
+        An operator's program detaches its own in close(). Every exit of run() comes through here."""
+        f, self.tc_filter = self.tc_filter, None
+        if f is None:
+            return
+        try:
+            detach_filter(f)
+        except Exception as exc:  # noqa: BLE001 - the namespace may be gone (lab down)
+            log.warning("%s: detaching tc filter %s: %s", self.host, f, exc)
+        self.record.remove(f.to_dict())
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, deadline: float | None = None) -> str:
         """Serve until stopped; returns why it stopped."""
@@ -245,9 +268,12 @@ class Agent:
 
             self.metrics = AgentMetrics(self.metrics_addr, self.host)
             log.info("%s: metrics at %s", self.host, self.metrics.url)
+        # What a dead predecessor of this host left attached, found by its record, goes first.
+        reap(self.host, self.record.directory)
         try:
             probe, gen, self.feed = self._load()  # PERF: safe until the database says otherwise
         except BaseException:
+            self._detach()
             if self.metrics is not None:
                 self.metrics.close()
                 self.metrics = None
@@ -278,6 +304,7 @@ class Agent:
                     wait = min(wait, max(0.0, deadline - time.time()))
                 self.feed.poll(int(wait * 1000))
         finally:
+            self._detach()  # first: the program stops emitting into a ring nobody will read
             if gen is not None:
                 gen.kill()
             self.link.stop()

@@ -21,7 +21,8 @@ from migrator.config import AttachPoint, SourceConfig
 from migrator.dataplane.channel import SUFFIXES, Channel, load
 from migrator.dataplane.netns import entered
 from migrator.dataplane.schema import bcc_registry
-from migrator.dataplane.tc import attach_tc, detach_tc
+from migrator.dataplane.attachments import AttachRecord
+from migrator.dataplane.tc import FILTER_HANDLE, PRIO, TcFilter, attach_tc, detach_filter
 from migrator.errors import AttachError, BPFLoadError, ChannelError, MigratorError
 
 log = logging.getLogger("migrator.agent")
@@ -38,6 +39,10 @@ class OperatorProgram:
     bpf: object = None
     channel: Channel | None = None
     attached: list[AttachPoint] = field(default_factory=list)
+    # What each entry of `attached` is in the kernel (a TcFilter's record entry, or the XDP one),
+    # kept in `record` (dataplane/attachments.py) when the agent gives one.
+    entries: list[dict] = field(default_factory=list)
+    record: AttachRecord | None = None
 
     @classmethod
     def load(cls, source: SourceConfig, host: str) -> "OperatorProgram":
@@ -54,29 +59,45 @@ class OperatorProgram:
         return prog
 
     def attach(self) -> None:
-        """Attach every [[source.attach]] entry (with {host} replaced); all or nothing."""
+        """Attach every [[source.attach]] entry (with {host} replaced); all or nothing. A tc entry
+        gets its own explicit priority (tc.PRIO + its place in the list) and handle, so it is
+        swapped in place, never stacked, and removed exactly, never by name."""
         from bcc import BPF
 
         try:
-            for spec in self.source.attach:
+            for slot, spec in enumerate(self.source.attach):
                 a = spec.for_host(self.host)
                 if a.type == "tc":
                     fn = self._func(a.function, BPF.SCHED_CLS)
-                    attach_tc(fn.fd, a.device, a.netns or None, direction=a.direction, name=a.function)
+                    f = TcFilter(a.device, a.netns or None, a.direction, PRIO + slot, FILTER_HANDLE, a.function)
+                    self._note(a, f.to_dict())  # recorded first: a SIGKILL right after the attach leaks nothing
+                    attach_tc(fn.fd, f.device, f.netns, direction=f.direction, name=f.name, prio=f.prio, handle=f.handle)
                 else:
                     fn = self._func(a.function, BPF.XDP)
+                    self._note(a, {"type": "xdp", "device": a.device, "netns": a.netns or None,
+                                   "flags": XDP_FLAGS[a.mode], "name": a.function})
                     try:
                         with entered(a.netns or None):
                             self.bpf.attach_xdp(a.device, fn, XDP_FLAGS[a.mode])
                     except Exception as exc:  # bcc raises bare Exception
+                        self.attached.pop()  # not attached: nothing of ours to remove there
+                        entry = self.entries.pop()
+                        if self.record is not None:
+                            self.record.remove(entry)
                         raise AttachError(a.device, a.netns or None, f"XDP attach of {a.function}: {exc}",
                                           "check the device, its namespace and the XDP mode") from None
-                self.attached.append(a)
                 log.info("%s: %s attached to %s %s%s", self.host, a.function, a.type, a.device,
                          f" in netns {a.netns}" if a.netns else "")
         except BaseException:
             self.detach()
             raise
+
+    def _note(self, a: AttachPoint, entry: dict) -> None:
+        """Count an attachment as made (detach() undoes it) and write it to the record."""
+        self.attached.append(a)
+        self.entries.append(entry)
+        if self.record is not None:
+            self.record.add(entry)
 
     def _func(self, name: str, prog_type: int):
         try:
@@ -85,17 +106,19 @@ class OperatorProgram:
             raise BPFLoadError(self.source.file, f"function {name}: {exc}") from None
 
     def detach(self) -> None:
-        """Remove what attach() attached (errors are logged: the device may be gone already)."""
+        """Remove exactly what attach() attached (errors are logged: the device may be gone already)."""
         while self.attached:
-            a = self.attached.pop()
+            a, entry = self.attached.pop(), self.entries.pop()
             try:
                 if a.type == "tc":
-                    detach_tc(a.device, a.netns or None, a.direction, name=a.function)
+                    detach_filter(TcFilter.from_dict(entry))
                 else:
                     with entered(a.netns or None):
                         self.bpf.remove_xdp(a.device, XDP_FLAGS[a.mode])
             except Exception as exc:  # noqa: BLE001 - best effort on the way out
                 log.warning("%s: detaching %s from %s: %s", self.host, a.function, a.device, exc)
+            if self.record is not None:
+                self.record.remove(entry)
 
     def close(self) -> None:
         """Detach, then unload the program and its maps."""

@@ -9,6 +9,8 @@ counting packets through the attached program.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -16,6 +18,32 @@ from migrator.errors import AttachError
 
 HOOKS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 FILTER_HANDLE = 1
+# migrator's filters sit at priority PRIO + slot (slot: the attachment's place in its program's
+# list), with FILTER_HANDLE: an explicit (prio, handle) makes `replace` swap that one filter in
+# place (a reload) instead of adding one at a kernel-chosen priority each time, and lets exactly
+# that filter be removed later, by this process or, from its record, by the next agent.
+PRIO = 0xC000
+
+
+@dataclass(frozen=True)
+class TcFilter:
+    """One attached filter, exactly: where (device, namespace, hook), which (prio, handle), and
+    the program name it carries (checked again before a removal)."""
+
+    device: str
+    netns: str | None
+    direction: str
+    prio: int
+    handle: int
+    name: str
+
+    def to_dict(self) -> dict:
+        """The attachment record's entry (dataplane/attachments.py)."""
+        return {"type": "tc", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TcFilter":
+        return cls(d["device"], d.get("netns") or None, d["direction"], int(d["prio"]), int(d["handle"]), d["name"])
 
 
 def netns_route(netns: str | None) -> IPRoute:
@@ -42,8 +70,9 @@ def _index(ipr: IPRoute, device: str, netns: str | None) -> int:
 
 
 def attach_tc(prog_fd: int, device: str, netns: str | None = None, direction: str = "ingress",
-              name: str = "tc_packet") -> None:
-    """Attach (or atomically replace) a direct-action BPF filter on one clsact hook of `device`."""
+              name: str = "tc_packet", *, prio: int = PRIO, handle: int = FILTER_HANDLE) -> TcFilter:
+    """Attach (or atomically replace) a direct-action BPF filter at (prio, handle) on one clsact
+    hook of `device`; returns the filter, for detach_filter and the attachment record."""
     if direction not in HOOKS:
         raise AttachError(device, netns, f"direction {direction!r} unknown", f"choose one of {', '.join(HOOKS)}")
     try:
@@ -51,11 +80,48 @@ def attach_tc(prog_fd: int, device: str, netns: str | None = None, direction: st
             idx = _index(ipr, device, netns)
             if not has_clsact(ipr, idx):
                 ipr.tc("add", "clsact", idx)
-            ipr.tc("replace-filter", "bpf", idx, handle=FILTER_HANDLE, fd=prog_fd, name=name,
+            ipr.tc("replace-filter", "bpf", idx, handle=handle, prio=prio, fd=prog_fd, name=name,
                    parent=HOOKS[direction], classid=1, direct_action=True)
     except (NetlinkError, OSError) as exc:
         raise AttachError(device, netns, f"attaching BPF fd {prog_fd} on {direction}: {exc}",
                           "check that the namespace exists and this process is root") from None
+    return TcFilter(device, netns, direction, prio, handle, name)
+
+
+def detach_filter(f: TcFilter) -> bool:
+    """Remove exactly filter `f` (its hook, prio and handle, and only if it still carries program
+    name `f.name`); False when it is not there (or its device or namespace is gone)."""
+    parent = HOOKS[f.direction]
+    try:
+        with netns_route(f.netns) as ipr:
+            link = find_link(ipr, f.device)
+            if link is None or not has_clsact(ipr, link["index"]):
+                return False
+            idx = link["index"]
+            for cur in ipr.get_filters(index=idx, parent=parent):
+                if cur.get("TCA_KIND") != "bpf" or cur["handle"] != f.handle or (cur["info"] >> 16) != f.prio:
+                    continue
+                if cur.get_nested("TCA_OPTIONS", "TCA_BPF_NAME") != f.name:
+                    return False  # someone else's filter now sits there: not ours to remove
+                ipr.tc("del-filter", "bpf", idx, handle=f.handle, parent=parent, info=cur["info"])
+                return True
+    except (NetlinkError, OSError):  # the namespace went (lab down) and the filter with it
+        return False
+    return False
+
+
+def list_filters(device: str, netns: str | None = None, direction: str = "ingress") -> list[dict]:
+    """The BPF filters on one hook of `device`: [{prio, handle, name}] (for views and tests)."""
+    out = []
+    with netns_route(netns) as ipr:
+        idx = _index(ipr, device, netns)
+        if not has_clsact(ipr, idx):
+            return []
+        for cur in ipr.get_filters(index=idx, parent=HOOKS[direction]):
+            if cur.get("TCA_KIND") == "bpf" and cur["handle"]:
+                out.append({"prio": cur["info"] >> 16, "handle": cur["handle"],
+                            "name": cur.get_nested("TCA_OPTIONS", "TCA_BPF_NAME")})
+    return out
 
 
 def detach_tc(device: str, netns: str | None = None, direction: str | None = None, name: str | None = None) -> int:
