@@ -126,12 +126,21 @@ def host_rows(rep: dict, now: float) -> list[tuple[str, ...]]:
              f"{h.get('streak', 0)}/{n}", _age(h, now)) for h in rep["hosts"]]
 
 
+# The phase line's word for each stall cause (control/stall.py); the next line gives the whole reason.
+STALL_SHORT = {"schema": "STALLED: event schema changed", "no_agent": "WAITING for agents",
+               "no_data": "STALLED: too few events", "gate": "WAITING for `migrator advance`"}
+
+
 def header_lines(rep: dict) -> list[str]:
     """The lines above the host table: phase, window and streak, last verdict, pending move, lease, end."""
     pause = rep.get("pause")  # while PAUSED: since the pause itself, not the paused phase's start
+    stall = rep.get("stall")
     lines = [f"migration {rep['migration_id']}: {rep['label']}"
              + (f" (paused in {rep['paused_phase']})" if rep["paused_phase"] else "")
-             + f"   since {_ts(pause['at'] if pause else rep['phase_since'])}"]
+             + f"   since {_ts(pause['at'] if pause else rep['phase_since'])}"
+             + (f"   {STALL_SHORT.get(stall['cause'], 'stalled')}" if stall else "")]
+    if stall:
+        lines.append(f"cannot advance: {stall['reason']}")
     if pause:
         lines.append(f"paused by {pause['actor']}: {pause['reason']}")
     clean = (f", clean {rep['clean_windows']}/{rep['min_clean_windows']}"

@@ -148,6 +148,9 @@ def status_report(session: Session, migration_id: int | None = None, now: float 
                          .order_by(Verdict.id.desc()).limit(1)).first()
     lease = session.get(Lease, m.id)
     ts = time.time() if now is None else now
+    from migrator.control.stall import stall_of
+
+    stall = stall_of(session, m, cfg, ts, label(m.phase, m.slice, slices))
     pending = None
     if m.pending_transition_id:
         t = api.transition_dict(session.get(Transition, m.pending_transition_id))
@@ -165,6 +168,7 @@ def status_report(session: Session, migration_id: int | None = None, now: float 
         "lease": ({"holder": lease.holder, "expires_at": lease.expires_at, "live": lease.expires_at > ts}
                   if lease else None),
         "hosts": api.hosts(session, m.id),
+        "stall": stall.to_dict() if stall else None,  # why it cannot advance now (control/stall.py)
     }
 
 
