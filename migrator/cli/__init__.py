@@ -26,17 +26,27 @@ class MigratorGroup(TyperGroup):
         tidy_tree(self)
 
     def invoke(self, ctx):  # type: ignore[override]
-        """Run the command; a MigratorError or Ctrl-C becomes a short message and exit code (--debug re-raises)."""
+        """Run the command; a MigratorError, Ctrl-C or SIGTERM becomes a short message and exit code
+        (--debug re-raises errors).
+
+        SIGTERM takes Ctrl-C's path (migrator.shared.signals): the command's clean-up runs the same
+        (leases released, agents stopped, lab hosts removed), then it exits 128 + the signal: 130
+        for Ctrl-C, 143 for SIGTERM. A command may install its own SIGTERM handler inside."""
+        from migrator.shared.signals import exit_code, signal_name, sigterm_interrupts
+
         try:
-            return super().invoke(ctx)
+            with sigterm_interrupts():
+                return super().invoke(ctx)
         except MigratorError as exc:
             if _state["debug"]:
                 raise
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("Interrupted.", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            name = signal_name(exc)
+            typer.echo("Interrupted." if name == "SIGINT" else f"Terminated ({name}): cleaned up as for Ctrl-C.",
+                       err=True)
+            raise typer.Exit(exit_code(exc)) from None
 
 
 app = typer.Typer(

@@ -60,12 +60,25 @@ def agent_cmd(
         run_command(snap.source.command, config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")), host)
         return
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    termed: list[int] = []
+
+    def on_term(signum, frame) -> None:
+        # The loop ends at its next turn and its `finally` closes everything, as after Ctrl-C;
+        # a stop event rather than an exception, so no database write or map update is cut short.
+        termed.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
     deadline = time.time() + seconds if seconds else None
     agent = Agent(sf, snap, host, mid, drills=drills, tc_device=tc_device, tc_netns=tc_netns,
                   metrics_addr=metrics_addr)
     why = agent.run(stop=stop, deadline=deadline)
     log.info("agent %s: %s", host, why, extra={"host": host, "migration_id": mid})
+    if termed:
+        from migrator.shared.signals import Terminated
+
+        typer.echo(f"agent {host}: stopped by SIGTERM; its probe is closed", err=True)
+        raise Terminated(termed[0])  # exits as Ctrl-C does: 128 + the signal
 
 
 def run_command(command: tuple[str, ...], config: Path, host: str) -> None:

@@ -1,0 +1,68 @@
+"""SIGTERM takes the Ctrl-C path: one way out, whatever stops a command.
+
+Every long-running command already cleans up when Ctrl-C raises KeyboardInterrupt (its `finally`
+blocks release the controller's lease, stop agents and traffic, take the lab down, detach
+programs). `sigterm_interrupts()` makes SIGTERM (systemd, kill, a supervisor) raise `Terminated`,
+a KeyboardInterrupt, in the main thread, so it runs those same blocks; the command then exits
+128 + the signal (130 for SIGINT, 143 for SIGTERM), as a shell counts a death by that signal.
+
+Only the first SIGTERM raises: later ones are ignored, so cleaning up is not cut short.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwind as for Ctrl-C (a KeyboardInterrupt, so every handler of it applies)."""
+
+    signum = signal.SIGTERM
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal that stopped us: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + int(getattr(exc, "signum", signal.SIGINT))
+
+
+def signal_name(exc: KeyboardInterrupt) -> str:
+    """'SIGTERM' or 'SIGINT' (Ctrl-C)."""
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside: the first SIGTERM raises Terminated in the main thread; later ones are ignored.
+
+    Outside the main thread (where Python cannot set handlers) it does nothing. The previous
+    handler is restored on the way out, so it nests (a command may still install its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def on_term(signum, frame):
+        if fired:
+            return  # already unwinding: let the clean-up finish
+        fired.append(signum)
+        raise Terminated(signum)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        try:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        except (ValueError, TypeError):  # pragma: no cover - interpreter shutting down
+            print("migrator: could not restore the SIGTERM handler", file=sys.stderr)
+
+
+__all__ = ["Terminated", "exit_code", "signal_name", "sigterm_interrupts"]
