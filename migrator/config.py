@@ -34,7 +34,8 @@ MAX_ROLLBACK_AFTER = 10_000  # rollback_after: consecutive breaching windows
 MAX_CLEAN_WINDOWS = 1_000_000_000  # phases.*.min_clean_windows (the controller bench pins shadow with 10**9)
 MAX_WINDOW_COUNT = 1_000_000_000  # thresholds.min_events, max_inversions, max_parse_errors, max_payload_mismatch
 MAX_LAG_MS = 3_600_000.0  # thresholds.max_lag_p99_ms: one hour
-MAX_RATIO = 1_000_000.0  # thresholds.max_lag_ratio, max_cpu_ratio
+MAX_RATIO = 1_000_000.0  # thresholds.max_lag_ratio, max_cpu_ratio, max_producer_ratio
+MAX_PRODUCER_NS = 1e9  # thresholds.max_producer_ns: a second per event
 MAX_PROBE_RATE = 10_000_000  # probe.rate: events/s of the synthetic probe
 MAX_RING_BYTES = 1 << 30  # buffers.ring_bytes: 1 GiB
 MAX_PERF_PAGES = 16_384  # buffers.perf_pages: 64 MiB per CPU
@@ -79,6 +80,11 @@ class Thresholds:
     min_events: int = 1  # fewer attempts than this in a window = no-data
     max_parse_errors: int = 0  # records in the ring window no registered payload layout can read
     max_payload_mismatch: int = 0  # DUAL: ring payloads that differ from perf's for the same seq
+    # What the ring's emit costs the traced code (windows' producer_ns, rule producer_cost): against
+    # perf's on the same events (SHADOW) or on the hosts still on perf (CANARY), and absolute. Measured
+    # here at 2k ev/s: adaptive wakeups ~1.9x perf's (~1,500 ns), force_wakeup ~8x (~7,000 ns).
+    max_producer_ratio: float | None = 4.0
+    max_producer_ns: float | None = 5000.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,34 @@ class Notify:
     webhooks: tuple[str, ...] = ()
     max_attempts: int = 5  # per transition and webhook, with exponential back-off between them
     timeout_seconds: float = 5.0  # per HTTP request
+
+
+@dataclass(frozen=True)
+class Store:
+    """[store]: keep_windows, how long the windows of finished migrations are kept (seconds; None:
+    forever) before `migrator prune` rolls them up (store/retention.py)."""
+
+    keep_windows: float | None = None
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: object) -> float:
+    """'30d', '12h', '1h30m', '90s', '500ms' or a number of seconds -> seconds; ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a duration")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"{text!r} is not a duration")
+        return float(text)
+    s = str(text).strip()
+    if re.fullmatch(r"[0-9]*\.?[0-9]+", s):
+        return float(s)
+    parts = re.findall(r"([0-9]*\.?[0-9]+)(ms|s|m|h|d|w)", s)
+    if not parts or "".join(n + u for n, u in parts) != s:
+        raise ValueError(f"{text!r} is not a duration")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 SOURCE_KINDS = ("demo", "bcc", "command", "attach")
@@ -233,6 +267,7 @@ class Config:
     source: SourceConfig = SourceConfig()
     agents: Agents = Agents()
     notify: Notify = Notify()
+    store: Store = Store()
     # Resolved at load time: the host list and the cumulative host set of each canary slice.
     host_names: tuple[str, ...] = field(default=(), compare=False)
     slice_hosts: tuple[tuple[str, ...], ...] = field(default=(), compare=False)
@@ -267,6 +302,7 @@ class Config:
         # (adding a webhook mid-migration is no change of plan) and of the stored snapshot (a
         # webhook URL is a secret: Slack's carry their token).
         d.pop("notify")
+        d.pop("store")  # retention is how long the database keeps windows, not part of the plan either
         for section in ("thresholds",):
             d[section] = {k: v for k, v in d[section].items() if v is not None}
         return d
@@ -361,7 +397,7 @@ def _power_of_two(n: int) -> bool:
 
 TOP_KEYS = ("database", "database_file", "window_seconds", "hosts", "slices", "rollback_after", "no_data",
             "phases", "thresholds", "probe", "buffers", "lab", "source",
-            "agents", "notify")
+            "agents", "notify", "store")
 
 
 def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = None,
@@ -428,6 +464,10 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
                                    maximum=MAX_WINDOW_COUNT),
         max_payload_mismatch=p.integer(th, "max_payload_mismatch", 0, "thresholds.max_payload_mismatch", minimum=0,
                                        maximum=MAX_WINDOW_COUNT),
+        max_producer_ratio=p.number(th, "max_producer_ratio", 4.0, "thresholds.max_producer_ratio", positive=True,
+                                    maximum=MAX_RATIO, fix_max=f"use a ratio from more than 0 to {MAX_RATIO:g}"),
+        max_producer_ns=p.number(th, "max_producer_ns", 5000.0, "thresholds.max_producer_ns", positive=True,
+                                 maximum=MAX_PRODUCER_NS, fix_max=f"use a limit from more than 0 to {MAX_PRODUCER_NS:g} ns"),
     )
 
     pr = p.section(data, "probe", ("name", "rate"))
@@ -487,7 +527,7 @@ def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = 
         path=path, database=database, database_file=database_file, window_seconds=window_seconds, hosts=hosts, slices=slices,
         rollback_after=rollback_after, no_data=no_data,
         phases=Phases(**rules), thresholds=thresholds, probe=probe, buffers=buffers, lab=lab, source=source, agents=agents,
-        notify=_parse_notify(p, data), host_names=host_names, slice_hosts=slice_hosts, database_url=url,
+        notify=_parse_notify(p, data), store=_parse_store(p, data), host_names=host_names, slice_hosts=slice_hosts, database_url=url,
     )
 
 
@@ -796,6 +836,22 @@ def source_hash(cfg: Config) -> str | None:
     h.update(b"\0cflags\0" + json.dumps(list(src.cflags)).encode())
     h.update(b"\0migrator.h\0" + (bpf_dir() / "migrator.h").read_bytes())
     return h.hexdigest()
+
+
+def _parse_store(p: _Parser, data: dict) -> Store:
+    """[store]: keep_windows, a duration ("30d", "12h", "90m", or seconds); absent: keep forever."""
+    raw = p.section(data, "store", ("keep_windows",))
+    v = raw.get("keep_windows")
+    if v is None:
+        return Store()
+    try:
+        keep = parse_duration(v)
+    except ValueError:
+        raise p.err("store.keep_windows", f"must be a duration, got {_tname(v)} {v!r}",
+                    'write e.g. keep_windows = "30d" (units ms, s, m, h, d, w; a bare number is seconds)') from None
+    if keep <= 0:
+        raise p.err("store.keep_windows", f"must be > 0, got {v!r}", 'write e.g. keep_windows = "30d"')
+    return Store(keep)
 
 
 def _parse_notify(p: _Parser, data: dict) -> Notify:

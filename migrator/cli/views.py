@@ -410,6 +410,10 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
                                                      help="Most ring records per window no payload layout reads."),
                 max_payload_mismatch: int = typer.Option(None, "--max-payload-mismatch", min=0, metavar="COUNT",
                                                          help="Most ring payloads per window that differ from perf's (DUAL)."),
+                max_producer_ratio: float = typer.Option(None, "--max-producer-ratio", min=0.0, metavar="RATIO",
+                                                         help="Most ring emit cost per event / perf's (rule producer_cost)."),
+                max_producer_ns: float = typer.Option(None, "--max-producer-ns", min=0.0, metavar="NS",
+                                                      help="Most ring emit cost per event in ns (rule producer_cost)."),
                 no_data: str = typer.Option(None, "--no-data", metavar="hold|breach|reset",
                                             help="What a window without data does to the streak."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -434,7 +438,8 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
                                  max_loss_rate=max_loss_rate, max_lag_p99_ms=max_lag_p99_ms,
                                  max_loss_delta=max_loss_delta, max_lag_ratio=max_lag_ratio,
                                  max_cpu_ratio=max_cpu_ratio, max_inversions=max_inversions, min_events=min_events,
-                                 max_parse_errors=max_parse_errors, max_payload_mismatch=max_payload_mismatch)
+                                 max_parse_errors=max_parse_errors, max_payload_mismatch=max_payload_mismatch,
+                                 max_producer_ratio=max_producer_ratio, max_producer_ns=max_producer_ns)
     if as_json:
         emit_json(rep)
         return

@@ -118,7 +118,7 @@ class _Outage:
 _JUDGE_COLS = [Window.id, Window.host, Window.channel, Window.index, Window.start, Window.end, Window.mode,
                Window.attempts, Window.delivered, Window.dropped_full, Window.dropped_other, Window.lost,
                Window.lag_p99_ms, Window.inversions, Window.consumer_cpu_s, Window.parse_errors,
-               Window.payload_mismatches, Window.residual, Window.settled]
+               Window.payload_mismatches, Window.residual, Window.settled, Window.producer_ns]
 
 
 @dataclass
@@ -181,18 +181,24 @@ def pause_spans(session: Session, migration_id: int, since: float) -> list[tuple
     return spans
 
 
-def acquire_lease(session: Session, migration_id: int, holder: str, now: float, ttl: float) -> None:
-    """Take or renew the migration's lease; LeaseHeld while another live holder's lease is unexpired."""
+def acquire_lease(session: Session, migration_id: int, holder: str, now: float, ttl: float) -> str | None:
+    """Take or renew the migration's lease; LeaseHeld while another live holder's lease is unexpired.
+
+    Returns the holder it was taken over from (its lease lapsed, or it is a dead process on this
+    host), else None (a new lease, or our own renewed)."""
     lease = session.get(Lease, migration_id, with_for_update=True)
     if lease is None:
         session.add(Lease(migration_id=migration_id, holder=holder, acquired_at=now, expires_at=now + ttl))
         session.flush()
-        return
+        return None
     if lease.holder != holder and lease.expires_at > now and not holder_is_dead(lease.holder):
         raise LeaseHeld(migration_id, lease.holder, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expires_at)))
+    previous = None
     if lease.holder != holder:
+        previous = lease.holder
         lease.holder, lease.acquired_at = holder, now
     lease.expires_at = now + ttl
+    return previous
 
 
 def release_lease(session: Session, migration_id: int, holder: str) -> None:
@@ -392,33 +398,58 @@ class Controller:
             return None
 
     def run(self, *, stop: threading.Event | None = None, deadline: float | None = None,
-            poll_interval: float | None = None, on_step: Callable[[StepResult], None] | None = None) -> str:
+            poll_interval: float | None = None, on_step: Callable[[StepResult], None] | None = None,
+            standby: Callable[[LeaseHeld], None] | None = None,
+            on_lease: Callable[[str | None], None] | None = None) -> str:
         """Lease, recover, then step until a final phase, `stop`, or `deadline` (clock time). Returns the phase.
 
         Database errors that can heal (disk full, locked, server gone, I/O error) are ridden out:
         the round's transaction is rolled back whole, one line is logged per outage, and the round
         is retried with back-off (BACKOFF_START doubling to BACKOFF_MAX s). Errors that cannot heal
         (a missing table or column, a database at another revision) raise a StoreError.
+
+        standby: without it, a lease another live controller holds raises LeaseHeld. With it, this
+        controller waits as a standby instead: `standby(exc)` is called once per holder it waits
+        for, the lease is tried again every `standby_poll` s, and it is taken over when it lapses
+        or its holder is a dead process on this host. A lease lost mid-run (taken over after we
+        stalled past its expiry) sends us back to standing by. Nothing is written while standing
+        by: the half-done transition a dead holder left is finished only once the lease is ours.
+
+        on_lease(previous holder or None): called each time the lease becomes ours, before the
+        half-done transition is finished (`migrator start` starts the migration and its services
+        there, so a standby touches nothing before it is the active controller).
         """
         stop = stop or threading.Event()
         sf = self.session_factory
         outage = _Outage(sf)
         interval = poll_interval
         phase = None
-        leased = False
+        leased = False  # the lease row is ours (released on the way out)
+        ready = False   # ... and what a predecessor left half-done is finished
+        waiting_for: str | None = None  # the holder we stand by for
         try:
             while not stop.is_set() and (deadline is None or self.clock() < deadline):
                 try:
                     outage.check_schema()
-                    if not leased:
+                    if not ready:
                         with sf() as s, s.begin():
-                            acquire_lease(s, self.migration_id, self.holder, self.clock(), self.lease_seconds)
+                            previous = acquire_lease(s, self.migration_id, self.holder, self.clock(),
+                                                     self.lease_seconds)
                             m = s.get(Migration, self.migration_id)
                             phase = m.phase
                             if interval is None:
                                 interval = min(1.0, self.config(m).window_seconds / 4)
                         leased = True
+                        previous = previous or waiting_for
+                        if previous is not None:
+                            log.warning("migration %d: this controller (%s) took the lease over from %s",
+                                        self.migration_id, self.holder, previous,
+                                        extra={"migration_id": self.migration_id})
+                        waiting_for = None
+                        if on_lease:
+                            on_lease(previous)
                         self.finish(recovering=True)
+                        ready = True
                     now = self.clock()
                     with sf() as s, s.begin():  # one transaction: an error rolls the whole round back
                         acquire_lease(s, self.migration_id, self.holder, now, self.lease_seconds)
@@ -433,6 +464,23 @@ class Controller:
                     if not transient_db_error(exc):
                         raise self._fatal(exc) from exc
                     stop.wait(outage.failed(exc))
+                    continue
+                except LeaseHeld as exc:
+                    if standby is None:
+                        raise
+                    outage.ok()
+                    if ready:
+                        log.warning("migration %d: lost the lease to %s; standing by",
+                                    self.migration_id, exc.holder, extra={"migration_id": self.migration_id})
+                    leased = ready = False
+                    if exc.holder != waiting_for:
+                        waiting_for = exc.holder
+                        standby(exc)
+                    with sf() as s:
+                        phase = s.get(Migration, self.migration_id).phase
+                    if phase in FINAL:
+                        break  # the holder finished it: nothing left to stand by for
+                    stop.wait(self.standby_poll)
                     continue
                 outage.ok()
                 if on_step:
@@ -454,6 +502,11 @@ class Controller:
             with database_errors(sf), sf() as s:
                 phase = s.get(Migration, self.migration_id).phase
         return phase
+
+    @property
+    def standby_poll(self) -> float:
+        """How often a standby tries the lease: a tenth of its length, between 0.2 and 1 s."""
+        return max(0.2, min(1.0, self.lease_seconds / 10))
 
     def _fatal(self, exc: BaseException) -> StoreError:
         """The error to give up with for a database error that waiting cannot heal."""
@@ -492,11 +545,16 @@ def run_controller(session_factory: sessionmaker[Session], migration_id: int, *,
                    stop: threading.Event | None = None, deadline: float | None = None,
                    poll_interval: float | None = None, holder: str | None = None, lease_seconds: float = 15.0,
                    grace_windows: float = 2.0, clock: Callable[[], float] = time.time,
-                   on_step: Callable[[StepResult], None] | None = None) -> str:
-    """Run the controller loop in-process until the migration is final, `stop` is set or `deadline` passes."""
+                   on_step: Callable[[StepResult], None] | None = None,
+                   standby: Callable[[LeaseHeld], None] | None = None,
+                   on_lease: Callable[[str | None], None] | None = None) -> str:
+    """Run the controller loop in-process until the migration is final, `stop` is set or `deadline` passes.
+
+    standby / on_lease: see Controller.run (wait for a held lease instead of raising LeaseHeld)."""
     ctl = Controller(session_factory, migration_id, applier=applier, holder=holder, lease_seconds=lease_seconds,
                      grace_windows=grace_windows, clock=clock)
-    return ctl.run(stop=stop, deadline=deadline, poll_interval=poll_interval, on_step=on_step)
+    return ctl.run(stop=stop, deadline=deadline, poll_interval=poll_interval, on_step=on_step,
+                   standby=standby, on_lease=on_lease)
 
 
 __all__ = ["Controller", "StepResult", "run_controller", "start_migration", "acquire_lease", "release_lease",

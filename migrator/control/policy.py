@@ -12,6 +12,9 @@ Definitions (the controller and what-if use exactly these):
   - Every phase, on the ring window: parse errors (records no registered payload layout reads)
     and payload mismatches (DUAL only: ring payload != perf payload of the same seq), each
     against its own absolute limit (rules `parse_errors`, `payload_mismatch`).
+  - Every phase, what the ring's emit costs the traced code (producer_ns, ns per event) against
+    `max_producer_ns`; SHADOW and CANARY also against the perf baseline's (`max_producer_ratio`):
+    rule `producer_cost` (a window that timed no emit is not judged by it).
   - Every phase, the host's books on both its windows (ring, and perf when reported): a settled
     window whose residual (attempts - delivered - dropped - lost - in flight) is not 0 breaches
     (rule `books`), whatever its event count: evidence that does not add up is never a pass.
@@ -94,6 +97,7 @@ class Baseline:
     lag_p99_ms: float | None
     cpu_per_event: float | None
     hosts: int
+    producer_ns: float | None = None  # mean of the perf windows' emit cost, where measured
 
     @classmethod
     def of(cls, perf_windows: Iterable[Any]) -> "Baseline | None":
@@ -104,9 +108,10 @@ class Baseline:
         att = sum(_g(w, "attempts", 0) for w in ws)
         bad = sum(_g(w, "dropped_full", 0) + _g(w, "dropped_other", 0) + _g(w, "lost", 0) for w in ws)
         lags = [_g(w, "lag_p99_ms") for w in ws if _g(w, "lag_p99_ms") is not None]
+        costs = [_g(w, "producer_ns") for w in ws if _g(w, "producer_ns") is not None]
         return cls(bad / att if att > 0 else 0.0, sum(lags) / len(lags) if lags else None,
                    _cpu_per_event(sum(_g(w, "consumer_cpu_s", 0.0) for w in ws), sum(_g(w, "delivered", 0) for w in ws)),
-                   len(ws))
+                   len(ws), sum(costs) / len(costs) if costs else None)
 
 
 def books(ring: Any, perf: Any = None) -> tuple[list[str], dict[str, int]]:
@@ -156,6 +161,18 @@ def judge_host(host: str, ring: Any, baseline: Baseline | None, th: Thresholds, 
     values["payload_mismatches"], values["max_payload_mismatch"] = mismatches, th.max_payload_mismatch
     if mismatches > th.max_payload_mismatch:
         broken.append("payload_mismatch")
+    cost = _g(ring, "producer_ns")
+    if cost is not None and th.max_producer_ns is not None:
+        values["producer_ns"], values["max_producer_ns"] = cost, th.max_producer_ns
+        if cost > th.max_producer_ns:
+            broken.append("producer_cost")
+    if (relative and cost is not None and baseline is not None and baseline.producer_ns
+            and th.max_producer_ratio is not None):
+        ratio = cost / baseline.producer_ns
+        values["producer_ratio"], values["max_producer_ratio"] = ratio, th.max_producer_ratio
+        values["baseline_producer_ns"] = baseline.producer_ns
+        if ratio > th.max_producer_ratio and "producer_cost" not in broken:
+            broken.append("producer_cost")
     lag = _g(ring, "lag_p99_ms")
     if relative:  # DUAL_INSTRUMENT only watches the ring's counters; lag comes from consumers
         values["lag_p99_ms"], values["max_lag_p99_ms"] = lag, th.max_lag_p99_ms

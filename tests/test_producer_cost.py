@@ -1,0 +1,119 @@
+"""What the ring costs the traced code: producer_ns per window and channel, and rule producer_cost.
+
+- the kernel side: every window with events carries producer_ns on both channels; with adaptive
+  wakeups at 2k ev/s the ring's emit costs at least 1.3x its no_wakeup cost, and perf's moves
+  less than 30 % (the same perf path either way);
+- the rule: a canary whose RING host's emit costs more than max_producer_ratio x the PERF
+  hosts' (or max_producer_ns) rolls back with rule producer_cost after exactly N windows, and
+  what-if on the stored windows reproduces it; a window that timed nothing is not judged by it.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from conftest import T0, RecordingApplier, record, window
+from kernel_util import needs_root
+from migrator.config import Thresholds, load_config
+from migrator.control.controller import Controller
+from migrator.control.moves import what_if_report
+from migrator.control.phases import DbApplier, Phase, transition
+from migrator.control.policy import BREACH, PASS, Baseline, judge_host
+from migrator.store import api, open_store
+from migrator.store.models import Migration, Transition
+
+N = 3
+
+
+# ---- the rule, on recorded windows -------------------------------------------------------------
+
+def _w(channel: str, mode: str, producer_ns: float | None, attempts: int = 1000):
+    return window("h1", channel, 0, mode=mode, attempts=attempts, producer_ns=producer_ns)
+
+
+@pytest.mark.parametrize("ring_ns,perf_ns,verdict,ratio", [
+    (1500.0, 800.0, PASS, 1.875),      # adaptive wakeups at 2k ev/s, as measured here
+    (7000.0, 800.0, BREACH, 8.75),     # force_wakeup: over both limits
+    (3300.0, 800.0, BREACH, 4.125),    # over the ratio only
+    (4000.0, 1100.0, PASS, 4000 / 1100),
+    (None, 800.0, PASS, None),         # nothing timed (MIGRATOR_TIME_EVERY=0): not judged by it
+])
+def test_producer_cost_against_the_perf_baseline(ring_ns, perf_ns, verdict, ratio):
+    th = Thresholds()
+    hv = judge_host("h1", _w("ring", "DUAL", ring_ns), Baseline.of([_w("perf", "DUAL", perf_ns)]), th,
+                    expected_mode="DUAL", relative=True, need_baseline=True)
+    assert (hv.verdict, hv.rule if verdict == BREACH else "ok") == (verdict, "producer_cost" if verdict == BREACH else "ok")
+    assert hv.values.get("producer_ratio") == ratio
+    assert hv.values.get("producer_ns") == ring_ns
+
+
+def test_absolute_limit_applies_without_a_baseline():
+    th = Thresholds(max_producer_ratio=None, max_producer_ns=2000.0)
+    hv = judge_host("h1", _w("ring", "DUAL", 2500.0), None, th, expected_mode="DUAL", relative=False)
+    assert (hv.verdict, hv.rule, hv.values["producer_ns"], hv.values["max_producer_ns"]) == (
+        BREACH, "producer_cost", 2500.0, 2000.0)
+
+
+# ---- the controller and what-if, on a real database ---------------------------------------------
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_canary_whose_ring_costs_the_traced_code_rolls_back_after_n_windows(toml_file):
+    cfg = load_config(toml_file(
+        f'hosts = ["h1", "h2", "h3"]\nslices = [1, 3]\nrollback_after = {N}\n'
+        "[phases.canary]\nmin_clean_windows = 10\n"))
+    sf = open_store(cfg.database_url)
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, cfg, schema_fingerprint="fp1", now=T0).id
+    for tgt, sl in [(Phase.DUAL_INSTRUMENT, 0), (Phase.SHADOW, 0), (Phase.CANARY, 1)]:
+        transition(sf, mid, tgt, to_slice=sl, applier=DbApplier(), clock=lambda: T0)
+    ctl = Controller(sf, mid, applier=RecordingApplier(), clock=lambda: T0)
+    # h1 is the slice on RING; h2, h3 the PERF baseline at ~800 ns per emit. h1's ring emit: cheap,
+    # then forced wakeups (~7,000 ns) from index 2 on: breaches at 2, 3, 4 -> rollback at index 4.
+    costs = [1500.0, 1400.0, 7000.0, 6800.0, 7200.0]
+    ring_ids, targets = [], []
+    for i, ns in enumerate(costs):
+        with sf() as s, s.begin():
+            ring_ids.append(record(s, mid, window("h1", "ring", i, mode="RING", producer_ns=ns)))
+            for h, pns in (("h2", 800.0), ("h3", 820.0)):
+                record(s, mid, window(h, "perf", i, mode="PERF", producer_ns=pns))
+        with sf() as s, s.begin():
+            targets.append(ctl.step(s, T0 + 1000).target)
+    assert targets == [None, None, None, None, "ROLLED_BACK"]
+    ctl.finish()
+    with sf() as s:
+        assert s.get(Migration, mid).phase == "ROLLED_BACK"
+        t = s.query(Transition).filter_by(migration_id=mid, to_phase="ROLLED_BACK").one()
+        assert json.loads(t.window_ids) == ring_ids[2:]
+        assert "producer_cost" in t.reason
+        rep = what_if_report(s, mid)
+    assert rep["would_roll_back"] is True
+    assert rep["rollback_at"]["window_ids"] == ring_ids[2:]
+    assert rep["verdicts"] == {"pass": 2, "breach": 3, "no-data": 0}
+    with sf() as s:  # a looser ratio and absolute limit: the same windows would not have rolled back
+        assert what_if_report(s, mid, max_producer_ratio=10.0, max_producer_ns=10_000.0)["would_roll_back"] is False
+
+
+# ---- the kernel: producer_ns of both channels, by wakeup policy -------------------------------
+
+def _shadow(wakeup: str, rate: int) -> list:
+    from migrator.tools.shadow import run_shadow
+
+    return run_shadow(probe="synthetic", seconds=3.0, window=1.0, rate=rate, wakeup=wakeup)[0]
+
+
+@pytest.mark.kernel
+@needs_root
+def test_ring_emit_with_adaptive_wakeups_costs_more_than_without_at_a_low_rate():
+    got = {w: _shadow(w, 2000) for w in ("adaptive", "no_wakeup")}
+    med = {}
+    for wakeup, windows in got.items():
+        with_events = [w for w in windows if w.attempts > 0]
+        assert with_events and all(w.producer_ns is not None and w.producer_ns > 0 for w in with_events)
+        assert all(w.peak_bytes > 0 for w in with_events)
+        med[wakeup] = {ch: statistics.median(w.producer_ns for w in with_events if w.channel == ch)
+                       for ch in ("perf", "ring")}
+    assert med["adaptive"]["ring"] >= 1.3 * med["no_wakeup"]["ring"], med
+    assert abs(med["adaptive"]["perf"] / med["no_wakeup"]["perf"] - 1) < 0.3, med
