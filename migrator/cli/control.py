@@ -248,7 +248,11 @@ def start_cmd(config: Path = config_option(),
     """Start the PLANNED migration (DUAL_INSTRUMENT) and drive it to COMPLETE or ROLLED_BACK.
 
     Also resumes driving an already started migration, finishing a transition a crash left
-    half-done. A second `start` on the same migration refuses while the first holds the lease.
+    half-done. A second `start` on the same migration waits as a standby (it says so on stderr,
+    naming the controller holding the lease) and takes over when that lease lapses or its holder
+    dies, finishing any transition left half-done: each transition happens exactly once.
+
+    SIGTERM stops it as Ctrl-C does: the lease is released, and it exits 143 (Ctrl-C: 130).
 
     The whole database file is checked first (SQLite's quick_check): a corrupt page is refused
     before the controller decides anything on it.
@@ -261,8 +265,9 @@ def start_cmd(config: Path = config_option(),
     """
     setup_logging(log_format, log_level)
     from migrator.control import moves as ops
-    from migrator.control.controller import run_controller, start_migration
+    from migrator.control.controller import default_holder, run_controller, start_migration
     from migrator.control.phases import DbApplier
+    from migrator.shared.signals import signal_name
     from migrator.store import api, check_integrity, database_errors
 
     cfg, sf = writer(config)
@@ -275,28 +280,67 @@ def start_cmd(config: Path = config_option(),
         mid = m.id
     applier = DbApplier(confirm_timeout=confirm_timeout)
     fp = schema_fingerprint or start_fingerprint(cfg)
-    endpoint, notifier = controller_services(sf, mid, cfg, metrics_addr)
+    services: list = []  # (metrics endpoint, notifier), started once this process drives the migration
+
+    def take_over(previous: str | None) -> None:
+        # The lease is ours: start the migration if PLANNED (finishing what a crash left half-done
+        # first), and the services beside the controller. A standby does none of this before.
+        if previous is not None:
+            typer.echo(f"migration {mid}: taking over from controller {previous!r}", err=True)
+        start_migration(sf, mid, schema_fingerprint=fp, applier=applier)
+        if not services:
+            services.extend(controller_services(sf, mid, cfg, metrics_addr))
+
+    def stand_by(exc) -> None:
+        typer.echo(f"migration {mid} is driven by controller {exc.holder!r} (lease until {exc.expires_at}); "
+                   "standing by: this controller takes over when that lease lapses or its holder exits",
+                   err=True)
+
+    phase = None
     try:
         with database_errors(sf):
-            start_migration(sf, mid, schema_fingerprint=fp, applier=applier)
-            phase = None
             if run:
                 import time
                 deadline = None if seconds is None else time.time() + seconds
                 on_step = None if as_json else _print_step
-                phase = run_controller(sf, mid, applier=applier, stop=threading.Event(), deadline=deadline,
-                                       on_step=on_step)
+                holder = default_holder()
+                try:
+                    phase = run_controller(sf, mid, applier=applier, stop=threading.Event(), deadline=deadline,
+                                           on_step=on_step, standby=stand_by, on_lease=take_over, holder=holder)
+                except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run_controller let the lease go
+                    typer.echo(f"migration {mid}: controller stopped by {signal_name(exc)}; {lease_left(sf, mid, holder)}",
+                               err=True)
+                    raise
+            else:
+                start_migration(sf, mid, schema_fingerprint=fp, applier=applier)
     finally:
-        if notifier is not None:
-            notifier.close()
-        if endpoint is not None:
-            endpoint.close()
+        for service in services:
+            if service is not None:
+                service.close()
     with database_errors(sf), sf() as s:
         rep = ops.status_report(s, mid)
     if as_json:
         emit_json(rep)
     else:
         typer.echo(f"migration {mid}: {rep['label']}" + ("" if phase else " (controller not running)"))
+
+
+def lease_left(sf, mid: int, holder: str) -> str:
+    """What a stopped controller left of its lease, for its last line: normally nothing."""
+    from migrator.store import api
+
+    try:
+        with sf() as s:
+            lease = api.lease_of(s, mid)
+            held = lease is not None and lease.holder == holder
+            until = lease.expires_at if held else 0.0
+    except Exception as exc:  # noqa: BLE001 - the database may be what stopped us
+        return f"its lease could not be checked ({' '.join(str(exc).split())[:120]}); it expires by itself"
+    if held:
+        import time
+
+        return f"its lease could not be released; it expires at {time.strftime('%H:%M:%S', time.localtime(until))}"
+    return "it holds no lease now"
 
 
 def controller_services(sf, mid: int, cfg: Config, metrics_addr: str | None):
