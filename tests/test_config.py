@@ -40,7 +40,7 @@ BAD = [
     ("unknown top-level key", "rollback_afterr = 3\n",
      "rollback_afterr: unknown key, did you mean rollback_after? (fix: rename it rollback_after, or remove it; "
      "known keys here: database, database_file, window_seconds, hosts, slices, "
-     "rollback_after, no_data, phases, thresholds, probe, buffers, lab, source, agents, notify)"),
+     "rollback_after, no_data, phases, thresholds, probe, buffers, lab, source, agents, notify, store)"),
     ("unknown nested key", "[thresholds]\nmax_loss = 0.1\n",
      "thresholds.max_loss: unknown key, did you mean max_loss_rate? (fix: rename it max_loss_rate, or remove it; "
      "known keys here: max_loss_rate, max_lag_p99_ms, "

@@ -209,7 +209,7 @@ def test_unknown_key_says_did_you_mean(tmp_path):
     assert r.stderr == (f"Error: {path}: rollback_afer: unknown key, did you mean rollback_after? (fix: rename it "
                         "rollback_after, or remove it; known keys here: database, database_file, window_seconds, hosts, "
                         "slices, rollback_after, no_data, phases, thresholds, probe, buffers, lab, source, agents, "
-                        "notify)\n")
+                        "notify, store)\n")
     path.write_text(PLAN + "[thresholds]\nmax_lag_p99 = 100\n")
     r = runner.invoke(app, ["plan", "-c", str(path)])
     assert r.exit_code == 1 and r.stderr.startswith(
