@@ -41,6 +41,8 @@ ensure_debs "report test browser" chromium
 # PostgreSQL: the tests run the store, controller and CLI against a real server (scripts/postgres.sh
 # starts a cluster for them; psycopg comes with the venv's [postgres] extra).
 ensure_debs "test database server" postgresql
+# prometheus: promtool, which tests/test_alert_rules.py runs on docs/alerts/migrator-rules.yml.
+ensure_debs "alert rules check (promtool)" prometheus
 # gcc: the data plane's native record loops (step 6); with libbpf-dev, the libbpf C reference
 # consumer of `migrator bench overhead|consumers`, built into build/ when missing or older than its source.
 ensure_debs "native record loops, bench reference consumer" gcc libbpf-dev

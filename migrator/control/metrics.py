@@ -28,7 +28,9 @@ log = logging.getLogger("migrator.metrics")
 COUNTERS = (
     ("migrator_events_attempts", "attempts", "Events the BPF program tried to emit on the channel."),
     ("migrator_events_delivered", "delivered", "Events the consumer read from the channel."),
-    ("migrator_events_lost", "lost", "Events the perf buffer lost (overflow reported by the kernel)."),
+    ("migrator_events_lost", "lost", "Events the perf buffer lost (overflow reported by the kernel). Always 0 "
+     "on channel=\"ring\": a ring buffer never overwrites, it refuses the reserve, and a refusal is a drop, "
+     "counted in migrator_events_dropped_total (dataplane/counters.py)."),
     ("migrator_parse_errors", "parse_errors", "Records no registered payload layout could read."),
     ("migrator_payload_mismatches", "payload_mismatches",
      "Ring records whose payload differed from perf's record of the same seq (DUAL modes)."),
@@ -56,6 +58,7 @@ class Endpoint:
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
+        registry.register(BuildInfo())
         try:
             self.httpd, self.thread = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
@@ -73,6 +76,25 @@ class Endpoint:
         """Stop serving and free the port."""
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class BuildInfo:
+    """migrator_build_info{version, python} 1, on every endpoint (which build an alert came from)."""
+
+    def collect(self) -> Iterator:
+        import platform
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            from importlib.metadata import version
+            v = version("migrator")
+        except Exception:  # noqa: BLE001 - a source checkout without metadata
+            v = "unknown"
+        fam = GaugeMetricFamily("migrator_build_info", "Always 1; the labels name the migrator version and Python.",
+                                labels=["version", "python"])
+        fam.add_metric([v, platform.python_version()], 1.0)
+        yield fam
 
 
 @dataclass
@@ -185,7 +207,7 @@ class MigrationCollector:
         from sqlalchemy import func, select
 
         from migrator.control.phases import slice_count
-        from migrator.store.models import Host, Migration, Transition, Window
+        from migrator.store.models import Host, Migration, Transition, Verdict, Window
 
         mid = str(self.mid)
         with self.sf() as s:
@@ -197,8 +219,14 @@ class MigrationCollector:
             slices = slice_count(s, m.id)
             confirmed = s.scalar(select(func.count()).select_from(Transition).where(
                 Transition.migration_id == m.id, Transition.status == "confirmed"))
-            hosts = dict(s.execute(select(Host.name, Host.applied_mode).where(Host.migration_id == m.id)).all()) \
-                if self.per_host else {}
+            host_rows = s.execute(select(Host.name, Host.applied_mode, Host.last_heartbeat, Host.applied_at)
+                                  .where(Host.migration_id == m.id).order_by(Host.position)).all()
+            hosts = {h: mode for h, mode, _, _ in host_rows} if self.per_host else {}
+            last_end = dict(s.execute(select(Window.host, func.max(Window.end)).where(Window.migration_id == m.id)
+                                      .group_by(Window.host)).all())
+            breaches = s.execute(select(Verdict.host, Verdict.rule, func.count()).where(
+                Verdict.migration_id == m.id, Verdict.scope == "host", Verdict.verdict == "breach")
+                .group_by(Verdict.host, Verdict.rule)).all()
             rows = s.execute(select(Window.host, Window.channel, *[getattr(Window, f) for f in FIELDS], Window.extra)
                              .where(Window.migration_id == m.id)).all() if self.per_host else []
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -221,6 +249,32 @@ class MigrationCollector:
                     {"migration": mid}, 1.0 if m.pending_transition_id is not None else 0.0)
         c = CounterMetricFamily("migrator_transitions", "Confirmed phase transitions.", labels=["migration"])
         c.add_metric([mid], confirmed)
+        yield c
+        # Staleness: when each host last reported (heartbeat or mode applied) and its last window ended.
+        # An alert compares them with time() (docs/alerts/migrator-rules.yml). A host that never
+        # reported has no sample.
+        seen = GaugeMetricFamily("migrator_host_last_report_timestamp_seconds",
+                                 "Unix time of the host's agent's last report (heartbeat or mode applied).",
+                                 labels=["migration", "host"])
+        ended = GaugeMetricFamily("migrator_host_last_window_end_timestamp_seconds",
+                                  "Unix time the host's last stored window ended.", labels=["migration", "host"])
+        for h, _mode, beat, applied in host_rows:
+            last = max((t for t in (beat, applied) if t is not None), default=None)
+            if last is not None:
+                seen.add_metric([mid, h], last)
+            if last_end.get(h) is not None:
+                ended.add_metric([mid, h], last_end[h])
+        yield seen
+        yield ended
+        by_rule: dict[tuple[str, str], int] = {}
+        for h, rule, n in breaches:  # a host verdict's rule lists every rule it broke, comma-separated
+            for r in (rule or "").split(","):
+                if r:
+                    by_rule[(h, r)] = by_rule.get((h, r), 0) + n
+        c = CounterMetricFamily("migrator_breaches", "Judged host windows that breached a rule, by host and rule "
+                                "(a window that broke two rules counts under each).", labels=["migration", "host", "rule"])
+        for (h, r), n in sorted(by_rule.items()):
+            c.add_metric([mid, h, r], n)
         yield c
         if self.per_host:
             yield mode_family(hosts)
