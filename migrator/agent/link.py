@@ -253,7 +253,8 @@ class DbLink(threading.Thread):
             if self._outbox or self._reports or self._protections:
                 timeout = min(timeout, self.poll)  # a write that failed: try again soon
         try:
-            ready, _, _ = selectmod.select(fds, [], [], min(timeout, BEAT_S))
+            # At least a round trip every lost_after / 3: `up` is measured from the last one.
+            ready, _, _ = selectmod.select(fds, [], [], min(timeout, BEAT_S, self.lost_after / 3))
         except (OSError, ValueError):  # a descriptor closed under us (stop)
             return
         if self._kick is not None and self._kick in ready:
