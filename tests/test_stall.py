@@ -242,3 +242,34 @@ def test_plan_describes_an_attach_source_and_the_agent_refuses_it(tmp_path, monk
     cfg = load_config(tmp_path / "canary.toml")
     with pytest.raises(MigratorError, match="your own process serves the channel through migrator.attach"):
         Agent(None, cfg, "h1", 1)
+
+
+def test_start_before_init_refuses_without_creating_a_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "canary.toml").write_text('hosts = ["h1"]\nslices = [1]\n')
+    r = CliRunner().invoke(app, ["start", "--no-run"])
+    assert r.exit_code != 0
+    assert "no database at" in r.output and "migrator init" in r.output, r.output
+    assert not (tmp_path / "migrator.db").exists()
+
+
+def test_the_controller_loop_logs_each_transition(toml_file, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    sf, mid, ctl = setup(toml_file, min_clean=2)
+    for i in range(2):
+        dual_index(sf, mid, i)
+    from migrator.control.controller import run_controller
+    import threading
+    stop = threading.Event()
+    t = threading.Thread(target=run_controller, args=(sf, mid), kwargs={"applier": RecordingApplier(), "stop": stop,
+                                                                         "poll_interval": 0.01})
+    t.start()
+    try:
+        import time
+        deadline = time.time() + 10
+        while phase_of(sf, mid)[0] != "SHADOW" and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join()
+    assert any("DUAL_INSTRUMENT -> SHADOW (auto: 2 clean windows" in r.getMessage() for r in caplog.records)

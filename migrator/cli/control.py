@@ -270,6 +270,7 @@ def start_cmd(config: Path = config_option(),
     from migrator.shared.signals import signal_name
     from migrator.store import api, check_integrity, database_errors
 
+    require_database(resolve_config(config))  # before writer(): never create a database for `start`
     cfg, sf = writer(config)
     check_integrity(sf)
     with database_errors(sf), sf() as s:
@@ -341,6 +342,17 @@ def lease_left(sf, mid: int, holder: str) -> str:
 
         return f"its lease could not be released; it expires at {time.strftime('%H:%M:%S', time.localtime(until))}"
     return "it holds no lease now"
+
+
+def require_database(cfg: Config) -> None:
+    """`start` before `init`: refuse an SQLite database file that does not exist, before anything
+    creates it (opening the store would, and then find no migration in it)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(cfg.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise StoreError(f"no database at {url.database}: nothing was created; record the plan first "
+                         f"with `migrator init {cfg.path}`")
 
 
 def controller_services(sf, mid: int, cfg: Config, metrics_addr: str | None):

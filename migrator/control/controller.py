@@ -455,7 +455,7 @@ class Controller:
                         acquire_lease(s, self.migration_id, self.holder, now, self.lease_seconds)
                         res = self.step(s, now)
                     if res.transition_id is not None:
-                        self.finish()
+                        log_transition(self.finish(), self.migration_id)
                     with sf() as s:
                         phase = s.get(Migration, self.migration_id).phase
                 except IntegrityError:
