@@ -245,13 +245,18 @@ class LabStage:
                 self.traffic.append((h, start_traffic(by_name[h], "steady", pps=self.pps, seconds=self.traffic_seconds)))
             self.say(f"traffic: {self.pps} packets/s into each host")
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(*sys.exc_info())  # Ctrl-C or SIGTERM during set-up: said and cleaned up alike
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         from migrator.tools.lab import lab_down
 
+        stopped = exc[0] is not None and issubclass(exc[0], KeyboardInterrupt)  # Ctrl-C or SIGTERM
+        if stopped:
+            from migrator.shared.signals import signal_name
+
+            self.say(f"lab: {signal_name(exc[1])}: stopping the traffic, the agents, then the lab hosts ...")
         for _, t in self.traffic:
             try:
                 t.stop()
@@ -263,8 +268,13 @@ class LabStage:
                 f.wait()
         if self.agents is not None:
             self.agents.stop()
+        removed = None
         if not self.keep_lab:
-            lab_down(self.cfg.lab.prefix)
+            removed = lab_down(self.cfg.lab.prefix)
+        if stopped:
+            gone = f"{len(removed['netns'])} lab hosts removed" if removed is not None else "lab hosts kept (--keep)"
+            self.say(f"lab: stopped cleanly: traffic and {len(self.agents.procs) if self.agents else 0} agents "
+                     f"stopped, {gone}; no controller lease held")
 
     def inject(self, fault: str, host: str, seconds: float) -> None:
         """A fault on one lab host: agent-side (stall-ring, shrink-ring) or from outside (burst, cpu-load)."""
