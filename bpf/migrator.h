@@ -44,7 +44,8 @@
  *   name__perf      BPF_PERF_OUTPUT, the perf channel (records = header + payload)
  *   name__ring      BPF_RINGBUF_OUTPUT, ring_bytes (a power of two, at least 4096)
  *   name__mode      BPF_ARRAY(u32, 1): the mode word. Bits 0-1 the mode: 0 PERF, 1 DUAL, 2 RING
- *                   (missing/0 = PERF, 3 = RING); bits 2-7 the epoch (see EPOCHS)
+ *                   (missing/0 = PERF, 3 = RING); bits 2-7 the epoch (see EPOCHS); bit 8 the
+ *                   reader sleeps and must be woken (MIGRATOR_RING_WAKEUP 3, batched)
  *   name__seq       BPF_ARRAY(u64, 1): the channel's sequence, taken after the mode is read
  *   name__cnt       BPF_PERCPU_ARRAY(u64, 2 * MIGRATOR_CNT_MAX): counters, MIGRATOR_CNT_* below,
  *                   one set per epoch parity: index (epoch & 1) * MIGRATOR_CNT_MAX + counter
@@ -73,9 +74,15 @@
  *                         (counter `truncated`); MIGRATOR_RESERVE of a larger type fails to
  *                         compile. The per-CPU scratch is 32 + MIGRATOR_MAX_PAYLOAD bytes.
  *   MIGRATOR_RING_WAKEUP  flags of ringbuf_output/submit/discard: 0 adaptive (default),
- *                         1 BPF_RB_NO_WAKEUP, 2 BPF_RB_FORCE_WAKEUP.
- *   MIGRATOR_TIME_EVERY   time each channel's emit on every N-th seq (a power of two, default
- *                         16; 0: never): bpf_ktime_get_ns around perf_submit and around
+ *                         1 BPF_RB_NO_WAKEUP, 2 BPF_RB_FORCE_WAKEUP, 3 batched: no wakeup but
+ *                         for a reader that said it sleeps (mode word bit 8: it waits without
+ *                         a clock) and every MIGRATOR_WAKEUP_EVERY-th record (default 1024, a
+ *                         backstop for readers that never set the bit). The producer pays one
+ *                         wakeup per quiet spell of the reader; a busy reader drains on its own
+ *                         clock, before the ring is half full at the rate it sees (bcc 0.26
+ *                         has no ringbuf_query map method to test the fill here).
+ *   MIGRATOR_TIME_EVERY   time each channel's emit on one seq in N (a power of two, default
+ *                         16; 0: never; a hash of the seq picks them): bpf_ktime_get_ns around perf_submit and around
  *                         ringbuf_output (MIGRATOR_OUTPUT) or ringbuf_submit (MIGRATOR_SUBMIT; the
  *                         reservation is not timed), summed per CPU and epoch parity in the
  *                         counters *_NS and *_TIMED: the producer's cost per event per channel.
@@ -118,17 +125,32 @@
 #if MIGRATOR_TIME_EVERY < 0 || (MIGRATOR_TIME_EVERY & (MIGRATOR_TIME_EVERY - 1)) != 0
 #error "MIGRATOR_TIME_EVERY must be 0 or a power of two"
 #endif
-/* Whether the emit of the record with this seq is timed. */
-#define MIGRATOR_TIMED(seq) (MIGRATOR_TIME_EVERY && ((seq) & (MIGRATOR_TIME_EVERY - 1)) == 0)
+/* Whether the emit of the record with this seq is timed: one seq in MIGRATOR_TIME_EVERY, chosen by
+ * a multiplicative hash rather than by residue, so the sample does not line up with anything else
+ * decided by seq (batched wakeups force one every MIGRATOR_WAKEUP_EVERY-th seq). */
+#define MIGRATOR_TIMED(seq) \
+    (MIGRATOR_TIME_EVERY && (u32)((u32)(seq) * 2654435761u) < (u32)(0xffffffffu / MIGRATOR_TIME_EVERY))
 #if MIGRATOR_RING_WAKEUP == 0
 #define MIGRATOR_RB_FLAGS 0
 #elif MIGRATOR_RING_WAKEUP == 1
 #define MIGRATOR_RB_FLAGS 1 /* BPF_RB_NO_WAKEUP */
 #elif MIGRATOR_RING_WAKEUP == 2
 #define MIGRATOR_RB_FLAGS 2 /* BPF_RB_FORCE_WAKEUP */
-#else
-#error "MIGRATOR_RING_WAKEUP must be 0 (adaptive), 1 (no wakeup) or 2 (force wakeup)"
+#elif MIGRATOR_RING_WAKEUP == 3
+#define MIGRATOR_RB_FLAGS 1 /* batched: BPF_RB_NO_WAKEUP unless __migrator_rbflags says otherwise */
+#ifndef MIGRATOR_WAKEUP_EVERY
+#define MIGRATOR_WAKEUP_EVERY 1024
 #endif
+#if MIGRATOR_WAKEUP_EVERY < 1 || (MIGRATOR_WAKEUP_EVERY & (MIGRATOR_WAKEUP_EVERY - 1)) != 0
+#error "MIGRATOR_WAKEUP_EVERY must be a power of two"
+#endif
+#else
+#error "MIGRATOR_RING_WAKEUP must be 0 (adaptive), 1 (no wakeup), 2 (force wakeup) or 3 (batched)"
+#endif
+/* The reader sleeps (mode word bit 8); __migrator_mode hands it on as bit 16, which never reaches
+ * a record's 16-bit flags. */
+#define MIGRATOR_WORD_READER_SLEEPS 0x100
+#define MIGRATOR_READER_SLEEPS (1u << 16)
 
 #define MIGRATOR_HDR_VERSION 1
 #define MIGRATOR_MODE_PERF 0
@@ -260,7 +282,20 @@ static __always_inline u32 __migrator_mode_@NAME@(int *k)
     u32 *m = @NAME@__mode.lookup(k);
     u32 w = m ? *m : MIGRATOR_MODE_PERF;
     u32 mode = w & MIGRATOR_FLAG_MODE_MASK;
-    return (mode > MIGRATOR_MODE_RING ? MIGRATOR_MODE_RING : mode) | (w & MIGRATOR_FLAG_EPOCH_MASK);
+    return (mode > MIGRATOR_MODE_RING ? MIGRATOR_MODE_RING : mode) | (w & MIGRATOR_FLAG_EPOCH_MASK) |
+           ((w & MIGRATOR_WORD_READER_SLEEPS) ? MIGRATOR_READER_SLEEPS : 0);
+}
+
+/* Flags of one ring write. w: the word __migrator_mode returned. */
+static __always_inline u64 __migrator_rbflags_@NAME@(u32 w, u64 seq)
+{
+#if MIGRATOR_RING_WAKEUP == 3
+    if ((w & MIGRATOR_READER_SLEEPS) || (seq & (MIGRATOR_WAKEUP_EVERY - 1)) == 0)
+        return 2; /* BPF_RB_FORCE_WAKEUP: the reader waits for this, or the backstop */
+    return 1;     /* BPF_RB_NO_WAKEUP */
+#else
+    return MIGRATOR_RB_FLAGS;
+#endif
 }
 
 /* The first counter index of the set of the epoch in a mode word (or in record flags). */
@@ -299,10 +334,10 @@ static __always_inline int __migrator_perf_@NAME@(int *k, void *ctx, struct migr
     return rc;
 }
 
-static __always_inline int __migrator_ring_@NAME@(int *k, struct migrator_record *rec, u64 total, int cb)
+static __always_inline int __migrator_ring_@NAME@(int *k, struct migrator_record *rec, u64 total, int cb, u64 rbflags)
 {
     __migrator_cnt_@NAME@(k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
-    int rc = @NAME@__ring.ringbuf_output(rec, total, MIGRATOR_RB_FLAGS);
+    int rc = @NAME@__ring.ringbuf_output(rec, total, rbflags);
     __migrator_cnt_@NAME@(k, cb + (rc == 0 ? MIGRATOR_CNT_RING_OK
                                    : rc == -11 /* EAGAIN */ ? MIGRATOR_CNT_RING_FULL : MIGRATOR_CNT_RING_OTHER));
     return rc;
@@ -319,7 +354,8 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
         __migrator_cnt_@NAME@(&k, MIGRATOR_CNT_NO_SCRATCH);
         return -2; /* ENOENT */
     }
-    sc->flags = (u16)__migrator_mode_@NAME@(&k); /* the mode and the epoch */
+    u32 w = __migrator_mode_@NAME@(&k);
+    sc->flags = (u16)w; /* the mode and the epoch */
     int cb = __migrator_cb_@NAME@(sc->flags);
     sc->hdr_version = MIGRATOR_HDR_VERSION;
     sc->type = type;
@@ -365,7 +401,7 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
             sc->flags |= MIGRATOR_FLAG_PERF_LOST; /* the ring copy is the only one */
         if (timed)
             t0 = bpf_ktime_get_ns();
-        int rrc = __migrator_ring_@NAME@(&k, sc, total, cb);
+        int rrc = __migrator_ring_@NAME@(&k, sc, total, cb, __migrator_rbflags_@NAME@(w, sc->seq));
         if (timed)
             __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_RING_NS, bpf_ktime_get_ns() - t0);
         if (!rc)
@@ -436,9 +472,14 @@ static __always_inline void __migrator_submit_@NAME@(void *ctx, u32 st, void *p,
         if (rc)
             h->flags |= MIGRATOR_FLAG_PERF_LOST; /* the ring copy is the only one */
         __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_ATTEMPTS);
+#if MIGRATOR_RING_WAKEUP == 3
+        u64 rbflags = __migrator_rbflags_@NAME@(__migrator_mode_@NAME@(&k), h->seq);
+#else
+        u64 rbflags = MIGRATOR_RB_FLAGS;
+#endif
         if (timed)
             t0 = bpf_ktime_get_ns();
-        @NAME@__ring.ringbuf_submit(h, MIGRATOR_RB_FLAGS);
+        @NAME@__ring.ringbuf_submit(h, rbflags);
         if (timed)
             __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_RING_NS, bpf_ktime_get_ns() - t0);
         __migrator_cnt_@NAME@(&k, cb + MIGRATOR_CNT_RING_OK);

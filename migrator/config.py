@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from migrator.errors import ConfigError, close_matches
-from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, is_host_name, is_lab_prefix, parse_percent,
-                            percent_of)
+from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, RING_WAKEUPS, is_host_name, is_lab_prefix,
+                                   parse_percent, percent_of)
 
 NO_DATA_ACTIONS = ("hold", "breach", "reset")
 PROBES = ("tc", "synthetic", "proc")
 RING_SUBMIT = ("reserve", "output")
-WAKEUPS = ("adaptive", "no_wakeup", "force_wakeup")
+WAKEUPS = tuple(RING_WAKEUPS)
 PAGE_SIZE = 4096
 PHASE_KEYS = ("dual_instrument", "shadow", "canary")
 

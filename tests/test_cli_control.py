@@ -197,7 +197,7 @@ BAD = [
      "phases.canry: unknown key, did you mean canary? (fix: rename it canary, or remove it; "
      "known keys here: dual_instrument, shadow, canary)"),
     ("bad wakeup", GOOD + '[buffers]\nwakeup = "sometimes"\n',
-     """buffers.wakeup: must be one of adaptive, no_wakeup, force_wakeup, got 'sometimes' (fix: write e.g. wakeup = "adaptive")"""),
+     """buffers.wakeup: must be one of adaptive, no_wakeup, force_wakeup, batched, got 'sometimes' (fix: write e.g. wakeup = "adaptive")"""),
     ("ring not page multiple", GOOD + "[buffers]\nring_bytes = 1000\n",
      "buffers.ring_bytes: must be >= 4096, got 1000 (fix: use a value >= 4096)"),
     ("syntax", GOOD + "[lab\n", "is not valid TOML: "),

@@ -45,7 +45,7 @@ BAD = [
      "thresholds.max_loss: unknown key, did you mean max_loss_rate? (fix: rename it max_loss_rate, or remove it; "
      "known keys here: max_loss_rate, max_lag_p99_ms, "
      "max_loss_delta, max_lag_ratio, max_cpu_ratio, max_inversions, min_events, max_parse_errors, "
-     "max_payload_mismatch)"),
+     "max_payload_mismatch, max_producer_ratio, max_producer_ns)"),
     ("wrong type", 'rollback_after = "3"\n',
      "rollback_after: must be an integer, got string '3' (fix: write e.g. rollback_after = 3)"),
     ("N = 0", "rollback_after = 0\n", "rollback_after: must be >= 1, got 0 (fix: use a value >= 1)"),

@@ -117,3 +117,36 @@ def test_ring_emit_with_adaptive_wakeups_costs_more_than_without_at_a_low_rate()
                        for ch in ("perf", "ring")}
     assert med["adaptive"]["ring"] >= 1.3 * med["no_wakeup"]["ring"], med
     assert abs(med["adaptive"]["perf"] / med["no_wakeup"]["perf"] - 1) < 0.3, med
+
+
+@pytest.mark.kernel
+@needs_root
+def test_batched_wakeups_wake_a_sleeping_reader_and_only_then():
+    """batched: a reader that sleeps without a clock (mode word bit 8) is woken by the first record;
+    while it is not sleeping, records wake nobody (the ring's emit costs what no_wakeup's does)."""
+    import time
+
+    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.loadgen import LoadGen
+    from migrator.dataplane.pipeline import Pipeline
+
+    with Probe("synthetic", wakeup="batched") as probe:
+        pipe = Pipeline(probe, batch_interval=0.01)
+        try:
+            probe.set_mode("DUAL")
+            pipe.records_wake = True
+            assert pipe.announce_sleep is True
+            time.sleep(0.05)  # past the batch clock a switch keeps
+            with LoadGen(1, rate=0) as gen:
+                probe.set_target(gen.pid)
+                gen.start()  # one event, emitted while the reader below sleeps (or just before)
+                t0 = time.monotonic()
+                n = pipe.poll(timeout=5.0)
+                waited = time.monotonic() - t0
+                assert gen.wait(timeout=10) == 0
+            n += pipe.drain()
+            assert n == 2  # the record's perf and ring copies
+            assert waited < 2.0  # woken by the record, not by the 5 s timeout
+            assert probe.channel._word() & 0x100 == 0  # the bit is cleared once awake
+        finally:
+            pipe.close()

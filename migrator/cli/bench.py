@@ -242,3 +242,29 @@ def parity_cmd(
         emit_json(res.to_dict())
     else:
         typer.echo(render(res))
+
+
+@bench_app.command("producer")
+def producer_cmd(
+    rates: list[float] = typer.Option(None, "--rate", min=0,
+                                      help="Events per second (repeat the option; 0 = idle). Default: 0, 2k, 20k, 200k."),
+    seconds: float = typer.Option(3.0, "--seconds", min=1.0, help="Seconds per policy and rate."),
+    max_delay_ms: float = typer.Option(10.0, "--max-delay-ms", min=0.1, help="The consumer's batch clock."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {cells, sampling, targets}."),
+) -> None:
+    """What each ring wakeup policy costs the traced code: adaptive, no_wakeup, force_wakeup and batched side by side.
+
+    Per policy and rate the synthetic probe runs in DUAL, consumed in this process as an agent consumes it. Per cell: each channel's emit cost per event in the traced context (producer_ns, one emit in 16 timed inside migrator.h), the BPF program's run time per event, this process's whole CPU (the generator is another process) and the ring's lag p99. Then the program's run time with the emit timing compiled out and in: what the sampling costs. Progress goes to stderr.
+
+    Example:
+
+        sudo migrator bench producer --rate 0 --rate 2000 --seconds 3
+    """
+    from migrator.tools.bench.producer import DEFAULT_RATES, bench_producer, render
+
+    res = bench_producer(tuple(rates) if rates else DEFAULT_RATES, seconds, max_delay_ms=max_delay_ms,
+                         progress=lambda m: typer.echo(f"producer: {m}", err=True))
+    if json_out:
+        emit_json(res)
+    else:
+        typer.echo(render(res))

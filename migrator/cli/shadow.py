@@ -11,13 +11,14 @@ from migrator.cli._log import LogFormat, log_format_option, log_level_option, se
 from migrator.cli._out import emit_json
 from migrator.shared.records import WINDOW_HEADER, window_line
 from migrator.errors import OptionError
+from migrator.shared.vocab import RING_WAKEUPS
 
 # The data plane (numpy, bcc) is imported only when `shadow` runs, so these choices are spelled
 # here; tests/test_startup.py checks them against migrator.tools.shadow.SHADOW_PROBES and
-# migrator.dataplane.loader.SUBMITS / WAKEUPS.
+# migrator.dataplane.loader.SUBMITS. The wakeup policies are shared/vocab.py's, light to import.
 SHADOW_PROBES = ("synthetic", "proc")
 SUBMITS = ("reserve", "output")
-WAKEUPS = ("adaptive", "no_wakeup", "force_wakeup")
+WAKEUPS = tuple(RING_WAKEUPS)
 
 # Choices are Enums so that typer rejects anything else at parse time (exit 2) and lists them in --help.
 ProbeName = Enum("ProbeName", {p: p for p in SHADOW_PROBES}, type=str)

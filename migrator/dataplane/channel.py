@@ -21,7 +21,7 @@ from migrator.dataplane.counters import Counters
 from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, FLAG_MODE_MASK, FLAG_RESERVED, FLAG_TRUNCATED, HDR_SIZE
 from migrator.dataplane.syscalls import NR_BPF, libc
 from migrator.errors import BPFLoadError, ChannelError, OptionError, PrivilegeError
-from migrator.shared.vocab import MODE_NAMES, MODE_VALUES
+from migrator.shared.vocab import MODE_NAMES, MODE_VALUES, WORD_READER_SLEEPS
 
 # Index order of the per-CPU counters in name__cnt (MIGRATOR_CNT_* in migrator.h).
 COUNTERS = ("perf_attempts", "perf_ok", "perf_full", "perf_other",
@@ -31,6 +31,7 @@ COUNTERS = ("perf_attempts", "perf_ok", "perf_full", "perf_other",
 EXTRA_COUNTERS = COUNTERS[8:12]
 # What Counters carries, for perf and ring: the emit counts, and the timed emits' ns and number.
 CHANNEL_COUNTERS = COUNTERS[:8] + COUNTERS[12:]
+EPOCH_MASK = (EPOCHS - 1) << EPOCH_SHIFT  # bits 2-7 of the mode word
 N_COUNTERS = len(COUNTERS)  # per epoch parity: name__cnt holds two sets
 # The maps MIGRATOR_CHANNEL(name, bytes) declares, by suffix.
 SUFFIXES = ("", "__perf", "__ring", "__mode", "__seq", "__cnt", "__scratch")
@@ -219,7 +220,13 @@ class Channel:
 
         Programs that read the old word may still be running: only after an RCU grace period
         (dataplane/grace.py) are the old epoch's counters final."""
-        self._write_word((self._word() & FLAG_MODE_MASK) | (epoch % EPOCHS) << EPOCH_SHIFT)
+        self._write_word((self._word() & ~EPOCH_MASK) | (epoch % EPOCHS) << EPOCH_SHIFT)
+
+    def reader_sleeps(self, on: bool) -> None:
+        """Tell the producers (batched wakeups, bpf/migrator.h) that the reader sleeps until woken:
+        while set, every ring write wakes it. The mode and the epoch stay."""
+        w = self._word()
+        self._write_word(w | WORD_READER_SLEEPS if on else w & ~WORD_READER_SLEEPS)
 
     @property
     def next_seq(self) -> int:

@@ -10,9 +10,9 @@ from migrator.dataplane.channel import Channel, check_bpf_privileges
 from migrator.shared.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
 from migrator.dataplane.counters import Counters
+from migrator.shared.vocab import RING_WAKEUPS
 
 PROBES = {"synthetic": "synthetic.bpf.c", "proc": "proc.bpf.c", "tc": "tc_packet.bpf.c"}
-WAKEUPS = {"adaptive": 0, "no_wakeup": 1, "force_wakeup": 2}
 SUBMITS = {"reserve": 0, "output": 1}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -53,8 +53,8 @@ class Probe:
         extra_cflags: tuple[str, ...] = (),
     ) -> None:
         _check_pow2_pages(ring_bytes)
-        if wakeup not in WAKEUPS:
-            raise MigratorError(f"wakeup {wakeup!r} unknown; choose one of {', '.join(WAKEUPS)}")
+        if wakeup not in RING_WAKEUPS:
+            raise MigratorError(f"wakeup {wakeup!r} unknown; choose one of {', '.join(RING_WAKEUPS)}")
         if ring_submit not in SUBMITS:
             raise MigratorError(f"ring_submit {ring_submit!r} unknown; choose one of {', '.join(SUBMITS)}")
         if probe not in PROBES:
@@ -130,6 +130,10 @@ class Probe:
     def set_epoch(self, epoch: int) -> None:
         """Stamp the next records with `epoch` (the window books, pipeline.py)."""
         self.channel.set_epoch(epoch)
+
+    def reader_sleeps(self, on: bool) -> None:
+        """Tell the producers the reader sleeps until woken (batched wakeups)."""
+        self.channel.reader_sleeps(on)
 
     def prog_fds(self) -> list[int]:
         """The fds of every loaded program (for run-time statistics)."""

@@ -58,6 +58,10 @@ class ChannelSource(Protocol):
         """The fds of the BPF programs that write the channel, for their run-time statistics."""
         ...
 
+    def reader_sleeps(self, on: bool) -> None:
+        """Set or clear the mode word's sleep bit (batched ring wakeups)."""
+        ...
+
 
 class Pipeline:
     """Drains both channels of one probe and closes per-channel windows that balance exactly.
@@ -134,6 +138,10 @@ class Pipeline:
         # by the owner while perf acts and its buffers wake by count, so a burst the producer
         # writes is drained as fast as an unmodified bcc tool drains it, never on the batch clock.
         self.drain_on_wake = False
+        # Batched ring wakeups (bpf/migrator.h MIGRATOR_RING_WAKEUP 3): producers wake the reader only
+        # when it says it sleeps, so before a wait without the batch clock it sets the mode word's
+        # sleep bit, and clears it when it wakes: one wakeup per quiet spell, none while it drains.
+        self.announce_sleep = getattr(probe, "wakeup", None) == "batched"
         self._timer_until = 0.0  # until then idle waits keep the batch clock (after a mode switch)
         # eventfds (add_wake_fd) whose write ends an idle wait at once: the owner's duties changed.
         self._wake_fds: set[int] = set()
@@ -328,9 +336,18 @@ class Pipeline:
             elif self.ring_stalled:
                 time.sleep(min(wait, self.batch_interval))  # the ring's fd stays readable while stalled: epoll would spin
             elif wait > 0:
-                events = self._ep.poll(wait)
-                if events and self._wake_fds:
-                    self._clear_wakes(events)
+                sleeps = long_wait and self.announce_sleep and wait > self.batch_interval
+                if sleeps:
+                    self.probe.reader_sleeps(True)
+                try:
+                    # a record written before the bit was seen wakes nobody: look once more
+                    if not (sleeps and self.ring.pending_bytes()):
+                        events = self._ep.poll(wait)
+                        if events and self._wake_fds:
+                            self._clear_wakes(events)
+                finally:
+                    if sleeps:
+                        self.probe.reader_sleeps(False)
             if eager:
                 self._let_batch_form(timeout)
             ring = 0 if self.ring_stalled else self.ring.pending_bytes()

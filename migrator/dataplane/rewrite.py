@@ -27,11 +27,10 @@ from pathlib import Path
 
 from migrator.errors import InstallError, OptionError, SourceError
 from migrator.shared.resources import bpf_dir
+from migrator.shared.vocab import RING_WAKEUPS  # values of -DMIGRATOR_RING_WAKEUP
 
 HEADER = "migrator.h"
 TEMPLATE_BEGIN, TEMPLATE_END = "MIGRATOR_TEMPLATE_BEGIN", "MIGRATOR_TEMPLATE_END"
-# Values of -DMIGRATOR_RING_WAKEUP (flags of ringbuf_output/submit/discard).
-RING_WAKEUPS = {"adaptive": 0, "no_wakeup": 1, "force_wakeup": 2}
 # A per-CPU map value is at most 32 KiB; the scratch is the 32-byte header + the payload.
 MAX_PAYLOAD_LIMIT = 16384
 PAGE = 4096
@@ -507,7 +506,7 @@ def cflags(max_payload: int | None = None, ring_wakeup: str | None = None) -> li
     """bcc cflags for a prepared text: -I<bpf dir> (for #include <migrator.h>) and the knobs.
 
     max_payload: MIGRATOR_MAX_PAYLOAD, a power of two from 8 to 16384 (default in C: 4096).
-    ring_wakeup: "adaptive", "no_wakeup" or "force_wakeup" (default in C: adaptive).
+    ring_wakeup: one of RING_WAKEUPS (shared/vocab.py; default in C: adaptive).
     """
     out = [f"-I{bpf_dir()}"]
     if max_payload is not None:

@@ -32,6 +32,14 @@ MODE_NAMES = {v: k for k, v in MODE_VALUES.items()}
 MODES = tuple(MODE_VALUES)
 CHANNELS = ("perf", "ring")
 
+# The ring producer's wakeup policies ([buffers] wakeup, -DMIGRATOR_RING_WAKEUP in bpf/migrator.h):
+# adaptive (the kernel wakes a reader that caught up: at low rates once per record), no_wakeup
+# (never: the reader runs on its own clock), force_wakeup (every record), batched (only a sleeping
+# reader, every MIGRATOR_WAKEUP_EVERY-th record, and the record that fills the ring past a mark).
+RING_WAKEUPS = {"adaptive": 0, "no_wakeup": 1, "force_wakeup": 2, "batched": 3}
+# Bit of the mode word a reader sets before it sleeps on its epoll without a timer (batched policy).
+WORD_READER_SLEEPS = 0x100
+
 # A host name is also a file name (fault files, agent logs) and a network namespace name, so it
 # starts with a letter or digit (no "..", no leading "-") and has no "/".
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

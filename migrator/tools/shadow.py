@@ -5,7 +5,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from migrator.dataplane.loader import PAGE, SUBMITS, WAKEUPS, Probe
+from migrator.dataplane.loader import PAGE, SUBMITS, Probe
+from migrator.shared.vocab import RING_WAKEUPS
 from migrator.errors import OptionError
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
@@ -71,7 +72,7 @@ def check_shadow_options(seconds: float, window: float, probe: str, rate: float,
     check_ring_bytes(ring_bytes)
     check_perf_pages(perf_pages)
     check_choice(ring_submit, tuple(SUBMITS), "--ring-submit")
-    check_choice(wakeup, tuple(WAKEUPS), "--wakeup")
+    check_choice(wakeup, tuple(RING_WAKEUPS), "--wakeup")
 
 
 # rate 0 ("as fast as possible") has no count: the generator gets a bound it cannot reach in a
