@@ -91,3 +91,4 @@ from migrator.cli import build  # noqa: E402,F401
 from migrator.cli import wrap  # noqa: E402,F401
 from migrator.cli import report  # noqa: E402,F401
 from migrator.cli import prune  # noqa: E402,F401
+from migrator.cli import advise  # noqa: E402,F401

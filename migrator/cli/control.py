@@ -81,7 +81,10 @@ def writer(path: Path | None):
 @app.command("plan")
 def plan_cmd(config: Path = config_option(),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Read-only: validate canary.toml and show the phases and slices (never opens the database).
+    """Read-only: validate canary.toml and show the phases and slices (never writes the database).
+
+    When the database exists and holds a migration of the same program (or config path), a line on
+    stderr warns if buffers.ring_bytes is below what `migrator advise` recommends from its windows.
 
     With [source] kind = "bcc" it also checks the operator's program: the sink's module and
     function, and (as root, with bcc) compiles the program once, finds its channel's maps and
@@ -94,6 +97,9 @@ def plan_cmd(config: Path = config_option(),
     cfg = resolve_config(config)
     check_database(cfg)
     source = source_report(cfg)
+    warning = ring_size_warning(cfg)
+    if warning:
+        typer.echo(warning, err=True)
     phases = [{"phase": p, "min_clean_windows": cfg.phase_rule(p).min_clean_windows,
                "manual_gate": cfg.phase_rule(p).manual_gate} for p in ("DUAL_INSTRUMENT", "SHADOW")]
     phases += [{"phase": "CANARY", "slice": k, "ring_hosts": list(h), "min_clean_windows": cfg.phases.canary.min_clean_windows,
@@ -121,6 +127,29 @@ def plan_cmd(config: Path = config_option(),
         typer.echo(line)
     if source.get("error"):
         raise MigratorError(source["error"])
+
+
+def ring_size_warning(cfg: Config) -> str | None:
+    """`plan`'s warning when buffers.ring_bytes is below the last advice for this program
+    (control/advise.ring_warning); None when it is not, or there is no database or migration to ask."""
+    from migrator.store import open_store, sqlite_path
+
+    try:
+        path = sqlite_path(cfg.database_url)
+        if path is not None and not path.exists():
+            return None  # plan never creates the database
+        sf = open_store(cfg.database_url, readonly=True)
+    except MigratorError:
+        return None
+    try:
+        from migrator.control.advise import ring_warning
+
+        with sf() as s:
+            return ring_warning(s, cfg)
+    except Exception:  # advice is a courtesy here: plan's own checks decide its exit
+        return None
+    finally:
+        sf.kw["bind"].dispose()
 
 
 def source_report(cfg: Config) -> dict:
