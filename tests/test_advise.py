@@ -191,3 +191,25 @@ def test_plan_warns_when_the_ring_is_below_the_last_advice(toml_file, tmp_path):
     r = runner.invoke(app, ["plan", "-c", str(other / "canary.toml")])
     assert (r.exit_code, r.stderr) == (0, "")
     assert not (other / "migrator.db").exists()
+
+
+def test_the_report_has_an_advice_section_from_the_same_core(toml_file):
+    from migrator.tools.report import build_report, collect
+
+    cfg, sf, mid = recorded(toml_file)
+    with sf() as s:
+        data = collect(s, mid)
+        page = build_report(s, mid)
+        assert data.advice == advise(s, mid).to_dict()
+    section = page[page.index('<h2 id="advice">'):page.index('<h2 id="hosts">')]
+    assert "recommend <b>8 MiB</b> (configured 1 MiB); worst burst 3250585 bytes x 2 in h1 w2" in section
+    assert "the recommended size avoids 100" in section
+    assert f"recommend <b>{'batched' if 'batched' in WAKEUPS else 'no_wakeup'}</b> (configured adaptive" in section
+    assert section.count("<tr><td>h") == 2 and "<td>h1</td><td>no-go</td>" in section
+    assert "<td>h2</td><td>go</td>" in section
+
+
+def test_advise_help_loads_no_store():
+    from test_startup import loaded_after
+
+    assert loaded_after("advise", "--help") == (0, set())

@@ -28,6 +28,7 @@ class ReportData:
     deciding: dict[int, dict] = field(default_factory=dict)  # window id -> window, for transitions' window_ids
     generated_at: float = 0.0
     rollups: list[dict] = field(default_factory=list)  # what `migrator prune` kept of deleted windows
+    advice: dict | None = None  # `migrator advise` (control/advise.py) on the same windows
 
     @property
     def t0(self) -> float:
@@ -106,7 +107,10 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
            "thresholds": {"max_loss_rate": th.max_loss_rate, "max_lag_p99_ms": th.max_lag_p99_ms,
                           "max_parse_errors": th.max_parse_errors, "max_payload_mismatch": th.max_payload_mismatch,
                           "min_events": th.min_events}}
-    return ReportData(mig, api.hosts(session, m.id), transitions, windows, streak, deciding, time.time(), rolled)
+    from migrator.control.advise import advise
+
+    return ReportData(mig, api.hosts(session, m.id), transitions, windows, streak, deciding, time.time(), rolled,
+                      advise(session, m.id).to_dict())
 
 
 def _rollup_window(r: dict) -> dict:

@@ -136,6 +136,51 @@ def _windows_table(data: ReportData) -> tuple[str, int]:
     return table, len(keys)
 
 
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    v, unit = (n / 1048576, "MiB") if n >= 1048576 else (n / 1024, "KiB")
+    return (f"{v:g}" if v == int(v) else f"{v:.2f}") + f" {unit}"
+
+
+def _advice_section(a: dict | None) -> str:
+    """`migrator advise` on this migration: ring size, wakeup policy, go / no-go per host (control/advise.py)."""
+    if a is None:
+        return ""
+    r, k = a["ring"], a["wakeup"]
+    where = ", ".join(f"{esc(w['host'])} w{esc(w['index'])} (#{esc(w['id'])})" for w in r["evidence"][:5]) or "-"
+    m = r["memory"]
+    facts = [
+        ("ring size", f"recommend <b>{_bytes(r['recommended_bytes'])}</b> (configured {_bytes(r['configured_bytes'])}); "
+                      f"worst burst {esc(r['worst_peak_bytes'])} bytes x 2 in {where}"),
+        ("drops the size caused", f"{esc(r['drops_caused'])} in {len(r['drop_windows'])} window(s) that filled the ring; "
+                                  f"the recommended size avoids {esc(r['drops_avoided'])}"),
+        ("memory", f"ring {_bytes(m['configured_ring'])} configured, {_bytes(m['recommended_ring'])} recommended; perf "
+                   f"{_bytes(m['perf'])} ({esc(r['perf_pages'])} pages + 1 x {esc(r['cpus'])} CPUs, from {esc(r['cpus_from'])})"),
+        ("wakeup", f"recommend <b>{esc(k['recommended'])}</b> (configured {esc(k['configured'])}, "
+                   f"{_num(k['observed_ns'], '.0f')} ns per event over {esc(k['evidence_windows'])} ring windows; "
+                   f"lag budget {esc(k['budget_ms'])} ms)"),
+        ("go / no-go", esc(a["summary"])),
+    ]
+    rows = "".join(
+        f"<tr><td>{esc(h['host'])}</td><td>{esc(h['verdict'])}</td><td class=\"n\">{esc(h['windows'])}</td>"
+        f"<td class=\"n\">{_pct(h['ring']['loss_rate'])} / {_pct(h['perf']['loss_rate'])}</td>"
+        f"<td class=\"n\">{_num(h['ring']['lag_p99_ms'])} / {_num(h['perf']['lag_p99_ms'])}</td>"
+        f"<td class=\"n\">{esc(h['ring']['inversions'])} / {esc(h['perf']['inversions'])}</td>"
+        f"<td class=\"n\">{_num(h['ring']['cpu_us_per_event'], '.3f')} / {_num(h['perf']['cpu_us_per_event'], '.3f')}</td>"
+        f"<td class=\"n\">{_num(h['ring']['producer_ns'], '.0f')} / {_num(h['perf']['producer_ns'], '.0f')}</td>"
+        f"<td>{esc('; '.join(h['upsides'] + h['reasons']))}</td></tr>" for h in a["hosts"])
+    table = ('<table id="advice-hosts"><thead><tr><th>host</th><th>verdict</th><th>DUAL windows</th>'
+             "<th>loss % ring / perf</th><th>lag p99 ms ring / perf</th><th>inversions ring / perf</th>"
+             "<th>CPU µs/event ring / perf</th><th>producer ns ring / perf</th><th>why</th></tr></thead><tbody>"
+             + rows + "</tbody></table>") if rows else ""
+    notes = "".join(f"<li>{esc(n)}</li>" for n in a["notes"])
+    return ('<h2 id="advice">Advice</h2><p>What the stored windows say (<code>migrator advise -m '
+            f'{esc(a["migration_id"])}</code>): keep perf unless a clear KPI upside justifies the ring.</p>'
+            '<dl class="facts">' + "".join(f"<dt>{t}</dt><dd>{v}</dd>" for t, v in facts) + "</dl>"
+            + table + (f"<ul>{notes}</ul>" if notes else ""))
+
+
 def render_html(data: ReportData) -> str:
     """The whole page: facts, phase timeline and transitions, streak against N, deciding windows, per-host charts."""
     m = data.migration
@@ -182,6 +227,7 @@ def render_html(data: ReportData) -> str:
            f'<figure class="chart" id="chart-streak">{streak_chart(data)}</figure>',
            '<h2 id="deciding-windows">Windows that decided each move</h2>',
            _deciding_table(data),
+           _advice_section(data.advice),
            '<h2 id="hosts">Per host and window</h2>',
            f'<p class="legend"><span><i class="sw" style="background:{RING}"></i>ring</span>'
            f'<span><i class="sw" style="background:{PERF}"></i>perf</span>'
