@@ -175,13 +175,18 @@ def test_cli_json_text_and_exit_codes(toml_file):
     assert (r.exit_code, r.stderr) == (1, "Error: no migration 999 in this database\n")
 
 
-def test_plan_warns_when_the_ring_is_below_the_last_advice(toml_file, tmp_path):
+def test_plan_warns_when_the_ring_is_below_the_last_advice(toml_file, tmp_path, monkeypatch):
     cfg, sf, mid = recorded(toml_file)
     sf.kw["bind"].dispose()
+    warning = (f"warning: buffers.ring_bytes = 1048576 is below the 8388608 bytes `migrator advise` "
+               f"recommends from migration {mid} (worst ring burst seen x 2); see `migrator advise -m {mid}`\n")
     r = runner.invoke(app, ["plan", "-c", cfg.path])
     assert r.exit_code == 0, r.output
-    assert r.stderr == (f"warning: buffers.ring_bytes = 1048576 is below the 8388608 bytes `migrator advise` "
-                        f"recommends from migration {mid} (worst ring burst seen x 2); see `migrator advise -m {mid}`\n")
+    assert r.stderr == warning
+    monkeypatch.chdir(tmp_path)  # the same file by a relative path
+    r = runner.invoke(app, ["plan", "-c", "canary.toml", "--json"])
+    assert (r.exit_code, r.stderr) == (0, warning)
+    json.loads(r.stdout)  # stdout stays one JSON document
     toml_file(PLAN.replace("1048576", "8388608"))  # the same file, now sized as advised: silent
     r = runner.invoke(app, ["plan", "-c", cfg.path])
     assert (r.exit_code, r.stderr) == (0, "")
@@ -213,3 +218,18 @@ def test_advise_help_loads_no_store():
     from test_startup import loaded_after
 
     assert loaded_after("advise", "--help") == (0, set())
+
+
+def test_a_migration_without_windows_says_so(toml_file):
+    cfg = load_config(toml_file(PLAN))
+    sf = open_store(cfg.database_url)
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, cfg, now=T0).id
+    with sf() as s:
+        a = advise(s, mid, cpus=2)
+    assert (a.ring.recommended_bytes, a.ring.evidence, a.ring.drops_caused, a.go) == (None, [], 0, "no-data")
+    assert a.wakeup.observed_ns is None and a.wakeup.evidence == []
+    assert a.notes == ["no DUAL_INSTRUMENT, SHADOW or CANARY window recorded yet"]
+    r = runner.invoke(app, ["advise", "-c", cfg.path])
+    assert r.exit_code == 0, r.output
+    assert "ring size: configured 1 MiB; no ring window measured its peak" in r.stdout

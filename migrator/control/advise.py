@@ -367,9 +367,14 @@ def newest_for(session: Session, config: Config) -> Migration | None:
     from migrator.config import source_hash
 
     digest = source_hash(config)
-    q = select(Migration).order_by(Migration.id.desc()).limit(1)
-    q = q.where(Migration.source_hash == digest) if digest else q.where(Migration.config_path == config.path)
-    return session.scalars(q).first()
+    q = select(Migration).order_by(Migration.id.desc())
+    if digest:
+        return session.scalars(q.where(Migration.source_hash == digest).limit(1)).first()
+    here = os.path.realpath(config.path)  # `init -c ./canary.toml` and `plan -c /abs/canary.toml` are one file
+    for m in session.scalars(q.where(Migration.source_hash.is_(None)).limit(100)):
+        if m.config_path == config.path or os.path.realpath(m.config_path) == here:
+            return m
+    return None
 
 
 def ring_warning(session: Session, config: Config) -> str | None:
