@@ -200,3 +200,73 @@ def test_unmapped_module_is_refused():
     with pytest.raises(UnmappedModule):
         layer_of("migrator.newlayer.x")
     assert (layer_of("migrator.shared.vocab"), layer_of("migrator.dataplane.channels.perf"), layer_of("migrator.cli")) == (0, 1, 6)
+
+
+# --- callbacks set as attributes -------------------------------------------------------------
+# An event and a window go one way (DESIGN.md): data flows down, decisions flow up, and no callback
+# crosses a layer upward. A callback stored into another object's attribute (`x.on_y = self._f`,
+# `x.send = lambda ...`) is how such a crossing hides from the import check, so every one must be
+# listed here with the layers of both sides; a new one fails until it is reviewed. The operator's
+# own callbacks (open_perf_buffer, on_batch) are arguments, not attributes set from outside.
+SAME_LAYER_CALLBACKS = {
+    # agent -> agent: the feed tells its link and its metrics which mode the host is in
+    ("migrator.agent.feed", "link.mode_source"),
+    ("migrator.agent.feed", "self.metrics.mode_source"),
+    # agent -> agent: the agent annotates the windows its own link sends
+    ("migrator.agent.loop", "self.link.on_send"),
+    # agent -> agent: wrap's per-host merger takes the windows of every feed of the host
+    ("migrator.agent.wrap", "tap.feed.link.send"),
+    # tools -> agent: the fleet bench's simulated hosts play the feed's part towards a real link
+    ("migrator.tools.bench.fleet", "link.mode_source"),
+    # cli -> click (third party, no layer): the help reflow wraps click's own methods
+    ("migrator.cli._help", "cmd.get_params"),
+    ("migrator.cli._help", "p.display_type_rich"),
+}
+
+
+def attribute_callbacks(source: str) -> list[tuple[str, int]]:
+    """(target, line) of every callable stored into an attribute of another object: a lambda, a
+    function of this module, or a method of the enclosing class (`self.m` where `def m` is in it)."""
+    tree = ast.parse(source)
+    functions = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    out = []
+
+    def visit(node: ast.AST, methods: set[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, {n.name for n in child.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))})
+                continue
+            if isinstance(child, ast.Assign):
+                v = child.value
+                callable_value = (isinstance(v, ast.Lambda)
+                                  or (isinstance(v, ast.Name) and v.id in functions)
+                                  or (isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name)
+                                      and v.value.id == "self" and v.attr in methods))
+                for t in child.targets:
+                    on_other = isinstance(t, ast.Attribute) and not (isinstance(t.value, ast.Name) and t.value.id == "self")
+                    if callable_value and on_other:
+                        out.append((ast.unparse(t), child.lineno))
+            visit(child, methods)
+
+    visit(tree, set())
+    return out
+
+
+def test_no_callback_is_set_as_an_attribute_across_layers():
+    found = {(mod, target) for mod, (src, _) in package_sources().items() for target, _ in attribute_callbacks(src)}
+    assert found - SAME_LAYER_CALLBACKS == set()  # a new one: list it above with both layers, or pass it down
+    assert SAME_LAYER_CALLBACKS - found == set()  # a listed one is gone: take it off the list
+
+
+def test_checker_finds_attribute_callbacks():
+    src = ("class Feed:\n"
+           "    def __init__(self, pipe):\n"
+           "        self.pipe = pipe\n"
+           "        self.pipe.on_batch = self._route\n"    # upward hook on another object: found
+           "        self.cb = self._route\n"               # own attribute: not a crossing
+           "        pipe.rate = self.rate\n"               # not a method: data
+           "    def _route(self):\n"
+           "        pass\n"
+           "def f(link):\n"
+           "    link.send = lambda ws: None\n")
+    assert attribute_callbacks(src) == [("self.pipe.on_batch", 4), ("link.send", 10)]

@@ -91,7 +91,7 @@ def test_agent_hands_a_command_source_to_wrap_or_refuses_without_it(tmp_path, mo
                          capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "nosuchtool.py" in res.stderr, res.stderr
     # without wrap: a clear refusal
-    monkeypatch.setitem(sys.modules, "migrator.tools.wrap", None)
+    monkeypatch.setitem(sys.modules, "migrator.agent.wrap", None)
     with pytest.raises(MigratorError, match=r'\[source\] kind = "command" \(python3 nosuchtool.py\) runs through '
                                             r"`migrator wrap`, which this installation does not have"):
         run_command(("python3", "nosuchtool.py"), p, "a")

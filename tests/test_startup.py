@@ -65,7 +65,7 @@ def test_choices_spelled_in_the_cli_match_their_source():
     from migrator.cli import shadow as cli_shadow, wrap as cli_wrap
     from migrator.dataplane.loader import SUBMITS
     from migrator.tools.shadow import SHADOW_PROBES
-    from migrator.tools.wrap import DEFAULT_RING_BYTES
+    from migrator.agent.wrap import DEFAULT_RING_BYTES
 
     assert cli_shadow.SHADOW_PROBES == SHADOW_PROBES
     assert cli_shadow.SUBMITS == tuple(SUBMITS)

@@ -27,10 +27,9 @@ import numpy as np
 from migrator.agent.link import DbLink, Desired
 from migrator.agent.selfprotect import Protection, SelfProtect
 from migrator.dataplane.channel import Channel
-from migrator.dataplane.compare import PayloadCompare
-from migrator.dataplane.frames import FLAG_PERF_LOST, Frames
 from migrator.dataplane.handover import Handover
 from migrator.dataplane.pipeline import Pipeline
+from migrator.dataplane.router import Router
 from migrator.dataplane.schema import Registry, bcc_registry
 from migrator.errors import MigratorError
 from migrator.shared.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
@@ -40,9 +39,6 @@ if TYPE_CHECKING:
     from migrator.agent.metrics import AgentMetrics
 
 log = logging.getLogger("migrator.agent")
-# registry.check reads headers only: the measured-only records it checks carry no payload.
-_NO_BYTES = np.empty(0, np.uint8)
-_NO_OFFSETS = np.empty(0, np.int64)
 
 
 def acting_channel(mode: str) -> str:
@@ -69,40 +65,28 @@ class Feed:
         self.owns_link = False  # attach() hands the feed a link it started; the agent keeps its own
         self.report_at_close = False  # standalone: print the window comparison when closed
         self.fingerprint = fingerprint or self.registry.fingerprint()
-        self.pipe = Pipeline(self.channel, host=host, perf_pages=perf_pages, batch_interval=batch_interval)
-        self.pipe.on_batch = self._route
-        self.pipe.on_measure = self._measure
-        # Set aside by _route for the pipe's next measuring pass: every batch for the payload
-        # comparison, with whether there was room to hash it when drained.
-        self._to_compare: list[tuple[str, Frames, bool]] = []
         # Start from what the kernel runs now (PERF in a program just loaded), then switch.
         self.mode = self.channel.mode
-        self.handover = Handover(acting_channel(self.mode))
+        # Delivery to the operator's code is the data plane's (dataplane/router.py): the pipe routes
+        # every drained batch there; the feed only says whom to deliver to and which channel acts.
+        self.router = Router(self.registry, acting_channel(self.mode))
+        self.pipe = Pipeline(self.channel, host=host, perf_pages=perf_pages, batch_interval=batch_interval,
+                             router=self.router)
         self.ring_confirmed = False
         self.switches: list[dict] = []
         self.safe_mode_entered: list[float] = []
-        self.windows: list[ChannelWindow] = []  # kept when there is no database link
-        self.acted = {"perf": 0, "ring": 0}
-        self._callback: Callable | None = None
+        self.windows: list[ChannelWindow] = []  # kept when there is no database link (or keep_windows)
+        self.keep_windows = False  # keep them with a link too (wrap's report)
         self._lost_cb: Callable | None = None
         # What lost_cb is told: perf's PERF_RECORD_LOST counts less the records the ring delivered in
-        # their place, plus the ring's refusals while it acts (_operator_lost).
-        self._ring_held = 0  # ring copies of records perf refused, delivered
+        # their place (router.ring_held), plus the ring's refusals while it acts (_operator_lost).
         self._ring_lost = 0  # ring refusals while the ring acted
         self._ring_refused_at: int | None = None
-        self._filled = 0  # this window: records perf lost that the ring delivered in perf's place
-        self._batch_cb: Callable | None = None
-        self._queue: list[np.ndarray] = []
-        self._queueing = False  # batches() is in use: keep decoded batches for it (else only count)
         # The program's ring producer wakes its reader (adaptive or forced wakeups, not
         # BPF_RB_NO_WAKEUP): in DUAL and RING a quiet feed can then sleep until its next duty.
         self.ring_wakeup = ring_wakeup
         self._carry: list[ChannelWindow] = []
         self._lost_seen = 0
-        # Per channel this window: records the registry cannot read (acted on or only measured),
-        # and in DUAL the ring payload of every seq checked against perf's.
-        self._parse = {"perf": 0, "ring": 0}
-        self.compare = PayloadCompare(room=self._compare_room)
         self._next_close = (math.floor(time.time() / window_seconds) + 1) * window_seconds
         # The local rollback rule (agent/selfprotect.py); None: only the controller rolls back.
         self.guard = guard
@@ -142,11 +126,22 @@ class Feed:
 
     def deliver_to(self, callback: Callable | None, lost_cb: Callable | None = None) -> None:
         """Hand every delivered event to callback(cpu, data, size) (None: nobody), leaving the buffers as they are."""
-        self._callback, self._lost_cb = callback, lost_cb
+        self.router.deliver_to(callback)
+        self._lost_cb = lost_cb
 
     def on_batch(self, callback: Callable[[np.ndarray], None]) -> None:
         """Hand every delivered batch to callback as a decoded numpy array (one per event type)."""
-        self._batch_cb = callback
+        self.router.on_batch(callback)
+
+    @property
+    def handover(self) -> Handover:
+        """Which channel owns which seqs (the router's)."""
+        return self.router.handover
+
+    @property
+    def acted(self) -> dict[str, int]:
+        """Events delivered to the operator's code so far, per channel."""
+        return self.router.acted
 
     def poll(self, timeout_ms: int = -1) -> int:
         """bcc's `perf_buffer_poll`: wait up to timeout_ms (-1: 1 s) for events and deliver them."""
@@ -170,61 +165,11 @@ class Feed:
 
     def batches(self, timeout_ms: int = 100) -> Iterator[np.ndarray]:
         """Yield delivered events as decoded numpy structured arrays, for operators who want speed."""
-        self._queueing = True
+        self.router.queueing = True
         while True:
             self.poll(timeout_ms)
-            while self._queue:
-                yield self._queue.pop(0)
-
-    # -- delivery ---------------------------------------------------------------------------------
-    def _route(self, channel: str, frames: Frames) -> None:
-        # Measured at the pipe's next measuring pass (_measure): the payload comparison (records
-        # emitted in DUAL only; the room to hash them is judged now), and the parse check of every
-        # record, acted on or only measured.
-        self._to_compare.append((channel, frames, self._compare_room()))
-        if len(self.handover.owners) == 1 and self.handover.acting == channel:
-            batch = frames  # owner of every seq, and of every one-channel record: all of them
-        else:
-            # by seq, plus every record that is its only copy (a ring copy of one perf refused)
-            mine = self.handover.owned(channel, frames.seq, frames.hdr["flags"])
-            if not mine.any():  # measured only (the other channel acts): counted, never delivered
-                return
-            batch = frames if mine.all() else frames.take(mine)
-        if channel == "ring":
-            held = (batch.hdr["flags"] & FLAG_PERF_LOST) != 0
-            if held.any():
-                self._ring_held += int(held.sum())
-                self._filled += int(self.handover.fills(batch.hdr["flags"][held], batch.seq[held]).sum())
-        self.acted[channel] += len(batch)
-        if self._callback is not None:
-            cb = self._callback
-            cpus, lens = batch.hdr["cpu"].tolist(), batch.hdr["len"].tolist()
-            base = batch.buf.ctypes.data
-            for i, off in enumerate(batch.off.tolist()):
-                cb(cpus[i], base + off, lens[i])
-        if self._batch_cb is not None or (self._callback is None and self._queueing):
-            # Decoded only for someone: a feed with neither callback nor reader only counts.
-            for rows in self.registry.decode(batch, count_errors=False).values():
-                if self._batch_cb is not None:
-                    self._batch_cb(rows)
-                else:
-                    self._queue.append(rows)
-
-    def _measure(self, joined: dict[str, np.ndarray]) -> None:
-        """The pipe's measuring pass over the batches since the last one (`joined`: their headers
-        per channel): compare payloads, and count the records the registry cannot read."""
-        items, self._to_compare = self._to_compare, []
-        self.compare.add_many(items)
-        if self.registry.types:
-            for channel, hdr in joined.items():
-                self._parse[channel] += self.registry.check(Frames(hdr, _NO_BYTES, _NO_OFFSETS))
-
-    def _compare_room(self) -> bool:
-        """Whether the payload comparison may spend CPU now: not while a buffer is a quarter full
-        after a drain (the consumer is behind, and the acting channel must not lose records)."""
-        p = self.pipe
-        return (p.perf.max_pending_bytes() < p.perf.capacity_per_cpu() // 4
-                and p.ring.pending_bytes() < p.ring.capacity() // 4)
+            while self.router.queue:
+                yield self.router.queue.pop(0)
 
     # -- modes ------------------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:
@@ -336,7 +281,7 @@ class Feed:
             self._ring_refused_at = refused
         else:
             self._ring_refused_at = None
-        return max(0, self.pipe.perf.lost_reported - self._ring_held) + self._ring_lost
+        return max(0, self.pipe.perf.lost_reported - self.router.ring_held) + self._ring_lost
 
     def _switch_evidence(self) -> dict | None:
         """The last mode switch with its timings, reported once its first perf record arrived."""
@@ -357,24 +302,9 @@ class Feed:
         if self._carry:
             ws = [merge_windows(old, new) for old, new in zip(self._carry, ws)]
             self._carry = []
-        self.registry.take_parse_errors()  # per type, both channels; they restart with the window too
-        parse, self._parse = self._parse, {"perf": 0, "ring": 0}
-        cmp = self.compare.take()
         switch = self._switch_evidence()
-        filled, self._filled = self._filled, 0
         for w in ws:
-            if w.channel == "perf":
-                w.filled_from_ring = filled
             w.extra["schema_fingerprint"] = self.fingerprint
-            w.extra["acted"] = self.acted[w.channel]
-            w.parse_errors += parse[w.channel]
-            if w.channel == "ring" and cmp.compared:
-                w.payload_mismatches += cmp.mismatches
-                w.extra["payload_compared"] = cmp.compared
-                if cmp.mismatch_seqs:
-                    w.extra["payload_mismatch_seqs"] = list(cmp.mismatch_seqs)
-            if w.channel == "ring" and cmp.skipped:
-                w.extra["payload_skipped"] = cmp.skipped
             if switch:
                 w.extra["mode_switch"] = switch
             if self.link is not None and self.link.gap_since is not None:
@@ -382,7 +312,7 @@ class Feed:
         protection = self._protect(ws, closed) if self.guard is not None else None
         if self.link is not None:
             self.link.send(ws, protection=protection.as_dict() if protection is not None else None)
-        else:
+        if self.link is None or self.keep_windows:
             self.windows.extend(ws)
         if self.metrics is not None:
             self.metrics.observe(ws)

@@ -46,12 +46,12 @@ def agent_cmd(
     from migrator.agent.loop import Agent
     from migrator.control import moves as ops
     from migrator.store import api, database_errors
+    from migrator.store.hostlease import migration_for_host
 
     cfg, sf = writer(config)
     with database_errors(sf), sf() as s:
-        m = api.get_migration(s, migration) if migration else api.active_migration(s)
-        if m is None:
-            raise MigratorError("no active migration in the database; run `migrator init` first")
+        # Unnamed: the active migration, or a finished one still owed a mode (a host lost in a rollback).
+        m = api.get_migration(s, migration or migration_for_host(s, host))
         mid, snap = m.id, ops.snapshot_config(m)
         names = [h["name"] for h in api.hosts(s, mid)]
     if host not in names:  # before anything is loaded or written
@@ -86,7 +86,7 @@ def run_command(command: tuple[str, ...], config: Path, host: str) -> None:
     this process for this host. Refused with the reason when this installation has no wrap."""
     shown = " ".join(command)
     try:
-        from migrator.tools.wrap import run_wrapped
+        from migrator.agent.wrap import run_wrapped
     except ImportError as exc:
         raise MigratorError(f'[source] kind = "command" ({shown}) runs through `migrator wrap`, which this '
                             f"installation does not have ({exc}); fix: use kind = \"bcc\" with the program's "

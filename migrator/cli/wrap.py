@@ -18,7 +18,7 @@ from migrator.dataplane.rewrite import check_ring_bytes
 from migrator.errors import OptionError
 from migrator.shared.vocab import MODES
 
-# migrator.tools.wrap (the agent, the store, bcc) is imported when `wrap` runs; its default ring
+# migrator.agent.wrap (the agent, the store, bcc) is imported when `wrap` runs; its default ring
 # size is spelled here for --help, and tests/test_startup.py checks it against DEFAULT_RING_BYTES.
 DEFAULT_RING_BYTES = 1 << 22
 
@@ -70,7 +70,7 @@ def wrap_cmd(
         migrator wrap -c canary.toml --host web-7 -- tcplife-bpfcc
     """
     setup_logging(log_format, log_level)
-    from migrator.tools.wrap import run_wrapped
+    from migrator.agent.wrap import run_wrapped
 
     out = run_wrapped(command, config=config, host=host, mode=Mode(mode).value if mode else None,
                       ring_bytes=ring_bytes, window_seconds=window)

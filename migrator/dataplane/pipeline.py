@@ -14,10 +14,11 @@ from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats,
 from migrator.dataplane.channels import PerfConsumer, RingConsumer
 from migrator.dataplane.frames import EPOCHS, Frames, concat_headers
 from migrator.dataplane.grace import GracePeriod
+from migrator.dataplane.router import Router
 from migrator.dataplane.windows import ChannelMeter
 from migrator.shared.records import ChannelWindow
 
-# Measurement (lag histogram, ordering, epoch counts, and the owner's on_measure: payload
+# Measurement (lag histogram, ordering, epoch counts, and the router's: payload
 # comparison, parse checks) runs on the batches of many drains at once, about this often, and
 # always before a window's books are read: delivery stays at every drain, while the fixed cost of
 # a measuring pass (some 30 numpy calls) is paid ~10 times a second instead of once per drain.
@@ -78,7 +79,7 @@ class Pipeline:
     """
 
     def __init__(self, probe: "ChannelSource", host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
-                 batch_interval: float = 0.005, keep_records: bool = False) -> None:
+                 batch_interval: float = 0.005, keep_records: bool = False, router: Router | None = None) -> None:
         self.probe = probe
         self.host = host
         self.batch_interval = batch_interval
@@ -95,12 +96,9 @@ class Pipeline:
         self._stats_fd = enable_stats()
         self.meters = {"perf": ChannelMeter("perf"), "ring": ChannelMeter("ring")}
         self.keep_records = keep_records
-        # Called with (channel, Frames) for every drained batch: the library routes events here.
-        self.on_batch: Callable[[str, Frames], None] | None = None
-        # Called at each measuring pass (flush_measure) with the headers of every batch delivered
-        # since the last one, joined per channel in consumption order: the owner measures the
-        # batches it set aside in on_batch then.
-        self.on_measure: Callable[[dict[str, np.ndarray]], None] | None = None
+        # Delivery (router.py): every drained batch is routed to the operator's code, each measuring
+        # pass's headers measured, each closed window annotated. None: measure only (shadow, benches).
+        self.router = router
         # Delivered batches not measured yet, in consumption order: (channel, batch, consume time ns).
         self._pending: list[tuple[str, Frames, int]] = []
         self._pending_n = 0  # records in _pending
@@ -219,8 +217,8 @@ class Pipeline:
             # Measured later (flush_measure), against this consume time.
             self._pending.append((channel, batch, time.monotonic_ns()))
             self._pending_n += n
-            if self.on_batch is not None:
-                self.on_batch(channel, batch)
+            if self.router is not None:
+                self.router.route(channel, batch, self.compare_room())
             self.delivered_total[channel] += n
             if self.keep_records:
                 self.records[channel].append(batch)
@@ -228,7 +226,7 @@ class Pipeline:
 
     def flush_measure(self) -> None:
         """Measure every batch delivered since the last pass: lag, ordering, epochs, then the
-        owner's on_measure; the results are those of measuring each batch as it was drained."""
+        router's measuring pass; the results are those of measuring each batch as it was drained."""
         self._next_measure = time.monotonic() + MEASURE_EVERY_S
         pending, self._pending, self._pending_n = self._pending, [], 0
         if not pending:
@@ -244,9 +242,9 @@ class Pipeline:
             t1 = time.thread_time()
             self.meters[ch].cpu_s += t1 - t0
             t0 = t1
-        if self.on_measure is not None:
-            self.on_measure(joined)
-            # the owner's share, by records (its work is per record: hashing, checks)
+        if self.router is not None:
+            self.router.measure(joined)
+            # the router's share, by records (its work is per record: hashing, checks)
             spent = time.thread_time() - t0
             n = {"perf": 0, "ring": 0}
             for c, b, _ in pending:
@@ -254,6 +252,12 @@ class Pipeline:
             total = n["perf"] + n["ring"]
             for ch in ("perf", "ring"):
                 self.meters[ch].cpu_s += spent * n[ch] / total
+
+    def compare_room(self) -> bool:
+        """Whether the payload comparison may spend CPU now: not while a buffer is a quarter full
+        after a drain (the consumer is behind, and the acting channel must not lose records)."""
+        return (self.perf.max_pending_bytes() < self.perf.capacity_per_cpu() // 4
+                and self.ring.pending_bytes() < self.ring.capacity() // 4)
 
     def drain(self) -> int:
         """Consume everything both channels hold right now (and measure, when a pass is due)."""
@@ -451,6 +455,8 @@ class Pipeline:
             m.reset()
         if run is not None:
             self._prev_run = run
+        if self.router is not None:
+            self.router.close_window(out)
         self._win_start = end
         self.window_index += 1
         return out

@@ -51,6 +51,7 @@ from migrator.agent.attach import attach
 from migrator.agent.feed import Feed
 from migrator.agent.loop import serve_migration
 from migrator.config import load_config
+from migrator.dataplane.router import ActedMatches
 from migrator.dataplane import rewrite
 from migrator.dataplane.channel import check_bpf_privileges
 from migrator.errors import MigratorError, OptionError, SourceError
@@ -152,18 +153,15 @@ def resolve_command(argv: list[str]) -> tuple[Path, list[str]]:
 
 @dataclass(eq=False)
 class Tap:
-    """One wrapped channel: its feed, and what the tool got from it."""
+    """One wrapped channel: its feed, and what the tool got from it (the router's ActedMatches
+    while the tool's callback is open)."""
 
     bpf: object
     name: str
     feed: Feed
     object_no: int  # which BPF object of the tool (0 for the first one made)
-    windows: list[ChannelWindow] = field(default_factory=list)
     opened: bool = False  # the tool called open_perf_buffer on the anchor
     tracking: bool = False  # the tool's callback is installed (opened, not finished)
-    acted: int = 0  # events handed to the tool's callback
-    matched: int = 0  # of those, also delivered by the ring (same seq)
-    perf_mode_only: int = 0  # of those, emitted in PERF mode (the ring was never written)
     unread: int = 0  # read while no callback of the tool was open (before open, after the end)
     callback_errors: int = 0
     lost_reported: int = 0  # counts handed to the tool's lost_cb
@@ -171,47 +169,31 @@ class Tap:
     perf_pages: int = 0  # the buffers' sizes, kept at close for the report
     cpus: int = 0
     ring_bytes: int = 0
-    _acted_waiting: set = field(default_factory=set)  # acted, emitted with the ring on, ring copy not seen yet
-    _ring_waiting: set = field(default_factory=set)  # ring copies not acted (yet)
-    _channel_now: str = "perf"  # the channel of the batch being delivered
+    matches: ActedMatches = field(default_factory=ActedMatches)
 
     def __post_init__(self) -> None:
-        self._route = self.feed.pipe.on_batch
-        self.feed.pipe.on_batch = self._on_batch
-        self._close_window = self.feed.close_window
-        self.feed.close_window = self._closed_window  # Feed._duties calls it through the instance
+        self.feed.keep_windows = True  # the report prints them, with a database link too
         self.feed.deliver_to(self._discard)
 
-    # -- the feed's side --
-    def _on_batch(self, channel: str, frames) -> None:
-        if self.tracking and len(frames):
-            seq = frames.seq
-            mine = self.feed.handover.owned(channel, seq, frames.hdr["flags"])
-            acted = seq[mine]
-            self.acted += len(acted)
-            if channel == "ring":
-                got = set(acted.tolist())  # acted straight from the ring
-                self.matched += len(got)
-                rest = set(seq.tolist()) - got
-                hit = rest & self._acted_waiting
-                self._acted_waiting -= hit
-                self.matched += len(hit)
-                self._ring_waiting |= rest - hit
-            else:
-                ring_on = (frames.hdr["flags"][mine] & 3) != 0
-                self.perf_mode_only += int(len(acted) - ring_on.sum())
-                got = set(acted[ring_on].tolist())
-                hit = got & self._ring_waiting
-                self._ring_waiting -= hit
-                self.matched += len(hit)
-                self._acted_waiting |= got - hit
-        self._channel_now = channel
-        self._route(channel, frames)
+    @property
+    def windows(self) -> list[ChannelWindow]:
+        """Every window the feed closed."""
+        return self.feed.windows
 
-    def _closed_window(self, index: int | None = None) -> list[ChannelWindow]:
-        ws = self._close_window(index)
-        self.windows.extend(ws)
-        return ws
+    @property
+    def acted(self) -> int:
+        """Events handed to the tool's callback."""
+        return self.matches.acted
+
+    @property
+    def matched(self) -> int:
+        """Of the events acted on, those also delivered by the ring (same seq)."""
+        return self.matches.matched
+
+    @property
+    def perf_mode_only(self) -> int:
+        """Of the events acted on, those emitted in PERF mode (the ring was never written)."""
+        return self.matches.perf_mode_only
 
     def _discard(self, cpu, data, size) -> None:
         self.unread += 1
@@ -225,7 +207,7 @@ class Tap:
             # its u32 size end on 8 bytes. The bytes are there in a perf record; a ring record is
             # only padded to 8, so it is copied out when the tool is given more than it holds.
             padded = ((size + 11) & ~7) - 4
-            if padded != size and self._channel_now == "ring":
+            if padded != size and self.feed.router.channel_now == "ring":
                 copy = ct.create_string_buffer(padded)
                 ct.memmove(copy, data, size)
                 data = ct.addressof(copy)
@@ -248,6 +230,7 @@ class Tap:
                 _unraisable(lost_cb)
 
         self.feed.open_perf_buffer(on_event, page_cnt, on_lost if lost_cb is not None else None, wakeup_events)
+        self.feed.router.matches = self.matches
         self.opened = self.tracking = True
 
     @property
@@ -267,6 +250,7 @@ class Tap:
     def stop_delivery(self) -> None:
         """The tool is done with this channel: nothing more reaches its callbacks."""
         self.tracking = False
+        self.feed.router.matches = None
         self.feed.deliver_to(self._discard)
 
     def close_last_window(self) -> None:
@@ -288,12 +272,12 @@ class Tap:
     @property
     def not_on_ring(self) -> int:
         """Acted events the ring never delivered (emitted in PERF mode, or missing from the ring)."""
-        return self.perf_mode_only + len(self._acted_waiting)
+        return self.matches.not_on_ring
 
     @property
     def ring_not_acted(self) -> int:
         """Ring deliveries of events the tool never acted on (perf lost them, or they came late)."""
-        return len(self._ring_waiting)
+        return self.matches.ring_not_acted
 
 
 def _unraisable(fn) -> None:
