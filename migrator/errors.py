@@ -305,3 +305,19 @@ class PrivilegeError(MigratorError):
         self.what, self.euid, self.missing, self.fix = what, euid, list(missing), fix
         super().__init__(f"{what}: loading BPF programs needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN "
                          f"also does); this process (euid {euid}) lacks {' and '.join(missing)} (fix: {fix})")
+
+
+class HostLeaseHeld(MigratorError):
+    """Another live process already serves this host (agent, library attach or wrap): one per host.
+
+    Exit code 3 from the CLI, so a supervisor can tell "already running" from a failure."""
+
+    exit_code = 3
+
+    def __init__(self, host: str, holder: str, expires_at: str) -> None:
+        self.host, self.holder, self.expires_at = host, holder, expires_at
+        super().__init__(
+            f"host {host!r} is already served by {holder!r} (host lease until {expires_at}); one process per "
+            "host: stop that one first, or wait for its lease to lapse (a dead process on this machine is "
+            "taken over at once)"
+        )

@@ -31,6 +31,8 @@ from migrator.store import reader_of
 from migrator.store.watch import ChangeWatch
 from migrator.store.api import heartbeat, record_windows, report_applied, report_self_protect
 from migrator.store.push import channel
+from migrator.store.hostlease import release_host_lease, renew_host_lease, take_host_lease, this_holder
+from migrator.errors import HostLeaseHeld
 from migrator.store.models import Host, Migration, Transition
 from migrator.shared.records import ChannelWindow
 
@@ -105,12 +107,22 @@ class DbLink(threading.Thread):
         # Written when what the data path follows changes (a new desired mode, the link back up):
         # the feed waits on it with its channels, so a quiet agent sleeps instead of polling.
         self.wake_fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # One process per host (store/hostlease.py): the host's lease is taken here, before the
+        # caller loads or attaches anything (HostLeaseHeld names the live holder), renewed with the
+        # heartbeat and released by stop(). lease_lost: the holder that took it from us meanwhile.
+        self.holder, self.lease_ttl = this_holder(), max(5.0, 2 * lost_after)
+        self.lease_lost: str | None = None
+        with sf() as s, s.begin():
+            previous = take_host_lease(s, host, self.holder, time.time(), self.lease_ttl, migration_id)
+        if previous is not None:
+            log.warning("%s: took the host lease over from %s (lapsed, or a dead process)", host, previous)
+        self._lease_due = time.monotonic() + self.lease_ttl / 4
 
     # -- the data path's side ------------------------------------------------------------------
     @property
     def up(self) -> bool:
-        """False once no round trip succeeded for `lost_after` seconds."""
-        return time.monotonic() - self.last_ok < self.lost_after
+        """False once no round trip succeeded for `lost_after` seconds (or the host lease was lost)."""
+        return self.lease_lost is None and time.monotonic() - self.last_ok < self.lost_after
 
     @property
     def gap_since(self) -> float | None:
@@ -184,11 +196,39 @@ class DbLink(threading.Thread):
             fd, self._kick = self._kick, None
             os.close(fd)
         if not self.is_alive():
+            self.release()
             self.watch.close()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
             self.reader.kw["bind"].dispose()
+
+    def release(self) -> None:
+        """Give the host lease up (only ours; a database out of reach lets it lapse instead)."""
+        if self.lease_lost is not None:
+            return
+        try:
+            with self.sf() as s, s.begin():
+                release_host_lease(s, self.host, self.holder)
+        except SQLAlchemyError as exc:
+            log.warning("%s: could not release the host lease (it lapses in %g s): %s", self.host,
+                        self.lease_ttl, str(exc).splitlines()[0])
+
+    def _renew(self, s: Session, now: float) -> bool:
+        """Renew the host lease in the round trip's transaction; False (and the link stops) once
+        another live process holds it: this one then writes nothing more for the host."""
+        try:
+            previous = renew_host_lease(s, self.host, self.holder, now, self.lease_ttl, self.migration_id)
+        except HostLeaseHeld as exc:
+            self.lease_lost = exc.holder
+            log.error("%s: host lease taken over by %s; this process stops serving the host", self.host, exc.holder)
+            self._halt.set()
+            self.wake()
+            return False
+        if previous is not None:
+            log.warning("%s: host lease taken back from %s", self.host, previous)
+        self._lease_due = time.monotonic() + self.lease_ttl / 4
+        return True
 
     # -- the thread ----------------------------------------------------------------------------
     def read_desired(self) -> Desired:
@@ -281,9 +321,14 @@ class DbLink(threading.Thread):
             windows, reports = list(self._outbox), list(self._reports)
             protections = list(self._protections)
         now = time.time()
-        wrote = bool(windows or reports or protections or beat)
+        if self.lease_lost is not None:
+            return  # another process serves this host now: nothing more is written for it
+        renew = time.monotonic() >= self._lease_due
+        wrote = bool(windows or reports or protections or beat or renew)
         if wrote:
             with self.sf() as s, s.begin():
+                if renew and not self._renew(s, now):
+                    return
                 if windows:
                     record_windows(s, self.migration_id, windows, now=now)  # idempotent on the index
                 heartbeat(s, self.migration_id, self.host, now=now, mode=actual)

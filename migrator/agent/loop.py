@@ -38,7 +38,8 @@ from migrator.dataplane.tc import FILTER_HANDLE, PRIO, TcFilter, attach_tc, deta
 from migrator.errors import MigratorError, SourceChanged, UnknownHost
 from migrator.shared.records import ChannelWindow
 from migrator.store import check_integrity
-from migrator.store.api import active_migration, get_migration, hosts
+from migrator.store.api import get_migration, hosts
+from migrator.store.hostlease import migration_for_host
 
 log = logging.getLogger("migrator.agent")
 SHRUNK_RING_BYTES = 4 * 4096  # 16 KiB: ~200 demo records
@@ -50,7 +51,8 @@ DRILL_CHECK_S = 0.05
 
 
 def serve_migration(sf: sessionmaker[Session], host: str, migration_id: int | None) -> int:
-    """The migration a host process serves (the active one by default); refuses a host it does not list.
+    """The migration a host process serves (by default the active one, or the newest finished one that
+    still demands a mode of this host: store/hostlease.migration_for_host); refuses a host it does not list.
 
     Every process that writes windows comes through here before its first write (the agent, the
     library's attach with a config, wrap), so here the whole file gets the check `start` makes
@@ -59,10 +61,7 @@ def serve_migration(sf: sessionmaker[Session], host: str, migration_id: int | No
     check_integrity(sf)
     with sf() as s:
         if migration_id is None:
-            m = active_migration(s)
-            if m is None:
-                raise MigratorError("no active migration in the database; run `migrator init` first")
-            migration_id = m.id
+            migration_id = migration_for_host(s, host)
         names = [h["name"] for h in hosts(s, migration_id)]
     if host not in names:
         raise UnknownHost(host, migration_id, names)
@@ -274,6 +273,7 @@ class Agent:
             probe, gen, self.feed = self._load()  # PERF: safe until the database says otherwise
         except BaseException:
             self._detach()
+            self.link.release()  # never started: stop() would not run
             if self.metrics is not None:
                 self.metrics.close()
                 self.metrics = None
@@ -286,6 +286,9 @@ class Agent:
             while not stop.is_set():
                 if deadline is not None and time.time() >= deadline:
                     why = "deadline"
+                    break
+                if self.link.lease_lost is not None:  # another process serves this host now
+                    why = f"host lease taken over by {self.link.lease_lost}"
                     break
                 if time.monotonic() >= next_drill_check:
                     next_drill_check = time.monotonic() + DRILL_CHECK_S

@@ -115,6 +115,9 @@ class Transition(Base):
     created_at: Mapped[float] = mapped_column(Float)
     confirmed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     holder: Mapped[str] = mapped_column(String(200), default="")
+    # Per host at confirmation (store/hostlease.py): {host: {"mode", "status": applied | sent | lost,
+    # "last_report"}}; a lost host is recorded as lost, never as confirmed. NULL: written before 0008.
+    host_status: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Window(Base):
@@ -204,6 +207,19 @@ class Lease(Base):
         ForeignKey("migrations.id", ondelete="CASCADE"), primary_key=True
     )
     holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class HostLease(Base):
+    """Which process serves a host (agent, library attach or wrap), until when: one per host name.
+    Taken when its database link is made, renewed with its heartbeat, released when it stops."""
+
+    __tablename__ = "host_leases"
+
+    host: Mapped[str] = mapped_column(String(200), primary_key=True)
+    migration_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    holder: Mapped[str] = mapped_column(String(200))  # machine:pid:process start time
     acquired_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
 
