@@ -53,7 +53,7 @@ def attach(bpf, name: str = "events", *, config: str | Path | None = None, host:
     link = DbLink(sf, mid, host, poll=0.01, lost_after=3 * cfg.window_seconds)
     feed = Feed(bpf, name, host=host, mode="PERF", registry=registry,
                 window_seconds=window_seconds or cfg.window_seconds, perf_pages=perf_pages or cfg.buffers.perf_pages,
-                batch_interval=cfg.buffers.max_delay_ms / 1000, link=link, guard=SelfProtect.from_config(host, cfg), metrics_addr=metrics_addr)
+                batch_interval=cfg.buffers.max_delay_ms / 1000, link=link, guard=SelfProtect.from_config(host, cfg, position=lambda: link.desired), metrics_addr=metrics_addr)
     feed.owns_link = True
     link.start()
     return feed

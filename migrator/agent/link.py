@@ -58,6 +58,9 @@ class Desired:
     # confirmed_at of the migration's newest confirmed transition: a self-protected host holds
     # PERF until a transition newer than its protection (agent/selfprotect.py).
     confirmed_at: float | None = None
+    # When the migration's current phase position was confirmed (its phase_since; a pause keeps it):
+    # the host's own breaker counts only ring windows that started at or after it (agent/selfprotect.py).
+    phase_since: float | None = None
 
 
 class DbLink(threading.Thread):
@@ -76,7 +79,8 @@ class DbLink(threading.Thread):
         self.watch = ChangeWatch(self.reader)  # the desired mode is read again only after a commit
         confirmed = (select(func.max(Transition.confirmed_at))
                      .where(Transition.migration_id == migration_id).scalar_subquery())
-        self._desired_stmt = (select(Host.desired_mode, Migration.pending_transition_id, Migration.phase, confirmed)
+        self._desired_stmt = (select(Host.desired_mode, Migration.pending_transition_id, Migration.phase, confirmed,
+                                     Migration.phase_since)
                               .join(Migration, Migration.id == Host.migration_id)
                               .where(Host.migration_id == migration_id, Host.name == host))
         self._conn = None  # the reading connection, made in the thread that reads
@@ -254,7 +258,7 @@ class DbLink(threading.Thread):
             raise
         self.reads += 1
         self._safety_due = time.monotonic() + self.safety_read
-        return Desired(row[0], row[1] is None, row[2], row[3])
+        return Desired(row[0], row[1] is None, row[2], row[3], row[4])
 
     def _drop_conn(self) -> None:
         conn, self._conn = self._conn, None

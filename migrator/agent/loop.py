@@ -102,7 +102,7 @@ class Agent:
         self.link: DbLink | None = None
         self.feed: Feed | None = None
         # The local rollback rule, one per agent so its streak and hold outlive a program reload.
-        self.guard = SelfProtect.from_config(host, config)
+        self.guard = SelfProtect.from_config(host, config, position=lambda: self.link.desired if self.link else None)
         # Prometheus endpoint (--metrics-addr): one per agent, so its counters outlive a reload.
         self.metrics_addr = metrics_addr
         self.metrics = None

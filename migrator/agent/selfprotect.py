@@ -7,6 +7,13 @@ code (control/policy.py: judge_host, next_streak; same thresholds, same `no_data
 
 * Armed only while the host acts on the ring (mode RING) and the migration, as last read, is not
   final. Windows closed in another mode restart the streak (the host was not on the ring).
+* The streak lives within one phase position, as the controller's does: it counts only ring
+  windows that started at or after the position's confirmation (the migration's phase_since, as
+  the link last read it: `position`), and a new position starts it from 0. A window that started
+  before the confirmation (the host switched to RING while the transition was being applied) is
+  recorded under the previous position, which the controller never judged on the ring: it never
+  counts here either. `what-if` replays this same class over the stored windows, grouped by the
+  position they were recorded in (control/policy.py: what_if).
 * Local rules: the absolute ones (loss rate, lag p99, inversions, parse errors, payload
   mismatches). The comparative ones (loss delta, lag / CPU ratio against the PERF hosts) need
   other hosts' windows; the controller still applies them.
@@ -26,10 +33,11 @@ the host and retires its report.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migrator.config import Thresholds
-from migrator.control.policy import BREACH, StreakState, judge_host, next_streak
+from migrator.control.policy import HostBreaker, StreakState
 from migrator.shared.records import ChannelWindow
 from migrator.shared.vocab import FINAL
 
@@ -67,44 +75,51 @@ class Protection:
 class SelfProtect:
     """The local rollback rule of one host, kept across windows (and across program reloads)."""
 
-    def __init__(self, host: str, thresholds: Thresholds, rollback_after: int, no_data: str) -> None:
+    def __init__(self, host: str, thresholds: Thresholds, rollback_after: int, no_data: str,
+                 position: Callable[[], object] | None = None) -> None:
         self.host, self.thresholds = host, thresholds
         self.rollback_after, self.no_data = rollback_after, no_data
-        self.state = StreakState()
-        self._rules: list[tuple[int, str]] = []  # (index, rule) of each window counted in the streak
+        # What the database asks now (agent/link.py: Desired, or None): its phase_since is the
+        # confirmation of the phase position the streak lives in. None: every RING window counts.
+        self.position = position
+        self._since: float | None = None  # the phase_since of the position being counted
+        self.breaker = HostBreaker(host, thresholds, rollback_after, no_data)  # the rule what-if replays
         self.held: Protection | None = None
         self.protections: list[Protection] = []  # every firing, oldest first
 
     @classmethod
-    def from_config(cls, host: str, cfg) -> "SelfProtect":
+    def from_config(cls, host: str, cfg, position: Callable[[], object] | None = None) -> "SelfProtect":
         """The rule with the migration's thresholds, rollback_after and no_data."""
-        return cls(host, cfg.thresholds, cfg.rollback_after, cfg.no_data)
+        return cls(host, cfg.thresholds, cfg.rollback_after, cfg.no_data, position)
 
     def observe(self, ring: ChannelWindow, phase: str | None, closed_at: float | None = None) -> Protection | None:
         """Judge one closed ring window (its books final at closed_at, default now); a Protection
         when this window brings the streak to N."""
         if self.held is not None:
             return None
-        if ring.mode != "RING" or (phase is not None and phase in FINAL):
-            self.state, self._rules = StreakState(), []
+        since = getattr(self.position() if self.position is not None else None, "phase_since", None)
+        if since is not None and since != self._since:  # a new phase position: a new streak
+            self._since = since
+            self.breaker.reset()
+        if since is not None and ring.start < since:
+            return None  # started before this position was confirmed: not this position's window
+        if phase is not None and phase in FINAL:
+            self.breaker.reset()
             return None
-        v = judge_host(self.host, ring, None, self.thresholds, expected_mode="RING", relative=True)
-        before = self.state.streak
-        self.state = next_streak(self.state, v.verdict, ring.index, self.no_data)
-        if self.state.streak == 0:
-            self._rules = []
-        elif self.state.streak > before:
-            self._rules.append((ring.index, v.rule if v.verdict == BREACH else f"no data ({v.rule})"))
-        if self.state.streak < self.rollback_after:
+        v, streak = self.breaker.step(ring)
+        if streak is None:
             return None
-        streak = self._rules[-self.rollback_after:]
         now = time.time()
         p = Protection(self.host, now, ring.end, closed_at if closed_at is not None else now,
-                       [i for i, _ in streak], [r for _, r in streak], self.rollback_after, dict(v.values))
+                       [i for i, _, _ in streak], [r for _, r, _ in streak], self.rollback_after, dict(v.values))
         self.held = p
         self.protections.append(p)
-        self.state, self._rules = StreakState(), []
         return p
+
+    @property
+    def state(self) -> StreakState:
+        """The streak counted so far in this position."""
+        return self.breaker.state
 
     def holding(self, phase: str | None, last_confirmed_at: float | None) -> bool:
         """Whether the host must stay on PERF now; releases the hold once the migration moved on."""

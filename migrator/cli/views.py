@@ -79,10 +79,22 @@ def status_document(session, migration_id: int | None) -> dict:
     by_name = {h["name"]: h for h in api.host_status(session, rep["migration_id"], position=position,
                                                        rollback_after=rep["rollback_after"])}
     rep["hosts"] = [{**h, **by_name.get(h["name"], {})} for h in rep["hosts"]]
+    if rep["streak_by"] != "controller" or not live:
+        # Ended or decided by a host's own breaker: each host's streak is its windows in that streak.
+        for h in rep["hosts"]:
+            h["streak"] = len({w["index"] for w in rep["streak_windows"] if w["host"] == h["name"]})
     rep["ended"] = None
+    hist = api.history(session, rep["migration_id"])
     if rep["phase"] in FINAL_PHASES:
-        hist = api.history(session, rep["migration_id"])
         rep["ended"] = hist[-1] if hist else None
+    # The newest confirmed move that set modes, per host: a lost host is named, with whether it has
+    # applied the mode since (its agent returned) or still owes it.
+    last = next((t for t in reversed(hist) if t["status"] == "confirmed" and t.get("hosts")), None)
+    now_mode = {h["name"]: h["applied_mode"] for h in rep["hosts"]}
+    rep["lost_hosts"] = [{"host": h, "transition_id": last["id"], "mode": o["mode"], "last_report": o["last_report"],
+                          "applied_since": now_mode.get(h) == o["mode"]}
+                         for h, o in sorted((last or {}).get("hosts", {}).items()) if o["status"] == "lost"] \
+        if last else []
     return rep
 
 
@@ -145,11 +157,15 @@ def header_lines(rep: dict) -> list[str]:
         lines.append(f"paused by {pause['actor']}: {pause['reason']}")
     clean = (f", clean {rep['clean_windows']}/{rep['min_clean_windows']}"
              + (" + manual gate" if rep["manual_gate"] else "")) if rep["min_clean_windows"] is not None else ""
-    lines.append(f"window {rep['window']}   breach streak {rep['streak']}/{rep['rollback_after']}{clean}"
-                 f"   no-data: {rep['no_data']}")
+    lines.append(f"window {rep.get('window_name', rep['window'])}   breach streak {rep['streak']}/{rep['rollback_after']}"
+                 f"{clean}   no-data: {rep['no_data']}")
+    if rep.get("streak_windows"):  # the same windows in every view (control/story.py)
+        from migrator.control.story import describe
+
+        lines.append(f"streak windows ({rep['streak_by']}): {describe(rep['streak_windows'])}")
     if rep["last_verdict"]:
         lv = rep["last_verdict"]
-        lines.append(f"last verdict: window {lv['index']} {lv['verdict']} ({lv['rule']})")
+        lines.append(f"last verdict: window {lv.get('name', lv['index'])} {lv['verdict']} ({lv['rule']})")
     if rep["pending"]:
         lines.append(f"pending transition {rep['pending']['id']} -> {rep['pending']['to']} (being applied)")
     if rep["reported_fingerprint"] and rep["reported_fingerprint"] != rep["schema_fingerprint"]:
@@ -157,10 +173,16 @@ def header_lines(rep: dict) -> list[str]:
     lease = rep["lease"]
     lines.append("controller: " + (f"{lease['holder']} (lease until {_ts(lease['expires_at'])}"
                                    f"{'' if lease['live'] else ', expired'})" if lease else "not running"))
+    for lost in rep.get("lost_hosts") or []:
+        seen = f"last report {_ts(lost['last_report'])}" if lost["last_report"] else "never reported"
+        lines.append(f"host {lost['host']}: LOST at transition {lost['transition_id']} ({seen}); "
+                     + (f"{lost['mode']} applied since its agent returned" if lost["applied_since"] else
+                        f"owes {lost['mode']}: restart its agent (migrator agent --host {lost['host']}), "
+                        "it applies it with no other flag"))
     end = rep.get("ended")
     if end:
         lines.append(f"ended: {end['from']} -> {end['to']} by {end['actor']} at {_ts(end['confirmed_at'] or end['at'])}: "
-                     f"{end['reason']}" + (f" (windows {end['window_ids']})" if end["window_ids"] else ""))
+                     f"{end['reason']}")
     return lines
 
 
@@ -337,18 +359,24 @@ def history_cmd(config: Path = config_option(), migration: int = _migration_opti
 
     sf = reader(config)
     with database_errors(sf), sf() as s:
+        from migrator.control.phases import label, slice_count
+        from migrator.control.story import describe, transition_windows
+
         m = api.get_migration(s, migration)
         rows = api.history(s, m.id)
+        transition_windows(s, m.id, rows)  # each transition's windows, named #n (control/story.py)
+        slices = slice_count(s, m.id)
     if as_json:
         emit_json(rows)
         return
     if not rows:
         typer.echo(f"migration {m.id}: no transitions yet ({m.phase})")
     for r in rows:
-        frm = r["from"] + (f"[{r['from_slice']}]" if r["from_slice"] else "")
-        to = r["to"] + (f"[{r['to_slice']}]" if r["to_slice"] else "")
-        wins = f" windows {r['window_ids']}" if r["window_ids"] else ""
+        frm, to = label(r["from"], r["from_slice"], slices), label(r["to"], r["to_slice"], slices)
+        wins = f" (windows {describe(r['windows'])})" if r["windows"] else ""
         state = "" if r["status"] == "confirmed" else f" ({r['status']})"
+        lost = sorted(h for h, o in (r.get("hosts") or {}).items() if o["status"] == "lost")
+        state += f" (lost: {', '.join(lost)}; not confirmed there)" if lost else ""
         typer.echo(f"{r['id']:>4} {_ts(r['confirmed_at'] or r['at'])} {frm} -> {to} {r['actor']}{state}: {r['reason']}{wins}")
 
 
@@ -428,6 +456,7 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
         migrator what-if --max-lag-ratio 2 --min-events 100 --json
     """
     from migrator.control import moves as ops
+    from migrator.control.phases import label
     from migrator.store import database_errors
 
     if no_data is not None and no_data not in ("hold", "breach", "reset"):
@@ -449,9 +478,8 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
                f"no_data={rep['no_data']}: {v['pass']} pass, {v['breach']} breach, {v['no-data']} no-data")
     at = rep["rollback_at"]
     if at:
-        where = at["phase"] + (f" slice {at['slice']}" if at["slice"] else "")
-        typer.echo(f"would roll back in {where} "
-                   f"at window {at['index']} (windows {at['window_ids']})")
+        where = label(at["phase"], at["slice"], rep["slices"])
+        typer.echo(f"would roll back in {where} by {at['by']} (windows {at['describe']})")
     else:
         typer.echo("would not roll back")
     rolled = rep.get("rolled_up")
@@ -463,5 +491,5 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
             typer.echo(f"  {where}: {p['windows']} windows, {p['pass']} pass, {p['breach']} breach, "
                        f"{p['no-data']} no-data")
     act = rep["actual_rollback"]
-    typer.echo("actually: " + (f"rolled back by transition {act['transition_id']} (windows {act['window_ids']})"
+    typer.echo("actually: " + (f"rolled back by {act['by']}, transition {act['transition_id']} (windows {act['describe']})"
                                 if act else "no automatic rollback"))

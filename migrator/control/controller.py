@@ -53,6 +53,7 @@ from migrator.control.policy import (
     overlaps_pause,
 )
 from migrator.control.stall import Stall, stall_of
+from migrator.control.story import group_windows
 from migrator.store.api import self_protect_reports
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
@@ -283,7 +284,8 @@ class Controller:
         if self._on_host_protected(session, m, now, here, fired, res):
             return res
         if fired:
-            ids = list(state.window_ids[-cfg.rollback_after:])
+            # Every judged host's window of each group of the streak (control/story.py), not one per index.
+            ids = group_windows(session, m.id, phase, slice_, state.window_ids[-cfg.rollback_after:])
             last = res.judged[-1]
             t = request_transition(
                 session, m.id, Phase.ROLLED_BACK, actor="auto", now=now, holder=self.holder, window_ids=ids,

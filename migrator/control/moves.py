@@ -151,6 +151,10 @@ def status_report(session: Session, migration_id: int | None = None, now: float 
     from migrator.control.stall import stall_of
 
     stall = stall_of(session, m, cfg, ts, label(m.phase, m.slice, slices))
+    from migrator.control.story import first_index, streak_story, window_name
+
+    # The one streak every view shows (control/story.py): a rollback's once rolled back, else the controller's.
+    story = streak_story(session, m, cfg.rollback_after)
     pending = None
     if m.pending_transition_id:
         t = api.transition_dict(session.get(Transition, m.pending_transition_id))
@@ -160,10 +164,13 @@ def status_report(session: Session, migration_id: int | None = None, now: float 
         "label": label(m.phase, m.slice, slices), "paused_phase": m.paused_phase, "pause": pause_of(session, m),
         "phase_since": m.phase_since, "config_hash": m.config_hash, "schema_fingerprint": m.schema_fingerprint,
         "reported_fingerprint": m.reported_fingerprint, "window": m.judged_index,
-        "streak": m.streak, "rollback_after": cfg.rollback_after, "no_data": cfg.no_data,
+        "window_name": window_name(m.judged_index, first_index(session, m.id)) if m.judged_index >= 0 else "-",
+        "streak": story["streak"], "streak_by": story["by"], "streak_window_ids": story["window_ids"],
+        "streak_windows": story["windows"], "rollback_after": cfg.rollback_after, "no_data": cfg.no_data,
         "clean_windows": m.clean_windows, "min_clean_windows": rule.min_clean_windows if rule else None,
         "manual_gate": rule.manual_gate if rule else None, "pending": pending,
-        "last_verdict": ({"index": gv.index, "verdict": gv.verdict, "rule": gv.rule} if gv else None),
+        "last_verdict": ({"index": gv.index, "name": window_name(gv.index, first_index(session, m.id)),
+                          "verdict": gv.verdict, "rule": gv.rule} if gv else None),
         "last_window": last,
         "lease": ({"holder": lease.holder, "expires_at": lease.expires_at, "live": lease.expires_at > ts}
                   if lease else None),
@@ -190,9 +197,13 @@ def what_if_report(session: Session, migration_id: int | None = None, **override
     m = api.get_migration(session, migration_id)
     hosts = [(h, s) for h, s in session.execute(select(Host.name, Host.slice).where(Host.migration_id == m.id)
                                                 .order_by(Host.position))]
-    actual = [t for t in api.history(session, m.id) if t["to"] == "ROLLED_BACK" and t["actor"] == "auto"]
+    from migrator.control.story import describe, first_index, is_automatic_rollback, named_windows
+
+    # Automatic rollbacks: the controller's streak (actor auto) and a host's own breaker (actor host X).
+    actual = [t for t in api.history(session, m.id) if is_automatic_rollback(t)]
     report = replay(snapshot_config(m), hosts, api.iter_window_rows(session, m.id), **overrides)
     report["migration_id"] = m.id
+    report["slices"] = slice_count(session, m.id)
     # After `migrator prune` the replay sees only the windows kept (the deciding ones); what the
     # controller decided on the rest is in the rollups: their host verdicts per phase position.
     from migrator.store.retention import rollups
@@ -200,8 +211,15 @@ def what_if_report(session: Session, migration_id: int | None = None, **override
     rolled = rollups(session, m.id)
     report["rolled_up"] = ({"windows": sum(r["windows"] for r in rolled),
                             "recorded_verdicts": _recorded_verdicts(rolled)} if rolled else None)
-    report["actual_rollback"] = ({"transition_id": actual[0]["id"], "window_ids": actual[0]["window_ids"]}
-                                 if actual else None)
+    first = first_index(session, m.id)
+    for f in report["firings"]:
+        f["windows"] = named_windows(session, m.id, f["window_ids"], first)
+        f["describe"] = describe(f["windows"])
+    report["actual_rollback"] = None
+    if actual:
+        ws = named_windows(session, m.id, actual[0]["window_ids"], first)
+        report["actual_rollback"] = {"transition_id": actual[0]["id"], "by": actual[0]["actor"],
+                                     "window_ids": actual[0]["window_ids"], "windows": ws, "describe": describe(ws)}
     return report
 
 

@@ -28,7 +28,10 @@ Definitions (the controller and what-if use exactly these):
   overlaps a pause: windows measured while PAUSED never count toward `min_clean_windows`);
   breach -> +1 (clean windows restart from 0); no-data -> `hold` leaves both, `breach` counts as a breach,
   `reset` sets the streak to 0. Rollback fires on the group that brings the streak to N, and
-  lists one window id per breaching group (its first breaching host's ring window).
+  lists every judged host's ring window of each group of the streak (group_window_ids).
+* A streak lives within one phase position: the windows that started at or after its confirmation
+  (phase_since). The host's own breaker (HostBreaker, agent/selfprotect.py) counts the same
+  windows: its ring windows of the position, absolute rules only. what-if replays both.
 """
 from __future__ import annotations
 
@@ -255,6 +258,40 @@ def next_streak(state: StreakState, verdict: str, window_id: int | None, no_data
     return StreakState(state.streak + 1, state.window_ids + (window_id,), 0)
 
 
+class HostBreaker:
+    """The host's own breaker (agent/selfprotect.py), the one rule `what-if` replays too: one host's
+    ring windows of ONE phase position, in index order, judged with judge_host on the absolute rules
+    (no baseline: the host does not see other hosts' windows), counted with next_streak. A window
+    closed in another mode than RING restarts the streak; it fires on the window that brings the
+    streak to N and starts again from 0."""
+
+    def __init__(self, host: str, thresholds: Thresholds, rollback_after: int, no_data: str) -> None:
+        self.host, self.thresholds, self.rollback_after, self.no_data = host, thresholds, rollback_after, no_data
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = StreakState()
+        self.counted: list[tuple[int, str, int | None]] = []  # (index, rule, window id) of the streak's windows
+
+    def step(self, ring: Any) -> tuple[HostVerdict | None, list[tuple[int, str, int | None]] | None]:
+        """Count one ring window; (its verdict, the N windows of the streak when it fires, else None)."""
+        if ring.mode != "RING":
+            self.reset()
+            return None, None
+        v = judge_host(self.host, ring, None, self.thresholds, expected_mode="RING", relative=True)
+        before = self.state.streak
+        self.state = next_streak(self.state, v.verdict, _g(ring, "id"), self.no_data)
+        if self.state.streak == 0:
+            self.counted = []
+        elif self.state.streak > before:
+            self.counted.append((ring.index, v.rule if v.verdict == BREACH else f"no data ({v.rule})", _g(ring, "id")))
+        if self.state.streak < self.rollback_after:
+            return v, None
+        fired = self.counted[-self.rollback_after:]
+        self.reset()
+        return v, fired
+
+
 def overlaps_pause(start: float, end: float, pauses: Iterable[tuple[float, float]]) -> bool:
     """True when the interval [start, end] meets one of the (began, ended) pauses."""
     return any(start < ended and end > began for began, ended in pauses)
@@ -301,13 +338,42 @@ def what_if(config: Config, hosts: list[tuple[str, int]], windows: Iterable[Any]
     for phase, slice_ in order:
         judged = judged_hosts(phase, slice_, hosts)
         state = StreakState()
+        deciding: list[list[int]] = []  # per group of the streak: every judged host's window id
         for index in sorted(groups[(phase, slice_)]):
             gv = judge_group(phase, index, judged, groups[(phase, slice_)][index], th)
             counts[gv.verdict] += 1
+            before = state.streak
             state = next_streak(state, gv.verdict, gv.window_id, nd)
+            if state.streak == 0:
+                deciding = []
+            elif state.streak > before:
+                deciding.append(group_window_ids(gv))
             if state.streak >= n:
-                firings.append({"phase": phase, "slice": slice_, "index": index, "window_ids": list(state.window_ids[-n:])})
-                state = StreakState()
+                firings.append({"by": "controller", "phase": phase, "slice": slice_, "index": index,
+                                "indexes": [], "window_ids": [i for ids in deciding[-n:] for i in ids]})
+                state, deciding = StreakState(), []
+        # Each host's own breaker (agent/selfprotect.py) on its ring windows of this position.
+        by_host: dict[str, list[Any]] = defaultdict(list)
+        for index, chans in groups[(phase, slice_)].items():
+            for h, ws in chans.items():
+                if "ring" in ws:
+                    by_host[h].append(ws["ring"])
+        for h, _ in hosts:
+            breaker = HostBreaker(h, th, n, nd)
+            for ring in sorted(by_host.get(h, []), key=lambda w: w.index):
+                _, fired = breaker.step(ring)
+                if fired:
+                    firings.append({"by": f"host {h}", "phase": phase, "slice": slice_, "index": ring.index,
+                                    "indexes": [i for i, _, _ in fired],
+                                    "window_ids": [w for _, _, w in fired if w is not None]})
+    # In time order; on the same window a host's own rollback is the one recorded (the controller
+    # turns its report into THE transition, control/controller.py: _on_host_protected).
+    firings.sort(key=lambda f: (f["index"], f["by"] == "controller"))
     return {"rollback_after": n, "no_data": nd, "thresholds": {k: v for k, v in vars(th).items()},
             "verdicts": counts, "would_roll_back": bool(firings),
             "rollback_at": firings[0] if firings else None, "firings": firings}
+
+
+def group_window_ids(gv: GroupVerdict) -> list[int]:
+    """The windows a judged group counted: every judged host's ring window of the index."""
+    return [hv.window_id for hv in gv.hosts if hv.window_id is not None]

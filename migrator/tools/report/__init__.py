@@ -31,7 +31,8 @@ def summary(data: ReportData, path: str | None = None, size: int | None = None) 
             "transitions": len(data.transitions), "windows": len(data.windows),
             "charts": 2 + min(MAX_HOST_CHARTS, len({w["host"] for w in data.windows})),
             "rollback_after": data.migration["rollback_after"],
-            "max_streak": max((v["streak"] for v in data.streak), default=0),
+            "max_streak": max([v["streak"] for v in data.streak] + [(data.story or {}).get("streak", 0)]),
+            "streak": data.story,  # the streak every view shows (control/story.py)
             "rollback": ({"transition_id": rb["id"], "actor": rb["actor"], "reason": rb["reason"],
                           "window_ids": rb["window_ids"]} if rb else None),
             "deciding": {str(t["id"]): t["window_ids"] for t in data.transitions if t["window_ids"]}}

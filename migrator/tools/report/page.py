@@ -192,7 +192,7 @@ def render_html(data: ReportData) -> str:
     charted = [h for h in hosts if by_host.get(h)][:MAX_HOST_CHARTS]
     badge = m["phase"] if m["phase"] in ("COMPLETE", "ROLLED_BACK") else "other"
     t_first, t_last = min(w["start"] for w in data.windows), max(w["end"] for w in data.windows)
-    max_streak = max((v["streak"] for v in data.streak), default=0)
+    max_streak = max([v["streak"] for v in data.streak] + [(data.story or {}).get("streak", 0)])
     th = m["thresholds"]
     facts = [
         ("migration", f'{esc(m["id"])}: {esc(m["name"])}'),
