@@ -128,7 +128,7 @@ def test_exit_codes_of_each_final_phase_and_of_a_migration_on_its_way(drive):
     for v in "BB":
         rb.windows("CANARY1", v)
     r = run("status", "-c", rb.path)  # two breaches of three: still on its way, healthy enough
-    assert (r.exit_code, r.stdout.splitlines()[1]) == (0, "window 1   breach streak 2/3, clean 0/2   no-data: hold")
+    assert (r.exit_code, r.stdout.splitlines()[1]) == (0, "window #2   breach streak 2/3, clean 0/2   no-data: hold")
     rb.windows("CANARY1", "B")
     assert rb.phase() == "ROLLED_BACK"
     for args in ([], ["--watch"], ["--json"], ["--watch", "--json", "--timeout", "1"]):
@@ -137,11 +137,13 @@ def test_exit_codes_of_each_final_phase_and_of_a_migration_on_its_way(drive):
     assert [json.loads(line)["phase"] for line in r.stdout.splitlines()] == ["ROLLED_BACK"]  # one document, then out
     lines = run("status", "-c", rb.path).stdout.splitlines()
     assert lines[0] == "migration 2: ROLLED_BACK   since " + _ts(T0)
-    assert lines[4].startswith(f"ended: CANARY -> ROLLED_BACK by auto at {_ts(T0)}: 3 consecutive breaching windows in "
-                               "CANARY slice 1/2; last: h1: max_loss_rate (windows [")
-    assert lines[5:7] == ["HOST  SLICE  MODE       RING loss p99  PERF loss p99  VERDICT                 STREAK  AGE",
+    assert lines[1:3] == ["window #3   breach streak 3/3   no-data: hold",  # the rollback's streak, windows named
+                          "streak windows (controller): h1 #1 #2 #3"]
+    assert lines[5] == (f"ended: CANARY slice 1/2 -> ROLLED_BACK by auto at {_ts(T0)}: 3 consecutive breaching windows in "
+                        "CANARY slice 1/2; last: h1: max_loss_rate")
+    assert lines[6:8] == ["HOST  SLICE  MODE       RING loss p99  PERF loss p99  VERDICT                 STREAK  AGE",
                           "h1    1      PERF/PERF  5.000% 2.50ms  -              breach (max_loss_rate)  3/3     "
-                          + lines[6].split()[-1]]
+                          + lines[7].split()[-1]]
     assert run("status", "-c", rb.path, "-m", "1").exit_code == 0  # the COMPLETE one, by id
 
     ab = drive(CANARY1)  # migration 3
@@ -203,8 +205,9 @@ def test_host_table(drive):
     now = T0 + 10 + 2 + 1 + 4.5  # 4.5 s after index 2's windows ended
     assert render_status(rep, now=now).splitlines() == [
         "migration 1: CANARY slice 1/2   since " + _ts(T0),
-        "window 2   breach streak 2/3, clean 0/2   no-data: hold",
-        "last verdict: window 2 breach (h1: max_loss_rate)",
+        "window #3   breach streak 2/3, clean 0/2   no-data: hold",  # windows named #n (control/story.py)
+        "streak windows (controller): h1 #2 #3",
+        "last verdict: window #3 breach (h1: max_loss_rate)",
         "controller: not running",
         "HOST  SLICE  MODE       RING loss p99  PERF loss p99  VERDICT                 STREAK  AGE",
         "h1    1      RING/RING  5.000% 2.50ms  -              breach (max_loss_rate)  2/3     4.5s",

@@ -82,7 +82,7 @@ def test_what_if_replays_under_other_thresholds():
     cfg = parse_config({"hosts": ["h1"], "slices": [1], "rollback_after": 3})
     rows = [SimpleNamespace(id=10 + 2 * i + (ch == "perf"), phase="SHADOW", slice=0, **window("h1", ch, i, lost=2 if ch == "ring" else 0).__dict__)
             for i in range(4) for ch in ("ring", "perf")]
-    assert what_if(cfg, [("h1", 1)], rows)["rollback_at"] == {"phase": "SHADOW", "slice": 0, "index": 2,
+    assert what_if(cfg, [("h1", 1)], rows)["rollback_at"] == {"by": "controller", "phase": "SHADOW", "slice": 0, "index": 2,
                                                               "window_ids": [10, 12, 14]}
     assert what_if(cfg, [("h1", 1)], rows, max_loss_rate=0.01)["would_roll_back"] is False
     assert what_if(cfg, [("h1", 1)], rows, rollback_after=4)["rollback_at"]["index"] == 3
@@ -132,11 +132,12 @@ def test_what_if_replays_parse_errors_and_payload_mismatches():
                                      payload_mismatches=2 if ch == "ring" and i >= 1 else 0).__dict__)
             for i in range(4) for ch in ("ring", "perf")]
     rep = what_if(cfg, [("h1", 1)], rows)
-    assert rep["rollback_at"] == {"phase": "SHADOW", "slice": 0, "index": 2, "window_ids": [10, 12, 14]}
+    assert rep["rollback_at"] == {"by": "controller", "phase": "SHADOW", "slice": 0, "index": 2, "window_ids": [10, 12, 14]}
     assert (rep["thresholds"]["max_parse_errors"], rep["thresholds"]["max_payload_mismatch"]) == (0, 0)
     # parse errors tolerated: the mismatches from index 1 on still roll back, one window later
     rep = what_if(cfg, [("h1", 1)], rows, max_parse_errors=4)
-    assert rep["rollback_at"] == {"phase": "SHADOW", "slice": 0, "index": 3, "window_ids": [12, 14, 16]}
+    assert rep["rollback_at"] == {"by": "controller", "phase": "SHADOW", "slice": 0, "index": 3,
+                                 "window_ids": [12, 14, 16]}
     rep = what_if(cfg, [("h1", 1)], rows, max_parse_errors=4, max_payload_mismatch=2)
     assert (rep["would_roll_back"], rep["verdicts"]) == (False, {PASS: 4, BREACH: 0, NO_DATA: 0})
 

@@ -248,7 +248,9 @@ def test_complete_report_and_json_summary(db, reports):
     assert summ == {"path": str(out), "bytes": out.stat().st_size, "migration_id": 2, "phase": "COMPLETE",
                     "label": "COMPLETE", "hosts": ["h1", "h2", "h3"], "transitions": 5,
                     "windows": len(db["windows"][2]), "charts": 5, "rollback_after": 3, "max_streak": 0,
-                    "rollback": None, "deciding": deciding}
+                    "rollback": None, "deciding": deciding,
+                    "streak": {"by": "controller", "transition_id": None, "streak": 0, "rollback_after": 3,
+                               "window_ids": [], "windows": [], "reason": None}}
     # transition ids run across migrations: 1-4 are migration 1's, start is 5
     assert deciding == {"6": ids(db, 2, "h1", "ring", [0, 1]), "7": ids(db, 2, "h1", "ring", [2, 3]),
                         "8": ids(db, 2, "h1", "ring", [4, 5]), "9": ids(db, 2, "h1", "ring", [6, 7])}

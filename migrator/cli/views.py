@@ -181,7 +181,10 @@ def header_lines(rep: dict) -> list[str]:
                         "it applies it with no other flag"))
     end = rep.get("ended")
     if end:
-        lines.append(f"ended: {end['from']} -> {end['to']} by {end['actor']} at {_ts(end['confirmed_at'] or end['at'])}: "
+        from migrator.control.phases import label
+
+        frm = label(end["from"], end["from_slice"], rep["slices"])
+        lines.append(f"ended: {frm} -> {end['to']} by {end['actor']} at {_ts(end['confirmed_at'] or end['at'])}: "
                      f"{end['reason']}")
     return lines
 

@@ -350,7 +350,7 @@ def what_if(config: Config, hosts: list[tuple[str, int]], windows: Iterable[Any]
                 deciding.append(group_window_ids(gv))
             if state.streak >= n:
                 firings.append({"by": "controller", "phase": phase, "slice": slice_, "index": index,
-                                "indexes": [], "window_ids": [i for ids in deciding[-n:] for i in ids]})
+                                "window_ids": [i for ids in deciding[-n:] for i in ids]})
                 state, deciding = StreakState(), []
         # Each host's own breaker (agent/selfprotect.py) on its ring windows of this position.
         by_host: dict[str, list[Any]] = defaultdict(list)
