@@ -132,8 +132,9 @@ def test_shrink_ring_fault_reloads_without_losing_the_books(started, tmp_path):
 
 
 def test_restarted_agent_reports_its_actual_mode_and_unblocks_a_pending_rollback(started):
-    """h1 runs RING in CANARY; its agent is SIGKILLed (nothing reports the program gone), a rollback waits for h1 to apply PERF; the restarted agent's first
-    heartbeat reports the PERF its new program starts in, so ROLLED_BACK confirms within a window."""
+    """h1 runs RING in CANARY; its agent is SIGKILLed (nothing reports the program gone); the rollback
+    records h1 as lost instead of waiting for it, and the restarted agent's first heartbeat reports the
+    PERF its new program starts in."""
     from migrator.control.phases import DbApplier, transition
     from migrator.store.models import Migration, Transition
     from migrator.shared.vocab import Phase
@@ -161,41 +162,24 @@ def test_restarted_agent_reports_its_actual_mode_and_unblocks_a_pending_rollback
     with sf() as s:
         assert api.hosts(s, mid)[0]["applied_mode"] == "RING"  # what the dead agent last said
 
-    done: dict = {}
-
-    def rollback():
-        try:
-            done["t"] = transition(sf, mid, Phase.ROLLED_BACK, applier=DbApplier(confirm_timeout=30, poll_interval=0.01))
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            done["error"] = exc
-
-    rb = threading.Thread(target=rollback)
-    rb.start()
+    # The rollback does not wait for a dead host (its host lease names a pid that is gone): it is
+    # confirmed per host, h1 recorded as lost (issue 20, item 3); the restarted agent then applies PERF.
+    t = transition(sf, mid, Phase.ROLLED_BACK, applier=DbApplier(confirm_timeout=30, poll_interval=0.01))
+    with sf() as s:
+        tr = s.get(Transition, t.id)
+        assert (s.get(Migration, mid).phase, tr.status) == ("ROLLED_BACK", "confirmed")
+        assert json.loads(tr.host_status)["h1"]["status"] == "lost"
+    agent2, stop2, t2 = run_agent(cfg, sf, mid, 30)
     try:
-        wait_for(lambda: api_host(sf, mid)["desired_mode"] == "PERF", timeout=5)
-        time.sleep(0.5)
-        with sf() as s:
-            assert s.get(Migration, mid).phase == "CANARY"  # waiting: nobody reports PERF
-        agent2, stop2, t2 = run_agent(cfg, sf, mid, 30)
-        try:
-            wait_for(lambda: agent2.link is not None and agent2.link.is_alive(), timeout=30)
-            started_at = time.time()
-            rb.join(10)
-            assert not rb.is_alive() and "error" not in done, done
-            with sf() as s:
-                m = s.get(Migration, mid)
-                tr = s.get(Transition, done["t"].id)
-                assert (m.phase, tr.status) == ("ROLLED_BACK", "confirmed")
-            h1 = api_host(sf, mid)
-            assert h1["applied_mode"] == "PERF"
-            reported = h1["applied_at"]  # the restarted agent's first heartbeat, reporting PERF
-            assert reported >= started_at - 1.0  # reported by the restarted agent, not left over
-            assert tr.confirmed_at - reported <= cfg.window_seconds  # the report unblocked it at once
-        finally:
-            stop2.set()
-            t2.join(15)
+        wait_for(lambda: agent2.link is not None and agent2.link.is_alive(), timeout=30)
+        started_at = time.time()
+        wait_for(lambda: api_host(sf, mid)["applied_mode"] == "PERF", timeout=10)
+        h1 = api_host(sf, mid)
+        assert h1["applied_at"] >= started_at - 1.0  # reported by the restarted agent, not left over
+        assert h1["applied_at"] - started_at <= cfg.window_seconds + 1.0  # its first heartbeat
     finally:
-        rb.join(35)
+        stop2.set()
+        t2.join(15)
 
 
 def api_host(sf, mid):

@@ -173,12 +173,11 @@ def header_lines(rep: dict) -> list[str]:
     lease = rep["lease"]
     lines.append("controller: " + (f"{lease['holder']} (lease until {_ts(lease['expires_at'])}"
                                    f"{'' if lease['live'] else ', expired'})" if lease else "not running"))
-    for lost in rep.get("lost_hosts") or []:
+    for lost in [h for h in rep.get("lost_hosts") or [] if not h["applied_since"]]:  # still owed
         seen = f"last report {_ts(lost['last_report'])}" if lost["last_report"] else "never reported"
         lines.append(f"host {lost['host']}: LOST at transition {lost['transition_id']} ({seen}); "
-                     + (f"{lost['mode']} applied since its agent returned" if lost["applied_since"] else
-                        f"owes {lost['mode']}: restart its agent (migrator agent --host {lost['host']}), "
-                        "it applies it with no other flag"))
+                     + f"owes {lost['mode']}: restart its agent (migrator agent --host {lost['host']}), "
+                     "it applies it with no other flag")
     end = rep.get("ended")
     if end:
         from migrator.control.phases import label

@@ -32,6 +32,7 @@ from migrator.errors import (
 )
 from migrator.store.models import Host, Migration, Transition
 from migrator.store.push import announce
+from migrator.store.hostlease import host_outcomes
 from migrator.shared.vocab import FINAL, MEASURED, Phase
 
 
@@ -209,6 +210,8 @@ def confirm_transition(session: Session, migration_id: int, transition_id: int, 
         return False
     t = session.get(Transition, transition_id)
     m = lock_migration(session, migration_id)
+    # Confirmed per host: a lost or dead host is recorded as lost, never as confirmed (store/hostlease.py).
+    t.host_status = json.dumps(host_outcomes(session, m, json.loads(t.modes), now))
     tgt = Phase(t.to_phase)
     keep_evidence = tgt == Phase.PAUSED or Phase(m.phase) == Phase.PAUSED
     if tgt == Phase.PAUSED:
@@ -258,6 +261,11 @@ class DbApplier:
                 applied = dict(s.execute(select(Host.name, Host.applied_mode)
                                          .where(Host.migration_id == migration_id)).all())
             waiting = sorted(h for h, mode in modes.items() if applied.get(h) != mode)
+            if waiting:  # a lost or dead host is not waited for: the transition records it as lost
+                with session_factory() as s:
+                    found = host_outcomes(s, s.get(Migration, migration_id), {h: modes[h] for h in waiting},
+                                          time.time())
+                waiting = [h for h in waiting if found.get(h, {}).get("status") != "lost"]
             if not waiting:
                 return
             if time.monotonic() >= deadline:

@@ -237,7 +237,9 @@ def transition_dict(t: Transition) -> dict:
     return {"id": t.id, "from": t.from_phase, "from_slice": t.from_slice, "to": t.to_phase,
             "to_slice": t.to_slice, "actor": t.actor, "reason": t.reason,
             "window_ids": json.loads(t.window_ids), "status": t.status, "at": t.created_at,
-            "confirmed_at": t.confirmed_at}
+            "confirmed_at": t.confirmed_at,
+            # per host at confirmation: mode, applied | sent | lost, last report (store/hostlease.py)
+            "hosts": json.loads(t.host_status) if t.host_status else None}
 
 
 def history(session: Session, migration_id: int) -> list[dict]:

@@ -13,8 +13,9 @@ no longer exists (SIGKILL releases nothing), as the controller's lease is.
 
 host_status (transitions.host_status, written by confirm_transition): per host of the move, the mode
 it demands and whether the host had applied it ("applied"), is alive and has been sent it ("sent"),
-or is lost or dead ("lost": no live lease and no report within [agents] lost_after_windows, or its
-holder is a dead process). A lost host applies the mode when its agent returns.
+is lost or dead ("lost": no live lease and no report within [agents] lost_after_windows, or its
+holder is a dead process), or never had an agent ("no agent"). A lost host applies the mode when its
+agent returns.
 """
 from __future__ import annotations
 
@@ -141,6 +142,8 @@ def host_outcomes(session: Session, m: Migration, modes: dict[str, str], now: fl
             status = "sent"
         elif last is not None and now - last <= limit:
             status = "sent"
+        elif last is None and lease is None:
+            status = "no agent"  # none ever served it: it starts in PERF and reads its mode when one does
         else:
             status = "lost"
         out[name] = {"mode": modes[name], "status": status, "last_report": last}
