@@ -57,6 +57,7 @@ from migrator.dataplane.channel import check_bpf_privileges
 from migrator.errors import MigratorError, OptionError, SourceError
 from migrator.dataplane.channels.perf import PAGE
 from migrator.shared.records import ChannelWindow
+from migrator.shared.signals import own_process
 from migrator.store import open_store
 from migrator.shared.vocab import MODES
 
@@ -856,7 +857,7 @@ def run_wrapped(command: list[str], *, config: str | Path | None = None, host: s
     saved_int, saved_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     code, sig, ended_by, error = 0, None, "exit", None
     try:
-        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGTERM, own_process(on_term))  # a child the tool forks dies of it as usual
         sys.argv = [str(script), *args]
         sys.path.insert(0, str(script.resolve().parent))  # as Python does for a script: symlinks resolved
         try:

@@ -68,7 +68,9 @@ def agent_cmd(
         termed.append(signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_term)
+    from migrator.shared.signals import own_process
+
+    signal.signal(signal.SIGTERM, own_process(on_term))  # a forked helper (pyroute2's) just dies
     deadline = time.time() + seconds if seconds else None
     agent = Agent(sf, snap, host, mid, drills=drills, tc_device=tc_device, tc_netns=tc_netns,
                   metrics_addr=metrics_addr)

@@ -7,9 +7,16 @@ a KeyboardInterrupt, in the main thread, so it runs those same blocks; the comma
 128 + the signal (130 for SIGINT, 143 for SIGTERM), as a shell counts a death by that signal.
 
 Only the first SIGTERM raises: later ones are ignored, so cleaning up is not cut short.
+
+A handler is the installing process's only. A child forked while it is installed (pyroute2 forks
+a helper into each network namespace, and stops it with SIGTERM) inherits it, and would otherwise
+unwind a copy of the parent's command from inside the child: run its `finally` blocks (take the
+lab down, wait for the lab lock its parent holds) instead of dying. `own_process` makes such a
+child die of the signal, as it would without the handler.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -37,6 +44,21 @@ def signal_name(exc: KeyboardInterrupt) -> str:
     return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
 
 
+def own_process(handler):
+    """`handler` for this process only: in a child forked after it was installed, the signal kills
+    the child as the default action would (see the module docstring)."""
+    owner = os.getpid()
+
+    def guarded(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        return handler(signum, frame)
+
+    return guarded
+
+
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """While inside: the first SIGTERM raises Terminated in the main thread; later ones are ignored.
@@ -55,7 +77,7 @@ def sigterm_interrupts() -> Iterator[None]:
         raise Terminated(signum)
 
     previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, own_process(on_term))
     try:
         yield
     finally:
@@ -65,4 +87,4 @@ def sigterm_interrupts() -> Iterator[None]:
             print("migrator: could not restore the SIGTERM handler", file=sys.stderr)
 
 
-__all__ = ["Terminated", "exit_code", "signal_name", "sigterm_interrupts"]
+__all__ = ["Terminated", "exit_code", "own_process", "signal_name", "sigterm_interrupts"]
