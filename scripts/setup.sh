@@ -43,6 +43,8 @@ ensure_debs "report test browser" chromium
 ensure_debs "test database server" postgresql
 # prometheus: promtool, which tests/test_alert_rules.py runs on docs/alerts/migrator-rules.yml.
 ensure_debs "alert rules check (promtool)" prometheus
+# systemd: systemd-analyze, which tests/test_deploy.py runs on deploy/*.service.
+ensure_debs "unit file check (systemd-analyze)" systemd
 # gcc: the data plane's native record loops (step 6); with libbpf-dev, the libbpf C reference
 # consumer of `migrator bench overhead|consumers`, built into build/ when missing or older than its source.
 ensure_debs "native record loops, bench reference consumer" gcc libbpf-dev

@@ -48,8 +48,12 @@ def db_sums(sf, mid, host: str, channel: str, k: int) -> dict[str, int]:
     assert len(ws) >= k
     ws, after = ws[:k], ws[k:]
     sums = {f: sum(getattr(w, f) for w in ws) for f in ("attempts", "delivered", "lost", "parse_errors",
-                                                         "payload_mismatches", "dropped_full", "dropped_other")}
+                                                         "payload_mismatches", "filled_from_ring", "dropped_full",
+                                                         "dropped_other")}
     sums["windows"] = k
+    # the gauges: the last of these windows that measured them
+    for f in ("producer_ns", "peak_bytes"):
+        sums[f] = next((getattr(w, f) for w in reversed(ws) if getattr(w, f) is not None), None)
     lag = [json.loads(w.extra).get("lag_buckets") for w in ws]
     sums["lag_buckets"] = [sum(col) for col in zip(*[b for b in lag if b is not None])]
     sums["lag_sum_s"] = sum(json.loads(w.extra).get("lag_sum_s", 0.0) for w in ws)
@@ -68,6 +72,8 @@ def check_host(m, sf, mid, host: str, channel: str) -> int:
         assert m[name][key] == sums[f], (name, host, channel)
     for cause in ("full", "other"):
         assert m["migrator_events_dropped_total"][(("cause", cause), *key)] == sums[f"dropped_{cause}"]
+    for f in ("producer_ns", "peak_bytes"):
+        assert m.get(f"migrator_{f}", {}).get(key) == sums[f], (f, host, channel)
     buckets = [m["migrator_lag_seconds_bucket"][(("channel", channel), ("host", host), ("le", le))]
                for le in [repr(x) for x in LAG_BUCKETS_LE[:-1]] + ["+Inf"]]
     assert buckets == sorted(buckets)  # cumulative

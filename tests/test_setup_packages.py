@@ -49,12 +49,16 @@ COMMANDS = {
     "unshare": "util-linux",
     "true": "coreutils",
     "env": "coreutils",
+    "sleep": "coreutils",
+    "systemd-analyze": "systemd",            # tests/test_deploy.py verifies the units
+    "migrator": "migrator",                  # this project's own command (the venv's, set-up makes it)
     "sh": "dash",
     "bash": "bash",
 }
 # On every Debian system, so set-up need not install them: Essential packages (coreutils, dash,
 # bash, util-linux) and mount (Priority: required).
 BASE = {"coreutils", "dash", "bash", "util-linux", "mount"}
+OWN = {"migrator"}  # installed by set-up's venv step, not by apt
 # Installed as a dependency of a package set-up names: python3-bpfcc Depends: python3.
 PULLED_IN = {"python3": "python3-bpfcc"}
 # Packages only scripts/postgres.sh needs to install (CI may run it before, or without, set-up).
@@ -190,7 +194,7 @@ def problems(found: dict[str, list[str]], setup: set[str], server: set[str]) -> 
         if pkg is None:
             out.append(f"{cmd} (used at {at}) has no Debian package here: map it to its Debian package "
                        f"in this test (tests/test_setup_packages.py, COMMANDS)")
-        elif pkg in BASE or pkg in setup or PULLED_IN.get(pkg) in setup:
+        elif pkg in BASE or pkg in OWN or pkg in setup or PULLED_IN.get(pkg) in setup:
             continue
         elif pkg in SERVER and pkg in server:
             continue

@@ -250,7 +250,9 @@ def producer_cmd(
                                       help="Events per second (repeat the option; 0 = idle). Default: 0, 2k, 20k, 200k."),
     seconds: float = typer.Option(3.0, "--seconds", min=1.0, help="Seconds per policy and rate."),
     max_delay_ms: float = typer.Option(10.0, "--max-delay-ms", min=0.1, help="The consumer's batch clock."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {cells, sampling, targets}."),
+    cpus: int = typer.Option(1, "--cpus", min=1, max=64,
+                             help="Also measure the ring's emit with this many CPUs emitting at once (its one lock)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {cells, sampling, contention, targets}."),
 ) -> None:
     """What each ring wakeup policy costs the traced code: adaptive, no_wakeup, force_wakeup and batched side by side.
 
@@ -262,7 +264,7 @@ def producer_cmd(
     """
     from migrator.tools.bench.producer import DEFAULT_RATES, bench_producer, render
 
-    res = bench_producer(tuple(rates) if rates else DEFAULT_RATES, seconds, max_delay_ms=max_delay_ms,
+    res = bench_producer(tuple(rates) if rates else DEFAULT_RATES, seconds, max_delay_ms=max_delay_ms, cpus=cpus,
                          progress=lambda m: typer.echo(f"producer: {m}", err=True))
     if json_out:
         emit_json(res)
@@ -289,7 +291,9 @@ def fleet_cmd(
 
     Example:
 
-        migrator bench fleet --hosts 1000 --db 'postgresql+psycopg://migrator@/fleet?host=/var/run/postgresql'
+        export DB='postgresql+psycopg://migrator@/fleet?host=/run/postgresql'
+
+        migrator bench fleet --hosts 1000 --db "$DB"
     """
     from migrator.tools.bench.controller import database_url
     from migrator.tools.bench.fleet import render, run_fleet

@@ -342,7 +342,7 @@ def start_cmd(config: Path = config_option(),
                                err=True)
                     raise
             else:
-                start_migration(sf, mid, schema_fingerprint=fp, applier=applier)
+                take_over(None)  # --no-run: the move, and its notification posted before we exit
     finally:
         for service in services:
             if service is not None:

@@ -216,12 +216,25 @@ def run(
         typer.echo("")
         typer.echo(f"history of migration {res.migration_id} ({res.seconds:.1f} s, database {hide_password(res.database_url)}):")
         for t in res.history:
-            ws = t["window_ids"]
-            wtxt = f" windows {ws[0]}..{ws[-1]} ({len(ws)})" if ws else ""
-            typer.echo(f"  {t['from']:<15} -> {t['to']:<15} {t['actor']:<6} {t['reason']}{wtxt}")
+            wtxt = f" (windows {t['windows']})" if t.get("windows") else ""
+            typer.echo(f"  {t['from_label']:<16} -> {t['to_label']:<16} {t['actor']:<6} {t['reason']}{wtxt}")
         typer.echo(f"final: {res.phase}; host modes: {', '.join(f'{h}={m}' for h, m in sorted(res.final_modes.items()))}")
         for line in consumer_lines(res, base):
             typer.echo(line)
-        typer.echo(f"inspect: migrator history -c {res.config_path}")
+        typer.echo(f"inspect: {_me()} history -c {res.config_path}")
     if res.phase not in ("COMPLETE", "ROLLED_BACK"):
         raise typer.Exit(1)
+
+
+def _me() -> str:
+    """How to run migrator again as this process was run (`migrator` is not on PATH after set-up:
+    the command lives in the venv), for hints that must run as printed."""
+    import os
+    import shutil
+    import sys
+
+    me = sys.argv[0]
+    if os.path.basename(me) == "migrator" and shutil.which("migrator") != os.path.abspath(me):
+        rel = os.path.relpath(me)
+        return rel if not rel.startswith("..") else me
+    return "migrator" if shutil.which("migrator") else f"{sys.executable} -m migrator"

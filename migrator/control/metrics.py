@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from migrator.errors import MigratorError
 from migrator.shared.records import LAG_BUCKETS_LE
@@ -34,10 +34,20 @@ COUNTERS = (
     ("migrator_parse_errors", "parse_errors", "Records no registered payload layout could read."),
     ("migrator_payload_mismatches", "payload_mismatches",
      "Ring records whose payload differed from perf's record of the same seq (DUAL modes)."),
+    ("migrator_events_filled_from_ring", "filled_from_ring",
+     "Events perf lost that the consumer delivered from their ring copy instead (DUAL; on channel=\"perf\")."),
     ("migrator_windows", "windows", "Windows closed (the counters above are their sums)."),
 )
 DROP_CAUSES = (("full", "dropped_full"), ("other", "dropped_other"))
 FIELDS = tuple(f for _, f, _ in COUNTERS if f != "windows") + tuple(f for _, f in DROP_CAUSES)
+# (name, window field, help) of the per host and channel gauges: the last closed window's value.
+GAUGES = (
+    ("migrator_producer_ns", "producer_ns",
+     "What one emit on the channel cost the traced code in the last window, ns per event (sampled in migrator.h)."),
+    ("migrator_peak_bytes", "peak_bytes",
+     "The fullest the channel's buffer was in the last window, bytes (perf: its fullest CPU buffer)."),
+)
+GAUGE_FIELDS = tuple(f for _, f, _ in GAUGES)
 
 
 def parse_addr(text: str, option: str = "--metrics-addr") -> tuple[str, int]:
@@ -102,6 +112,7 @@ class _Sums:
     counts: dict
     lag: list[int] | None = None
     lag_sum: float = 0.0
+    last: dict = field(default_factory=dict)  # GAUGE_FIELDS of the last window that measured them
 
 
 class WindowTotals:
@@ -111,13 +122,17 @@ class WindowTotals:
         self.by_key: dict[tuple[str, str], _Sums] = {}
 
     def add(self, host: str, channel: str, counts: dict, extra: dict | None) -> None:
-        """Fold in one window: `counts` holds the FIELDS, `extra` may carry lag_buckets / lag_sum_s."""
+        """Fold in one window: `counts` holds the FIELDS (and may hold GAUGE_FIELDS), `extra` may carry
+        lag_buckets / lag_sum_s. Windows come in the order they closed."""
         s = self.by_key.get((host, channel))
         if s is None:
             s = self.by_key[(host, channel)] = _Sums({f: 0 for f in FIELDS} | {"windows": 0})
         for f in FIELDS:
             s.counts[f] += counts[f] or 0
         s.counts["windows"] += 1
+        for f in GAUGE_FIELDS:
+            if counts.get(f) is not None:
+                s.last[f] = counts[f]
         b = (extra or {}).get("lag_buckets")
         if b is not None and len(b) == len(LAG_BUCKETS_LE):
             s.lag = list(b) if s.lag is None else [x + y for x, y in zip(s.lag, b)]
@@ -125,7 +140,7 @@ class WindowTotals:
 
     def add_window(self, w) -> None:
         """Fold in one ChannelWindow."""
-        self.add(w.host, w.channel, {f: getattr(w, f) for f in FIELDS}, w.extra)
+        self.add(w.host, w.channel, {f: getattr(w, f) for f in FIELDS + GAUGE_FIELDS}, w.extra)
 
     def families(self) -> Iterator:
         """The counter and histogram families of these sums."""
@@ -144,6 +159,14 @@ class WindowTotals:
             for cause, f in DROP_CAUSES:
                 fam.add_metric([*k, cause], self.by_key[k].counts[f])
         yield fam
+        from prometheus_client.core import GaugeMetricFamily
+
+        for name, f, doc in GAUGES:
+            fam = GaugeMetricFamily(name, doc, labels=["host", "channel"])
+            for k in keys:
+                if f in self.by_key[k].last:
+                    fam.add_metric(list(k), self.by_key[k].last[f])
+            yield fam
         fam = HistogramMetricFamily("migrator_lag_seconds", "Time from the BPF program's emit to the consumer's "
                                     "read, per delivered event (at the meter's ~9 % bin resolution).",
                                     labels=["host", "channel"])
@@ -227,8 +250,9 @@ class MigrationCollector:
             breaches = s.execute(select(Verdict.host, Verdict.rule, func.count()).where(
                 Verdict.migration_id == m.id, Verdict.scope == "host", Verdict.verdict == "breach")
                 .group_by(Verdict.host, Verdict.rule)).all()
-            rows = s.execute(select(Window.host, Window.channel, *[getattr(Window, f) for f in FIELDS], Window.extra)
-                             .where(Window.migration_id == m.id)).all() if self.per_host else []
+            cols = FIELDS + GAUGE_FIELDS
+            rows = s.execute(select(Window.host, Window.channel, *[getattr(Window, f) for f in cols], Window.extra)
+                             .where(Window.migration_id == m.id).order_by(Window.id)).all() if self.per_host else []
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         fam = GaugeMetricFamily("migrator_phase", "The migration's phase (1 for the one in force).",
@@ -280,7 +304,7 @@ class MigrationCollector:
             yield mode_family(hosts)
             totals = WindowTotals()
             for r in rows:
-                totals.add(r[0], r[1], dict(zip(FIELDS, r[2:2 + len(FIELDS)])), json.loads(r[-1]) if r[-1] else None)
+                totals.add(r[0], r[1], dict(zip(cols, r[2:2 + len(cols)])), json.loads(r[-1]) if r[-1] else None)
             yield from totals.families()
 
 

@@ -1,6 +1,6 @@
 """Synthetic event generator: a child process making `count` getppid() calls at `rate` per second.
 
-Run as `python -m migrator.dataplane.loadgen COUNT RATE [PARENT_PID]`; it waits for one byte on stdin
+Run as `python -m migrator.dataplane.loadgen COUNT RATE [PARENT_PID [CPUS]]`; it waits for one byte on stdin
 before starting so the parent can point the probe's target map at its pid first. rate 0 means as
 fast as possible. The child dies with its parent: PR_SET_PDEATHSIG(SIGKILL), then a check that the
 parent (PARENT_PID) is still the one it was started by, since the parent may die before the prctl.
@@ -33,8 +33,27 @@ def _ppid() -> int:
         return int(f.read().rsplit(b")", 1)[1].split()[1])
 
 
-def _generate(count: int, rate: float) -> None:
-    getppid = os.getppid
+def _on_cpus(count: int, rate: float, cpus: int) -> None:
+    """`cpus` threads of this one process (one tgid: the probe's target), thread i pinned to CPU i,
+    each making count / cpus calls at rate / cpus through libc (ctypes lets go of the GIL for the
+    call, so the emits of the threads overlap in the kernel: the ring's lock is contended)."""
+    import threading
+
+    libc = ctypes.CDLL(None)
+
+    def one(i: int, n: int) -> None:
+        os.sched_setaffinity(0, {i % os.cpu_count()})
+        _generate(n, rate / cpus, libc.getppid)
+
+    share = [count // cpus + (1 if i < count % cpus else 0) for i in range(cpus)]
+    threads = [threading.Thread(target=one, args=(i, n)) for i, n in enumerate(share)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _generate(count: int, rate: float, getppid=os.getppid) -> None:
     if rate <= 0:  # as fast as possible
         for _ in range(count):
             getppid()
@@ -56,10 +75,10 @@ def _generate(count: int, rate: float) -> None:
 class LoadGen:
     """Handle on a generator child: start() releases it, wait() reaps it."""
 
-    def __init__(self, count: int, rate: float = 0) -> None:
+    def __init__(self, count: int, rate: float = 0, cpus: int = 1) -> None:
         self.count, self.rate = count, rate
         self.proc = subprocess.Popen([sys.executable, "-m", "migrator.dataplane.loadgen", str(count), str(rate),
-                                      str(os.getpid())], stdin=subprocess.PIPE)
+                                      str(os.getpid()), str(cpus)], stdin=subprocess.PIPE)
 
     @property
     def pid(self) -> int:
@@ -97,4 +116,8 @@ if __name__ == "__main__":
     die_with_parent(int(sys.argv[3]) if len(sys.argv) > 3 else None)
     if not sys.stdin.buffer.read(1):  # the parent closed stdin without starting us (or died): nothing to do
         sys.exit(0)
-    _generate(n, r)
+    cpus = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    if cpus > 1:
+        _on_cpus(n, r, cpus)
+    else:
+        _generate(n, r)

@@ -250,7 +250,8 @@ def history(session: Session, migration_id: int) -> list[dict]:
 
 
 WINDOW_COLUMNS = ("id", "phase", "slice", "host", "channel", "index", "start", "end", "mode", "attempts",
-                  "delivered", "dropped_full", "dropped_other", "lost", "filled_from_ring", "loss_rate", "lag_p50_ms",
+                  "delivered", "dropped_full", "dropped_other", "lost", "filled_from_ring", "producer_ns", "peak_bytes",
+                  "loss_rate", "lag_p50_ms",
                   "lag_p99_ms", "lag_max_ms", "inversions", "consumer_cpu_s", "residual", "settled")
 
 

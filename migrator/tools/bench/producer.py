@@ -19,6 +19,7 @@ from collections.abc import Callable
 from migrator.shared.vocab import RING_WAKEUPS
 
 DEFAULT_RATES = (0.0, 2_000.0, 20_000.0, 200_000.0)
+CEILING_RATE = 5_000_000.0  # more than one CPU's generator reaches: each thread goes as fast as it can
 WINDOW_S = 1.0
 
 
@@ -33,7 +34,7 @@ def _med(xs: list[float]) -> float | None:
 
 
 def measure(wakeup: str, rate: float, seconds: float, *, extra_cflags: tuple[str, ...] = (),
-            max_delay_ms: float = 10.0) -> dict:
+            max_delay_ms: float = 10.0, cpus: int = 1) -> dict:
     """One cell: the probe with `wakeup`, `rate` events/s (0: idle) for `seconds`; see the module doc."""
     from migrator.dataplane.loader import Probe
     from migrator.dataplane.loadgen import LoadGen
@@ -47,7 +48,7 @@ def measure(wakeup: str, rate: float, seconds: float, *, extra_cflags: tuple[str
             # An agent's wait: without the batch clock when records are sure to wake it
             pipe.records_wake = wakeup != "no_wakeup"
             if rate > 0:
-                gen = LoadGen(int(rate * seconds * 2) + 1000, rate)
+                gen = LoadGen(int(rate * seconds * 2) + 1000, rate, cpus=cpus)
                 probe.set_target(gen.pid)
                 gen.start()
             pipe.close_window()  # start clean: the first window holds only what we measure
@@ -70,7 +71,8 @@ def measure(wakeup: str, rate: float, seconds: float, *, extra_cflags: tuple[str
     busy = [w for w in windows if w.attempts > 0]
     by = {ch: [w for w in busy if w.channel == ch] for ch in ("perf", "ring")}
     run = [w.bpf_run_ns / w.bpf_run_cnt for w in by["ring"] if w.bpf_run_ns and w.bpf_run_cnt]
-    return {"wakeup": wakeup, "rate": rate, "events": sum(w.attempts for w in by["ring"]),
+    return {"wakeup": wakeup, "rate": rate, "cpus": cpus, "events": sum(w.attempts for w in by["ring"]),
+            "events_per_s": round(sum(w.attempts for w in by["ring"]) / wall),
             "producer_ns": {ch: _med([w.producer_ns for w in ws]) for ch, ws in by.items()},
             "bpf_run_ns_per_event": _med(run), "consumer_cpu_pct": round(100 * cpu / wall, 2),
             "lag_p99_ms": _med([w.lag_p99_ms for w in by["ring"]]),
@@ -78,7 +80,7 @@ def measure(wakeup: str, rate: float, seconds: float, *, extra_cflags: tuple[str
 
 
 def bench_producer(rates: tuple[float, ...] = DEFAULT_RATES, seconds: float = 3.0,
-                   wakeups: tuple[str, ...] = tuple(RING_WAKEUPS), max_delay_ms: float = 10.0,
+                   wakeups: tuple[str, ...] = tuple(RING_WAKEUPS), max_delay_ms: float = 10.0, cpus: int = 1,
                    progress: Callable[[str], None] | None = None) -> dict:
     """Every (policy, rate) cell, the sampling's own cost, and the targets of issue 16 item 3."""
     cells = []
@@ -92,9 +94,22 @@ def bench_producer(rates: tuple[float, ...] = DEFAULT_RATES, seconds: float = 3.
     off = measure("no_wakeup", 20_000, seconds, extra_cflags=("-DMIGRATOR_TIME_EVERY=0",), max_delay_ms=max_delay_ms)
     on = measure("no_wakeup", 20_000, seconds, max_delay_ms=max_delay_ms)
     sampling = {"run_ns_untimed": off["bpf_run_ns_per_event"], "run_ns_timed": on["bpf_run_ns_per_event"]}
-    res = {"cells": cells, "sampling": sampling, "max_delay_ms": max_delay_ms, "seconds": seconds}
+    res = {"cells": cells, "sampling": sampling, "max_delay_ms": max_delay_ms, "seconds": seconds,
+           "contention": contention(cpus, seconds, max_delay_ms, progress) if cpus > 1 else []}
     res["targets"] = _targets(res)
     return res
+
+
+def contention(cpus: int, seconds: float, max_delay_ms: float = 10.0,
+               progress: Callable[[str], None] | None = None) -> list[dict]:
+    """The ring is one lock for every CPU: the emit cost with 1 and with `cpus` CPUs emitting at
+    once, as fast as the generator goes (batched wakeups, so the wakeup does not hide the lock)."""
+    out = []
+    for c in sorted({1, cpus}):
+        if progress:
+            progress(f"contention: {c} CPU(s) emitting at once, as fast as they go")
+        out.append(measure("batched", CEILING_RATE, seconds, max_delay_ms=max_delay_ms, cpus=c))
+    return out
 
 
 def _cell(res: dict, wakeup: str, rate: float) -> dict | None:
@@ -129,6 +144,9 @@ def render(res: dict) -> str:
     s = res["sampling"]
     lines.append(f"sampling (one emit in 16 timed): program run time {f(s['run_ns_untimed'])} ns untimed, "
                  f"{f(s['run_ns_timed'])} ns timed (no_wakeup, 20k ev/s)")
+    for c in res.get("contention", []):
+        lines.append(f"contention: {c['cpus']} CPU(s) emitting at once: {c['events_per_s']:,} events/s, ring emit "
+                     f"{f(c['producer_ns']['ring'])} ns, perf emit {f(c['producer_ns']['perf'])} ns per event")
     for name, ok in res["targets"].items():
         lines.append(f"target: {name}: {'met' if ok else 'MISSED'}")
     return "\n".join(lines)

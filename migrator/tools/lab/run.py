@@ -31,6 +31,7 @@ from migrator.control.controller import StepResult, run_controller, start_migrat
 from migrator.errors import MigratorError
 from migrator.control.phases import DbApplier, label
 from migrator.control.policy import StreakState, next_streak
+from migrator.control.story import describe, first_index, named_windows, window_name
 from migrator.dataplane.loadgen import die_with_parent
 from migrator.dataplane.schema import fingerprint
 from migrator.store import api, open_store
@@ -382,8 +383,13 @@ class LabStage:
     def result(self, seconds: float) -> LabRun:
         """The run's outcome for the summary and tests: final phase, history, each host's applied mode."""
         with self.sf() as s:
+            history = api.history(s, self.mid)
+            slices = len(self.cfg.slice_hosts)
+            for t in history:  # the names people read: `CANARY slice 1/3`, windows `#n` per host
+                t["from_label"], t["to_label"] = label(t["from"], t["from_slice"], slices), label(t["to"], t["to_slice"], slices)
+                t["windows"] = describe(named_windows(s, self.mid, t["window_ids"]))
             return LabRun(self.mid, s.get(Migration, self.mid).phase, self.run_dir, self.cfg_path,
-                          self.cfg.database_url, self.names, history=api.history(s, self.mid), seconds=seconds,
+                          self.cfg.database_url, self.names, history=history, seconds=seconds,
                           final_modes=dict(s.execute(select(Host.name, Host.applied_mode)
                                                      .where(Host.migration_id == self.mid)).all()))
 
@@ -413,16 +419,20 @@ def run_lab_migration(base: Config, run_dir: Path, *, hosts: int | None = None, 
         mid = stage.mid
         applier = DbApplier(confirm_timeout=15.0, poll_interval=0.005)
         start_migration(sf, mid, schema_fingerprint=stage.schema_fingerprint, applier=applier)
-        seen = {"fault": False, "where": None, "streak": StreakState()}
+        seen = {"fault": False, "where": None, "streak": StreakState(), "first": None}
 
         def step(res: StepResult) -> None:
             # Called every controller round (10 ms): touch the database only after a move.
             if seen["where"] != (res.phase, res.slice):
                 seen["where"], seen["streak"] = (res.phase, res.slice), StreakState()
             here = label(res.phase, res.slice, len(cfg.slice_hosts))
+            if res.judged and seen["first"] is None:  # one read: windows are named from the migration's first
+                with sf() as s:
+                    seen["first"] = first_index(s, mid)
             for gv in res.judged:
                 seen["streak"] = next_streak(seen["streak"], gv.verdict, gv.window_id, cfg.no_data)
-                say(render_line(time.monotonic() - t0, here, seen["streak"].streak, gv, cfg))
+                say(render_line(time.monotonic() - t0, here, seen["streak"].streak, gv, cfg,
+                                window_name(gv.index, seen["first"])))
             if stage.agents.dead():
                 dead = stage.agents.dead()
                 if pause_for_dead_agents(sf, mid, dead) is not None:
@@ -517,8 +527,8 @@ def lab_fingerprint(cfg: Config) -> str:
     return fingerprint()
 
 
-def render_line(elapsed: float, here: str, streak: int, gv, cfg: Config) -> str:
-    """One live-view line per judged window: phase, window, verdict, streak k/N, ring vs perf."""
+def render_line(elapsed: float, here: str, streak: int, gv, cfg: Config, name: str) -> str:
+    """One live-view line per judged window: phase, window (its name, `#n`), verdict, streak k/N, ring vs perf."""
     loss = [hv.values.get("loss_rate") for hv in gv.hosts if hv.values.get("loss_rate") is not None]
     lag = [hv.values.get("lag_p99_ms") for hv in gv.hosts if hv.values.get("lag_p99_ms") is not None]
     base = next((hv.values["baseline"] for hv in gv.hosts if hv.values.get("baseline")), None)
@@ -526,5 +536,5 @@ def render_line(elapsed: float, here: str, streak: int, gv, cfg: Config) -> str:
     perf = (f"perf loss {100 * (base.get('loss_rate') or 0):.2f}% p99 {base.get('lag_p99_ms') or 0:.1f}ms"
             if base else "perf -")
     why = "" if gv.verdict == "pass" else f"  [{gv.rule}]"
-    return (f"[{elapsed:5.1f}s] {here:<16} win {gv.index % 10000:04d} {gv.verdict.upper():<7} "
+    return (f"[{elapsed:5.1f}s] {here:<16} window {name:<5} {gv.verdict.upper():<7} "
             f"streak {streak}/{cfg.rollback_after}  {ring} | {perf}{why}")
