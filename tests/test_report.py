@@ -352,3 +352,12 @@ def test_report_renders_in_headless_chromium(reports, tmp_path):
     assert dom.count("<svg") == 5 and dom.count("<path") == text.count("<path") > 300
     if os.environ.get("MIGRATOR_REPORT_PNG"):  # to look at it: MIGRATOR_REPORT_PNG=/tmp/r.png
         shutil.copy(shot, os.environ["MIGRATOR_REPORT_PNG"])
+
+
+def test_transition_status_names_the_hosts_it_could_not_reach():
+    from migrator.tools.report.page import _status
+
+    t = {"status": "confirmed", "hosts": {"h2": {"status": "lost"}, "h1": {"status": "applied"},
+                                          "h3": {"status": "lost"}, "h4": {"status": "no agent"}}}
+    assert _status(t) == "confirmed; lost: h2, h3 (not confirmed there)"
+    assert _status({"status": "confirmed", "hosts": None}) == "confirmed"

@@ -143,7 +143,8 @@ def status_report(session: Session, migration_id: int | None = None, now: float 
         if wid is not None:
             w = session.get(Window, wid)
             last[ch] = {"id": w.id, "host": w.host, "index": w.index, "mode": w.mode, "attempts": w.attempts,
-                        "loss_rate": w.loss_rate, "lag_p99_ms": w.lag_p99_ms, "end": w.end}
+                        "loss_rate": w.loss_rate, "lag_p99_ms": w.lag_p99_ms, "producer_ns": w.producer_ns,
+                        "peak_bytes": w.peak_bytes, "end": w.end}
     gv = session.scalars(select(Verdict).where(Verdict.migration_id == m.id, Verdict.scope == "slice")
                          .order_by(Verdict.id.desc()).limit(1)).first()
     lease = session.get(Lease, m.id)

@@ -323,7 +323,8 @@ def list_migrations(session: Session) -> list[dict]:
     return out
 
 
-_HOST_WINDOW_COLUMNS = ("host", "channel", "index", "mode", "attempts", "loss_rate", "lag_p99_ms", "end")
+_HOST_WINDOW_COLUMNS = ("host", "channel", "index", "mode", "attempts", "loss_rate", "lag_p99_ms", "producer_ns",
+                        "peak_bytes", "end")
 
 
 def host_status(session: Session, migration_id: int, *, position: tuple[str, int] | None = None,

@@ -70,10 +70,16 @@ def _transitions_table(data: ReportData) -> str:
             f'<tr id="t{esc(t["id"])}"{cls}>'
             f'<td class="n">{esc(t["id"])}</td><td>{_utc(when)}</td><td class="n">{when - t0:+.1f}</td>'
             f"<td>{esc(t['from_label'])}</td><td>{esc(t['to_label'])}{' &#9888; ROLLBACK' if rb else ''}</td>"
-            f"<td>{esc(t['actor'])}</td><td>{esc(t['status'])}</td><td>{esc(t['reason'])}</td><td>{wins}</td></tr>")
+            f"<td>{esc(t['actor'])}</td><td>{esc(_status(t))}</td><td>{esc(t['reason'])}</td><td>{wins}</td></tr>")
     return ('<table id="transitions"><thead><tr><th>#</th><th>confirmed (UTC)</th><th>t (s)</th><th>from</th>'
             "<th>to</th><th>actor</th><th>status</th><th>reason</th><th>deciding windows</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
+
+
+def _status(t: dict) -> str:
+    """The transition's status, and the hosts it could not reach (lost: dead or silent, as `history` says)."""
+    lost = sorted(h for h, o in (t.get("hosts") or {}).items() if o.get("status") == "lost")
+    return f"{t['status']}; lost: {', '.join(lost)} (not confirmed there)" if lost else t["status"]
 
 
 def _deciding_table(data: ReportData) -> str:
