@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from migrator.errors import ConfigError, close_matches
-from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, RING_WAKEUPS, is_host_name, is_lab_prefix,
+from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, PAGE_SIZE, RING_WAKEUPS, is_host_name, is_lab_prefix,
                                    parse_percent, percent_of)
 
 NO_DATA_ACTIONS = ("hold", "breach", "reset")
 PROBES = ("tc", "synthetic", "proc")
 RING_SUBMIT = ("reserve", "output")
 WAKEUPS = tuple(RING_WAKEUPS)
-PAGE_SIZE = 4096
 PHASE_KEYS = ("dual_instrument", "shadow", "canary")
 
 # Documented maxima (canary.toml's comments say the same): a value above one is refused with its range.

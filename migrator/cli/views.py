@@ -16,12 +16,12 @@ import typer
 from migrator.cli import app
 from migrator.cli.control import config_option, resolve_config
 from migrator.cli._out import emit_json
+from migrator.shared.vocab import FINAL
 
 # `status` exit codes, after `kubectl argo rollouts status`: success when the migration is done (or,
 # without --watch, still healthy on its way), failure when it ended anywhere but COMPLETE, and its
 # own code when --timeout gave up first. Usage errors also exit 2, as every command's do.
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 2
-FINAL_PHASES = ("COMPLETE", "ROLLED_BACK", "ABORTED")
 
 _VERDICT_STYLE = {"pass": "green", "breach": "bold red", "no-data": "yellow"}
 _PHASE_STYLE = {"COMPLETE": "bold green", "ROLLED_BACK": "bold red", "ABORTED": "bold red", "PAUSED": "yellow"}
@@ -85,7 +85,7 @@ def status_document(session, migration_id: int | None) -> dict:
             h["streak"] = len({w["index"] for w in rep["streak_windows"] if w["host"] == h["name"]})
     rep["ended"] = None
     hist = api.history(session, rep["migration_id"])
-    if rep["phase"] in FINAL_PHASES:
+    if rep["phase"] in FINAL:
         rep["ended"] = hist[-1] if hist else None
     # The newest confirmed move that set modes, per host: a lost host is named, with whether it has
     # applied the mode since (its agent returned) or still owes it.
@@ -296,7 +296,7 @@ def status_cmd(config: Path = config_option(), migration: int = _migration_optio
                     typer.echo(render_status(rep))
                     if watch:
                         typer.echo("")
-            if rep["phase"] in FINAL_PHASES or not watch:
+            if rep["phase"] in FINAL or not watch:
                 code = exit_code(rep["phase"])
                 break
             left = None if deadline is None else deadline - time.monotonic()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes as ct
-import os
 import re
 
 from migrator.dataplane import rewrite
@@ -10,11 +9,10 @@ from migrator.dataplane.channel import Channel, check_bpf_privileges
 from migrator.shared.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
 from migrator.dataplane.counters import Counters
-from migrator.shared.vocab import RING_WAKEUPS
+from migrator.shared.vocab import PAGE_SIZE as PAGE, RING_WAKEUPS
 
 PROBES = {"synthetic": "synthetic.bpf.c", "proc": "proc.bpf.c", "tc": "tc_packet.bpf.c"}
 SUBMITS = {"reserve": 0, "output": 1}
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def render_source(probe: str) -> str:

@@ -28,12 +28,12 @@ from pathlib import Path
 from migrator.errors import InstallError, OptionError, SourceError
 from migrator.shared.resources import bpf_dir
 from migrator.shared.vocab import RING_WAKEUPS  # values of -DMIGRATOR_RING_WAKEUP
+from migrator.shared.vocab import PAGE_SIZE as PAGE
 
 HEADER = "migrator.h"
 TEMPLATE_BEGIN, TEMPLATE_END = "MIGRATOR_TEMPLATE_BEGIN", "MIGRATOR_TEMPLATE_END"
 # A per-CPU map value is at most 32 KiB; the scratch is the 32-byte header + the payload.
 MAX_PAYLOAD_LIMIT = 16384
-PAGE = 4096
 # How many arguments each operator macro takes.
 ARITY = {"MIGRATOR_CHANNEL": 2, "MIGRATOR_CHANNEL_MAPS": 2, "MIGRATOR_OUTPUT": 4, "MIGRATOR_OUTPUT_TYPED": 6,
          "MIGRATOR_RESERVE": 3, "MIGRATOR_RESERVE_TYPED": 5, "MIGRATOR_SUBMIT": 3, "MIGRATOR_DISCARD": 2}

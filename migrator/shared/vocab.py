@@ -6,6 +6,7 @@ plane and the tools all import it, and it imports nothing of theirs.
 from __future__ import annotations
 
 import math
+import os
 import re
 from enum import StrEnum
 
@@ -31,6 +32,9 @@ MODE_VALUES = {"PERF": 0, "DUAL": 1, "RING": 2}
 MODE_NAMES = {v: k for k, v in MODE_VALUES.items()}
 MODES = tuple(MODE_VALUES)
 CHANNELS = ("perf", "ring")
+
+# The page size: perf buffers are pages per CPU, a ring is a whole number of pages.
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # The ring producer's wakeup policies ([buffers] wakeup, -DMIGRATOR_RING_WAKEUP in bpf/migrator.h):
 # adaptive (the kernel wakes a reader that caught up: at low rates once per record), no_wakeup

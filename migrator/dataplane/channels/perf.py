@@ -17,8 +17,8 @@ from migrator.errors import ChannelError
 from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, HDR_DTYPE, HDR_SIZE, Frames
 from migrator.dataplane.native import R_BYTES, R_ERRORS, R_LOST, R_N, R_NRES, Spares, addr, gathered, lib
 from migrator.dataplane.syscalls import NR_PERF_EVENT_OPEN, libc as _libc
+from migrator.shared.vocab import PAGE_SIZE as PAGE
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_BPF_OUTPUT = 10
 PERF_SAMPLE_RAW = 1 << 10

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import ctypes as ct
 import mmap
-import os
 
 import numpy as np
 
 from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, HDR_DTYPE, HDR_SIZE, Frames
 from migrator.dataplane.native import R_NRES, Spares, addr, gathered, lib
 from migrator.errors import ChannelError
+from migrator.shared.vocab import PAGE_SIZE as PAGE
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 BUSY = 1 << 31
 DISCARD = 1 << 30
 RB_HDR = 8
 MIN_RECORD = RB_HDR + HDR_SIZE  # the smallest readable record
 _ALL = (1 << 63) - 1  # no limit on the records a drain takes
-
 
 
 def _stride(size: int) -> int:
