@@ -133,8 +133,9 @@ def test_auto_advance_after_min_clean_windows_and_manual_gate(toml_file):
     with sf() as s:
         t = api.history(s, mid)[-1]
         assert (t["to"], t["actor"], t["reason"]) == ("SHADOW", "auto", "2 clean windows in DUAL_INSTRUMENT (min 2)")
-        # the advance names the windows that justified it: index 0 and 1, oldest first
-        assert [s.get(Window, i).index for i in t["window_ids"]] == [0, 1]
+        # the advance names the windows that justified it: every judged host's, index 0 and 1, oldest first
+        assert [(s.get(Window, i).index, s.get(Window, i).host) for i in t["window_ids"]] == [
+            (i, h) for i in (0, 1) for h in ("h1", "h2", "h3")]
 
     sf, mid, ctl = setup(toml_file, [(Phase.DUAL_INSTRUMENT, 0)], gate="true")
     with sf() as s, s.begin():

@@ -37,12 +37,17 @@ def test_three_hosts_reach_complete_with_evidence(base, tmp_path):
         ("PLANNED", "DUAL_INSTRUMENT", 0), ("DUAL_INSTRUMENT", "SHADOW", 0), ("SHADOW", "CANARY", 1),
         ("CANARY", "CANARY", 2), ("CANARY", "CANARY", 3), ("CANARY", "COMPLETE", 0)]
     assert all(t["status"] == "confirmed" for t in hist)
-    assert [len(t["window_ids"]) for t in hist[1:]] == [2, 2, 2, 2, 2]  # the clean windows of each advance
     from migrator.store import open_store
 
     sf = open_store(res.database_url)
     ws = windows_of(sf, res.migration_id)
     by_id = {w.id: w for w in ws}
+    # each advance names its 2 clean windows of every judged host: all 3 before CANARY, then the
+    # hosts of the slices on RING (1, 2, then 3)
+    judged = [{(by_id[i].host, by_id[i].index) for i in t["window_ids"]} for t in hist[1:]]
+    assert [len({h for h, _ in j}) for j in judged] == [3, 3, 1, 2, 3]
+    assert [len({k for _, k in j}) for j in judged] == [2] * 5
+    assert [len(t["window_ids"]) for t in hist[1:]] == [6, 6, 2, 4, 6]
     for t in hist[1:]:
         assert {by_id[i].phase for i in t["window_ids"]} == {t["from"]}
     # the mode each host's map held at its last window close, read from the kernel map

@@ -165,6 +165,14 @@ def ids(db, mid, host, channel, indices):
     return [by[(host, channel, i)] for i in indices]
 
 
+HOSTS = ("h1", "h2", "h3")
+
+
+def judged(db, mid, hosts, indices):
+    """(id, host, index) of every judged host's ring window of those indexes: what a move names."""
+    return [(ids(db, mid, h, "ring", [i])[0], h, i) for i in indices for h in hosts]
+
+
 def test_the_controller_made_one_rollback_and_one_complete(db):
     assert db["phases"] == {1: "ROLLED_BACK", 2: "COMPLETE"}
     assert [(t["to"], t["to_slice"], t["actor"]) for t in db["history"][1]] == [
@@ -178,28 +186,31 @@ def test_rolled_back_report_lists_every_transition_and_highlights_the_rollback(d
     assert (r.exit_code, r.stdout, r.stderr) == (0, f"{out}\n", "")
     text = out.read_text()
     rows = tables(text)["transitions"]
-    shadow, canary, rollback = (ids(db, 1, "h1", "ring", [0, 1]), ids(db, 1, "h1", "ring", [2, 3]),
-                                ids(db, 1, "h1", "ring", [4, 5, 6]))
+    # DUAL_INSTRUMENT and SHADOW judge every host; CANARY slice 1 judges h1 alone
+    shadow, canary, rollback = (judged(db, 1, HOSTS, [0, 1]), judged(db, 1, HOSTS, [2, 3]),
+                                judged(db, 1, ["h1"], [4, 5, 6]))
+
+    def cell(ws):
+        return ", ".join(f"#{i} {h} ring w{k}" for i, h, k in ws)
+
     assert rows[1:] == [
         ({"id": "t1"}, ["1", "1970-01-12 13:46:40.000", "+0.0", "PLANNED", "DUAL_INSTRUMENT", "manual", "confirmed",
                         "start (schema fingerprint fp1)", "-"]),
         ({"id": "t2"}, ["2", "1970-01-12 13:46:52.000", "+12.0", "DUAL_INSTRUMENT", "SHADOW", "auto", "confirmed",
-                        "2 clean windows in DUAL_INSTRUMENT (min 2)",
-                        f"#{shadow[0]} h1 ring w0, #{shadow[1]} h1 ring w1"]),
+                        "2 clean windows in DUAL_INSTRUMENT (min 2)", cell(shadow)]),
         ({"id": "t3"}, ["3", "1970-01-12 13:46:54.000", "+14.0", "SHADOW", "CANARY slice 1/2", "auto", "confirmed",
-                        "2 clean windows in SHADOW (min 2)", f"#{canary[0]} h1 ring w2, #{canary[1]} h1 ring w3"]),
+                        "2 clean windows in SHADOW (min 2)", cell(canary)]),
         ({"id": "t4", "class": "rollback"},
          ["4", "1970-01-12 13:46:57.000", "+17.0", "CANARY slice 1/2", "ROLLED_BACK ⚠ ROLLBACK", "auto", "confirmed",
           "3 consecutive breaching windows in CANARY slice 1/2; last: h1: max_lag_p99_ms",
-          f"#{rollback[0]} h1 ring w4, #{rollback[1]} h1 ring w5, #{rollback[2]} h1 ring w6"]),
+          cell(rollback)]),
     ]
     # The windows behind each move, with their numbers and verdicts; the rollback's rows in red.
     dec = tables(text)["deciding"]
     assert [(a.get("class"), c[:5] + c[9:]) for a, c in dec[1:]] == (
-        [(None, ["2", str(i), "h1", "ring", str(k), "pass", "ok"]) for k, i in enumerate(shadow)]
-        + [(None, ["3", str(i), "h1", "ring", str(k + 2), "pass", "ok"]) for k, i in enumerate(canary)]
-        + [("rollback", ["4", str(i), "h1", "ring", str(k + 4), "breach", "max_lag_p99_ms"])
-           for k, i in enumerate(rollback)])
+        [(None, ["2", str(i), h, "ring", str(k), "pass", "ok"]) for i, h, k in shadow]
+        + [(None, ["3", str(i), h, "ring", str(k), "pass", "ok"]) for i, h, k in canary]
+        + [("rollback", ["4", str(i), h, "ring", str(k), "breach", "max_lag_p99_ms"]) for i, h, k in rollback])
     assert [c[8] for _, c in dec[-3:]] == ["400.00"] * 3
     # The streak reached N: facts say so, and the rollback links to its row.
     assert "<dt>highest breach streak</dt><dd>3/3</dd>" in text
@@ -252,8 +263,11 @@ def test_complete_report_and_json_summary(db, reports):
                     "streak": {"by": "controller", "transition_id": None, "streak": 0, "rollback_after": 3,
                                "window_ids": [], "windows": [], "reason": None}}
     # transition ids run across migrations: 1-4 are migration 1's, start is 5
-    assert deciding == {"6": ids(db, 2, "h1", "ring", [0, 1]), "7": ids(db, 2, "h1", "ring", [2, 3]),
-                        "8": ids(db, 2, "h1", "ring", [4, 5]), "9": ids(db, 2, "h1", "ring", [6, 7])}
+    # every judged host's window: all three in DUAL_INSTRUMENT, SHADOW and slice 2/2; h1 in slice 1/2
+    assert deciding == {"6": [i for i, _, _ in judged(db, 2, HOSTS, [0, 1])],
+                        "7": [i for i, _, _ in judged(db, 2, HOSTS, [2, 3])],
+                        "8": ids(db, 2, "h1", "ring", [4, 5]),
+                        "9": [i for i, _, _ in judged(db, 2, HOSTS, [6, 7])]}
     text = out.read_text()
     rows = tables(text)["transitions"]
     assert [c[3:6] for _, c in rows[1:]] == [["PLANNED", "DUAL_INSTRUMENT", "manual"],

@@ -126,13 +126,15 @@ def test_without_a_limit_a_stall_is_logged_and_shown_but_never_pauses(toml_file,
 def test_no_agent_reported_waits_names_the_hosts_and_pauses_by_time(toml_file, caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     sf, mid, ctl = setup(toml_file, "stall_pause_windows = 5")
-    res = step(sf, ctl, now=T0 + 2)
+    # before two windows and a second have passed, the position's first window cannot be stored yet
+    assert step(sf, ctl, now=T0 + 2.9).stall is None
+    res = step(sf, ctl, now=T0 + 3.1)
     assert res.stall.cause == "no_agent" and res.target is None
     assert "no agent has reported yet (h1, h2, h3)" in res.stall.reason
-    assert step(sf, ctl, now=T0 + 3).target is None
+    assert step(sf, ctl, now=T0 + 4).target is None
     assert len(stall_lines(caplog)) == 1
     with sf() as s:
-        assert "WAITING for agents" in render_status(status_document(s, mid), now=T0 + 3).splitlines()[0]
+        assert "WAITING for agents" in render_status(status_document(s, mid), now=T0 + 4).splitlines()[0]
     res = step(sf, ctl, now=T0 + 5.5)  # 5 windows of 1 s since DUAL_INSTRUMENT began
     assert res.target == Phase.PAUSED
     ctl.finish()

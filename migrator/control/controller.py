@@ -331,10 +331,12 @@ class Controller:
                 if len(clean_ids) >= max(state.clean, 1):
                     break
             clean_ids.reverse()
+            # every judged host's window of those groups, as a rollback lists them (control/story.py)
+            evidence = group_windows(session, m.id, phase, slice_, clean_ids)
             try:
                 t = request_transition(session, m.id, target, to_slice=to_slice, actor="auto", now=now,
                                        holder=self.holder, min_clean=rule.min_clean_windows,
-                                       window_ids=[i for i in clean_ids if i is not None],
+                                       window_ids=evidence or [i for i in clean_ids if i is not None],
                                        reason=f"{state.clean} clean windows in {here} (min {rule.min_clean_windows})")
             except GuardFailed as exc:
                 res.blocked = str(exc)

@@ -44,6 +44,12 @@ class Stall:
         return asdict(self)
 
 
+# A position's first window starts at or after the position began, and is stored once it has ended
+# and its books closed: before two window lengths and a second more, none is expected yet.
+FIRST_WINDOW_WINDOWS = 2
+FIRST_WINDOW_GRACE_S = 1.0
+
+
 def position_since(session: Session, m: Migration) -> float:
     """When the current phase position began for stall counting: the last confirmed move (a resume
     too, which keeps phase_since), never before phase_since."""
@@ -76,6 +82,8 @@ def stall_of(session: Session, m: Migration, cfg: Config, now: float, here: str 
                                f"no forward move passes its guard in {here} (roll back or abort, or serve the "
                                "frozen schema again and start a new migration)", n)
     any_window = session.scalar(select(Window.id).where(Window.migration_id == m.id, Window.start >= since).limit(1))
+    if any_window is None and now - since < FIRST_WINDOW_WINDOWS * ws + FIRST_WINDOW_GRACE_S:
+        return None  # the position's first window cannot have closed and been written yet: no stall
     if any_window is None:
         hosts = session.execute(select(Host.name, Host.last_heartbeat).where(Host.migration_id == m.id)
                                 .order_by(Host.position)).all()

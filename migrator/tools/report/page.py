@@ -101,9 +101,13 @@ def _deciding_table(data: ReportData) -> str:
                 f'<td class="n">{_num(w["lag_p99_ms"])}</td><td>{esc(w["verdict"])}</td><td>{esc(w["rule"])}</td></tr>')
     if not rows:
         return "<p>No transition names deciding windows (manual moves only).</p>"
-    return ('<table id="deciding"><thead><tr><th>transition</th><th>window id</th><th>host</th><th>channel</th>'
+    # Every judged host's window of every deciding index: long on a fleet, so folded under one line
+    # (the transitions table above already names them); the charts below stay in view.
+    moves = sum(1 for t in data.transitions if t["window_ids"])
+    return (f"<details><summary>{len(rows)} windows decided {moves} moves (every judged host's, per index)</summary>"
+            '<table id="deciding"><thead><tr><th>transition</th><th>window id</th><th>host</th><th>channel</th>'
             "<th>index</th><th>phase</th><th>attempts</th><th>loss %</th><th>lag p99 ms</th><th>verdict</th>"
-            "<th>rule</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            "<th>rule</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>")
 
 
 def _windows_table(data: ReportData) -> tuple[str, int]:
