@@ -193,6 +193,12 @@ def run(
     --log-format and --log-level also apply to the agents it starts (their logs in the run directory).
     """
     setup_logging(log_format, log_level)
+    if log_format == "text" and log_level.upper() == "INFO":
+        # The live view below prints every judged window and transition itself: the controller's INFO
+        # lines would say each move twice. Its warnings (a stall, a lost host) still come through.
+        import logging
+
+        logging.getLogger("migrator.control.controller").setLevel(logging.WARNING)
     import time as _time
 
     from migrator.cli.control import resolve_config

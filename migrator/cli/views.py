@@ -397,6 +397,7 @@ def windows_cmd(config: Path = config_option(), migration: int = _migration_opti
 
         migrator windows --last 100 --json
     """
+    from migrator.control.story import first_index, window_name
     from migrator.store import api, database_errors
 
     if phase:
@@ -405,15 +406,17 @@ def windows_cmd(config: Path = config_option(), migration: int = _migration_opti
     with database_errors(sf), sf() as s:
         m = api.get_migration(s, migration)
         rows = api.list_windows(s, m.id, phase=phase, host=host, channel=channel, last=last)
+        first = first_index(s, m.id)
     if as_json:
         emit_json(rows)
         return
-    # filled: records perf lost that the host's process delivered from their ring copy (DUAL)
-    typer.echo(f"{'id':>7} {'phase':<15} {'host':<10} {'win':>5} {'chan':<4} {'mode':<4} {'attempts':>9} "
+    # window: its name, #n (its number within the migration, as every view prints it); the row id
+    # is in --json. filled: records perf lost that the host's process delivered from their ring copy.
+    typer.echo(f"{'window':<7} {'phase':<15} {'host':<10} {'chan':<4} {'mode':<4} {'attempts':>9} "
                f"{'loss%':>7} {'filled':>7} {'p99ms':>7} {'emit_ns':>7} {'verdict':<8} rule")
     for r in rows:
         p99 = "-" if r["lag_p99_ms"] is None else f"{r['lag_p99_ms']:.2f}"
-        typer.echo(f"{r['id']:>7} {r['phase']:<15} {r['host']:<10} {r['index']:>5} {r['channel']:<4} {r['mode']:<4} "
+        typer.echo(f"{window_name(r['index'], first):<7} {r['phase']:<15} {r['host']:<10} {r['channel']:<4} {r['mode']:<4} "
                    f"{r['attempts']:>9} {100 * r['loss_rate']:>7.3f} {r['filled_from_ring']:>7} {p99:>7} "
                    f"{'-' if r['producer_ns'] is None else round(r['producer_ns']):>7} "
                    f"{r['verdict'] or '-':<8} {r['rule'] or ''}")
