@@ -222,3 +222,42 @@ class RecordingApplier:
 @pytest.fixture
 def applier() -> RecordingApplier:
     return RecordingApplier()
+
+
+def drive_migration(sf, mid: int, make_window, max_windows: int = 40) -> list[dict]:
+    """Play the hosts of a started-to-be migration through the real controller until it ends.
+
+    Per window index, every host records what a host in its desired mode would (DUAL: both channels;
+    a canary slice on RING: ring; the other hosts in CANARY: perf), made by
+    `make_window(host, channel, index, mode, on_ring, phase)`; then the controller judges the index
+    at its end and moves. Returns the windows recorded as {index, host, channel, id}."""
+    from migrator.control.controller import Controller, start_migration
+    from migrator.control.phases import DbApplier
+    from migrator.shared.vocab import FINAL
+    from migrator.store import api
+    from migrator.store.models import Migration
+
+    clock = [T0]
+    start_migration(sf, mid, schema_fingerprint="fp1", applier=DbApplier(), clock=lambda: clock[0])
+    ctl = Controller(sf, mid, applier=DbApplier(), clock=lambda: clock[0])
+    recorded = []
+    for i in range(max_windows):
+        with sf() as s:
+            m = s.get(Migration, mid)
+            phase, slice_ = m.phase, m.slice
+            hosts = [(h["name"], h["slice"]) for h in api.hosts(s, mid)]
+        if phase in FINAL:
+            return recorded
+        with sf() as s, s.begin():
+            for h, first in hosts:
+                on_ring = phase == "CANARY" and first <= slice_
+                mode = "RING" if on_ring else ("PERF" if phase == "CANARY" else "DUAL")
+                for ch in ["ring"] if on_ring else (["perf"] if mode == "PERF" else ["ring", "perf"]):
+                    w = make_window(h, ch, i, mode, on_ring, phase)
+                    recorded.append({"index": i, "host": h, "channel": ch, "id": record(s, mid, w)})
+        clock[0] = T0 + 11 + i  # the end of window i: the controller judges it, a move confirms then
+        with sf() as s, s.begin():
+            res = ctl.step(s, clock[0])
+        if res.transition_id is not None:
+            ctl.finish()
+    raise AssertionError(f"migration {mid} did not end in {max_windows} windows")

@@ -22,14 +22,11 @@ from typer.testing import CliRunner
 from browser import colour_count, render
 from migrator.cli import app
 from migrator.config import load_config
-from migrator.control.controller import Controller, start_migration
-from migrator.control.phases import DbApplier
 from migrator.errors import MigratorError
-from migrator.shared.vocab import FINAL
 from migrator.store import api, open_store
 from migrator.store.models import Migration
 
-from conftest import T0, record, window
+from conftest import T0, drive_migration, window
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,40 +44,17 @@ def run(*args):
 
 
 def drive(sf, mid: int, *, breach_in_canary: bool) -> list[dict]:
-    """Record one window index per host at a time and let the real controller judge and move.
+    """The real controller through a migration (conftest.drive_migration). Ring lag 400 ms (>
+    max_lag_p99_ms 250) on the canary host from CANARY on when breach_in_canary. Returns the
+    windows recorded, as (index, host, channel, id)."""
+    def make(h, ch, i, mode, on_ring, phase):
+        lag = 400.0 if (breach_in_canary and on_ring) else (2.0 if ch == "ring" else 5.0)
+        extra = {}
+        if phase == "SHADOW" and ch == "ring" and h == "h2":
+            extra = {"parse_errors": 2, "payload_mismatches": 1}  # within the limits of 5
+        return window(h, ch, i, mode=mode, lag=lag, consumer_cpu_s=1000 * (2e-6 if ch == "ring" else 5e-6), **extra)
 
-    Ring lag 400 ms (> max_lag_p99_ms 250) on the canary host from CANARY on when breach_in_canary.
-    Returns the windows recorded, as (index, host, channel, id)."""
-    clock = [T0]
-    start_migration(sf, mid, schema_fingerprint="fp1", applier=DbApplier(), clock=lambda: clock[0])
-    ctl = Controller(sf, mid, applier=DbApplier(), clock=lambda: clock[0])
-    recorded = []
-    for i in range(40):
-        with sf() as s:
-            m = s.get(Migration, mid)
-            phase, slice_ = m.phase, m.slice
-            hosts = [(h["name"], h["slice"]) for h in api.hosts(s, mid)]
-        if phase in FINAL:
-            break
-        with sf() as s, s.begin():
-            for h, first in hosts:
-                on_ring = phase == "CANARY" and first <= slice_
-                mode = "RING" if on_ring else ("PERF" if phase == "CANARY" else "DUAL")
-                chans = ["ring"] if on_ring else (["perf"] if mode == "PERF" else ["ring", "perf"])
-                for ch in chans:
-                    lag = 400.0 if (breach_in_canary and on_ring) else (2.0 if ch == "ring" else 5.0)
-                    extra = {}
-                    if phase == "SHADOW" and ch == "ring" and h == "h2":
-                        extra = {"parse_errors": 2, "payload_mismatches": 1}  # within the limits of 5
-                    w = window(h, ch, i, mode=mode, lag=lag,
-                               consumer_cpu_s=1000 * (2e-6 if ch == "ring" else 5e-6), **extra)
-                    recorded.append({"index": i, "host": h, "channel": ch, "id": record(s, mid, w)})
-        clock[0] = T0 + 11 + i  # the end of window i: the controller judges it, a move confirms then
-        with sf() as s, s.begin():
-            res = ctl.step(s, clock[0])
-        if res.transition_id is not None:
-            ctl.finish()
-    return recorded
+    return drive_migration(sf, mid, make)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,14 @@ from typer.testing import CliRunner
 
 from migrator.cli import app
 from migrator.config import Store, load_config, parse_duration
-from migrator.control.controller import Controller, start_migration
 from migrator.control.phases import DbApplier, transition
 from migrator.errors import ConfigError
-from migrator.shared.vocab import FINAL, Phase
+from migrator.shared.vocab import Phase
 from migrator.store import api, open_store
 from migrator.store.models import Migration, Verdict, Window, WindowRollup
 from migrator.store.retention import deciding_window_ids, prune, rollups
 
-from conftest import T0, record, window
+from conftest import T0, drive_migration, record, window
 
 runner = CliRunner()
 HOSTS = 'hosts = ["h1", "h2"]\nslices = [1, 2]\n'
@@ -42,33 +41,13 @@ def run(*args):
 
 
 def drive(sf, mid: int) -> None:
-    """One window index per host at a time, judged by the real controller; the canary host's ring
-    lag breaches (400 ms > 250) in CANARY, so the migration ends ROLLED_BACK."""
-    clock = [T0]
-    start_migration(sf, mid, schema_fingerprint="fp1", applier=DbApplier(), clock=lambda: clock[0])
-    ctl = Controller(sf, mid, applier=DbApplier(), clock=lambda: clock[0])
-    for i in range(40):
-        with sf() as s:
-            m = s.get(Migration, mid)
-            phase, slice_ = m.phase, m.slice
-            hosts = [(h["name"], h["slice"]) for h in api.hosts(s, mid)]
-        if phase in FINAL:
-            return
-        with sf() as s, s.begin():
-            for h, first in hosts:
-                on_ring = phase == "CANARY" and first <= slice_
-                mode = "RING" if on_ring else ("PERF" if phase == "CANARY" else "DUAL")
-                chans = ["ring"] if on_ring else (["perf"] if mode == "PERF" else ["ring", "perf"])
-                for ch in chans:
-                    lag = 400.0 if on_ring else (2.0 if ch == "ring" else 5.0)
-                    record(s, mid, window(h, ch, i, mode=mode, lag=lag, lost=i % 3, filled_from_ring=i % 2,
-                                          consumer_cpu_s=0.002))
-        clock[0] = T0 + 11 + i
-        with sf() as s, s.begin():
-            res = ctl.step(s, clock[0])
-        if res.transition_id is not None:
-            ctl.finish()
-    raise AssertionError("the migration did not end")
+    """The real controller through a migration; the canary host's ring lag breaches (400 ms > 250)
+    in CANARY, so it ends ROLLED_BACK."""
+    def make(h, ch, i, mode, on_ring, phase):
+        lag = 400.0 if on_ring else (2.0 if ch == "ring" else 5.0)
+        return window(h, ch, i, mode=mode, lag=lag, lost=i % 3, filled_from_ring=i % 2, consumer_cpu_s=0.002)
+
+    drive_migration(sf, mid, make)
 
 
 def counts(sf) -> dict:
