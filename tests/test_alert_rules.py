@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from kernel_util import unavailable
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +24,7 @@ RULES = ROOT / "docs" / "alerts" / "migrator-rules.yml"
 
 def test_promtool_checks_the_rules():
     if shutil.which("promtool") is None:
-        pytest.skip("promtool is not installed (Debian package prometheus; scripts/setup.sh installs it)")
+        unavailable("promtool is not installed (Debian package prometheus; scripts/setup.sh installs it)")
     r = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 

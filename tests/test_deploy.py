@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from kernel_util import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -72,8 +72,8 @@ def test_readme_shows_the_fleet_set_up():
 def test_systemd_analyze_verify(tmp_path):
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze is not installed (Debian package systemd); the units' keys are "
-                    "checked by the configparser tests above")
+        unavailable("systemd-analyze is not installed (Debian package systemd, which scripts/setup.sh "
+                    "installs); the units' keys are checked by the configparser tests above")
     exe = Path(shutil.which("migrator") or Path(sys.executable).parent / "migrator")
     assert exe.exists(), f"no migrator executable next to {sys.executable}"
     for src, name in ((AGENT, "migrator-agent@web1.service"), (CONTROLLER, CONTROLLER.name)):
