@@ -44,6 +44,18 @@ def test_rules_parse_and_name_exported_metrics_with_their_labels():
     assert "docs/alerts/migrator-rules.yml" in readme
 
 
+def test_rules_keep_the_labels_their_text_names():
+    """An aggregation keeps the labels the summary and description quote (host series carry `migration`)."""
+    text = RULES.read_text()
+    for r in parse_rules(text):
+        by = re.search(r"\bby \(([^)]*)\)", r["expr"])
+        if by is None:
+            continue
+        kept = {x.strip() for x in by.group(1).split(",")}
+        quoted = set(re.findall(r"\$labels\.(\w+)", r["annotations"]["summary"] + r["annotations"].get("description", "")))
+        assert quoted <= kept, (r["alert"], quoted - kept)
+
+
 def parse_rules(text: str) -> list[dict]:
     """The rules of the file (PyYAML is not a dependency): each `- alert:` item's alert, expr and
     annotations.summary, from the file's one-key-per-line layout."""

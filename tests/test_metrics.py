@@ -65,7 +65,7 @@ def db_sums(sf, mid, host: str, channel: str, k: int) -> dict[str, int]:
 
 def check_host(m, sf, mid, host: str, channel: str) -> int:
     """The scraped counters of host/channel equal the stored windows' sums; returns its delivered."""
-    key = (("channel", channel), ("host", host))
+    key = (("channel", channel), ("host", host), ("migration", str(mid)))  # host series name their migration
     k = int(m["migrator_windows_total"][key])
     sums = db_sums(sf, mid, host, channel, k)
     for name, f in FIELDS.items():
@@ -74,7 +74,8 @@ def check_host(m, sf, mid, host: str, channel: str) -> int:
         assert m["migrator_events_dropped_total"][(("cause", cause), *key)] == sums[f"dropped_{cause}"]
     for f in ("producer_ns", "peak_bytes"):
         assert m.get(f"migrator_{f}", {}).get(key) == sums[f], (f, host, channel)
-    buckets = [m["migrator_lag_seconds_bucket"][(("channel", channel), ("host", host), ("le", le))]
+    buckets = [m["migrator_lag_seconds_bucket"][(("channel", channel), ("host", host), ("le", le),
+                                                 ("migration", str(mid)))]
                for le in [repr(x) for x in LAG_BUCKETS_LE[:-1]] + ["+Inf"]]
     assert buckets == sorted(buckets)  # cumulative
     assert buckets == sums["lag_buckets"]  # the stored windows' histograms, added up
@@ -148,13 +149,35 @@ def test_lab_collector_sums_the_stored_windows(config, session_factory):
     finally:
         ep.close()
     assert check_host(m, sf, mid, "h1", "ring") == 100 + 101 + 102 - 3 - 6
-    assert m["migrator_lag_seconds_sum"][(("channel", "ring"), ("host", "h1"))] == 0.75
-    assert m["migrator_events_attempts_total"][(("channel", "perf"), ("host", "h2"))] == 7
-    assert (("channel", "perf"), ("host", "h2")) not in m["migrator_lag_seconds_count"]  # no buckets stored
-    assert m["migrator_mode"] == {(("host", h), ("mode", mode)): 1.0 if mode == "DUAL" else 0.0
+    mig = ("migration", str(mid))
+    assert m["migrator_lag_seconds_sum"][(("channel", "ring"), ("host", "h1"), mig)] == 0.75
+    assert m["migrator_events_attempts_total"][(("channel", "perf"), ("host", "h2"), mig)] == 7
+    assert (("channel", "perf"), ("host", "h2"), mig) not in m["migrator_lag_seconds_count"]  # no buckets stored
+    assert m["migrator_mode"] == {(("host", h), mig, ("mode", mode)): 1.0 if mode == "DUAL" else 0.0
                                   for h in ("h1", "h2") for mode in ("PERF", "DUAL", "RING")} or \
-        m["migrator_mode"] == {(("host", h), ("mode", mode)): 0.0 for h in ("h1", "h2")
+        m["migrator_mode"] == {(("host", h), mig, ("mode", mode)): 0.0 for h in ("h1", "h2")
                                for mode in ("PERF", "DUAL", "RING")}  # no agent has applied a mode yet
+    # every host series names its migration
+    assert all(dict(k).get("migration") == str(mid) for name, series in m.items()
+               if name.startswith(("migrator_events_", "migrator_lag_seconds", "migrator_mode", "migrator_windows"))
+               for k in series)
+
+
+def test_agent_series_carry_the_migration_they_serve():
+    """An agent's host series carry `migration` (its id); a feed without a database has no such label."""
+    from migrator.agent.metrics import AgentMetrics
+
+    for mid, mig in ((7, (("migration", "7"),)), (None, ())):
+        am = AgentMetrics("127.0.0.1:0", "h1", mid)
+        am.mode_source = lambda: "DUAL"
+        try:
+            am.observe([window("h1", "ring", 0, attempts=10)])
+            m = scrape(am.url)
+        finally:
+            am.close()
+        assert m["migrator_events_attempts_total"] == {(("channel", "ring"), ("host", "h1"), *mig): 10}
+        assert m["migrator_events_dropped_total"][(("cause", "full"), ("channel", "ring"), ("host", "h1"), *mig)] == 0
+        assert m["migrator_mode"][(("host", "h1"), *mig, ("mode", "DUAL"))] == 1.0
 
 
 @pytest.mark.kernel
@@ -177,18 +200,21 @@ def test_agent_metrics_equal_its_stored_windows(started):
         # the scrape may count windows the link thread has not written yet: wait for them, and for
         # the one after them (check_host bounds what the last one carried by its delivered)
         end = time.monotonic() + 15
-        while any(len(windows(sf, mid, ch)) < m["migrator_windows_total"][(("channel", ch), ("host", "h1"))] + 1
+        while any(len(windows(sf, mid, ch)) < m["migrator_windows_total"][(("channel", ch), ("host", "h1"),
+                                                                            ("migration", str(mid)))] + 1
                   for ch in ("perf", "ring")):
             assert time.monotonic() < end
             time.sleep(0.05)
     finally:
         stop.set()
         t.join(15)
-    assert set(m["migrator_events_attempts_total"]) == {(("channel", ch), ("host", "h1")) for ch in ("perf", "ring")}
+    mig = ("migration", str(mid))  # the agent labels its series with the migration it serves
+    assert set(m["migrator_events_attempts_total"]) == {(("channel", ch), ("host", "h1"), mig) for ch in ("perf", "ring")}
     delivered = [check_host(m, sf, mid, "h1", ch) for ch in ("perf", "ring")]
     assert min(delivered) > 0
-    assert m["migrator_mode"] == {(("host", "h1"), ("mode", "PERF")): 0.0, (("host", "h1"), ("mode", "DUAL")): 1.0,
-                                  (("host", "h1"), ("mode", "RING")): 0.0}
+    assert m["migrator_mode"] == {(("host", "h1"), mig, ("mode", "PERF")): 0.0,
+                                  (("host", "h1"), mig, ("mode", "DUAL")): 1.0,
+                                  (("host", "h1"), mig, ("mode", "RING")): 0.0}
     with pytest.raises(OSError):  # the endpoint closed with the agent
         scrape(url)
 
@@ -250,7 +276,7 @@ def test_lab_run_metrics_and_notifications(tmp_path):
     seen = {(k, s["migrator_canary_slice"][mig]) for s in scrapes for k, v in s["migrator_phase"].items() if v}
     assert ((*mig, ("phase", "CANARY")), 1) in seen
     for h in res.hosts:
-        assert last["migrator_mode"][(("host", h), ("mode", "RING"))] == 1.0
+        assert last["migrator_mode"][(("host", h), *mig, ("mode", "RING"))] == 1.0
         for ch in ("perf", "ring"):
             assert check_host(last, sf, mid, h, ch) > 0
     # every counter is monotonic across the run's scrapes

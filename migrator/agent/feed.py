@@ -96,7 +96,8 @@ class Feed:
         if metrics_addr is not None:
             from migrator.agent.metrics import AgentMetrics
 
-            self.metrics, self.owns_metrics = AgentMetrics(metrics_addr, host), True
+            mid = getattr(link, "migration_id", None)  # the series' `migration` label
+            self.metrics, self.owns_metrics = AgentMetrics(metrics_addr, host, mid), True
         if self.metrics is not None:
             self.metrics.mode_source = lambda: self.mode
         self.set_mode(mode)

@@ -265,7 +265,7 @@ class Agent:
         if self.metrics_addr is not None and self.metrics is None:
             from migrator.agent.metrics import AgentMetrics
 
-            self.metrics = AgentMetrics(self.metrics_addr, self.host)
+            self.metrics = AgentMetrics(self.metrics_addr, self.host, mid)
             log.info("%s: metrics at %s", self.host, self.metrics.url)
         # What a dead predecessor of this host left attached, found by its record, goes first.
         reap(self.host, self.record.directory)

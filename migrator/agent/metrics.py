@@ -3,8 +3,9 @@
 
 Per channel: attempts, delivered, dropped by cause, lost, parse errors, payload mismatches and
 windows closed, as counters that are the sums of the closed windows (the same numbers the
-database gets), the lag histogram, and the host's mode now. Names and the endpoint are shared
-with the controller's collector (control/metrics.py).
+database gets), the lag histogram, and the host's mode now, each labelled with the migration
+the host serves (`migration`, its id; no such label on a feed without a database). Names and the
+endpoint are shared with the controller's collector (control/metrics.py).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from migrator.shared.records import ChannelWindow
 class AgentMetrics:
     """Sums of one host's closed windows, served at addr; it outlives the feeds of a reload."""
 
-    def __init__(self, addr: str, host: str) -> None:
+    def __init__(self, addr: str, host: str, migration: int | None = None) -> None:
         self.host = host
+        self.migration = None if migration is None else str(migration)  # the `migration` label
         self.totals = WindowTotals()
         # The mode in force (the feed points it at itself); read at each scrape.
         self.mode_source: Callable[[], str] | None = None
@@ -45,8 +47,8 @@ class AgentMetrics:
         except Exception:  # a feed closing during a reload: the next scrape reads it again
             mode = None
         with self._lock:
-            fams = list(self.totals.families())
-        yield mode_family({self.host: mode})
+            fams = list(self.totals.families(self.migration))
+        yield mode_family({self.host: mode}, self.migration)
         yield from fams
 
     def close(self) -> None:

@@ -1,5 +1,7 @@
 """Prometheus metrics: the names and families every exporter shares, the HTTP endpoint, and the
 controller's collector (phase, slice, breach streak; per host and channel from the stored windows).
+Every per-host series carries the label `migration` (the migration id), on the controller's and on
+an agent's endpoint alike, so one Prometheus can tell two migrations of the same host apart.
 
 Counters are sums of closed windows, so they only move when a window closes and they add up to
 exactly what the database holds. An agent (agent/metrics.py) sums the windows it closes; the
@@ -142,38 +144,39 @@ class WindowTotals:
         """Fold in one ChannelWindow."""
         self.add(w.host, w.channel, {f: getattr(w, f) for f in FIELDS + GAUGE_FIELDS}, w.extra)
 
-    def families(self) -> Iterator:
-        """The counter and histogram families of these sums."""
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+    def families(self, migration: str | None = None) -> Iterator:
+        """The counter and histogram families of these sums; every series carries the label
+        `migration` (the migration id) when the host serves one (None: a standalone feed, no label)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+        mig = [] if migration is None else [str(migration)]
+        hc = ["migration", "host", "channel"] if mig else ["host", "channel"]
         keys = sorted(self.by_key)
         for name, f, doc in COUNTERS:
-            fam = CounterMetricFamily(name, doc, labels=["host", "channel"])
+            fam = CounterMetricFamily(name, doc, labels=hc)
             for k in keys:
-                fam.add_metric(list(k), self.by_key[k].counts[f])
+                fam.add_metric([*mig, *k], self.by_key[k].counts[f])
             yield fam
         fam = CounterMetricFamily("migrator_events_dropped", "Events the BPF program could not emit, by cause "
                                   "(full: no room in the buffer; other: any other refusal).",
-                                  labels=["host", "channel", "cause"])
+                                  labels=[*hc, "cause"])
         for k in keys:
             for cause, f in DROP_CAUSES:
-                fam.add_metric([*k, cause], self.by_key[k].counts[f])
+                fam.add_metric([*mig, *k, cause], self.by_key[k].counts[f])
         yield fam
-        from prometheus_client.core import GaugeMetricFamily
-
         for name, f, doc in GAUGES:
-            fam = GaugeMetricFamily(name, doc, labels=["host", "channel"])
+            fam = GaugeMetricFamily(name, doc, labels=hc)
             for k in keys:
                 if f in self.by_key[k].last:
-                    fam.add_metric(list(k), self.by_key[k].last[f])
+                    fam.add_metric([*mig, *k], self.by_key[k].last[f])
             yield fam
         fam = HistogramMetricFamily("migrator_lag_seconds", "Time from the BPF program's emit to the consumer's "
                                     "read, per delivered event (at the meter's ~9 % bin resolution).",
-                                    labels=["host", "channel"])
+                                    labels=hc)
         for k in keys:
             s = self.by_key[k]
             if s.lag is not None:
-                fam.add_metric(list(k), [(_le(le), v) for le, v in zip(LAG_BUCKETS_LE, s.lag)], sum_value=s.lag_sum)
+                fam.add_metric([*mig, *k], [(_le(le), v) for le, v in zip(LAG_BUCKETS_LE, s.lag)], sum_value=s.lag_sum)
         yield fam
 
 
@@ -181,15 +184,17 @@ def _le(le: float) -> str:
     return "+Inf" if le == float("inf") else repr(le)
 
 
-def mode_family(modes: dict[str, str | None]):
-    """migrator_mode{host, mode}: 1 for the mode each host runs, 0 for the others."""
+def mode_family(modes: dict[str, str | None], migration: str | None = None):
+    """migrator_mode{migration, host, mode}: 1 for the mode each host runs, 0 for the others (no
+    `migration` label when the host serves none: a standalone feed)."""
     from prometheus_client.core import GaugeMetricFamily
 
+    mig = [] if migration is None else [str(migration)]
     fam = GaugeMetricFamily("migrator_mode", "The host's mode (1 for the one in force): PERF, DUAL or RING.",
-                            labels=["host", "mode"])
+                            labels=(["migration"] if mig else []) + ["host", "mode"])
     for host in sorted(modes):
         for mode in MODES:
-            fam.add_metric([host, mode], 1.0 if modes[host] == mode else 0.0)
+            fam.add_metric([*mig, host, mode], 1.0 if modes[host] == mode else 0.0)
     return fam
 
 
@@ -301,11 +306,11 @@ class MigrationCollector:
             c.add_metric([mid, h, r], n)
         yield c
         if self.per_host:
-            yield mode_family(hosts)
+            yield mode_family(hosts, mid)
             totals = WindowTotals()
             for r in rows:
                 totals.add(r[0], r[1], dict(zip(cols, r[2:2 + len(cols)])), json.loads(r[-1]) if r[-1] else None)
-            yield from totals.families()
+            yield from totals.families(mid)
 
 
 def start_migration_metrics(addr: str, session_factory, migration_id: int, *, per_host: bool = False,
