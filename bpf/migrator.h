@@ -51,7 +51,7 @@
  *                   one set per epoch parity: index (epoch & 1) * MIGRATOR_CNT_MAX + counter
  *   name__scratch   BPF_PERCPU_ARRAY(struct migrator_record, 1): where records are assembled
  *
- * RECORD: struct migrator_hdr (32 bytes, little endian), then `len` payload bytes.
+ * RECORD: struct migrator_hdr (32 bytes, little endian; MIGRATOR_HDR_FIELDS), then `len` payload bytes.
  *   flags bits 0-1: the mode at emit time; bits 2-7 the epoch at emit time; 0x100 payload
  *   truncated; 0x200 RESERVE/SUBMIT; 0x400 (ring copy, DUAL) perf refused this record.
  *   In DUAL both copies carry the same seq. perf is written first, so when perf refuses a
@@ -108,6 +108,17 @@
  */
 #ifndef MIGRATOR_H
 #define MIGRATOR_H
+
+/* User space (native.c, tests/test_header_layout.py) includes this header for the record layout
+ * and its constants alone: -DMIGRATOR_USERSPACE gives it the kernel's fixed-width type names.
+ * Nothing else here expands to code unless a BPF program uses the macros. */
+#ifdef MIGRATOR_USERSPACE
+#include <stdint.h>
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+#endif
 
 #ifndef MIGRATOR_MAX_PAYLOAD
 #define MIGRATOR_MAX_PAYLOAD 4096
@@ -187,29 +198,29 @@
 #define MIGRATOR_ST_RING 2         /* RING: ring reservation, submit goes to the ring */
 #define MIGRATOR_ST_DUAL_SCRATCH 5 /* DUAL, ring full: scratch, submit goes to perf */
 
+/* The record header, declared once: struct migrator_hdr and the front of struct migrator_record.
+ * The Python side reads it as frames.HDR_DTYPE and the native loops (native.c) take its offsets
+ * from this struct; tests/test_header_layout.py compiles this header and checks the dtype's
+ * field names, offsets and sizes against it. */
+#define MIGRATOR_HDR_FIELDS                                                                      \
+    u16 hdr_version;                                                                             \
+    u16 flags; /* bits 0-1 mode, 2-7 epoch, MIGRATOR_FLAG_* */                                   \
+    u16 type;                                                                                    \
+    u16 type_version;                                                                            \
+    u32 len; /* payload bytes after the header */                                                \
+    u32 cpu;                                                                                     \
+    u64 seq; /* per channel, one counter across CPUs */                                          \
+    u64 ktime_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+
 struct migrator_hdr {
-    u16 hdr_version;
-    u16 flags;
-    u16 type;
-    u16 type_version;
-    u32 len;
-    u32 cpu;
-    u64 seq;
-    u64 ktime;
+    MIGRATOR_HDR_FIELDS
 };
 
-/* The header fields again, FLAT, then the payload: bcc's Python side cannot turn a nested
- * struct into ctypes ("Type: 'struct migrator_hdr' not recognized"), and this is the type bcc
- * records for name__perf. */
+/* The header fields FLAT (not a nested struct migrator_hdr), then the payload: bcc's Python side
+ * cannot turn a nested struct into ctypes ("Type: 'struct migrator_hdr' not recognized"), and this
+ * is the type bcc records for name__perf. */
 struct migrator_record {
-    u16 hdr_version;
-    u16 flags;
-    u16 type;
-    u16 type_version;
-    u32 len;
-    u32 cpu;
-    u64 seq;
-    u64 ktime;
+    MIGRATOR_HDR_FIELDS
     u8 data[MIGRATOR_MAX_PAYLOAD];
 };
 
@@ -320,7 +331,7 @@ static __always_inline void __migrator_fill_@NAME@(int *k, struct migrator_hdr *
     h->len = len;
     h->cpu = bpf_get_smp_processor_id();
     h->seq = seq;
-    h->ktime = bpf_ktime_get_ns();
+    h->ktime_ns = bpf_ktime_get_ns();
 }
 
 /* rec is typed so that bcc records struct migrator_record for name__perf */
@@ -383,7 +394,7 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
     u64 *s = @NAME@__seq.lookup(&k);
     sc->seq = s ? __sync_fetch_and_add(s, 1) : 0;
     sc->cpu = bpf_get_smp_processor_id();
-    sc->ktime = bpf_ktime_get_ns();
+    sc->ktime_ns = bpf_ktime_get_ns();
     u64 total = sizeof(struct migrator_hdr) + n;
     u32 mode = sc->flags & MIGRATOR_FLAG_MODE_MASK;
     int timed = MIGRATOR_TIMED(sc->seq);

@@ -262,7 +262,7 @@ def test_two_channels_exact_per_mode(prog_a, mode):
         assert len(seqs[(name, kind)]) == len(recs)  # no duplicates
         for h, size, data, ev in recs:
             assert (h.hdr_version, h.type, h.type_version) == (1, 0, 0)
-            assert h.mode == mode and h.cpu < ncpu and h.ktime > 0
+            assert h.mode == mode and h.cpu < ncpu and h.ktime_ns > 0
             assert size == HDR_SIZE + h.len if kind == "ring" else size >= HDR_SIZE + h.len
             if name == "var":
                 i = ev["i"]

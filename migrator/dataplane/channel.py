@@ -18,7 +18,8 @@ from pathlib import Path
 
 from migrator.dataplane import rewrite
 from migrator.dataplane.counters import Counters
-from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, FLAG_MODE_MASK, FLAG_RESERVED, FLAG_TRUNCATED, HDR_SIZE
+from migrator.dataplane.frames import (EPOCH_SHIFT, EPOCHS, FLAG_MODE_MASK, FLAG_RESERVED, FLAG_TRUNCATED, HDR_DTYPE,
+                                       HDR_SIZE)
 from migrator.dataplane.syscalls import NR_BPF, libc
 from migrator.errors import BPFLoadError, ChannelError, OptionError, PrivilegeError
 from migrator.shared.vocab import MODE_NAMES, MODE_VALUES, WORD_READER_SLEEPS
@@ -75,12 +76,14 @@ def check_bpf_privileges(what: str, cap_eff: int | None = None, euid: int | None
         raise PrivilegeError(what, os.geteuid() if euid is None else euid, missing, PRIVILEGE_FIX)
 
 
-class MigratorHdr(ct.Structure):
-    """struct migrator_hdr: the 32 bytes in front of every record's payload."""
+_CTYPES = {"<u2": ct.c_uint16, "<u4": ct.c_uint32, "<u8": ct.c_uint64}
 
-    _fields_ = [("hdr_version", ct.c_uint16), ("flags", ct.c_uint16), ("type", ct.c_uint16),
-                ("type_version", ct.c_uint16), ("len", ct.c_uint32), ("cpu", ct.c_uint32),
-                ("seq", ct.c_uint64), ("ktime", ct.c_uint64)]
+
+class MigratorHdr(ct.Structure):
+    """struct migrator_hdr: the 32 bytes in front of every record's payload, for reading one record
+    at a time (a bcc callback's pointer). Its fields are frames.HDR_DTYPE's, the one layout."""
+
+    _fields_ = [(name, _CTYPES[HDR_DTYPE.fields[name][0].str]) for name in HDR_DTYPE.names]
 
     @property
     def mode(self) -> str:

@@ -6,12 +6,14 @@ of one size is read as a strided view (no per-record work), anything else by wal
 """
 from __future__ import annotations
 
-import ctypes as ct
 from dataclasses import dataclass
 
 import numpy as np
 
 HDR_VERSION = 1
+# struct migrator_hdr (bpf/migrator.h, MIGRATOR_HDR_FIELDS), field for field and with its names: the
+# one Python spelling of the layout (channel.MigratorHdr is built from it); tests/test_header_layout.py
+# compiles the header and checks every name, offset and size against this dtype.
 HDR_DTYPE = np.dtype([
     ("hdr_version", "<u2"),
     ("flags", "<u2"),  # bits 0-1: the mode in force at emit, 2-7 the epoch; FLAG_TRUNCATED, FLAG_RESERVED, FLAG_PERF_LOST
@@ -118,13 +120,3 @@ def validate(hdr: np.ndarray, room: np.ndarray | int) -> np.ndarray:
             return np.zeros(len(hdr), dtype=bool)
         return (hdr["hdr_version"] == HDR_VERSION) & (hdr["len"] <= int(room) - HDR_SIZE)
     return (hdr["hdr_version"] == HDR_VERSION) & (hdr["len"].astype(np.int64) + HDR_SIZE <= room)
-
-
-class HeaderStruct(ct.Structure):
-    """The header as a ctypes Structure, for callers that read one record at a time."""
-
-    _fields_ = [(name, {"<u2": ct.c_uint16, "<u4": ct.c_uint32, "<u8": ct.c_uint64}[HDR_DTYPE.fields[name][0].str])
-                for name in HDR_DTYPE.names]
-
-
-assert ct.sizeof(HeaderStruct) == HDR_SIZE

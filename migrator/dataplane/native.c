@@ -4,17 +4,31 @@
  * takes) or over the batches of one measuring pass (meter, pairing).
  *
  * Record layouts (the Python side documents them in channels/ring.py, channels/perf.py and
- * frames.py): migrator's 32-byte header is u16 hdr_version, u16 flags, u16 type,
- * u16 type_version, u32 len (payload bytes), u32 cpu, u64 seq, u64 ktime_ns.
+ * frames.py): migrator's 32-byte header is struct migrator_hdr of bpf/migrator.h, included here
+ * (native.py builds with -I<bpf dir>); every header field is read through HDR_GET, which takes
+ * the field's offset and width from that struct.
  *
  * The takes' results go to `res` (int64 slots, R_* below) so one call answers everything.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <math.h>
 #include <string.h>
 
-#define HDR_SIZE 32
-#define HDR_VERSION 1
+#define MIGRATOR_USERSPACE
+#include <migrator.h>
+
+#define HDR_SIZE sizeof(struct migrator_hdr)
+/* Field f of the (possibly unaligned) header at byte pointer p, as the struct's own type. */
+#define HDR_GET(p, f)                                                                            \
+    ({                                                                                           \
+        __typeof__(((struct migrator_hdr *)0)->f) v_;                                            \
+        memcpy(&v_, (p) + offsetof(struct migrator_hdr, f), sizeof(v_));                        \
+        v_;                                                                                      \
+    })
+/* The epoch bits of a header's flags (migrator.h EPOCHS). */
+#define HDR_EPOCH(p) ((HDR_GET(p, flags) & MIGRATOR_FLAG_EPOCH_MASK) >> 2)
+#define HDR_MODE(p) (HDR_GET(p, flags) & MIGRATOR_FLAG_MODE_MASK)
 /* BPF ring buffer (kernel/bpf/ringbuf.c): u32 len (bit 31 busy, bit 30 discard), u32 pgoff. */
 #define RB_BUSY (1u << 31)
 #define RB_DISCARD (1u << 30)
@@ -35,7 +49,8 @@ static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); re
 /* Whether migrator can read a record given `room` bytes: known header version, payload inside. */
 static inline int readable(const uint8_t *rec, uint64_t room)
 {
-    return room >= HDR_SIZE && ld16(rec) == HDR_VERSION && (uint64_t)ld32(rec + 8) + HDR_SIZE <= room;
+    return room >= HDR_SIZE && HDR_GET(rec, hdr_version) == MIGRATOR_HDR_VERSION &&
+           (uint64_t)HDR_GET(rec, len) + HDR_SIZE <= room;
 }
 
 /* Collects the readable records of one drain: their headers copied out, their payload offsets,
@@ -210,7 +225,7 @@ void mg_perf_walk(const uint8_t *chunk, uint64_t n, uint8_t *hdr, int64_t *off, 
  * y = x * M1 (a bijection, mix(0) = 0), W_j = Q_(j / 8) * K_(j % 8), Q_k = fmix((k + 1) * M2) | 1,
  * K_i = fmix((i + 1) * M1) | 1 (splitmix64's constants and finaliser): every W_j is odd, so a
  * change confined to one word always changes the digest. Record i's payload is off[i] bytes
- * into buf, its length the u32 at byte 8 of its header (hdr + i * hdr_stride). */
+ * into buf, its length the `len` of its header (hdr + i * hdr_stride). */
 #define M1 0x9E3779B97F4A7C15ULL
 #define M2 0xBF58476D1CE4E5B9ULL
 #define M3 0x94D049BB133111EBULL
@@ -261,7 +276,7 @@ void mg_digests(const uint8_t *buf, const int64_t *off, const uint8_t *hdr, int6
     uint64_t K[8];
     word_keys(K);
     for (uint64_t r = 0; r < n; r++)
-        out[r] = digest_one(buf + off[r], ld32(hdr + (int64_t)r * hdr_stride + 8), K);
+        out[r] = digest_one(buf + off[r], HDR_GET(hdr + (int64_t)r * hdr_stride, len), K);
 }
 
 /* Payload pairing (compare.py PayloadCompare): nb batches in consumption order, each described
@@ -273,8 +288,6 @@ void mg_digests(const uint8_t *buf, const int64_t *off, const uint8_t *hdr, int6
  * whatever its slot held. out: [compared, mismatches, skipped, evicted, evidence found, up to
  * max_evidence differing seqs in the order found]. scratch: a byte per record of the largest
  * batch. */
-#define MODE_DUAL 1
-
 void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, uint8_t *tside, uint64_t mask,
              uint8_t *scratch, int64_t max_evidence, int64_t *out)
 {
@@ -289,20 +302,20 @@ void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, u
         const uint8_t side = (uint8_t)d[5], other = (uint8_t)(3 - d[5]);
         if (!d[6]) {
             for (int64_t r = 0; r < n; r++)
-                skipped += (ld16(hdr + r * stride + 2) & 3) == MODE_DUAL;
+                skipped += HDR_MODE(hdr + r * stride) == MIGRATOR_MODE_DUAL;
             continue;
         }
         for (int64_t r = 0; r < n; r++) {
             const uint8_t *h = hdr + r * stride;
             scratch[r] = 0;
-            if ((ld16(h + 2) & 3) != MODE_DUAL) {
+            if (HDR_MODE(h) != MIGRATOR_MODE_DUAL) {
                 scratch[r] = 1;
                 continue;
             }
-            uint64_t seq = ld64(h + 16), slot = seq & mask;
+            uint64_t seq = HDR_GET(h, seq), slot = seq & mask;
             if (tside[slot] == other && tseq[slot] == seq) {
                 compared++;
-                if (digest_one(buf + off[r], ld32(h + 8), K) != tdig[slot]) {
+                if (digest_one(buf + off[r], HDR_GET(h, len), K) != tdig[slot]) {
                     mismatches++;
                     if (found < max_evidence)
                         evidence[found++] = (int64_t)seq;
@@ -315,10 +328,10 @@ void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, u
             if (scratch[r])
                 continue;
             const uint8_t *h = hdr + r * stride;
-            uint64_t seq = ld64(h + 16), slot = seq & mask;
+            uint64_t seq = HDR_GET(h, seq), slot = seq & mask;
             evicted += tside[slot] != 0;
             tseq[slot] = seq;
-            tdig[slot] = digest_one(buf + off[r], ld32(h + 8), K);
+            tdig[slot] = digest_one(buf + off[r], HDR_GET(h, len), K);
             tside[slot] = side;
         }
     }
@@ -347,8 +360,8 @@ void mg_meter(const uint8_t *hdr, int64_t hdr_stride, uint64_t n, const int64_t 
         double nowf = (double)now;
         for (int64_t k = 0; k < counts[b] && r < n; k++, r++) {
             const uint8_t *h = hdr + (int64_t)r * hdr_stride;
-            uint64_t kt = ld64(h + 24);
-            int64_t seq = (int64_t)ld64(h + 16), lag = now - (int64_t)kt;
+            uint64_t kt = HDR_GET(h, ktime_ns);
+            int64_t seq = (int64_t)HDR_GET(h, seq), lag = now - (int64_t)kt;
             double lf = nowf - (double)kt;
             if (lag > lag_max)
                 lag_max = lag;
@@ -365,7 +378,7 @@ void mg_meter(const uint8_t *hdr, int64_t hdr_stride, uint64_t n, const int64_t 
             if (seq > smax)
                 smax = seq;
             if (by_epoch)
-                by_epoch[(ld16(h + 2) >> 2) % 64]++;
+                by_epoch[HDR_EPOCH(h)]++;
         }
     }
     st[0] = max_seq;

@@ -5,8 +5,9 @@ Both consumers' drains (walk, copy, header gather, checks), the window meter (la
 epochs) and the payload comparison (digests, pairing) run there: in
 numpy each drain cost some 30 calls of fixed overhead plus per-record passes, most of what the
 agent cost (README, "What the agent costs"). The library is built once, next to its source, when
-it is missing or was built from another version of native.c (scripts/setup.sh builds it up front); a machine where the
-package directory is read-only builds it under ~/.cache/migrator instead.
+it is missing or was built from another version of native.c or of bpf/migrator.h (whose record
+header it includes; scripts/setup.sh builds it up front); a machine where the package directory
+is read-only builds it under ~/.cache/migrator instead.
 
     python -m migrator.dataplane.native      # build (if needed) and say where it is
 """
@@ -26,10 +27,13 @@ import numpy as np
 
 from migrator.dataplane.frames import HDR_SIZE, Frames, strided_headers
 from migrator.errors import MigratorError
+from migrator.shared.resources import bpf_dir
 
 SOURCE = Path(__file__).with_name("native.c")
 LIB_NAME = "_native.so"
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-shared", "-fPIC"]
+# native.c includes bpf/migrator.h for the record header (struct migrator_hdr): one layout.
+HEADER = "migrator.h"
 # res slots (native.c R_*)
 R_END, R_N, R_ERRORS, R_BYTES, R_STRIDE, R_FIRST, R_LOST, R_NRES = range(8)
 
@@ -43,7 +47,13 @@ def _candidates() -> list[Path]:
 
 
 def _digest() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    """sha256 of what the library is built from: native.c and the header it includes."""
+    return hashlib.sha256(SOURCE.read_bytes() + (bpf_dir() / HEADER).read_bytes()).hexdigest()
+
+
+def compiler() -> str | None:
+    """The C compiler builds use: $CC, else cc, else gcc (None: there is none)."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def _fresh(lib: Path, digest: str) -> bool:
@@ -56,13 +66,13 @@ def _fresh(lib: Path, digest: str) -> bool:
 
 
 def build(quiet: bool = True) -> Path:
-    """The built library, compiled now if missing or built from another native.c (under a lock, so
-    processes starting together build it once); MigratorError with the fix when it cannot be."""
+    """The built library, compiled now if missing or built from another native.c or migrator.h (under
+    a lock, so processes starting together build it once); MigratorError with the fix when it cannot be."""
     digest = _digest()
     for lib in _candidates():
         if _fresh(lib, digest):
             return lib
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = compiler()
     if cc is None:
         raise MigratorError(f"no C compiler to build {SOURCE.name} (the data plane's record loops); "
                             "run `sudo bash scripts/setup.sh` (installs gcc), or set CC")
@@ -78,8 +88,8 @@ def build(quiet: bool = True) -> Path:
                 os.close(fd)
                 try:
                     try:
-                        done = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True,
-                                              text=True)
+                        done = subprocess.run([cc, *CFLAGS, f"-I{bpf_dir()}", "-o", tmp, str(SOURCE), "-lm"],
+                                              capture_output=True, text=True)
                     except FileNotFoundError:
                         raise MigratorError(f"the C compiler {cc} does not exist (to build {SOURCE.name}); run "
                                             "`sudo bash scripts/setup.sh` (installs gcc), or set CC") from None
