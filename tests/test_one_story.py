@@ -52,7 +52,7 @@ def stalled(config, session_factory):
     with sf() as s, s.begin():
         api.record_windows(s, mid, ws)
     transition(sf, mid, Phase.CANARY, to_slice=1, applier=DbApplier(), clock=lambda: CONFIRMED)
-    desired = SimpleNamespace(phase="CANARY", phase_since=CONFIRMED)
+    desired = SimpleNamespace(phase="CANARY", phase_since=CONFIRMED, first_index=0)  # as the link reads it
     guard = SelfProtect.from_config("h1", config, position=lambda: desired)
     rings = [window("h1", "ring", i, mode="RING", lag=900.0) for i in (2, 3, 4, 5)]
     fired = [guard.observe(w, "CANARY") for w in rings]
@@ -115,6 +115,8 @@ def test_every_view_tells_the_same_streak_of_a_self_protection_rollback(stalled,
     text = cli(config, "history").stdout
     assert "SHADOW -> CANARY slice 1/2" in text and f"(windows h1 {' '.join(names)})" in text
     assert str(ids[0]) not in text.split("ROLLED_BACK")[-1].split("(windows")[-1]  # ids only in --json
+    # the host's own reason names the same windows the same way (it knew the first index)
+    assert f"3 consecutive breaching ring windows ({' '.join(names)}, rollback_after 3)" in text
     text = cli(config, "what-if").stdout
     assert f"by host h1 (windows h1 {' '.join(names)})" in text and "actually: rolled back by host h1" in text
 

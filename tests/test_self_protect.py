@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from conftest import T0, window
 from kernel_util import needs_root
@@ -45,9 +46,22 @@ def test_fires_on_the_nth_breach_in_a_row_and_not_before(config):
     assert [g.observe(ring(i, lag=900.0), "CANARY") is None for i in (3, 4)] == [True, True]
     p = g.observe(ring(5, lag=900.0), "CANARY")
     assert (p.indexes, p.rules, p.rollback_after) == ([3, 4, 5], ["max_lag_p99_ms"] * 3, 3)
-    assert p.reason == ("h1 protected itself: 3 consecutive breaching ring windows (indexes 3..5, "
-                        "rollback_after 3); last: h1: max_lag_p99_ms")
+    # the host knows no first index here: its reason names no window (a raw index names none for people)
+    assert p.reason == ("h1 protected itself: 3 consecutive breaching ring windows (rollback_after 3); "
+                        "last: h1: max_lag_p99_ms")
     assert g.held is p and g.observe(ring(6, lag=900.0), "CANARY") is None  # held: fires once
+
+
+def test_the_reason_names_windows_as_every_view_does(config):
+    """With the migration's first window index (the link's Desired), the host names its windows `#n`."""
+    desired = SimpleNamespace(phase="CANARY", phase_since=None, first_index=1796418100)
+    g = SelfProtect.from_config("h1", config, position=lambda: desired)
+    base = 1796418100
+    p = [g.observe(ring(base + i, lag=900.0), "CANARY") for i in (13, 14, 16)][-1]
+    assert p.names == ["#14", "#15", "#17"]
+    assert p.reason == ("h1 protected itself: 3 consecutive breaching ring windows (#14 #15 #17, rollback_after 3); "
+                        "last: h1: max_lag_p99_ms")
+    assert str(base) not in p.reason and p.as_dict()["names"] == p.names
 
 
 def test_only_ring_windows_count_and_no_data_follows_the_plan(config):
@@ -276,6 +290,10 @@ def test_with_the_database_the_controller_records_one_rollback_with_the_hosts_re
     assert (rb["actor"], rb["status"], rb["window_ids"]) == ("host h1", "confirmed",
                                                               ring_ids(sf, mid, "h1", p.indexes))
     assert rb["reason"] == p.reason + " (in CANARY slice 1/1)"
+    with sf() as s:  # the host named its windows `#n` from the first index its link read
+        first_stored = s.scalar(select(func.min(Window.index)).where(Window.migration_id == mid))
+    assert p.first_index == first_stored and p.names == [f"#{i - first_stored + 1}" for i in p.indexes]
+    assert f"({' '.join(p.names)}, rollback_after {N})" in rb["reason"] and str(first) not in rb["reason"]
     with sf() as s:
         (rep,) = api.self_protect_reports(s, mid)
         assert (rep["host"], rep["index"], rep["window_ids"]) == ("h1", first + 2, rb["window_ids"])

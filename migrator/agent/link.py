@@ -33,7 +33,7 @@ from migrator.store.api import heartbeat, record_windows, report_applied, report
 from migrator.store.push import channel
 from migrator.store.hostlease import release_host_lease, renew_host_lease, take_host_lease, this_holder
 from migrator.errors import HostLeaseHeld
-from migrator.store.models import Host, Migration, Transition
+from migrator.store.models import Host, Migration, Transition, Window
 from migrator.shared.records import ChannelWindow
 
 log = logging.getLogger("migrator.agent")
@@ -61,6 +61,9 @@ class Desired:
     # When the migration's current phase position was confirmed (its phase_since; a pause keeps it):
     # the host's own breaker counts only ring windows that started at or after it (agent/selfprotect.py).
     phase_since: float | None = None
+    # The migration's first window index (None before any window): the host names its windows `#n`
+    # as every other view does (control/story.py: window_name), e.g. in its self-protection reason.
+    first_index: int | None = None
 
 
 class DbLink(threading.Thread):
@@ -79,8 +82,10 @@ class DbLink(threading.Thread):
         self.watch = ChangeWatch(self.reader)  # the desired mode is read again only after a commit
         confirmed = (select(func.max(Transition.confirmed_at))
                      .where(Transition.migration_id == migration_id).scalar_subquery())
+        first = (select(func.min(Window.index)).where(Window.migration_id == migration_id)
+                 .scalar_subquery())  # an index lookup (ix_windows_migration_id_index)
         self._desired_stmt = (select(Host.desired_mode, Migration.pending_transition_id, Migration.phase, confirmed,
-                                     Migration.phase_since)
+                                     Migration.phase_since, first)
                               .join(Migration, Migration.id == Host.migration_id)
                               .where(Host.migration_id == migration_id, Host.name == host))
         self._conn = None  # the reading connection, made in the thread that reads
@@ -258,7 +263,7 @@ class DbLink(threading.Thread):
             raise
         self.reads += 1
         self._safety_due = time.monotonic() + self.safety_read
-        return Desired(row[0], row[1] is None, row[2], row[3], row[4])
+        return Desired(row[0], row[1] is None, row[2], row[3], row[4], row[5])
 
     def _drop_conn(self) -> None:
         conn, self._conn = self._conn, None

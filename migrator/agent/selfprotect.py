@@ -19,7 +19,9 @@ code (control/policy.py: judge_host, next_streak; same thresholds, same `no_data
   other hosts' windows; the controller still applies them.
 * When the streak reaches `rollback_after`, the Feed writes PERF into the mode map at once,
   through the same exactly-once handover as any switch, and records a Protection: which rules,
-  which windows. The deciding ring window carries it in extra["self_protect"], and the link
+  which windows (named `#n` as in every view when the host knows the migration's first window
+  index, from the link's Desired; otherwise without indexes). The deciding ring window carries it
+  in extra["self_protect"], and the link
   writes it to the database as a verdict of scope "self" (queued while the database is down).
   The controller turns it into ONE transition to ROLLED_BACK with this reason.
 
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 
 from migrator.config import Thresholds
 from migrator.control.policy import HostBreaker, StreakState
+from migrator.control.story import window_name
 from migrator.shared.records import ChannelWindow
 from migrator.shared.vocab import FINAL
 
@@ -55,21 +58,33 @@ class Protection:
     rollback_after: int
     values: dict = field(default_factory=dict)  # the deciding window's numbers, as judge_host gives them
     read_back: float | None = None  # wall time the mode map read PERF
+    # The migration's first window index as the host last read it (None: unknown), to name windows `#n`.
+    first_index: int | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The streak's windows named as every view names them (`#n`, control/story.py), or [] when
+        the host does not know the migration's first index (a raw index names no window for people)."""
+        if self.first_index is None:
+            return []
+        return [window_name(i, self.first_index) for i in self.indexes]
 
     @property
     def reason(self) -> str:
-        """One line for the transition: which rules, which windows."""
+        """One line for the transition: which rules, which windows (by their `#n` names, when known;
+        `history` names the transition's windows in any case)."""
         last = self.rules[-1] if self.rules else "?"
+        which = f"{' '.join(self.names)}, " if self.names else ""
         return (f"{self.host} protected itself: {len(self.indexes)} consecutive breaching ring windows "
-                f"(indexes {self.indexes[0]}..{self.indexes[-1]}, rollback_after {self.rollback_after}); "
-                f"last: {self.host}: {last}")
+                f"({which}rollback_after {self.rollback_after}); last: {self.host}: {last}")
 
     def as_dict(self) -> dict:
         """The plain dict the window extra and the database carry."""
         return {"host": self.host, "at": self.at, "window_end": self.window_end, "closed_at": self.closed_at,
                 "indexes": list(self.indexes),
                 "rules": list(self.rules), "rollback_after": self.rollback_after, "values": self.values,
-                "read_back": self.read_back, "reason": self.reason}
+                "read_back": self.read_back, "first_index": self.first_index, "names": self.names,
+                "reason": self.reason}
 
 
 class SelfProtect:
@@ -97,7 +112,8 @@ class SelfProtect:
         when this window brings the streak to N."""
         if self.held is not None:
             return None
-        since = getattr(self.position() if self.position is not None else None, "phase_since", None)
+        desired = self.position() if self.position is not None else None
+        since = getattr(desired, "phase_since", None)
         if since is not None and since != self._since:  # a new phase position: a new streak
             self._since = since
             self.breaker.reset()
@@ -111,7 +127,8 @@ class SelfProtect:
             return None
         now = time.time()
         p = Protection(self.host, now, ring.end, closed_at if closed_at is not None else now,
-                       [i for i, _, _ in streak], [r for _, r, _ in streak], self.rollback_after, dict(v.values))
+                       [i for i, _, _ in streak], [r for _, r, _ in streak], self.rollback_after, dict(v.values),
+                       first_index=getattr(desired, "first_index", None))
         self.held = p
         self.protections.append(p)
         return p
