@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator.errors import ConfigError, close_matches
+from migrator.shared.passwords import hide_password
 from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, PAGE_SIZE, RING_WAKEUPS, is_host_name, is_lab_prefix,
                                    parse_percent, percent_of)
 
@@ -559,20 +560,6 @@ def _read_database_file(p: _Parser, name: str, base_dir: Path) -> str:
                     f"{'nothing' if not text else str(len(text.splitlines())) + ' lines'}",
                     "write only the URL, e.g. postgresql+psycopg://migrator:PASSWORD@db/migrator")
     return _database_url(text, base_dir)
-
-
-def hide_password(url: str) -> str:
-    """A database URL (or path) fit to print or store: its password replaced by ***."""
-    if "://" not in url:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        u = make_url(url)
-        return u.render_as_string(hide_password=True) if u.password is not None else url
-    except Exception:  # unparsable: hide anything between user: and @ by hand
-        # the password runs to the last @ before the path (it may hold @), else to the first @
-        return re.sub(r"(://[^:/@]*:)(?:[^/]*@|[^@]*@)", r"\1***@", url)
 
 
 def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):

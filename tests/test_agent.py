@@ -15,7 +15,7 @@ from sqlalchemy import select
 from kernel_util import needs_root
 from migrator.agent.loop import Agent
 from migrator.store import api
-from migrator.store.db import sqlite_path
+from migrator.store import sqlite_path
 from migrator.store.models import Window
 
 pytestmark = [pytest.mark.kernel, needs_root]

@@ -16,7 +16,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-import migrator.store.db as store_db
+import migrator.store.url as store_url
 from migrator.config import load_config
 from migrator.control import controller as controller_mod
 from migrator.control.controller import run_controller
@@ -112,7 +112,7 @@ def fast_backoff(monkeypatch):
 
 
 def test_locked_database_is_ridden_out(tmp_path, monkeypatch, caplog, fast_backoff):
-    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", 100)  # before open_store: its connections wait 0.1 s
+    monkeypatch.setattr(store_url, "BUSY_TIMEOUT_MS", 100)  # before open_store: its connections wait 0.1 s
     caplog.set_level(logging.INFO, logger=LOGGER)
     db = tmp_path / "m.db"
     sf, mid = in_canary(tmp_path, db)

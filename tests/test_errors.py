@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-import migrator.store.db as store_db
+import migrator.store.url as store_url
 from migrator.cli import app
 from migrator.control import moves
 from migrator.errors import (BenchError, DatabaseUnavailable, MigratorError, OptionError, StoreError)
@@ -170,7 +170,7 @@ def test_a_corrupt_page_status_never_reads_is_found_before_the_controller_decide
 
 
 def test_locked_database(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(store_url, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "locked.db"
     holder = sqlite3.connect(db, isolation_level=None)
     try:
@@ -213,7 +213,7 @@ def test_safe_url_hides_passwords():
 
 
 def test_database_errors_wraps_a_commit_that_waits_too_long(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(store_url, "BUSY_TIMEOUT_MS", 200)
     db = tmp_path / "m.db"
     sf = open_store(f"sqlite:///{db}")  # built after the patch: its busy timeout is 200 ms
     holder = sqlite3.connect(db, isolation_level=None)

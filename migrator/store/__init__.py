@@ -10,9 +10,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.errors import DatabaseMissing
-from migrator.store.db import make_engine, make_session_factory, sqlite_path
-from migrator.store.guard import check_database_url, check_integrity, database_errors, make_parent_dir, safe_url
+from migrator.store.db import make_engine, make_session_factory
+from migrator.store.guard import check_database_url, check_integrity, database_errors, make_parent_dir
 from migrator.store.migrate import check_revision
+from migrator.store.url import safe_url, sqlite_path
 
 
 def open_store(url: str, *, readonly: bool = False) -> sessionmaker[Session]:

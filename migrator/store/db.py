@@ -10,40 +10,28 @@ server that does not answer.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrator.store.guard import engine_error, parse_url
-
-BUSY_TIMEOUT_MS = 30_000
-CONNECT_TIMEOUT_S = 10
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL, None for other backends and in-memory databases.
-
-    An URL that does not parse raises DatabaseUnavailable (naming it, password hidden)."""
-    u = parse_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return Path(u.database)
+from migrator.store import url as store_url
+from migrator.store.guard import engine_error
+from migrator.store.url import parse_url
 
 
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
-    """An engine for `url`; SQLite gets WAL, foreign_keys, busy_timeout and explicit BEGINs.
+    """An engine for `url`; SQLite gets WAL, foreign_keys, busy_timeout (url.BUSY_TIMEOUT_MS) and explicit BEGINs.
 
     An unparsable URL, an unknown scheme or a driver that is not installed raise DatabaseUnavailable.
     No connection is made here: connect errors surface (translated) in check_revision / database_errors.
     """
     u = parse_url(url)
+    busy_ms = store_url.BUSY_TIMEOUT_MS  # read at call time: tests shorten it
     try:
         if u.get_backend_name() == "postgresql":
             return _postgres_engine(u, readonly)
         if u.get_backend_name() != "sqlite":
             return create_engine(u, future=True)
-        engine = create_engine(u, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(u, connect_args={"timeout": busy_ms / 1000})
     except Exception as exc:
         err = engine_error(exc, u)
         if err is None:
@@ -55,7 +43,7 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
         cur.execute("PRAGMA foreign_keys = ON")
         if readonly:
             cur.execute("PRAGMA query_only = ON")
@@ -74,7 +62,7 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
 
 def _postgres_engine(u: URL, readonly: bool) -> Engine:
     libpq = u.get_driver_name() in ("psycopg", "psycopg2")
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in u.query else {}
+    connect_args = {"connect_timeout": store_url.CONNECT_TIMEOUT_S} if libpq and "connect_timeout" not in u.query else {}
     engine = create_engine(u, connect_args=connect_args)
     if readonly:
         @event.listens_for(engine, "connect")

@@ -26,14 +26,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import URL, Engine
-from sqlalchemy.engine import make_url
+from sqlalchemy import URL
 from sqlalchemy.exc import (ArgumentError, DBAPIError, IntegrityError, InterfaceError, NoSuchModuleError,
                             OperationalError)
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
-from migrator.config import hide_password
 from migrator.errors import DatabaseUnavailable
+from migrator.store import url as store_url
+from migrator.store.url import URL_FIX, Where, one_line, parse_url, safe_url, sqlite_path, url_of
 
 # What to `pip install` for the DBAPI module SQLAlchemy failed to import.
 DRIVER_PACKAGES = {
@@ -41,67 +41,6 @@ DRIVER_PACKAGES = {
     "MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "mysql": "mysql-connector-python",
     "oracledb": "oracledb", "pyodbc": "pyodbc", "pymssql": "pymssql",
 }
-URL_FIX = ('set database in canary.toml to a file path ("migrator.db") or an SQLAlchemy URL '
-           '(postgresql+psycopg://user:password@host/dbname)')
-
-Where = str | URL | Engine | sessionmaker | Session
-
-
-def _url_of(where: Where) -> URL | str:
-    if isinstance(where, Session):
-        where = where.get_bind()
-    if isinstance(where, sessionmaker):
-        where = where.kw["bind"]
-    if isinstance(where, Engine):
-        return where.url
-    return where
-
-
-def safe_url(where: Where) -> str:
-    """The database URL to show a user: password replaced by ***, even when the URL does not parse."""
-    url = _url_of(where)
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    return hide_password(str(url))
-
-
-def parse_url(url: str | URL) -> URL:
-    """make_url, with an unparsable URL (ArgumentError, or ValueError for e.g. a non-numeric port)
-    reported as a DatabaseUnavailable instead of a driver-level exception."""
-    if isinstance(url, URL):
-        return url
-    try:
-        return make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        text = _one_line(exc)
-        m = re.search(r"://[^:/@]*:([^@]+)@", str(url))
-        if m:
-            text = text.replace(m.group(1), "***")
-        raise DatabaseUnavailable(safe_url(url), f"is not a valid database URL ({text})", URL_FIX) from exc
-
-
-def _one_line(exc: BaseException, url: URL | str | None = None, limit: int = 300) -> str:
-    """The driver's message on one line, any password in it masked, at most `limit` characters."""
-    orig = getattr(exc, "orig", None)
-    text = " ".join(str(orig if orig is not None else exc).split())
-    if isinstance(exc, DBAPIError) and orig is None:
-        text = re.sub(r"^\([\w.]+\)\s*", "", text)
-    password = None
-    if url is not None:
-        try:
-            password = parse_url(url).password
-        except DatabaseUnavailable:
-            password = None
-    if password:
-        text = text.replace(str(password), "***")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
-
 
 def _server_where(url: URL) -> str:
     """host:port (or the unix socket directory) the URL connects to, as a user would write it."""
@@ -173,16 +112,14 @@ def _server_fix(url: URL) -> str:
 
 def translate(exc: DBAPIError, where: Where) -> DatabaseUnavailable:
     """The DatabaseUnavailable for a driver error raised while using the database at `where`."""
-    from migrator.store.db import BUSY_TIMEOUT_MS
-
-    raw = _url_of(where)
+    raw = url_of(where)
     shown = safe_url(raw)
     url = parse_url(raw)
-    text = _one_line(exc, url)
+    text = one_line(exc, url)
     low = text.lower()
     orig = getattr(exc, "orig", None)
     code = str(getattr(orig, "sqlite_errorname", "") or "")
-    path = _sqlite_file(url)
+    path = sqlite_path(url)
     if url.get_backend_name() == "sqlite":
         where_file = str(path) if path else "the database"
         folder = str(path.parent) if path else "its directory"
@@ -201,7 +138,7 @@ def translate(exc: DBAPIError, where: Where) -> DatabaseUnavailable:
         if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in low:
             return DatabaseUnavailable(
                 shown, f"database is locked: another process held its write lock for more than "
-                       f"{BUSY_TIMEOUT_MS / 1000:g} s",
+                       f"{store_url.BUSY_TIMEOUT_MS / 1000:g} s",
                 "wait for the other writer (a running controller, `migrator init` or an sqlite3 shell with an "
                 "open transaction) to finish or stop it, then retry")
         if code.startswith("SQLITE_READONLY") or "readonly database" in low:
@@ -254,7 +191,7 @@ def engine_error(exc: BaseException, url: str | URL) -> DatabaseUnavailable | No
         return DatabaseUnavailable(
             shown, f"unknown database scheme {u.drivername!r} (no SQLAlchemy dialect or driver by that name)", URL_FIX)
     if isinstance(exc, ImportError):
-        mod = exc.name or _one_line(exc, url)
+        mod = exc.name or one_line(exc, url)
         package = DRIVER_PACKAGES.get(mod.split(".")[0], mod)
         return DatabaseUnavailable(
             shown, f"its database driver is not installed (no Python module {mod!r})",
@@ -262,7 +199,7 @@ def engine_error(exc: BaseException, url: str | URL) -> DatabaseUnavailable | No
             + (", or pip install 'migrator[postgres]'" if package.startswith("psycopg[") else "")
             + "), or use an SQLite database")
     if isinstance(exc, ArgumentError):
-        return DatabaseUnavailable(shown, f"is not a valid database URL ({_one_line(exc, url)})", URL_FIX)
+        return DatabaseUnavailable(shown, f"is not a valid database URL ({one_line(exc, url)})", URL_FIX)
     return None
 
 
@@ -338,7 +275,7 @@ def check_integrity(sf: sessionmaker) -> None:
         rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
     if rows != ["ok"]:
         shown = safe_url(engine.url)
-        file = _sqlite_file(engine.url)
+        file = sqlite_path(engine.url)
         raise DatabaseUnavailable(shown, f"the database file is corrupt ({'; '.join(' '.join(r.split()) for r in rows[:3])})",
                                   f"restore {file or 'it'} from a backup, or move it away and run `migrator init` "
                                   "to start a new one")
@@ -365,5 +302,5 @@ def make_parent_dir(path: Path, url: str | URL) -> None:
         raise DatabaseUnavailable(shown, problem, fix) from exc
 
 
-__all__ = ["DatabaseUnavailable", "check_database_url", "check_integrity", "database_errors", "engine_error", "make_parent_dir", "parse_url", "safe_url",
-           "translate"]
+__all__ = ["DatabaseUnavailable", "check_database_url", "check_integrity", "database_errors", "engine_error",
+           "make_parent_dir", "translate"]

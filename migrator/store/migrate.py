@@ -12,7 +12,8 @@ from sqlalchemy.exc import DBAPIError
 
 from migrator.errors import InstallError, RevisionMismatch
 from migrator.shared.resources import migrations_dir
-from migrator.store.guard import database_errors, safe_url
+from migrator.store.guard import database_errors
+from migrator.store.url import safe_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from sqlalchemy import delete, func, select
 
-from migrator.config import hide_password, parse_config
+from migrator.config import parse_config
 from migrator.control.controller import Controller
 from migrator.control.phases import Phase, transition
 from migrator.errors import BenchError
+from migrator.shared.passwords import hide_password
 from migrator.store import api, database_errors, open_store, sqlite_path
 from migrator.store.models import Migration, Window
 from migrator.shared.records import ChannelWindow
