@@ -19,8 +19,8 @@ from typing import Any
 
 from migrator.errors import ConfigError, close_matches
 from migrator.shared.passwords import hide_password
-from migrator.shared.vocab import (HOST_NAME_RULE, LAB_PREFIX_RULE, PAGE_SIZE, RING_WAKEUPS, is_host_name, is_lab_prefix,
-                                   parse_percent, percent_of)
+from migrator.shared.vocab import (CONFIG_ENV, DEFAULT_CONFIG, DURATION_UNITS, HOST_NAME_RULE, LAB_PREFIX_RULE, PAGE_SIZE,
+                                   RING_WAKEUPS, is_host_name, is_lab_prefix, parse_duration, parse_percent, percent_of)
 
 NO_DATA_ACTIONS = ("hold", "breach", "reset")
 PROBES = ("tc", "synthetic", "proc")
@@ -153,26 +153,6 @@ class Store:
     keep_windows: float | None = None
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(text: object) -> float:
-    """'30d', '12h', '1h30m', '90s', '500ms' or a number of seconds -> seconds; ValueError otherwise."""
-    if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a duration")
-    if isinstance(text, (int, float)):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(f"{text!r} is not a duration")
-        return float(text)
-    s = str(text).strip()
-    if re.fullmatch(r"[0-9]*\.?[0-9]+", s):
-        return float(s)
-    parts = re.findall(r"([0-9]*\.?[0-9]+)(ms|s|m|h|d|w)", s)
-    if not parts or "".join(n + u for n, u in parts) != s:
-        raise ValueError(f"{text!r} is not a duration")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-
-
 SOURCE_KINDS = ("demo", "bcc", "command", "attach")
 ATTACH_TYPES = ("tc", "xdp")
 TC_DIRECTIONS = ("ingress", "egress")
@@ -250,7 +230,7 @@ class SourceConfig:
 class Config:
     """A validated canary.toml. `path` is where it came from (not part of the hash)."""
 
-    path: str = "canary.toml"
+    path: str = DEFAULT_CONFIG
     database: str = "migrator.db"
     # A file whose content is the database URL (or path): keeps a password out of canary.toml.
     database_file: str | None = None
@@ -400,7 +380,7 @@ TOP_KEYS = ("database", "database_file", "window_seconds", "hosts", "slices", "r
             "agents", "notify", "store")
 
 
-def parse_config(data: dict, path: str = "canary.toml", base_dir: Path | None = None,
+def parse_config(data: dict, path: str = DEFAULT_CONFIG, base_dir: Path | None = None,
                  check_files: bool = True) -> Config:
     """Validate a canary.toml document (already decoded) and freeze it into a Config.
 
@@ -636,9 +616,9 @@ def _parse_slices(p: _Parser, raw: Any, host_names: tuple[str, ...]):
 # path (an option, an argument, an API parameter), $MIGRATOR_CONFIG, or the default ./canary.toml.
 _MISSING_FIX = {
     "given": "check the path, or write the commented default there with `migrator init --example > {path}`",
-    "env": "point $MIGRATOR_CONFIG at an existing canary.toml, or give one with -c",
-    "default": "run the command where canary.toml is, give its path with -c, or write the commented default "
-               "with `migrator init --example > canary.toml`",
+    "env": f"point ${CONFIG_ENV} at an existing canary.toml, or give one with -c",
+    "default": f"run the command where {DEFAULT_CONFIG} is, give its path with -c, or write the commented default "
+               f"with `migrator init --example > {DEFAULT_CONFIG}`",
 }
 
 
@@ -834,7 +814,7 @@ def _parse_store(p: _Parser, data: dict) -> Store:
         keep = parse_duration(v)
     except ValueError:
         raise p.err("store.keep_windows", f"must be a duration, got {_tname(v)} {v!r}",
-                    'write e.g. keep_windows = "30d" (units ms, s, m, h, d, w; a bare number is seconds)') from None
+                    f'write e.g. keep_windows = "30d" ({DURATION_UNITS})') from None
     if keep <= 0:
         raise p.err("store.keep_windows", f"must be > 0, got {v!r}", 'write e.g. keep_windows = "30d"')
     return Store(keep)

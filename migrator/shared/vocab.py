@@ -1,4 +1,5 @@
-"""The words every layer shares, each defined once: phases, modes, host names, slices.
+"""The words every layer shares, each defined once: phases, modes, host names, slices, durations,
+the default canary.toml.
 
 This module sits at the bottom with errors and config: the data plane, the store, the control
 plane and the tools all import it, and it imports nothing of theirs.
@@ -9,6 +10,7 @@ import math
 import os
 import re
 from enum import StrEnum
+from pathlib import Path
 
 
 class Phase(StrEnum):
@@ -43,6 +45,51 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 RING_WAKEUPS = {"adaptive": 0, "no_wakeup": 1, "force_wakeup": 2, "batched": 3}
 # Bit of the mode word a reader sets before it sleeps on its epoll without a timer (batched policy).
 WORD_READER_SLEEPS = 0x100
+
+# What `migrator shadow` can run: the tc probe needs a network device to attach to (the agent and the lab do that).
+SHADOW_PROBES = ("synthetic", "proc")
+
+# The canary.toml a command reads when given none: $MIGRATOR_CONFIG, else this file in the working directory.
+DEFAULT_CONFIG = "canary.toml"
+CONFIG_ENV = "MIGRATOR_CONFIG"
+
+
+def config_path(path: str | Path | None = None) -> tuple[Path, str]:
+    """(the canary.toml to read, where that choice came from: "given", "env" or "default", the
+    `origin` of migrator.config.load_config): `path` if given, else $MIGRATOR_CONFIG, else ./canary.toml."""
+    if path is not None:
+        return Path(path), "given"
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]), "env"
+    return Path(DEFAULT_CONFIG), "default"
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE = re.compile(r"(?:\s*[0-9]*\.?[0-9]+\s*(?:ms|s|m|h|d|w))+")
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d|w)")
+# How to write a duration, for the fix of every error about one (a canary.toml key or a command option).
+DURATION_UNITS = "units ms, s, m, h, d, w, combined as in 1h30m; a bare number is seconds"
+
+
+def parse_duration(text: object) -> float:
+    """The one duration grammar, of canary.toml and of every command option: '30d', '12h', '1h30m',
+    '90s', '1 s', '500ms' or a number of seconds (a TOML number or a bare string) -> seconds.
+
+    ValueError on anything else (the caller names its key or option); 0 is a duration, whether it
+    is allowed is the caller's rule."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a duration")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"{text!r} is not a duration")
+        return float(text)
+    s = str(text).strip()
+    if re.fullmatch(r"[0-9]*\.?[0-9]+", s):
+        return float(s)
+    if not _DURATION_RE.fullmatch(s):
+        raise ValueError(f"{text!r} is not a duration")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(s))
+
 
 # A host name is also a file name (fault files, agent logs) and a network namespace name, so it
 # starts with a letter or digit (no "..", no leading "-") and has no "/".
