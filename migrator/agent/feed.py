@@ -301,7 +301,7 @@ class Feed:
         ws = _with_lag(self.pipe, self.pipe.close_window(index=index))
         closed = time.time()  # the books are final now (the window ended one grace period ago)
         if self._carry:
-            ws = [merge_windows(old, new) for old, new in zip(self._carry, ws)]
+            ws = [merge_windows([old, new]) for old, new in zip(self._carry, ws)]
             self._carry = []
         switch = self._switch_evidence()
         for w in ws:

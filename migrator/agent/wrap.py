@@ -56,7 +56,7 @@ from migrator.dataplane import rewrite
 from migrator.dataplane.channel import check_bpf_privileges
 from migrator.errors import MigratorError, OptionError, SourceError
 from migrator.dataplane.channels.perf import PAGE
-from migrator.shared.records import ChannelWindow
+from migrator.shared.records import ChannelWindow, merge_windows
 from migrator.shared.signals import own_process
 from migrator.store import open_store
 from migrator.shared.vocab import MODES
@@ -297,43 +297,25 @@ def combined_fingerprint(fingerprints: dict[str, str]) -> str:
 
 
 def merge_channels(ws: list[ChannelWindow], names: list[str], fingerprint: str) -> ChannelWindow:
-    """One window of the host from the same (channel, index) window of several migrator channels.
-
-    Counts and books add up; lags take the worst; bpf run statistics take the largest (the feeds
-    of one program all read the same programs' statistics). Each channel's own extra is kept
-    under extra["channels"][name].
-    """
+    """One window of the host from the same (channel, index) window of several migrator channels
+    (records.merge_windows side by side); each channel's own extra is kept under
+    extra["channels"][name]."""
     if len(ws) == 1:
         return ws[0]
-
-    def worst(xs):
-        xs = [x for x in xs if x is not None]
-        return max(xs) if xs else None
-
-    def known_max(xs):  # the channels share the program's run time; unknown on one is unknown
-        xs = list(xs)
-        return None if any(x is None for x in xs) else max(xs)
-
-    first = ws[0]
-    modes = sorted({w.mode for w in ws})
+    merged = merge_windows(ws, side_by_side=True)
     extra = {"channels": dict(zip(names, (w.extra for w in ws))), "schema_fingerprint": fingerprint,
-             "acted": sum(int(w.extra.get("acted", 0)) for w in ws)}
+             "acted": sum(int(w.extra.get("acted", 0)) for w in ws), **merged.extra}
     for w in ws:
         for key in ("mode_switch", "db_gap_since"):
             if key in w.extra and key not in extra:
                 extra[key] = w.extra[key]
     if any("payload_compared" in w.extra for w in ws):
         extra["payload_compared"] = sum(int(w.extra.get("payload_compared", 0)) for w in ws)
+    modes = sorted({w.mode for w in ws})
     if len(modes) > 1:
         extra["modes"] = dict(zip(names, (w.mode for w in ws)))
-    total = {f: sum(getattr(w, f) for w in ws) for f in (
-        "attempts", "delivered", "dropped_full", "dropped_other", "lost", "parse_errors", "payload_mismatches",
-        "filled_from_ring", "in_flight", "inversions", "consumer_cpu_s", "residual")}
-    return dataclasses.replace(
-        first, start=min(w.start for w in ws), end=max(w.end for w in ws), **total,
-        lag_p50_ms=worst(w.lag_p50_ms for w in ws), lag_p99_ms=worst(w.lag_p99_ms for w in ws),
-        lag_max_ms=worst(w.lag_max_ms for w in ws), bpf_run_ns=known_max(w.bpf_run_ns for w in ws),
-        bpf_run_cnt=known_max(w.bpf_run_cnt for w in ws), settled=all(w.settled for w in ws), extra=extra)
+    merged.extra = extra
+    return merged
 
 
 class HostMerger:

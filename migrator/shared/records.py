@@ -86,37 +86,68 @@ class ChannelWindow:
         return d
 
 
-def merge_windows(a: ChannelWindow, b: ChannelWindow) -> ChannelWindow:
-    """One window from two consecutive parts of it (a probe reload inside a window).
+# The counts a merged window adds up over its parts (in both kinds of merge).
+SUMMED = ("attempts", "delivered", "dropped_full", "dropped_other", "lost", "parse_errors", "payload_mismatches",
+          "filled_from_ring", "inversions", "consumer_cpu_s", "residual")
 
-    Counts add up; lag figures take the worse part (percentiles of two parts cannot be combined
-    exactly, and the worse one is the safe reading); the residual adds the two pipelines' books.
-    Records still in the first part's buffers died with its maps: they count as lost.
+
+def merge_windows(parts: list[ChannelWindow], *, side_by_side: bool = False) -> ChannelWindow:
+    """One window from parts of it (it takes the host, index and mode of the last part in time,
+    of the first side by side):
+
+    - consecutive parts of one channel's window (a probe reload inside it; the default): records
+      still in an earlier part's buffers died with its maps and count as lost (extra
+      "lost_in_reload"), `in_flight` is the last part's, run-time statistics add up;
+    - side by side (`side_by_side`): the same window of several migrator channels of one host
+      (wrap): `in_flight` adds up, run-time statistics take the largest (the channels share
+      their programs' statistics), and the caller sets `extra` (each channel's own is its own).
+
+    Either way counts add up; lag percentiles take the worst part (percentiles of parts cannot be
+    combined exactly, and the worse one is the safe reading) while the lag histogram adds up when
+    every part has one; the emit cost is the parts' mean weighted by attempts and the peak
+    occupancy the highest.
     """
-    def worse(x, y):
-        return y if x is None else x if y is None else max(x, y)
+    if len(parts) == 1:
+        return parts[0]
 
-    def known_sum(x, y):  # unknown if either part's is
-        return None if x is None or y is None else x + y
+    def worst(xs):
+        xs = [x for x in xs if x is not None]
+        return max(xs) if xs else None
 
-    lag = {}
-    if a.lag_buckets is not None and b.lag_buckets is not None:  # both parts' delivered records
-        lag = {"lag_buckets": [x + y for x, y in zip(a.lag_buckets, b.lag_buckets)],
-               "lag_sum_s": a.extra.get("lag_sum_s", 0.0) + b.extra.get("lag_sum_s", 0.0)}
+    def known(xs, how):  # unknown if any part's is
+        xs = list(xs)
+        return None if any(x is None for x in xs) else how(xs)
 
+    last = parts[-1]
+    head = parts[0] if side_by_side else last
+    total = {f: sum(getattr(w, f) for w in parts) for f in SUMMED}
+    timed = [(w.producer_ns, w.attempts) for w in parts if w.producer_ns is not None]
+    weight = sum(n for _, n in timed)
+    extra: dict = {}
+    if all(w.lag_buckets is not None for w in parts):  # every part's delivered records
+        extra = {"lag_buckets": [sum(b) for b in zip(*(w.lag_buckets for w in parts))],
+                 "lag_sum_s": sum(w.extra.get("lag_sum_s", 0.0) for w in parts)}
+    if side_by_side:
+        total["in_flight"] = sum(w.in_flight for w in parts)
+        run = {"bpf_run_ns": known((w.bpf_run_ns for w in parts), max),
+               "bpf_run_cnt": known((w.bpf_run_cnt for w in parts), max)}
+    else:
+        died = sum(w.in_flight for w in parts[:-1])
+        total["lost"] += died
+        total["in_flight"] = last.in_flight
+        run = {"bpf_run_ns": known((w.bpf_run_ns for w in parts), sum),
+               "bpf_run_cnt": known((w.bpf_run_cnt for w in parts), sum)}
+        merged_extra: dict = {}
+        for w in parts:
+            merged_extra.update(w.extra)
+        extra = {**merged_extra, **extra, "reloaded": True, "lost_in_reload": died}
     return ChannelWindow(
-        host=b.host, channel=b.channel, index=b.index, start=a.start, end=b.end, mode=b.mode,
-        attempts=a.attempts + b.attempts, delivered=a.delivered + b.delivered,
-        dropped_full=a.dropped_full + b.dropped_full, dropped_other=a.dropped_other + b.dropped_other,
-        lost=a.lost + b.lost + a.in_flight, parse_errors=a.parse_errors + b.parse_errors,
-        payload_mismatches=a.payload_mismatches + b.payload_mismatches,
-        filled_from_ring=a.filled_from_ring + b.filled_from_ring, in_flight=b.in_flight,
-        lag_p50_ms=worse(a.lag_p50_ms, b.lag_p50_ms), lag_p99_ms=worse(a.lag_p99_ms, b.lag_p99_ms),
-        lag_max_ms=worse(a.lag_max_ms, b.lag_max_ms), inversions=a.inversions + b.inversions,
-        consumer_cpu_s=a.consumer_cpu_s + b.consumer_cpu_s, bpf_run_ns=known_sum(a.bpf_run_ns, b.bpf_run_ns),
-        bpf_run_cnt=known_sum(a.bpf_run_cnt, b.bpf_run_cnt), residual=a.residual + b.residual,
-        settled=a.settled and b.settled, extra={**a.extra, **b.extra, **lag, "reloaded": True, "lost_in_reload": a.in_flight},
-    )
+        host=head.host, channel=head.channel, index=head.index, start=min(w.start for w in parts),
+        end=max(w.end for w in parts), mode=head.mode, **total, **run,
+        lag_p50_ms=worst(w.lag_p50_ms for w in parts), lag_p99_ms=worst(w.lag_p99_ms for w in parts),
+        lag_max_ms=worst(w.lag_max_ms for w in parts), settled=all(w.settled for w in parts),
+        producer_ns=None if not weight else round(sum(ns * n for ns, n in timed) / weight, 1),
+        peak_bytes=worst(w.peak_bytes for w in parts), extra=extra)
 
 
 def _ms(v: float | None) -> str:
