@@ -81,6 +81,10 @@
  *                         wakeup per quiet spell of the reader; a busy reader drains on its own
  *                         clock, before the ring is half full at the rate it sees (bcc 0.26
  *                         has no ringbuf_query map method to test the fill here).
+ *                         In PERF (any knob) the ring carries no records; a reader that set
+ *                         bit 8 is woken by a doorbell instead (__migrator_doorbell): one
+ *                         discarded ring reservation per quiet spell, so an idle perf reader
+ *                         needs no clock either, whatever perf's watermark.
  *   MIGRATOR_TIME_EVERY   time each channel's emit on one seq in N (a power of two, default
  *                         16; 0: never; a hash of the seq picks them): bpf_ktime_get_ns around perf_submit and around
  *                         ringbuf_output (MIGRATOR_OUTPUT) or ringbuf_submit (MIGRATOR_SUBMIT; the
@@ -309,6 +313,22 @@ static __always_inline u64 __migrator_rbflags_@NAME@(u32 w, u64 seq)
 #endif
 }
 
+/* A record went to perf alone (mode PERF): if the reader announced that it sleeps without a clock
+ * (mode word bit 8), ring its doorbell: a ring reservation discarded with BPF_RB_FORCE_WAKEUP wakes
+ * its epoll wait and is skipped by every ring reader. The word is read again after the perf write:
+ * either this load sees the bit or the reader, which sets the bit before it looks at perf's head
+ * once more, sees the record. Costs one map load per perf write while the reader is awake. */
+static __always_inline void __migrator_doorbell_@NAME@(int *k)
+{
+    *k = 0;
+    u32 *m = @NAME@__mode.lookup(k);
+    if (m && (*m & MIGRATOR_WORD_READER_SLEEPS)) {
+        void *d = @NAME@__ring.ringbuf_reserve(8);
+        if (d)
+            @NAME@__ring.ringbuf_discard(d, 2 /* BPF_RB_FORCE_WAKEUP */);
+    }
+}
+
 /* The first counter index of the set of the epoch in a mode word (or in record flags). */
 static __always_inline int __migrator_cb_@NAME@(u32 w)
 {
@@ -406,6 +426,8 @@ static __always_inline int __migrator_output_@NAME@(void *ctx, const void *ptr, 
         rc = __migrator_perf_@NAME@(&k, ctx, sc, total, cb);
         if (timed)
             __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_PERF_NS, bpf_ktime_get_ns() - t0);
+        if (mode == MIGRATOR_MODE_PERF)
+            __migrator_doorbell_@NAME@(&k);
     }
     if (mode != MIGRATOR_MODE_PERF) {
         if (rc)
@@ -478,6 +500,8 @@ static __always_inline void __migrator_submit_@NAME@(void *ctx, u32 st, void *p,
         rc = __migrator_perf_@NAME@(&k, ctx, (struct migrator_record *)h, sizeof(*h) + size, cb);
         if (timed)
             __migrator_time_@NAME@(&k, cb + MIGRATOR_CNT_PERF_NS, bpf_ktime_get_ns() - t0);
+        if (st == MIGRATOR_ST_PERF)
+            __migrator_doorbell_@NAME@(&k);
     }
     if (st == MIGRATOR_ST_DUAL || st == MIGRATOR_ST_RING) {
         if (rc)

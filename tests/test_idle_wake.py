@@ -1,5 +1,6 @@
-"""A quiet feed sleeps: with ring wakeups an idle wait lasts the caller's whole timeout, and a
-record or a write to a wake fd (the database link's eventfd) ends it at once."""
+"""A quiet feed sleeps: with ring wakeups, or in PERF with the ring's doorbell, an idle wait lasts
+the caller's whole timeout, and a record or a write to a wake fd (the database link's eventfd)
+ends it at once."""
 import os
 import threading
 import time
@@ -71,11 +72,10 @@ def test_a_wake_fd_ends_the_idle_wait_and_is_cleared():
             os.close(fd)
 
 
-@pytest.mark.parametrize("mode,ring_wakeup", [("PERF", True), ("DUAL", False)])
-def test_without_ring_wakeups_the_batch_clock_bounds_an_idle_wait(mode, ring_wakeup):
-    # PERF: a record below perf's watermark wakes nobody; no_wakeup rings neither.
+def test_without_ring_wakeups_the_batch_clock_bounds_an_idle_wait():
+    # DUAL with BPF_RB_NO_WAKEUP, perf below its watermark: a record wakes nobody.
     with Probe("synthetic") as probe:
-        feed = _feed(probe, mode=mode, ring_wakeup=ring_wakeup)
+        feed = _feed(probe, mode="DUAL", ring_wakeup=False)
         try:
             assert not feed.pipe.records_wake
             _quiet(feed)
@@ -86,15 +86,71 @@ def test_without_ring_wakeups_the_batch_clock_bounds_an_idle_wait(mode, ring_wak
             feed.close()
 
 
-def test_switching_to_perf_turns_the_long_wait_off_and_back():
+@pytest.mark.parametrize("ring_wakeup,waits", [(True, {"DUAL": True, "PERF": True, "RING": True}),
+                                               (False, {"DUAL": False, "PERF": True, "RING": False})])
+def test_which_modes_wait_without_a_clock(ring_wakeup, waits):
+    """Records wake the reader: the ring's producer with ring wakeups (DUAL, RING), the ring's doorbell
+    in PERF whatever the ring's wakeup knob (the ring then carries no records)."""
     with Probe("synthetic") as probe:
-        feed = _feed(probe)
+        feed = _feed(probe, ring_wakeup=ring_wakeup)
         try:
-            assert feed.pipe.records_wake
-            feed.set_mode("PERF")
-            assert not feed.pipe.records_wake
-            feed.set_mode("RING")
-            assert feed.pipe.records_wake
+            got = {}
+            for mode in ("DUAL", "PERF", "RING"):
+                feed.set_mode(mode)
+                got[mode] = feed.pipe.records_wake
+                assert feed.pipe.announce_sleep is (mode == "PERF")
+            assert got == waits
+        finally:
+            feed.close()
+
+class _CountingEpoll:
+    """The pipeline's epoll, counting its waits."""
+
+    def __init__(self, ep) -> None:
+        self.ep, self.waits = ep, 0
+
+    def poll(self, timeout):
+        self.waits += 1
+        return self.ep.poll(timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.ep, name)
+
+
+def test_an_idle_perf_reader_sleeps_without_a_clock_and_the_doorbell_wakes_it():
+    """In PERF the ring carries no records, and perf below its watermark wakes nobody: a reader that
+    announced its sleep is woken by the ring's doorbell (a discarded reservation with a forced
+    wakeup, bpf/migrator.h), so an idle PERF host waits its whole timeout in one epoll wait instead
+    of one per batch interval, and the doorbell is no event: no ring attempt, one seq per record."""
+    import migrator
+
+    with Probe("synthetic") as probe:  # adaptive ring wakeups, perf woken by its watermark
+        feed = migrator.attach(probe.bpf, "events", registry=demo_registry(), mode="PERF")
+        pipe = feed.pipe
+        try:
+            assert (pipe.perf.wakeup_events, pipe.records_wake, pipe.announce_sleep) == (0, True, True)
+            time.sleep(3 * pipe.batch_interval)  # past the batch clock a switch keeps
+            pipe.drain()
+            pipe._ep = ep = _CountingEpoll(pipe._ep)
+            assert pipe.poll(timeout=0.3) == 0
+            assert ep.waits == 1  # one wait for the whole timeout, not one per 5 ms batch interval
+            before, seq = probe.counters(), probe.next_seq
+            with LoadGen(1, rate=0) as gen:
+                probe.set_target(gen.pid)
+                gen.start()  # one event, emitted while the reader below sleeps (or just before)
+                t0 = time.monotonic()
+                n = pipe.poll(timeout=5.0)
+                waited = time.monotonic() - t0
+                assert gen.wait(timeout=10) == 0
+            n += pipe.drain()
+            after = probe.counters()
+            assert n == 1  # the perf record; the doorbell is skipped like any discarded reservation
+            assert waited < 2.0  # woken by the doorbell, not by the 5 s timeout
+            assert probe.channel._word() & 0x100 == 0  # the bit is cleared once awake
+            assert (probe.next_seq - seq, (after["perf"] - before["perf"]).ok,
+                    (after["ring"] - before["ring"]).attempts) == (1, 1, 0)
+            feed.set_mode("DUAL")  # the ring carries the records now: no doorbell to ask for
+            assert pipe.announce_sleep is False
         finally:
             feed.close()
 

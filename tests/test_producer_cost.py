@@ -174,3 +174,4 @@ def test_batched_wakeups_wake_a_sleeping_reader_and_only_then():
             assert probe.channel._word() & 0x100 == 0  # the bit is cleared once awake
         finally:
             pipe.close()
+

@@ -72,6 +72,7 @@ class Feed:
         self.router = Router(self.registry, acting_channel(self.mode))
         self.pipe = Pipeline(self.channel, host=host, perf_pages=perf_pages, batch_interval=batch_interval,
                              router=self.router)
+        self._batched = self.pipe.announce_sleep  # batched ring wakeups: the reader always announces
         self.ring_confirmed = False
         self.switches: list[dict] = []
         self.safe_mode_entered: list[float] = []
@@ -204,9 +205,13 @@ class Feed:
     def _set_wakes(self) -> None:
         """Tell the pipe how records wake it in this mode: the ring's producer wakes its reader
         (DUAL, RING with ring wakeups); perf wakes by count (PERF, DUAL with wakeup_events), and
-        then, while perf acts, a wakeup drains at once as the operator's bcc reader did."""
+        then, while perf acts, a wakeup drains at once as the operator's bcc reader did; in PERF
+        the ring's doorbell wakes a reader that announced its sleep (bpf/migrator.h), so an idle
+        PERF host needs no batch clock whatever perf's watermark."""
         perf_wakes = self.pipe.perf.wakeup_events > 0 and self.mode != "RING"
-        self.pipe.records_wake = (self.ring_wakeup and self.mode != "PERF") or perf_wakes
+        doorbell = self.mode == "PERF"
+        self.pipe.records_wake = (self.ring_wakeup and self.mode != "PERF") or perf_wakes or doorbell
+        self.pipe.announce_sleep = self._batched or doorbell
         self.pipe.drain_on_wake = perf_wakes and self.handover.acting == "perf"
 
     def _follow(self, desired: Desired) -> None:

@@ -136,9 +136,11 @@ class Pipeline:
         # by the owner while perf acts and its buffers wake by count, so a burst the producer
         # writes is drained as fast as an unmodified bcc tool drains it, never on the batch clock.
         self.drain_on_wake = False
-        # Batched ring wakeups (bpf/migrator.h MIGRATOR_RING_WAKEUP 3): producers wake the reader only
-        # when it says it sleeps, so before a wait without the batch clock it sets the mode word's
-        # sleep bit, and clears it when it wakes: one wakeup per quiet spell, none while it drains.
+        # Producers that wake the reader only when it says it sleeps: batched ring wakeups
+        # (bpf/migrator.h MIGRATOR_RING_WAKEUP 3), and in PERF the ring's doorbell
+        # (__migrator_doorbell). Before a wait without the batch clock the reader sets the mode
+        # word's sleep bit, and clears it when it wakes: one wakeup per quiet spell, none while
+        # it drains. The owner sets it for PERF; batched probes have it from the start.
         self.announce_sleep = getattr(probe, "wakeup", None) == "batched"
         self._timer_until = 0.0  # until then idle waits keep the batch clock (after a mode switch)
         # eventfds (add_wake_fd) whose write ends an idle wait at once: the owner's duties changed.
@@ -345,7 +347,7 @@ class Pipeline:
                     self.probe.reader_sleeps(True)
                 try:
                     # a record written before the bit was seen wakes nobody: look once more
-                    if not (sleeps and self.ring.pending_bytes()):
+                    if not (sleeps and (self.ring.pending_bytes() or self.perf.pending_bytes())):
                         events = self._ep.poll(wait)
                         if events and self._wake_fds:
                             self._clear_wakes(events)
