@@ -222,17 +222,18 @@ def test_report_shows_every_window_and_escapes_database_text(db, reports):
     assert set(re.findall(r'(\S+)="(https?://[^"]*)"', text)) == {("xmlns", "http://www.w3.org/2000/svg"),
                                                                   ("xmlns:xlink", "http://www.w3.org/1999/xlink")}
     assert text.count("http") == 2 * text.count("<svg")
-    assert text.count("<svg") == 2 + 3  # timeline, streak, one per host
+    assert text.count("<svg") == 3 + 3  # timeline, mode lanes, streak, one per host
 
 
 def test_complete_report_and_json_summary(db, reports):
     r, out = reports["ok"], reports["ok_path"]  # no -m: the newest, migration 2
     assert r.exit_code == 0, r.output
     summ = json.loads(r.stdout)
+    lanes, notes = summ.pop("lanes"), summ.pop("notes")
     deciding = {str(t["id"]): t["window_ids"] for t in db["history"][2] if t["window_ids"]}
     assert summ == {"path": str(out), "bytes": out.stat().st_size, "migration_id": 2, "phase": "COMPLETE",
                     "label": "COMPLETE", "hosts": ["h1", "h2", "h3"], "transitions": 5,
-                    "windows": len(db["windows"][2]), "charts": 5, "rollback_after": 3, "max_streak": 0,
+                    "windows": len(db["windows"][2]), "charts": 6, "rollback_after": 3, "max_streak": 0,
                     "rollback": None, "deciding": deciding,
                     "streak": {"by": "controller", "transition_id": None, "streak": 0, "rollback_after": 3,
                                "window_ids": [], "windows": [], "reason": None}}
@@ -251,6 +252,103 @@ def test_complete_report_and_json_summary(db, reports):
                                             ["CANARY slice 2/2", "COMPLETE", "auto"]]
     assert all("class" not in a for a, _ in rows) and 'class="rollback"' not in text
     assert '<span class="badge COMPLETE">COMPLETE</span>' in text
+    # the lanes in --json: h1 on RING from slice 1, h2 and h3 on PERF in slice 1 and RING from slice 2
+    assert {h: [(sg["mode"], sg["first"], sg["last"], sg["windows"]) for sg in ln["segments"]]
+            for h, ln in lanes.items()} == {
+        "h1": [("DUAL", "#1", "#4", 4), ("RING", "#5", "#8", 4)],
+        "h2": [("DUAL", "#1", "#4", 4), ("PERF", "#5", "#6", 2), ("RING", "#7", "#8", 2)],
+        "h3": [("DUAL", "#1", "#4", 4), ("PERF", "#5", "#6", 2), ("RING", "#7", "#8", 2)]}
+    assert all(ln["gaps"] == [] for ln in lanes.values())
+    # h2's ring line stops for the PERF slice and resumes on RING; its perf line stops there
+    assert notes["h2"]["all"] == [
+        "ring line stops at +14.0 s after #4: host on PERF from #5 (transition 7: SHADOW -> CANARY slice 1/2)",
+        "ring line resumes at +16.0 s with #7: host on RING (on PERF before)",
+        "perf line stops at +16.0 s after #6: host on RING from #7 (transition 8: CANARY slice 1/2 -> "
+        "CANARY slice 2/2)"]
+    assert "ring line resumes at +16.0 s with #7: host on RING (on PERF before)" in text  # under h2's chart
+
+
+def test_rolled_back_report_has_a_mode_lane_per_host_and_says_why_lines_stop(db, reports):
+    text = reports["rb_path"].read_text()
+    assert '<figure class="chart" id="chart-lanes"><svg' in text
+    lanes = tables(text)["lanes"]
+    assert [a["data-host"] for a, _ in lanes[1:]] == ["h1", "h2", "h3"]
+    modes = {a["data-host"]: re.findall(r'data-mode="(\w+)"', row) for a, _ in lanes[1:]
+             for row in re.findall(rf'<tr data-host="{a["data-host"]}">.*?</tr>', text)}
+    # h1, the canary: DUAL, RING in slice 1, then the PERF the rollback asked (no window after it)
+    assert modes == {"h1": ["DUAL", "RING", "PERF"], "h2": ["DUAL", "PERF"], "h3": ["DUAL", "PERF"]}
+    h1 = dict((a["data-host"], c) for a, c in lanes[1:])["h1"][1]
+    assert h1 == ("DUAL #1..#4 (+10.0 to +14.0 s, 4 windows) → RING #5..#7 (+14.0 to +17.0 s, 3 windows) → "
+                  "PERF asked by transition 4 (no agent) at +17.0 s (no window since)")
+    # the empty stretches of lines are explained under each host's chart, windows named #n
+    assert ('<ul class="notes" id="notes-h1"><li>perf line stops at +14.0 s after #4: host on RING from #5 '
+            "(transition 3: SHADOW -&gt; CANARY slice 1/2)</li></ul>") in text
+    assert ("<li>ring line stops at +14.0 s after #4: host on PERF from #5 (transition 3: SHADOW -&gt; CANARY "
+            "slice 1/2)</li>") in text
+
+
+def _synthetic(windows: list[dict], hosts=("h1",)):
+    from migrator.tools.report.data import ReportData
+
+    th = {"max_loss_rate": 0.001, "max_lag_p99_ms": 250.0, "max_parse_errors": 5, "max_payload_mismatch": 5,
+          "min_events": 1}
+    mig = {"id": 1, "name": "x", "phase": "DUAL_INSTRUMENT", "slice": 0, "label": "DUAL_INSTRUMENT", "slices": 1,
+           "rollback_after": 3, "window_seconds": 1.0, "thresholds": th}
+    return ReportData(mig, [{"name": h, "applied_mode": None, "applied_at": None} for h in hosts], [], windows, [],
+                      first_index=min(w["index"] for w in windows))
+
+
+def _w(i: int, ch: str, *, delivered: int, cpu_us: float | None, mode: str = "DUAL", lag: float | None = 2.0) -> dict:
+    return {"id": 100 + i * 2 + (ch == "perf"), "host": "h1", "channel": ch, "index": 1000 + i, "start": T0 + i,
+            "end": T0 + i + 1, "mode": mode, "phase": "DUAL_INSTRUMENT", "slice": 0, "attempts": delivered,
+            "delivered": delivered, "lost": 0, "dropped": 0, "filled_from_ring": 0, "loss_rate": 0.0,
+            "lag_p99_ms": lag, "consumer_cpu_s": None, "cpu_per_event_us": cpu_us, "parse_errors": 0,
+            "payload_mismatches": 0, "residual": 0, "verdict": None, "rule": None}
+
+
+def test_cpu_per_event_of_an_idle_channel_does_not_spike_the_chart():
+    """A channel gone idle (3 events, the poll loop's CPU unchanged: 3,000 µs/event) has no point,
+    and one towering point among ordinary ones is drawn on the top edge with a note."""
+    from migrator.tools.report.charts import host_chart
+    from migrator.tools.report.lanes import CPU_MIN_EVENTS, clip_top, cpu_points, host_notes
+
+    ws = [_w(i, "ring", delivered=1000, cpu_us=2.0) for i in range(8)]
+    ws += [_w(i, "ring", delivered=3, cpu_us=3000.0, lag=None) for i in (8, 9)]  # idle
+    ws[3]["cpu_per_event_us"] = 80.0  # one real spike among 2 µs points
+    ws += [_w(i, "perf", delivered=1000, cpu_us=5.0) for i in range(10)]
+    xs, ys, skipped = cpu_points([w for w in ws if w["channel"] == "ring"], T0, 1)
+    assert skipped == 2 and all(y != y for y in ys[8:]) and max(y for y in ys if y == y) == 80.0
+    assert CPU_MIN_EVENTS == 100
+    top, above, highest = clip_top([y for y in ys if y == y] + [5.0] * 10)
+    assert (above, highest) == (1, 80.0) and top < 80.0
+    data = _synthetic(ws)
+    notes = host_notes(data, "h1", ws, 12.0)
+    assert notes["cpu"] == [
+        "ring: 2 windows with fewer than 100 events left out (an idle channel's polling CPU over a handful of "
+        "events is no per-event cost)",
+        f"1 points above {top:.3g} µs/event (5 x the median) drawn on the top edge, up to 80 µs/event"]
+    assert notes["lag"] == ["ring: no lag p99 in 2 of 10 windows (no event delivered)"]
+    svg = host_chart(data, "h1", ws)
+    assert svg.startswith("<svg")
+
+
+def test_a_silent_agent_is_a_gap_in_its_lane():
+    from migrator.tools.report.lanes import lane
+
+    ws = [_w(i, "ring", delivered=1000, cpu_us=2.0) for i in (0, 1, 2, 6, 7)]
+    ws[-1]["mode"] = ws[-2]["mode"] = "RING"
+    segs, gaps = lane(ws, T0, 1.0)
+    assert [(s.mode, s.first, s.last, s.windows) for s in segs] == [("DUAL", 1000, 1002, 3), ("RING", 1006, 1007, 2)]
+    assert gaps == [(3.0, 6.0)]
+    notes = host_notes_of(ws)
+    assert "no windows from +3.0 s to +6.0 s: the agent was silent (stopped, restarted or cut off from the database)" \
+        in notes["all"]
+
+
+def host_notes_of(ws):
+    from migrator.tools.report.lanes import host_notes
+
+    return host_notes(_synthetic(ws), "h1", ws, 9.0)
 
 
 def test_missing_and_empty_migrations_and_bad_output_are_errors(db, tmp_path):
@@ -325,19 +423,26 @@ def test_importing_the_cli_loads_neither_matplotlib_nor_the_report():
 
 def test_report_renders_in_headless_chromium(reports, tmp_path):
     """The real browser draws the inline SVG charts: the screenshot carries the ring, perf and rollback colours."""
-    from migrator.tools.report import BREACH, PERF, RING
+    from migrator.tools.report import BREACH, DUAL, PERF, RING
 
     out = reports["rb_path"]
     img, dom = render(out, tmp_path)
     shot = tmp_path / (out.stem + ".png")
     assert img.size == (1280, 2600)
-    counts = {name: colour_count(img, c) for name, c in (("ring", RING), ("perf", PERF), ("rollback", BREACH))}
+    counts = {name: colour_count(img, c) for name, c in (("ring", RING), ("perf", PERF), ("rollback", BREACH),
+                                                          ("dual", DUAL))}
     # The legend's swatches alone are 144 pixels of each: the rest is the charts' lines, markers and shading.
     assert counts["ring"] > 1000 and counts["perf"] > 1000 and counts["rollback"] > 1000, counts
+    # DUAL is drawn in the mode lanes only: three hosts' bars (DUAL #1..#4 each)
+    assert counts["dual"] > 3000, counts
     assert len(img.convert("RGB").getcolors(1 << 20)) > 200  # charts, not a blank or an error page
-    # The browser parsed each chart as SVG: 5 <svg> roots and every path of the file in its DOM.
+    # The browser parsed each chart as SVG: 6 <svg> roots and every path of the file in its DOM.
     text = out.read_text()
-    assert dom.count("<svg") == 5 and dom.count("<path") == text.count("<path") > 300
+    assert dom.count("<svg") == 6 and dom.count("<path") == text.count("<path") > 300
+    # the mode lanes: a chart and a row per host, as the browser parsed them
+    assert '<figure class="chart" id="chart-lanes"><svg' in dom
+    assert [m for m in re.findall(r'<tr data-host="(h\d)">', dom)] == ["h1", "h2", "h3"]
+    assert dom.count('data-mode="DUAL"') == 3 and dom.count('data-mode="RING"') == 1
     if os.environ.get("MIGRATOR_REPORT_PNG"):  # to look at it: MIGRATOR_REPORT_PNG=/tmp/r.png
         shutil.copy(shot, os.environ["MIGRATOR_REPORT_PNG"])
 

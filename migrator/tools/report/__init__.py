@@ -1,8 +1,10 @@
 """`migrator report`: one self-contained HTML file for one migration, charts as inline SVG.
 
 What it shows: the phase timeline with every transition (actor, reason, the windows that decided
-it, the rollback highlighted), the breach streak against N, and per host and window the loss and
-lag p99 of ring and perf, consumer CPU per event, parse errors and payload mismatches.
+it, the rollback highlighted), a lane per host with the modes it ran (PERF, DUAL, RING) over the
+migration, the breach streak against N, and per host and window the loss and lag p99 of ring and
+perf, consumer CPU per event (idle windows left out, towering points clipped: lanes.py), parse
+errors and payload mismatches, with a note wherever a panel is empty or a line stops.
 
 The file needs no network to open: CSS is inline, charts are matplotlib SVG (text drawn as
 paths, so no font is fetched) pasted into the page, no script at all. matplotlib is imported
@@ -18,8 +20,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from migrator.errors import MigratorError
-from migrator.tools.report.charts import BREACH, MAX_HOST_CHARTS, PERF, RING
+from migrator.tools.report.charts import BREACH, DUAL, MAX_HOST_CHARTS, PERF, RING, _chart_end
 from migrator.tools.report.data import ReportData, collect
+from migrator.tools.report.lanes import host_notes, lanes
 from migrator.tools.report.page import esc, render_html
 
 
@@ -29,13 +32,24 @@ def summary(data: ReportData, path: str | None = None, size: int | None = None) 
     return {"path": path, "bytes": size, "migration_id": data.migration["id"], "phase": data.migration["phase"],
             "label": data.migration["label"], "hosts": [h["name"] for h in data.hosts],
             "transitions": len(data.transitions), "windows": len(data.windows),
-            "charts": 2 + min(MAX_HOST_CHARTS, len({w["host"] for w in data.windows})),
+            "charts": 3 + min(MAX_HOST_CHARTS, len({w["host"] for w in data.windows})),
             "rollback_after": data.migration["rollback_after"],
             "max_streak": max([v["streak"] for v in data.streak] + [(data.story or {}).get("streak", 0)]),
             "streak": data.story,  # the streak every view shows (control/story.py)
             "rollback": ({"transition_id": rb["id"], "actor": rb["actor"], "reason": rb["reason"],
                           "window_ids": rb["window_ids"]} if rb else None),
-            "deciding": {str(t["id"]): t["window_ids"] for t in data.transitions if t["window_ids"]}}
+            "deciding": {str(t["id"]): t["window_ids"] for t in data.transitions if t["window_ids"]},
+            # each host's modes over the migration (segments of windows #a..#b, then what it applied)
+            "lanes": lanes(data, _chart_end(data)),
+            # why a host's panel is empty or a line stops, CPU points left out or clipped
+            "notes": {h: host_notes(data, h, ws, _chart_end(data)) for h, ws in _by_host(data).items()}}
+
+
+def _by_host(data: ReportData) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {h["name"]: [] for h in data.hosts}
+    for w in data.windows:
+        out.setdefault(w["host"], []).append(w)
+    return {h: ws for h, ws in out.items() if ws}
 
 
 def build_report(session: Session, migration_id: int | None = None) -> str:
@@ -81,4 +95,4 @@ def write_report(text: str, path: Path) -> int:
     return len(data)
 
 
-__all__ = ["ReportData", "collect", "render_html", "build_report", "write_report", "summary", "esc", "RING", "PERF", "BREACH"]
+__all__ = ["ReportData", "collect", "render_html", "build_report", "write_report", "summary", "esc", "RING", "PERF", "DUAL", "BREACH"]

@@ -8,9 +8,13 @@ import math
 import re
 
 from migrator.tools.report.data import ReportData
+from migrator.tools.report.lanes import clip_top, cpu_points, host_notes, lane
 
-# Chart colours; the browser test looks for RING and PERF pixels in the screenshot.
-RING, PERF = "#1f5fd6", "#f07818"
+# Chart colours; the browser test looks for RING, PERF and DUAL pixels in the screenshot.
+RING, PERF, DUAL = "#1f5fd6", "#f07818", "#1a9e8f"
+MODE_COLOUR = {"PERF": PERF, "DUAL": DUAL, "RING": RING}
+# Above this many hosts the mode lanes show the first ones (the table under them names every host).
+MAX_LANES = 40
 BREACH, PASS, NO_DATA, MISMATCH = "#d62020", "#189a48", "#9aa0a8", "#7a2fb0"
 PHASE_FILL = {"PLANNED": "#f2f2f2", "DUAL_INSTRUMENT": "#e6eefc", "SHADOW": "#e4f5ea", "CANARY": "#fdf5d8",
               "PAUSED": "#ececec", "COMPLETE": "#c9efd6", "ROLLED_BACK": "#f8d0d0", "ABORTED": "#dddddd"}
@@ -99,6 +103,19 @@ def _series(ws: list[dict], key: str, t0: float, scale: float = 1.0) -> tuple[li
     return xs, ys
 
 
+def _broken(xs: list[float], ys: list[float], window_seconds: float) -> tuple[list[float], list[float]]:
+    """The series with a NaN between two points more than 1.5 windows apart: a line stops where the
+    channel has no window (the host ran a mode that does not read it, or its agent was silent)."""
+    ox, oy = [], []
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if k and x - xs[k - 1] > 1.5 * window_seconds:
+            ox.append((x + xs[k - 1]) / 2)
+            oy.append(math.nan)
+        ox.append(x)
+        oy.append(y)
+    return ox, oy
+
+
 def host_chart(data: ReportData, host: str, windows: list[dict]) -> str:
     """Four panels for one host: loss %, lag p99, CPU per event, parse errors and payload mismatches."""
     t0, end = data.t0, _chart_end(data)
@@ -113,10 +130,20 @@ def host_chart(data: ReportData, host: str, windows: list[dict]) -> str:
     panels = [("loss_rate", 100.0, "loss %", th["max_loss_rate"] * 100),
               ("lag_p99_ms", 1.0, "lag p99 ms", th["max_lag_p99_ms"]),
               ("cpu_per_event_us", 1.0, "CPU µs/event", None)]
+    notes = host_notes(data, host, windows, end)
+    floor = max(1, th.get("min_events") or 1)
+
+    def series(ws: list[dict], key: str, scale: float) -> tuple[list[float], list[float]]:
+        # CPU per event: no point for a window with too few events to say what one costs (lanes.py)
+        return cpu_points(ws, t0, floor)[:2] if key == "cpu_per_event_us" else _series(ws, key, t0, scale)
+
     for ax, (key, scale, ylabel, limit) in zip(axes, panels):
         _shade(ax, spans, data.transitions, t0)
+        shown: list[float] = []
         for ch, colour in (("ring", RING), ("perf", PERF)):
-            xs, ys = _series(chans[ch], key, t0, scale)
+            xs, ys = series(chans[ch], key, scale)
+            shown += ys
+            xs, ys = _broken(xs, ys, data.migration["window_seconds"])
             if xs:
                 # A dot per window while they can be told apart; past that, dots only weigh down the SVG.
                 ax.plot(xs, ys, color=colour, lw=1.6, marker="o" if len(xs) <= 150 else None, ms=2.5, label=ch, zorder=3)
@@ -125,20 +152,37 @@ def host_chart(data: ReportData, host: str, windows: list[dict]) -> str:
         # The windows that decided a move: green rings for advances, red for the rollback.
         for ids, colour in ((adv_ids, PASS), (rb_ids, BREACH)):
             hit = [w for w in chans["ring"] if w["id"] in ids]
-            pts = [(x, y) for x, y in zip(*_series(hit, key, t0, scale)) if not math.isnan(y)]
+            pts = [(x, y) for x, y in zip(*series(hit, key, scale)) if not math.isnan(y)]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=70, facecolors="none",
                            edgecolors=colour, linewidths=2.0, zorder=4)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_ylim(bottom=0)
+        if key == "cpu_per_event_us":
+            top, _, _ = clip_top(shown)
+            if top is not None:  # a few towering points: on the top edge, as triangles, not off scale
+                ax.set_ylim(0, top * 1.05)
+                for ch, colour in (("ring", RING), ("perf", PERF)):
+                    over = [(x, y) for x, y in zip(*series(chans[ch], key, scale)) if not math.isnan(y) and y > top]
+                    if over:
+                        ax.scatter([p[0] for p in over], [top * 1.05] * len(over), marker="^", s=40, color=colour,
+                                   clip_on=False, zorder=5)
+        # Why a panel is empty or a line stops, in the panel itself (the page lists every note).
+        said = [n.split(" (")[0] for n in notes["all"] if n.startswith("no ") and " windows: host on " in n]
+        if key == "cpu_per_event_us":
+            said += [n.split(" (")[0] for n in notes["cpu"] if n.startswith("no CPU")]
+            said += ["triangles: " + n.split(" drawn")[0] for n in notes["cpu"] if " drawn on the top edge" in n]
+        if said:
+            ax.text(0.005, 0.96, "; ".join(said), transform=ax.transAxes, fontsize=7, color="#505050",
+                    va="top", ha="left", zorder=6, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     ax = axes[3]
     _shade(ax, spans, data.transitions, t0)
     for ch, colour in (("ring", RING), ("perf", PERF)):
-        xs, ys = _series(chans[ch], "parse_errors", t0)
+        xs, ys = _broken(*_series(chans[ch], "parse_errors", t0), data.migration["window_seconds"])
         if xs:
             ax.step(xs, ys, where="mid", color=colour, lw=1.4, label=f"{ch} parse errors", zorder=3)
-    xs, ys = _series(chans["ring"], "payload_mismatches", t0)
+    xs, ys = _broken(*_series(chans["ring"], "payload_mismatches", t0), data.migration["window_seconds"])
     if xs:
         ax.step(xs, ys, where="mid", color=MISMATCH, lw=1.4, ls="--", label="payload mismatches", zorder=3)
     ax.set_ylabel("errors", fontsize=8)
@@ -150,6 +194,43 @@ def host_chart(data: ReportData, host: str, windows: list[dict]) -> str:
     h3, l3 = ax.get_legend_handles_labels()
     fig.legend(handles + h3[2:], labels + l3[2:], loc="outside upper right", ncols=4, fontsize=8, frameon=False)
     fig.suptitle(f"host {host}", fontsize=10, x=0.06, ha="left")
+    return _svg(fig)
+
+
+def lanes_chart(data: ReportData, hosts: list[str]) -> str:
+    """One lane per host: when it ran PERF, DUAL or RING (its windows' modes), the mode its agent
+    applied after its last window hatched, the transitions as lines, gaps left blank."""
+    from matplotlib.patches import Patch
+
+    t0, end = data.t0, _chart_end(data)
+    spans = _phase_spans(data, end)
+    by_host: dict[str, list[dict]] = {}
+    for w in data.windows:
+        if w["mode"] != "rollup":
+            by_host.setdefault(w["host"], []).append(w)
+    rows = {h["name"]: h for h in data.hosts}
+    fig = _figure(11, 0.9 + 0.34 * len(hosts))
+    ax = fig.add_subplot()
+    _shade(ax, spans, data.transitions, t0)
+    for k, h in enumerate(hosts):
+        y = len(hosts) - 1 - k
+        segs, _ = lane(by_host.get(h, []), t0, data.migration["window_seconds"], rows.get(h), end, data.transitions)
+        for sg in segs:
+            colour = MODE_COLOUR.get(sg.mode, NO_DATA)
+            ax.barh(y, max(sg.end - sg.start, end * 0.002), left=sg.start, height=0.62, zorder=3,
+                    color="white" if sg.from_report else colour, edgecolor=colour, lw=1.0,
+                    hatch="///" if sg.from_report else None)
+            if sg.end - sg.start > end * 0.06 and not sg.from_report:
+                ax.text((sg.start + sg.end) / 2, y, sg.mode, ha="center", va="center", fontsize=7, color="white",
+                        zorder=4)
+    ax.set_yticks(range(len(hosts)), list(reversed(hosts)), fontsize=8)
+    ax.set_ylim(-0.6, len(hosts) - 0.4)
+    ax.set_xlim(min(0.0, *(w["start"] - t0 for w in data.windows)), end)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("seconds since start (hatched: after the host's last window, the mode its agent applied or a "
+                  "final transition asked; blank: no window)", fontsize=8)
+    handles = [Patch(color=MODE_COLOUR[m], label=m) for m in ("PERF", "DUAL", "RING")]
+    fig.legend(handles=handles, loc="outside upper right", ncols=3, fontsize=8, frameon=False)
     return _svg(fig)
 
 

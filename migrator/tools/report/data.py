@@ -30,6 +30,7 @@ class ReportData:
     rollups: list[dict] = field(default_factory=list)  # what `migrator prune` kept of deleted windows
     advice: dict | None = None  # `migrator advise` (control/advise.py) on the same windows
     story: dict | None = None  # the streak every view shows, windows named (control/story.py)
+    first_index: int | None = None  # the migration's first window index: windows are named #n from it
 
     @property
     def t0(self) -> float:
@@ -111,11 +112,12 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
                           "min_events": th.min_events}}
     from migrator.control.advise import advise
 
-    from migrator.control.story import streak_story, transition_windows
+    from migrator.control.story import first_index, streak_story, transition_windows
 
     transition_windows(session, m.id, transitions)
     return ReportData(mig, api.hosts(session, m.id), transitions, windows, streak, deciding, time.time(), rolled,
-                      advise(session, m.id).to_dict(), streak_story(session, m, cfg.rollback_after))
+                      advise(session, m.id).to_dict(), streak_story(session, m, cfg.rollback_after),
+                      first_index(session, m.id))
 
 
 def _rollup_window(r: dict) -> dict:

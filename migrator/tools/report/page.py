@@ -10,8 +10,10 @@ from typing import Any
 
 from migrator import __version__
 from migrator.control.phases import label
-from migrator.tools.report.charts import BREACH, MAX_HOST_CHARTS, PASS, PERF, RING, host_chart, streak_chart, timeline_chart
+from migrator.tools.report.charts import (BREACH, DUAL, MAX_HOST_CHARTS, MAX_LANES, PASS, PERF, RING, _chart_end,
+                                          host_chart, lanes_chart, streak_chart, timeline_chart)
 from migrator.tools.report.data import ReportData
+from migrator.tools.report.lanes import CPU_MIN_EVENTS, host_notes, lanes
 
 # The per-window table stops here; the charts still draw every window.
 MAX_TABLE_ROWS = 20000
@@ -31,6 +33,9 @@ dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:
 figure{margin:6px 0}figure svg{width:100%;height:auto;display:block}
 .legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:12px;height:12px;vertical-align:middle;margin-right:4px}
 details summary{cursor:pointer;color:#1f5fd6}code{font-size:12px}
+ul.notes{margin:2px 0 10px;padding-left:20px;color:#444;font-size:12.5px}
+.mode{display:inline-block;padding:0 5px;border-radius:3px;color:#fff;font-size:11.5px;font-weight:600}
+.mode.from-report{background:#fff!important;border:1px dashed currentColor}
 """
 
 
@@ -146,6 +151,49 @@ def _windows_table(data: ReportData) -> tuple[str, int]:
     return table, len(keys)
 
 
+def _lanes_section(data: ReportData, hosts: list[str]) -> str:
+    """Each host's mode over the migration: the lanes chart and the same lanes as text, with the
+    stretches of windows (named #n) in each mode and the gaps."""
+    end = _chart_end(data)
+    all_lanes = lanes(data, end)
+    colour = {"PERF": PERF, "DUAL": DUAL, "RING": RING}
+    rows = []
+    for h in hosts:
+        ln = all_lanes.get(h, {"segments": [], "gaps": []})
+        parts = []
+        for sg in ln["segments"]:
+            c = colour.get(sg["mode"], "#9aa0a8")
+            if sg["from_report"]:
+                parts.append(f'<span class="mode from-report" style="color:{c}" data-mode="{esc(sg["mode"])}">'
+                             f'{esc(sg["mode"])}</span> {esc(sg["source"])} at {sg["start"]:+.1f} s (no window since)')
+            else:
+                span = sg["first"] if sg["first"] == sg["last"] else f'{sg["first"]}..{sg["last"]}'
+                parts.append(f'<span class="mode" style="background:{c}" data-mode="{esc(sg["mode"])}">'
+                             f'{esc(sg["mode"])}</span> {esc(span)} ({sg["start"]:+.1f} to {sg["end"]:+.1f} s, '
+                             f'{sg["windows"]} windows)')
+        for a, b in ln["gaps"]:
+            parts.append(f"no windows {a:+.1f} to {b:+.1f} s")
+        rows.append(f'<tr data-host="{esc(h)}"><td>{esc(h)}</td><td>{" &rarr; ".join(parts) or "no window, no mode reported"}'
+                    "</td></tr>")
+    shown = hosts[:MAX_LANES]
+    more = (f"<p>{len(hosts) - len(shown)} more hosts are in the table only.</p>" if len(hosts) > len(shown) else "")
+    return ('<h2 id="modes">Host modes</h2><p>When each host ran PERF, DUAL or RING: the mode its mode map had at '
+            "each window's close; after its last window, hatched, the mode its agent applied or a final transition asked.</p>"
+            f'<figure class="chart" id="chart-lanes">{lanes_chart(data, shown)}</figure>{more}'
+            '<details><summary>the lanes as text</summary><table id="lanes"><thead><tr><th>host</th>'
+            "<th>modes, in order</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>")
+
+
+def _notes(data: ReportData, host: str, windows: list[dict]) -> str:
+    """Under a host's chart: why a panel is empty or a line stops, points left out or clipped."""
+    n = host_notes(data, host, windows, _chart_end(data))
+    items = n["all"] + [f"loss: {x}" for x in n["loss"]] + [f"lag p99: {x}" for x in n["lag"]] + \
+        [f"CPU per event: {x}" for x in n["cpu"]]
+    if not items:
+        return ""
+    return f'<ul class="notes" id="notes-{esc(host)}">' + "".join(f"<li>{esc(x)}</li>" for x in items) + "</ul>"
+
+
 def _bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -231,6 +279,7 @@ def render_html(data: ReportData) -> str:
            '<h2 id="timeline">Phase timeline</h2>',
            f'<figure class="chart" id="chart-timeline">{timeline_chart(data)}</figure>',
            _transitions_table(data),
+           _lanes_section(data, hosts),
            '<h2 id="streak">Breach streak against N</h2>',
            f"<p>After each judged window index: the group verdict (green pass, red breach, grey no-data) and the "
            f"streak of consecutive breaches; N = {esc(m['rollback_after'])} rolls back.</p>",
@@ -243,9 +292,13 @@ def render_html(data: ReportData) -> str:
            f'<span><i class="sw" style="background:{PERF}"></i>perf</span>'
            f'<span><i class="sw" style="border:2px solid {PASS}"></i>window that decided an advance</span>'
            f'<span><i class="sw" style="border:2px solid {BREACH}"></i>window that decided the rollback</span>'
-           "<span>dotted line: the threshold</span></p>"]
+           "<span>dotted line: the threshold</span><span>&#9650; on the top edge: a point above the scale</span></p>"
+           f"<p>CPU per event leaves out windows with fewer than {max(CPU_MIN_EVENTS, th.get('min_events') or 1)} "
+           "delivered events (an idle channel's polling CPU is no per-event cost); the notes under a chart say "
+           "why a panel is empty or a line stops.</p>"]
     for h in charted:
-        out.append(f'<h3>{esc(h)}</h3><figure class="chart" id="chart-host-{esc(h)}">{host_chart(data, h, by_host[h])}</figure>')
+        out.append(f'<h3>{esc(h)}</h3><figure class="chart" id="chart-host-{esc(h)}">{host_chart(data, h, by_host[h])}'
+                   f"</figure>{_notes(data, h, by_host[h])}")
     if len(hosts) > len(charted):
         out.append(f"<p>{len(hosts) - len(charted)} more hosts are in the table below only.</p>")
     table, n_rows = _windows_table(data)
