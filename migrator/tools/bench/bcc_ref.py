@@ -14,14 +14,15 @@ from array import array
 
 import numpy as np
 
+from migrator.dataplane.frames import HDR_DTYPE, HDR_SIZE
 from migrator.dataplane.windows import ChannelMeter
 
-# migrator's header as u64 words: [0] version/flags/type/type_version, [1] len/cpu, [2] seq,
-# [3] ktime_ns (dataplane/frames.py), then [4] the payload's first 8 bytes (every payload of
-# both bench streams has at least 24). Indexing an array made in place at the pointer is the
-# cheapest ctypes read measured here (~0.2 us, against ~0.45 us for ct.cast to a pointer and
-# ~0.3 us for string_at + struct.unpack).
-_HDR_AT = (ct.c_uint64 * 5).from_address
+# migrator's header (frames.HDR_DTYPE) read as u64 words: seq and ktime_ns are one word each, then
+# the payload's first 8 bytes (every payload of both bench streams has at least 24). Indexing an
+# array made in place at the pointer is the cheapest ctypes read measured here (~0.2 us, against
+# ~0.45 us for ct.cast to a pointer and ~0.3 us for string_at + struct.unpack).
+_SEQ_WORD, _KTIME_WORD, _PAYLOAD_WORD = HDR_DTYPE.fields["seq"][1] // 8, HDR_DTYPE.fields["ktime_ns"][1] // 8, HDR_SIZE // 8
+_HDR_AT = (ct.c_uint64 * (_PAYLOAD_WORD + 1)).from_address
 
 
 class _Tally:
@@ -49,12 +50,13 @@ def _make_callback(t: _Tally):
     """A record callback for either channel: bcc passes (ctx-or-cpu, data, size)."""
     hdr_at, mono = _HDR_AT, time.monotonic_ns
     seqs_append, lags_append, first_append = t.seqs.append, t.lags.append, t.first.append
+    seq_w, ktime_w, payload_w = _SEQ_WORD, _KTIME_WORD, _PAYLOAD_WORD
 
     def cb(_ctx, data, _size):
         h = hdr_at(data)
-        seqs_append(h[2])
-        lags_append(mono() - h[3])
-        first_append(h[4])
+        seqs_append(h[seq_w])
+        lags_append(mono() - h[ktime_w])
+        first_append(h[payload_w])
         return 0
 
     return cb
