@@ -18,7 +18,7 @@ from migrator.cli import app
 from migrator.control import moves
 from migrator.errors import (BenchError, DatabaseUnavailable, MigratorError, OptionError, StoreError)
 from migrator.store import database_errors, open_store, safe_url
-from migrator.tools.shadow import parse_duration
+from migrator.cli._options import check_duration
 
 runner = CliRunner()
 
@@ -239,7 +239,7 @@ def test_shadow_unknown_probe_is_a_usage_error():
 @pytest.mark.parametrize("args, option, says", [
     (["--seconds", "-1"], "'--seconds'", "-1.0 is not a positive number of seconds"),
     (["--seconds", "0"], "'--seconds'", "0.0 is not a positive number of seconds"),
-    (["--window", "abc"], "'--window'", "'abc' is not a positive duration (fix: write e.g. 1s, 500ms or 2.5"),
+    (["--window", "abc"], "'--window'", "'abc' is not a duration (fix: write e.g. 1s, 500ms or 2.5"),
     (["--window", "0ms"], "'--window'", "'0ms' is not a positive duration"),
     (["--rate", "-5"], "'--rate'", "-5.0 is not >= 0"),
     (["--ring-bytes", "1000"], "'--ring-bytes'", "1000 is not a power of two"),
@@ -274,9 +274,10 @@ def test_bench_controller_db_must_be_a_file(tmp_path):
 
 def test_option_errors_from_the_library_exit_2(session_factory):
     with pytest.raises(OptionError) as exc:
-        parse_duration("fast")
+        check_duration("fast", "--window")
     assert exc.value.exit_code == 2 and (exc.value.option, exc.value.value) == ("--window", "fast")
-    assert str(exc.value) == "--window: 'fast' is not a positive duration (fix: write e.g. 1s, 500ms or 2.5 (seconds))"
+    assert str(exc.value) == ("--window: 'fast' is not a duration (fix: write e.g. 1s, 500ms or 2.5; units ms, s, m, h, "
+                              "d, w, combined as in 1h30m; a bare number is seconds)")
     with pytest.raises(OptionError, match="'frobnicate' is not a manual move"):
         moves.manual_move(session_factory, 1, "frobnicate")
 

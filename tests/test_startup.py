@@ -61,14 +61,13 @@ def test_read_only_commands_load_no_kernel_lab_or_plotting_module(tmp_path):
 
 
 def test_choices_spelled_in_the_cli_match_their_source():
-    """The CLI spells a few data-plane constants so that it starts without numpy; they must not drift."""
-    from migrator.cli import shadow as cli_shadow, wrap as cli_wrap
+    """The CLI and canary.toml spell a few data-plane constants so that they load without numpy; they must not drift."""
+    from migrator.cli import wrap as cli_wrap
+    from migrator.config import RING_SUBMIT
     from migrator.dataplane.loader import SUBMITS
-    from migrator.tools.shadow import SHADOW_PROBES
     from migrator.agent.wrap import DEFAULT_RING_BYTES
 
-    assert cli_shadow.SHADOW_PROBES == SHADOW_PROBES
-    assert cli_shadow.SUBMITS == tuple(SUBMITS)
+    assert RING_SUBMIT == tuple(SUBMITS)
     assert cli_wrap.DEFAULT_RING_BYTES == DEFAULT_RING_BYTES
 
 

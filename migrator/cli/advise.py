@@ -9,7 +9,7 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._out import emit_json
-from migrator.cli.control import config_option
+from migrator.cli._options import config_option, json_option, migration_option
 
 
 def _mib(n: int | None) -> str:
@@ -60,10 +60,10 @@ def render(a: dict) -> list[str]:
 
 @app.command("advise")
 def advise_cmd(config: Path = config_option(),
-               migration: int = typer.Option(None, "--migration", "-m", help="Migration id (default: the newest)."),
+               migration: int = migration_option(),
                cpus: int = typer.Option(None, "--cpus", min=1, metavar="N",
                                         help="CPUs perf's buffers span (default: the windows', else this machine's)."),
-               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+               as_json: bool = json_option()) -> None:
     """Read-only: the ring size and wakeup policy a migration's windows call for, and go / no-go per host.
 
     Ring size: the smallest power of two that holds the worst burst seen twice over, the drops the configured size caused, and the memory of each choice against perf's. Wakeup: the policy with the lowest producer cost within the lag budget. Go / no-go: on the same events, is the ring no worse on loss and lag and clearly better on producer cost, consumer CPU, memory or ordering?

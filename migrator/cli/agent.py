@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -15,7 +14,9 @@ from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.config import hide_password
 from migrator.errors import MigratorError, StoreError, UnknownHost
-from migrator.cli.control import config_option, metrics_addr_option, resolve_config, writer
+from migrator.shared.vocab import config_path
+from migrator.cli._options import config_option, metrics_addr_option, migration_option, resolve_config
+from migrator.cli.control import writer
 
 log = logging.getLogger("migrator.agent")
 
@@ -24,7 +25,7 @@ log = logging.getLogger("migrator.agent")
 def agent_cmd(
     host: str = typer.Option(..., "--host", help="This host's name, as listed in the migration."),
     config: Path = config_option(),
-    migration: int = typer.Option(None, "--migration", "-m", help="Migration id (default: the active one)."),
+    migration: int = migration_option("the active one"),
     seconds: float = typer.Option(None, "--seconds", help="Stop after this long (default: until SIGTERM/Ctrl-C)."),
     drills: bool = typer.Option(False, "--drills", help="Act out faults queued with `migrator fault` (lab and rehearsals only)."),
     tc_device: str = typer.Option(None, "--tc-device", help="Device the tc probe attaches to (default: <host>-n, the lab's)."),
@@ -57,7 +58,7 @@ def agent_cmd(
     if host not in names:  # before anything is loaded or written
         raise UnknownHost(host, mid, names)
     if snap.source.kind == "command":
-        run_command(snap.source.command, config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml")), host)
+        run_command(snap.source.command, config_path(config)[0], host)
         return
     stop = threading.Event()
     termed: list[int] = []
@@ -143,7 +144,7 @@ def migration_hosts(config: Path | None) -> tuple[int, list[str], dict[str, str]
     from migrator.control import moves as ops
     from migrator.store import api, database_errors, open_store
 
-    path = config or Path(os.environ.get("MIGRATOR_CONFIG", "canary.toml"))
+    path = config_path(config)[0]
     if config is None and not path.exists():
         return f"no config at {path} (give -c), so no database to check the host against"
     cfg = resolve_config(config)

@@ -6,8 +6,8 @@ from enum import Enum
 import typer
 
 from migrator.cli import app
+from migrator.cli._options import check_seconds, db_option, json_option, usage
 from migrator.cli._out import emit_json
-from migrator.cli.shadow import usage
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
                              "controller (windows/s, query times), rollback (latency on the lab), overhead (CPU "
@@ -71,7 +71,7 @@ def consumers(
     rate: float = typer.Option(0, "--rate", min=0, help="Events per second; 0 = as fast as the generator goes."),
     stream: StreamChoice = typer.Option("both", "--stream",
                                         help="fixed (72-byte records), mixed (24..4096 bytes) or both."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {streams, targets, notes}."),
+    json_out: bool = json_option("Print one JSON object {streams, targets, notes}."),
 ) -> None:
     """Compare bcc's callback consumers with the library's (callback and batch) on two streams.
 
@@ -111,22 +111,16 @@ def _lab_hosts(value: int) -> int:
     return value
 
 
-def _window_seconds(value: float) -> float:
-    from migrator.tools.shadow import check_seconds
-
-    return check_seconds(value, "--window")
-
-
 @bench_app.command("rollback")
 def rollback_cmd(
     runs: int = typer.Option(3, "--runs", min=1, help="Lab migrations to roll back (one sample each)."),
     hosts: int = typer.Option(3, "--hosts", min=3, callback=_lab_hosts,
                               help="Lab hosts (the first two are canary slice 1; at most the lab's maximum)."),
-    window: float = typer.Option(1.0, "--window", callback=usage(_window_seconds), help="Window seconds."),
+    window: float = typer.Option(1.0, "--window", callback=usage(lambda v: check_seconds(v, "--window")), help="Window seconds."),
     pps: int = typer.Option(2000, "--pps", min=1, help="Packets per second into each host."),
     rollback_after: int = typer.Option(2, "--rollback-after", min=1, help="Breaching windows in a row (N)."),
     prefix: str = typer.Option("mbr", "--prefix", help="Lab prefix (namespaces and host names)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: bool = json_option("Print one JSON object."),
 ) -> None:
     """Rollback latency, both paths in one run: host-local and through the controller.
 
@@ -191,7 +185,7 @@ def overhead_cmd(
     config: str = typer.Option(None, "--config", "-c", help="Take [buffers] (sizes, wakeup, max_delay_ms) from this canary.toml."),
     max_delay_ms: float = typer.Option(None, "--max-delay-ms", min=0.1, help="Our batch clock (default: [buffers] max_delay_ms)."),
     c_interval_ms: float = typer.Option(None, "--c-interval-ms", min=1, help="The C consumer's timer (default: max delay)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {rates, targets, notes}."),
+    json_out: bool = json_option("Print one JSON object {rates, targets, notes}."),
 ) -> None:
     """What the agent costs: whole-process CPU of our consumer against a libbpf C consumer of the same maps.
 
@@ -223,7 +217,7 @@ def parity_cmd(
     rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds; each runs every variant once, alternating."),
     count: int = typer.Option(50_000, "--count", min=1, help="getpid() calls the tool's child makes per run."),
     pages: int = typer.Option(64, "--pages", min=1, help="The tool's open_perf_buffer page_cnt (a power of two)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {runs, variants}."),
+    json_out: bool = json_option("Print one JSON object {runs, variants}."),
 ) -> None:
     """Never worse than the original: a bursty bcc tool run plainly and under `migrator wrap` in PERF, DUAL and RING.
 
@@ -252,7 +246,7 @@ def producer_cmd(
     max_delay_ms: float = typer.Option(10.0, "--max-delay-ms", min=0.1, help="The consumer's batch clock."),
     cpus: int = typer.Option(1, "--cpus", min=1, max=64,
                              help="Also measure the ring's emit with this many CPUs emitting at once (its one lock)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object {cells, sampling, contention, targets}."),
+    json_out: bool = json_option("Print one JSON object {cells, sampling, contention, targets}."),
 ) -> None:
     """What each ring wakeup policy costs the traced code: adaptive, no_wakeup, force_wakeup and batched side by side.
 
@@ -275,11 +269,11 @@ def producer_cmd(
 @bench_app.command("fleet")
 def fleet_cmd(
     hosts: int = typer.Option(..., "--hosts", min=2, help="Simulated hosts (slice 1, the canary: a tenth of them)."),
-    db: str = typer.Option(..., "--db", help="The database: an SQLAlchemy URL (a PostgreSQL database of its own) or an "
-                                            "SQLite file path. The bench adds a migration to it."),
+    db: str = db_option(..., help="The database: an SQLAlchemy URL (a PostgreSQL database of its own) or an "
+                                  "SQLite file path. The bench adds a migration to it."),
     window_seconds: float = typer.Option(1.0, "--window-seconds", min=0.2, help="Window length."),
     processes: int = typer.Option(4, "--processes", min=1, help="Processes the simulated hosts are spread over."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: bool = json_option("Print one JSON object."),
 ) -> None:
     """N simulated hosts (the real database link and write path, synthetic windows, no BPF) through a real migration.
 

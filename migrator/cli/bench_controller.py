@@ -1,29 +1,20 @@
 """`migrator bench controller`: evaluate + persist throughput and history query times."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
+from migrator.cli._options import db_option, json_option
 from migrator.cli._out import emit_json
 from migrator.cli.bench import bench_app
-
-
-def _db_option(value: str | None) -> str | None:
-    # A path must name a file (the history database); a URL (postgresql+psycopg://...) is the server's.
-    if value is not None and "://" not in value and Path(value).is_dir():
-        raise typer.BadParameter(f"{value} is a directory; pass a file path or a database URL")
-    return value
 
 
 @bench_app.command("controller")
 def controller_cmd(hosts: int = typer.Option(1000, "--hosts", min=1, help="Hosts per window index."),
                    windows: int = typer.Option(100, "--windows", min=1, help="Windows per host."),
                    db_windows: int = typer.Option(1_000_000, "--db-windows", min=100, help="Windows in the history database."),
-                   db: str = typer.Option(None, "--db", callback=_db_option,
-                                          help="Keep/reuse the history database: an SQLite file path or an "
-                                               "SQLAlchemy URL (PostgreSQL: see the last example)."),
-                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                   db: str = db_option(None, help="Keep/reuse the history database: an SQLite file path or an "
+                                                  "SQLAlchemy URL (PostgreSQL: see the last example)."),
+                   as_json: bool = json_option()) -> None:
     """Controller throughput (windows/s evaluated and persisted) and `history`/`windows --last 100` times.
 
     No BPF, no root: SQLite files in a temporary directory, or --db (a file or a PostgreSQL URL; on

@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from migrator.cli import app
+from migrator.cli._options import json_option
 from migrator.cli._out import emit_json
 from migrator.dataplane import rewrite
 from migrator.errors import OptionError
@@ -12,7 +13,7 @@ from migrator.errors import OptionError
 @app.command("cflags")
 def cflags_cmd(max_payload: int = typer.Option(None, "--max-payload", help="Largest payload in bytes (a power of two; default 4096)."),
                ring_wakeup: str = typer.Option(None, "--ring-wakeup", help="adaptive, no_wakeup or force_wakeup (default adaptive)."),
-               as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+               as_json: bool = json_option("Print a JSON list.")) -> None:
     """Print the cflags that let bcc find migrator.h (and set its build knobs).
 
     The program's text must still go through migrator.load() (or rewrite.prepare()): bcc only

@@ -15,46 +15,14 @@ import typer
 from migrator.cli import app
 from migrator.errors import ConfigError, DatabaseUnavailable, MigratorError, StoreError
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
+from migrator.cli._options import (CONFIG_HELP, config_option, confirm_timeout_option, json_option, metrics_addr_option,
+                                   migration_option, reason_option, resolve_config)
 from migrator.cli._out import emit_json
-from migrator.config import Config, hide_password, load_config, source_hash
+from migrator.config import Config, hide_password, source_hash
 from migrator.shared.resources import example_config
 
 # The control plane and the store (SQLAlchemy, alembic) are imported inside the commands that use
 # them: every `migrator` invocation imports this module, and `--help` or `plan` must not pay for them.
-
-CONFIG_HELP = "canary.toml to use (default: $MIGRATOR_CONFIG or ./canary.toml)."
-
-
-def metrics_addr_option() -> str:
-    """--metrics-addr HOST:PORT, the Prometheus endpoint of the long-running commands."""
-    return typer.Option(None, "--metrics-addr", metavar="HOST:PORT", callback=_check_metrics_addr,
-                        help="Serve Prometheus metrics on HOST:PORT, path /metrics (port 0: any free port).")
-
-
-def _check_metrics_addr(value: str | None) -> str | None:
-    if value is None:
-        return None
-    from migrator.control.metrics import parse_addr
-
-    try:
-        parse_addr(value)
-    except MigratorError:
-        raise typer.BadParameter(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:9464") from None
-    return value
-
-
-def config_option() -> Path:
-    """The --config/-c option shared by every command that reads canary.toml."""
-    return typer.Option(None, "--config", "-c", help=CONFIG_HELP, show_default=False)
-
-
-def resolve_config(path: Path | None) -> Config:
-    """Load the canary.toml a command should use: --config, else $MIGRATOR_CONFIG, else ./canary.toml."""
-    if path is not None:
-        return load_config(path)
-    if os.environ.get("MIGRATOR_CONFIG"):
-        return load_config(Path(os.environ["MIGRATOR_CONFIG"]), origin="env")
-    return load_config(Path("canary.toml"), origin="default")
 
 
 def check_database(cfg: Config) -> None:
@@ -80,7 +48,7 @@ def writer(path: Path | None):
 
 @app.command("plan")
 def plan_cmd(config: Path = config_option(),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+             as_json: bool = json_option()) -> None:
     """Read-only: validate canary.toml and show the phases and slices (never writes the database).
 
     When the database exists and holds a migration of the same program (or config path), a line on
@@ -230,7 +198,7 @@ def source_lines(rep: dict) -> list[str]:
 def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_default=False),
              name: str = typer.Option("", "--name", help="A name for this migration."),
              example: bool = typer.Option(False, "--example", help="Print the commented default canary.toml and exit (writes nothing)."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+             as_json: bool = json_option()) -> None:
     """Create or upgrade the database and record the plan as a PLANNED migration.
 
     Running it again with the same canary.toml changes nothing.
@@ -266,12 +234,11 @@ def init_cmd(config_file: Path = typer.Argument(None, help=CONFIG_HELP, show_def
 def start_cmd(config: Path = config_option(),
               schema_fingerprint: str = typer.Option(None, "--schema-fingerprint", metavar="FP",
                                                      help="Event schema fingerprint to freeze (default: the data plane's)."),
-              confirm_timeout: float = typer.Option(None, "--confirm-timeout", min=0.0, metavar="SECONDS",
-                                                    help="Wait this long for agents to apply each mode change."),
+              confirm_timeout: float = confirm_timeout_option("Wait this long for agents to apply each mode change."),
               run: bool = typer.Option(True, "--run/--no-run", help="Keep driving the migration (the controller loop)."),
               seconds: float = typer.Option(None, "--for", min=0.0, metavar="SECONDS", help="Stop the loop after this many seconds."),
               metrics_addr: str = metrics_addr_option(),
-              as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+              as_json: bool = json_option(),
               log_format: LogFormat = log_format_option(),
               log_level: str = log_level_option()) -> None:
     """Start the PLANNED migration (DUAL_INSTRUMENT) and drive it to COMPLETE or ROLLED_BACK.
@@ -455,19 +422,11 @@ def _move(op: str, config: Path | None, migration: int | None, reason: str, conf
         typer.echo(f"migration {mid}: {t['label']} (transition {t['id']}, {t['reason']})")
 
 
-def _migration_option():
-    return typer.Option(None, "--migration", "-m", help="Migration id (default: the newest).")
-
-
-def _timeout_option():
-    return typer.Option(None, "--confirm-timeout", min=0.0, metavar="SECONDS", help="Wait this long for agents to apply the new modes.")
-
-
 @app.command("advance")
-def advance_cmd(config: Path = config_option(), migration: int = _migration_option(),
-                reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
-                confirm_timeout: float = _timeout_option(),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def advance_cmd(config: Path = config_option(), migration: int = migration_option(),
+                reason: str = reason_option(),
+                confirm_timeout: float = confirm_timeout_option(),
+                as_json: bool = json_option()) -> None:
     """Move to the next phase or canary slice (passes a manual gate; clean-window and schema guards still apply).
 
     Refused when canary.toml changed since `init`, as `start` is; from PLANNED it freezes the
@@ -479,9 +438,9 @@ def advance_cmd(config: Path = config_option(), migration: int = _migration_opti
 
 
 @app.command("pause")
-def pause_cmd(config: Path = config_option(), migration: int = _migration_option(),
-              reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
-              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def pause_cmd(config: Path = config_option(), migration: int = migration_option(),
+              reason: str = reason_option(),
+              as_json: bool = json_option()) -> None:
     """Stop advancing (hosts keep their modes; automatic rollback stays armed).
 
     Refused when canary.toml changed since `init`. Windows measured while paused never count as clean.
@@ -492,9 +451,9 @@ def pause_cmd(config: Path = config_option(), migration: int = _migration_option
 
 
 @app.command("resume")
-def resume_cmd(config: Path = config_option(), migration: int = _migration_option(),
-               reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
-               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def resume_cmd(config: Path = config_option(), migration: int = migration_option(),
+               reason: str = reason_option(),
+               as_json: bool = json_option()) -> None:
     """Go back to the phase (and slice) the migration was paused in.
 
     Refused when canary.toml changed since `init`.
@@ -505,10 +464,10 @@ def resume_cmd(config: Path = config_option(), migration: int = _migration_optio
 
 
 @app.command("rollback")
-def rollback_cmd(config: Path = config_option(), migration: int = _migration_option(),
-                 reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
-                 confirm_timeout: float = _timeout_option(),
-                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def rollback_cmd(config: Path = config_option(), migration: int = migration_option(),
+                 reason: str = reason_option(),
+                 confirm_timeout: float = confirm_timeout_option(),
+                 as_json: bool = json_option()) -> None:
     """Put every host back on PERF now (ROLLED_BACK, final).
 
     A canary.toml changed since `init` only warns: stopping is always possible.
@@ -519,10 +478,10 @@ def rollback_cmd(config: Path = config_option(), migration: int = _migration_opt
 
 
 @app.command("undo")
-def undo_cmd(config: Path = config_option(), migration: int = _migration_option(),
-             reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
-             confirm_timeout: float = _timeout_option(),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def undo_cmd(config: Path = config_option(), migration: int = migration_option(),
+             reason: str = reason_option(),
+             confirm_timeout: float = confirm_timeout_option(),
+             as_json: bool = json_option()) -> None:
     """Undo a COMPLETE migration: every host back on PERF (COMPLETE -> ROLLED_BACK, final).
 
     The only move out of COMPLETE (`rollback` refuses it and names this command). The channel
@@ -537,10 +496,10 @@ def undo_cmd(config: Path = config_option(), migration: int = _migration_option(
 
 
 @app.command("abort")
-def abort_cmd(config: Path = config_option(), migration: int = _migration_option(),
-              reason: str = typer.Option("", "--reason", help="Why (kept in history)."),
-              confirm_timeout: float = _timeout_option(),
-              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def abort_cmd(config: Path = config_option(), migration: int = migration_option(),
+              reason: str = reason_option(),
+              confirm_timeout: float = confirm_timeout_option(),
+              as_json: bool = json_option()) -> None:
     """Cancel the migration (ABORTED, final): every host back on PERF.
 
     A canary.toml changed since `init` only warns: stopping is always possible.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from migrator.cli import app
+from migrator.cli._options import json_option
 from migrator.cli._out import emit_json
 
 _COLOURS = {"OK": "green", "FAIL": "red", "WARN": "yellow"}
@@ -23,7 +24,7 @@ def render_table(checks: list) -> str:
 
 
 @app.command()
-def doctor(json_out: bool = typer.Option(False, "--json", help="Print {\"ok\": bool, \"checks\": [...]} instead of the table.")) -> None:
+def doctor(json_out: bool = json_option("Print {\"ok\": bool, \"checks\": [...]} instead of the table.")) -> None:
     """Check every host requirement (privileges, kernel, BTF, ringbuf and perf maps, tracefs,
     bpffs, headers, bcc, lockdown, memlock) and print the fix for each failure.
 

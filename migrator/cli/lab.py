@@ -8,7 +8,7 @@ import typer
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.cli._out import emit_json
-from migrator.cli.control import metrics_addr_option
+from migrator.cli._options import CONFIG_DEFAULT, config_option, json_option, metrics_addr_option, resolve_config
 from migrator.config import hide_password
 from migrator.errors import MigratorError
 
@@ -44,7 +44,7 @@ HEADER = f"{'HOST':<8} {'ROOT_IF':<10} {'ROOT_ADDR':<13} {'HOST_IF':<10} {'HOST_
 
 @lab_app.command("up")
 def up(hosts: int = typer.Option(3, "--hosts", "-n", help="Number of hosts (1-64)."), prefix: str = PREFIX,
-       json_out: bool = typer.Option(False, "--json", help="Print a JSON list of hosts.")) -> None:
+       json_out: bool = json_option("Print a JSON list of hosts.")) -> None:
     """Create the lab, or repair it: running it again on an existing lab is safe.
 
     Each host gets a namespace, a veth pair with a /30 in 10.213.0.0/16, static neighbours,
@@ -64,7 +64,7 @@ def up(hosts: int = typer.Option(3, "--hosts", "-n", help="Number of hosts (1-64
 
 
 @lab_app.command("down")
-def down(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", help="Print what was removed as JSON.")) -> None:
+def down(prefix: str = PREFIX, json_out: bool = json_option("Print what was removed as JSON.")) -> None:
     """Remove every namespace, veth and qdisc of the lab, including leftovers of a crashed run.
 
     Example:
@@ -84,7 +84,7 @@ def down(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", he
 
 
 @lab_app.command("status")
-def status(prefix: str = PREFIX, json_out: bool = typer.Option(False, "--json", help="Print a JSON list of hosts.")) -> None:
+def status(prefix: str = PREFIX, json_out: bool = json_option("Print a JSON list of hosts.")) -> None:
     """List the lab's hosts, interfaces, addresses, qdisc and attached BPF filters. Read-only.
 
     Example:
@@ -112,7 +112,7 @@ def traffic(
     port: int = typer.Option(None, "--port", show_default=False,
                              help="UDP port of the listener in the host (default: the lab listener's)."),
     prefix: str = typer.Option(None, "--prefix", "-p", help="Lab prefix (default: HOST without its number)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = json_option("Print the result as JSON."),
 ) -> None:
     """Send UDP datagrams from the root namespace to HOST; stops by itself at --count or --seconds.
 
@@ -161,7 +161,7 @@ def consumer_lines(res, cfg) -> list[str]:
 
 @lab_app.command("run")
 def run(
-    config: Path = typer.Option(None, "--config", "-c", help="Base canary.toml (default: $MIGRATOR_CONFIG or ./canary.toml)."),
+    config: Path = config_option(f"Base canary.toml ({CONFIG_DEFAULT})."),
     hosts: int = typer.Option(None, "--hosts", "-n", help="Lab hosts (default: lab.hosts of the config)."),
     window: float = typer.Option(None, "--window", help="Window seconds (default: the config's)."),
     rollback_after: int = typer.Option(None, "--rollback-after", help="N consecutive breaches (default: the config's)."),
@@ -171,7 +171,7 @@ def run(
     run_dir: Path = typer.Option(None, "--run-dir", help="Where the run's canary.toml, database and agent logs go."),
     timeout: float = typer.Option(110.0, "--timeout", help="Give up after this many seconds."),
     keep: bool = typer.Option(False, "--keep", help="Leave the lab hosts up afterwards."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result (phase, history) as JSON at the end."),
+    json_out: bool = json_option("Print the result (phase, history) as JSON at the end."),
     log_format: LogFormat = log_format_option(),
     log_level: str = log_level_option(),
     metrics_addr: str = metrics_addr_option(),  # the controller's gauges and every host's counters
@@ -201,7 +201,6 @@ def run(
         logging.getLogger("migrator.control.controller").setLevel(logging.WARNING)
     import time as _time
 
-    from migrator.cli.control import resolve_config
     from migrator.tools.lab.run import run_lab_migration
 
     from migrator.tools.lab.run import LAB_FAULTS

@@ -6,22 +6,22 @@ from pathlib import Path
 import typer
 
 from migrator.cli import app
-from migrator.cli.control import config_option, resolve_config, writer
+from migrator.cli._options import config_option, duration, json_option, migration_option, resolve_config
+from migrator.cli.control import writer
 from migrator.cli._out import emit_json
 
 
 def _keep_option():
-    return typer.Option(None, "--keep", metavar="DURATION",
+    return typer.Option(None, "--keep", metavar="DURATION", parser=duration("--keep", examples="30d, 12h, 90m or 3600"),
                         help="Keep windows this long (30d, 12h, 90m; seconds if bare) instead of "
                              "[store] keep_windows.")
 
 
 @app.command("prune")
-def prune_cmd(config: Path = config_option(), keep: str = _keep_option(),
-              migration: int = typer.Option(None, "--migration", "-m",
-                                            help="Only this migration (default: every finished one)."),
+def prune_cmd(config: Path = config_option(), keep: float = _keep_option(),
+              migration: int = migration_option("every finished one", what="Only this migration"),
               dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; write nothing."),
-              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+              as_json: bool = json_option()) -> None:
     """Roll up and delete the windows of finished migrations older than [store] keep_windows.
 
     Only migrations that ended (COMPLETE, ROLLED_BACK, ABORTED) are pruned; an active one is
@@ -35,25 +35,17 @@ def prune_cmd(config: Path = config_option(), keep: str = _keep_option(),
 
         migrator prune --keep 30d --json
     """
-    from migrator.config import parse_duration
     from migrator.errors import ConfigError
     from migrator.store import database_errors
     from migrator.store.retention import prune
 
-    if keep is not None:
-        try:
-            keep_s = parse_duration(keep)
-        except ValueError:
-            raise typer.BadParameter(f"{keep!r} is not a duration; write e.g. 30d, 12h, 90m or 3600",
-                                     param_hint="--keep") from None
-        if keep_s <= 0:
-            raise typer.BadParameter("must be more than 0", param_hint="--keep")
     if dry_run:
         from migrator.cli.views import reader
 
         cfg, sf = resolve_config(config), reader(config)
     else:
         cfg, sf = writer(config)
+    keep_s = keep
     if keep is None:
         if cfg.store.keep_windows is None:
             raise ConfigError(cfg.path, "store.keep_windows", "is not set, so there is nothing to prune",

@@ -7,14 +7,14 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._out import emit_json
-from migrator.cli.control import config_option, resolve_config
+from migrator.cli._options import config_option, json_option, migration_option, resolve_config
 
 
 @app.command("report")
 def report_cmd(config: Path = config_option(),
-               migration: int = typer.Option(None, "--migration", "-m", help="Migration id (default: the newest)."),
+               migration: int = migration_option(),
                output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write.", show_default=False),
-               as_json: bool = typer.Option(False, "--json", help="Print a JSON summary.")) -> None:
+               as_json: bool = json_option("Print a JSON summary.")) -> None:
     """Read-only: one self-contained HTML report (inline SVG charts, no network needed to open it).
 
     Phase timeline with every transition, breach streak against N, the windows that decided each

@@ -8,59 +8,38 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
+from migrator.cli._options import (check_perf_pages, check_rate, check_ring_bytes, check_seconds, duration, json_option,
+                                   usage)
 from migrator.cli._out import emit_json
+from migrator.config import RING_SUBMIT
 from migrator.shared.records import WINDOW_HEADER, window_line
-from migrator.errors import OptionError
-from migrator.shared.vocab import RING_WAKEUPS
+from migrator.shared.vocab import RING_WAKEUPS, SHADOW_PROBES
 
-# The data plane (numpy, bcc) is imported only when `shadow` runs, so these choices are spelled
-# here; tests/test_startup.py checks them against migrator.tools.shadow.SHADOW_PROBES and
-# migrator.dataplane.loader.SUBMITS. The wakeup policies are shared/vocab.py's, light to import.
-SHADOW_PROBES = ("synthetic", "proc")
-SUBMITS = ("reserve", "output")
-WAKEUPS = tuple(RING_WAKEUPS)
-
+# The choices are canary.toml's (migrator.config, shared/vocab.py): the data plane (numpy, bcc) is imported only when
+# `shadow` runs. tests/test_startup.py checks the submit modes against migrator.dataplane.loader.SUBMITS.
 # Choices are Enums so that typer rejects anything else at parse time (exit 2) and lists them in --help.
 ProbeName = Enum("ProbeName", {p: p for p in SHADOW_PROBES}, type=str)
-RingSubmit = Enum("RingSubmit", {k: k for k in SUBMITS}, type=str)
-Wakeup = Enum("Wakeup", {k: k for k in WAKEUPS}, type=str)
-
-
-def usage(check):
-    """A typer callback/parser running `check` and turning its OptionError into a usage error (exit 2).
-
-    `check` is a function, or the name of one in migrator.tools.shadow (imported when the option
-    is parsed, i.e. when the command runs, not when `migrator` starts)."""
-    def callback(value):
-        fn = check
-        if isinstance(check, str):
-            from migrator.tools import shadow as checks
-
-            fn = getattr(checks, check)
-        try:
-            return fn(value)
-        except OptionError as exc:
-            raise typer.BadParameter(exc.detail) from None
-    return callback
+RingSubmit = Enum("RingSubmit", {k: k for k in RING_SUBMIT}, type=str)
+Wakeup = Enum("Wakeup", {k: k for k in RING_WAKEUPS}, type=str)
 
 
 @app.command()
 def shadow(
-    seconds: float = typer.Option(10.0, "--seconds", "-s", callback=usage("check_seconds"), help="How long to run."),
-    window: float = typer.Option("1s", "--window", parser=usage("parse_duration"), metavar="<duration>",
+    seconds: float = typer.Option(10.0, "--seconds", "-s", callback=usage(check_seconds), help="How long to run."),
+    window: float = typer.Option("1s", "--window", parser=duration("--window"), metavar="<duration>",
                                  help="Window length: 1s, 500ms, 2.5."),
     probe: ProbeName = typer.Option("synthetic", "--probe",
                                     help="synthetic (getppid of a generator) or proc (fork/exec/exit)."),
-    rate: float = typer.Option(100_000, "--rate", callback=usage("check_rate"),
+    rate: float = typer.Option(100_000, "--rate", callback=usage(check_rate),
                                help="Synthetic events per second (0: as fast as possible)."),
-    ring_bytes: int = typer.Option(16 << 20, "--ring-bytes", callback=usage("check_ring_bytes"),
+    ring_bytes: int = typer.Option(16 << 20, "--ring-bytes", callback=usage(check_ring_bytes),
                                    help="Ring size, a power of two in bytes."),
-    perf_pages: int = typer.Option(64, "--perf-pages", callback=usage("check_perf_pages"),
+    perf_pages: int = typer.Option(64, "--perf-pages", callback=usage(check_perf_pages),
                                    help="Perf buffer pages per CPU, a power of two."),
     ring_submit: RingSubmit = typer.Option("reserve", "--ring-submit", help="reserve (reserve/submit) or output."),
     wakeup: Wakeup = typer.Option("adaptive", "--wakeup", help="adaptive, no_wakeup or force_wakeup."),
     print_c: bool = typer.Option(False, "--print-c", help="Print the generated BPF C before loading it."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per window and channel, then the summary."),
+    json_out: bool = json_option("One JSON object per window and channel, then the summary."),
     log_format: LogFormat = log_format_option(),
     log_level: str = log_level_option(),
 ) -> None:

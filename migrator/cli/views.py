@@ -5,7 +5,6 @@ and every command that needs neither start without SQLAlchemy and alembic.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from datetime import datetime
@@ -14,9 +13,9 @@ from pathlib import Path
 import typer
 
 from migrator.cli import app
-from migrator.cli.control import config_option, resolve_config
+from migrator.cli._options import config_option, duration, json_option, migration_option, resolve_config, watch_option
 from migrator.cli._out import emit_json
-from migrator.shared.vocab import FINAL
+from migrator.shared.vocab import FINAL, parse_duration
 
 # `status` exit codes, after `kubectl argo rollouts status`: success when the migration is done (or,
 # without --watch, still healthy on its way), failure when it ended anywhere but COMPLETE, and its
@@ -39,26 +38,8 @@ def _ts(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _migration_option():
-    return typer.Option(None, "--migration", "-m", help="Migration id (default: the newest).")
-
-
-def parse_timeout(text: str) -> float:
-    """'5m', '90s', '1h30m', '500ms' or a bare number of seconds -> seconds (0: no limit); BadParameter otherwise."""
-    s = str(text).strip()
-    if re.fullmatch(r"[0-9]*\.?[0-9]+", s):
-        return float(s)
-    parts = re.findall(r"([0-9]*\.?[0-9]+)(ms|s|m|h)", s)
-    if not parts or "".join(n + u for n, u in parts) != s:
-        raise typer.BadParameter(f"{text!r} is not a duration; write e.g. 90 (seconds), 90s, 5m, 1h30m or 0 (no limit)")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
-def _check_timeout(value: str | None) -> str | None:
-    if value is not None:
-        parse_timeout(value)  # a usage error (exit 2) before any database is opened
-    return value
+# --timeout: checked before any database is opened (a usage error, exit 2); kept as text for the messages.
+_check_timeout = duration("--timeout", zero=True, examples="90, 90s, 5m, 1h30m or 0 (no limit)", keep_text=True)
 
 
 def exit_code(phase: str) -> int:
@@ -223,14 +204,13 @@ def render_rich(rep: dict, now: float | None = None, note: str = ""):
 # ---- commands ------------------------------------------------------------------------------------
 
 @app.command("status")
-def status_cmd(config: Path = config_option(), migration: int = _migration_option(),
-               watch: bool = typer.Option(False, "--watch", "-w",
-                                          help="Refresh until the migration ends (COMPLETE, ROLLED_BACK or ABORTED)."),
+def status_cmd(config: Path = config_option(), migration: int = migration_option(),
+               watch: bool = watch_option("Refresh until the migration ends (COMPLETE, ROLLED_BACK or ABORTED)."),
                timeout: str = typer.Option(None, "--timeout", "-t", metavar="DURATION", callback=_check_timeout,
                                            help="Watch at most this long (90, 90s, 5m, 1h30m; 0: no limit), then exit 2. "
                                                 "Implies --watch."),
                interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between refreshes."),
-               as_json: bool = typer.Option(False, "--json", help="Print JSON (one document per refresh).")) -> None:
+               as_json: bool = json_option("Print JSON (one document per refresh).")) -> None:
     """Read-only: phase, window, breach streak k/N, lease, and per host its mode (desired/applied),
     last ring and perf window (loss, lag p99), verdict, own breach streak and slice.
 
@@ -257,7 +237,7 @@ def status_cmd(config: Path = config_option(), migration: int = _migration_optio
     from migrator.errors import DatabaseUnavailable
     from migrator.store import database_errors
 
-    limit = parse_timeout(timeout) if timeout is not None else None
+    limit = parse_duration(timeout) if timeout is not None else None
     watch = watch or limit is not None
     deadline = time.monotonic() + limit if limit else None
     tty = sys.stdout.isatty() and not as_json
@@ -315,7 +295,7 @@ def status_cmd(config: Path = config_option(), migration: int = _migration_optio
 
 @app.command("list")
 def list_cmd(config: Path = config_option(),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON (a list, oldest first).")) -> None:
+             as_json: bool = json_option("Print JSON (a list, oldest first).")) -> None:
     """Read-only: every migration in the database: id, name, phase, created, hosts, windows, last transition.
 
     Examples:
@@ -351,8 +331,8 @@ def list_cmd(config: Path = config_option(),
 
 
 @app.command("history")
-def history_cmd(config: Path = config_option(), migration: int = _migration_option(),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def history_cmd(config: Path = config_option(), migration: int = migration_option(),
+                as_json: bool = json_option()) -> None:
     """Read-only: every transition: when, from, to, actor, reason, and the windows that triggered it.
 
     Example: migrator history --json
@@ -383,12 +363,12 @@ def history_cmd(config: Path = config_option(), migration: int = _migration_opti
 
 
 @app.command("windows")
-def windows_cmd(config: Path = config_option(), migration: int = _migration_option(),
+def windows_cmd(config: Path = config_option(), migration: int = migration_option(),
                 phase: str = typer.Option(None, "--phase", help="Only windows of this phase (e.g. SHADOW)."),
                 host: str = typer.Option(None, "--host", help="Only this host."),
                 channel: str = typer.Option(None, "--channel", help="perf or ring."),
                 last: int = typer.Option(20, "--last", min=1, help="Newest N windows."),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                as_json: bool = json_option()) -> None:
     """Read-only: per-window measurements with their verdicts, per host and channel.
 
     Examples:
@@ -423,7 +403,7 @@ def windows_cmd(config: Path = config_option(), migration: int = _migration_opti
 
 
 @app.command("what-if")
-def what_if_cmd(config: Path = config_option(), migration: int = _migration_option(),
+def what_if_cmd(config: Path = config_option(), migration: int = migration_option(),
                 rollback_after: int = typer.Option(None, "--rollback-after", min=1, metavar="N",
                                                    help="Breaching windows in a row that roll back."),
                 max_loss_rate: float = typer.Option(None, "--max-loss-rate", min=0.0, max=1.0, metavar="RATE",
@@ -450,7 +430,7 @@ def what_if_cmd(config: Path = config_option(), migration: int = _migration_opti
                                                       help="Most ring emit cost per event in ns (rule producer_cost)."),
                 no_data: str = typer.Option(None, "--no-data", metavar="hold|breach|reset",
                                             help="What a window without data does to the streak."),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                as_json: bool = json_option()) -> None:
     """Read-only: replay stored windows under other thresholds / N; where would it have rolled back?
 
     Every option not given keeps the value the migration was planned with (its canary.toml [thresholds], rollback_after and no_data), so what-if without options replays the migration as it ran.

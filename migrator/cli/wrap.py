@@ -11,11 +11,10 @@ from pathlib import Path
 import typer
 
 from migrator.cli import app
+from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
+from migrator.cli._options import check_ring_bytes, config_option, duration, json_option, usage
 from migrator.cli._out import emit_json
 from migrator.shared.records import WINDOW_HEADER, window_line
-from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
-from migrator.dataplane.rewrite import check_ring_bytes
-from migrator.errors import OptionError
 from migrator.shared.vocab import MODES
 
 # migrator.agent.wrap (the agent, the store, bcc) is imported when `wrap` runs; its default ring
@@ -25,34 +24,18 @@ DEFAULT_RING_BYTES = 1 << 22
 Mode = Enum("Mode", {m: m for m in MODES}, type=str)
 
 
-def _usage(check):
-    def callback(value):
-        if value is None:
-            return None
-        if check == "parse_duration":  # imported only when the option is parsed: no numpy at start-up
-            from migrator.tools.shadow import parse_duration as check_fn
-        else:
-            check_fn = check
-        try:
-            return check_fn(value)
-        except OptionError as exc:
-            raise typer.BadParameter(exc.detail) from None
-    return callback
-
-
 @app.command("wrap", context_settings={"allow_interspersed_args": False})
 def wrap_cmd(
     command: list[str] = typer.Argument(..., metavar="COMMAND",
                                         help="The bcc tool and its arguments, after --: a name on PATH, a script, or python3 SCRIPT."),
-    config: Path = typer.Option(None, "--config", "-c", show_default=False,
-                                help="canary.toml: serve --host in its migration (the database decides the mode)."),
+    config: Path = config_option("canary.toml: serve --host in its migration (the database decides the mode)."),
     host: str = typer.Option(None, "--host", help="This host's name in canary.toml (needed with -c)."),
     mode: Mode = typer.Option(None, "--mode", help="Standalone mode: DUAL (default), PERF or RING."),
-    ring_bytes: int = typer.Option(DEFAULT_RING_BYTES, "--ring-bytes", callback=_usage(check_ring_bytes),
+    ring_bytes: int = typer.Option(DEFAULT_RING_BYTES, "--ring-bytes", callback=usage(check_ring_bytes),
                                    help="Ring size of every channel, a power of two in bytes."),
-    window: float = typer.Option(None, "--window", parser=_usage("parse_duration"), metavar="<duration>",
+    window: float = typer.Option(None, "--window", parser=duration("--window", examples="1s or 500ms"), metavar="<duration>",
                                  help="Window length: 1s, 500ms (default 1s, or the config's)."),
-    json_out: bool = typer.Option(False, "--json", help="The closing report as one JSON object on stderr."),
+    json_out: bool = json_option("The closing report as one JSON object on stderr."),
     log_format: LogFormat = log_format_option(),
     log_level: str = log_level_option(),
 ) -> None:

@@ -1,78 +1,13 @@
 """Shadow run: load a probe in DUAL mode, consume both channels, close windows, summarise."""
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 
-from migrator.dataplane.loader import PAGE, SUBMITS, Probe
-from migrator.shared.vocab import RING_WAKEUPS
-from migrator.errors import OptionError
+from migrator.dataplane.loader import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 from migrator.shared.records import ChannelWindow
-
-
-# What `shadow` can run: the tc probe needs a network device to attach to (the agent and the lab do that).
-SHADOW_PROBES = ("synthetic", "proc")
-
-
-def parse_duration(text: str, option: str = "--window") -> float:
-    """'1s', '500ms', '2.5' (seconds) -> seconds; raises OptionError naming the option on anything else."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s)?\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise OptionError(option, text, "is not a positive duration", "write e.g. 1s, 500ms or 2.5 (seconds)")
-    value = float(m.group(1))
-    return value / 1000 if m.group(2) == "ms" else value
-
-
-def check_seconds(seconds: float, option: str = "--seconds") -> float:
-    """A run length in seconds, refused (OptionError) unless > 0."""
-    if not seconds > 0:  # also refuses NaN
-        raise OptionError(option, seconds, "is not a positive number of seconds", f"give {option} a number > 0")
-    return seconds
-
-
-def check_rate(rate: float, option: str = "--rate") -> float:
-    """An event rate, refused unless >= 0 (0: as fast as the generator goes)."""
-    if not rate >= 0:
-        raise OptionError(option, rate, "is not >= 0", "use 0 (as fast as possible) or a number of events per second")
-    return rate
-
-
-def check_ring_bytes(ring_bytes: int, option: str = "--ring-bytes") -> int:
-    """A ring size the kernel accepts: a power of two of at least one page."""
-    if ring_bytes < PAGE or ring_bytes & (ring_bytes - 1):
-        raise OptionError(option, ring_bytes, f"is not a power of two of at least {PAGE} bytes (one page)",
-                          f"use e.g. {16 << 20} (16 MiB)")
-    return ring_bytes
-
-
-def check_perf_pages(perf_pages: int, option: str = "--perf-pages") -> int:
-    """A perf buffer size per CPU the kernel accepts: a power of two of pages."""
-    if perf_pages < 1 or perf_pages & (perf_pages - 1):
-        raise OptionError(option, perf_pages, "is not a power of two", "use e.g. 64 (pages per CPU)")
-    return perf_pages
-
-
-def check_choice(value: str, choices, option: str) -> str:
-    """One of the allowed values of an option, or OptionError listing them."""
-    if value not in choices:
-        raise OptionError(option, value, "is not a valid choice", f"use one of {', '.join(choices)}")
-    return value
-
-
-def check_shadow_options(seconds: float, window: float, probe: str, rate: float, ring_bytes: int, perf_pages: int,
-                         ring_submit: str, wakeup: str) -> None:
-    """Every shadow option at once, as usage errors (exit 2) naming the option and the valid values."""
-    check_seconds(seconds)
-    check_seconds(window, "--window")
-    check_choice(probe, SHADOW_PROBES, "--probe")
-    check_rate(rate)
-    check_ring_bytes(ring_bytes)
-    check_perf_pages(perf_pages)
-    check_choice(ring_submit, tuple(SUBMITS), "--ring-submit")
-    check_choice(wakeup, tuple(RING_WAKEUPS), "--wakeup")
 
 
 # rate 0 ("as fast as possible") has no count: the generator gets a bound it cannot reach in a
@@ -125,8 +60,9 @@ def summarise(windows: list[ChannelWindow], seconds: float) -> ShadowSummary:
 def run_shadow(seconds: float, window: float, probe: str = "synthetic", rate: float = 100_000,
                ring_bytes: int = 16 << 20, perf_pages: int = 64, ring_submit: str = "reserve",
                wakeup: str = "adaptive", print_c: bool = False, on_window=None, host: str = "local"):
-    """Run the probe in DUAL mode for `seconds`; returns (windows, summary). Drains fully at the end."""
-    check_shadow_options(seconds, window, probe, rate, ring_bytes, perf_pages, ring_submit, wakeup)
+    """Run the probe in DUAL mode for `seconds`; returns (windows, summary). Drains fully at the end.
+
+    The options are checked where they are given: `migrator shadow` (migrator.cli.shadow)."""
     gen = None
     with Probe(probe, ring_bytes=ring_bytes, ring_submit=ring_submit, wakeup=wakeup, print_c=print_c) as p:
         pipe = Pipeline(p, host=host, perf_pages=perf_pages)
