@@ -130,6 +130,11 @@ def duration(option: str, *, zero: bool = False, examples: str = "1s, 500ms or 2
     return usage(check)
 
 
+def window_option(default, help: str) -> float:
+    """--window DURATION, the length of a measurement window in seconds (1s, 500ms, 2.5; > 0)."""
+    return typer.Option(default, "--window", parser=duration("--window"), metavar="DURATION", help=help)
+
+
 # ---- numbers of the shadow and bench runs ---------------------------------------------------------
 
 def check_seconds(seconds: float, option: str = "--seconds") -> float:

@@ -6,7 +6,7 @@ from enum import Enum
 import typer
 
 from migrator.cli import app
-from migrator.cli._options import check_seconds, db_option, json_option, usage
+from migrator.cli._options import db_option, json_option, window_option
 from migrator.cli._out import emit_json
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
@@ -116,7 +116,7 @@ def rollback_cmd(
     runs: int = typer.Option(3, "--runs", min=1, help="Lab migrations to roll back (one sample each)."),
     hosts: int = typer.Option(3, "--hosts", min=3, callback=_lab_hosts,
                               help="Lab hosts (the first two are canary slice 1; at most the lab's maximum)."),
-    window: float = typer.Option(1.0, "--window", callback=usage(lambda v: check_seconds(v, "--window")), help="Window seconds."),
+    window: float = window_option("1s", "Window length: 1s, 500ms, 2.5."),
     pps: int = typer.Option(2000, "--pps", min=1, help="Packets per second into each host."),
     rollback_after: int = typer.Option(2, "--rollback-after", min=1, help="Breaching windows in a row (N)."),
     prefix: str = typer.Option("mbr", "--prefix", help="Lab prefix (namespaces and host names)."),

@@ -8,7 +8,8 @@ import typer
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
 from migrator.cli._out import emit_json
-from migrator.cli._options import CONFIG_DEFAULT, config_option, json_option, metrics_addr_option, resolve_config
+from migrator.cli._options import (CONFIG_DEFAULT, config_option, json_option, metrics_addr_option, resolve_config,
+                                   window_option)
 from migrator.config import hide_password
 from migrator.errors import MigratorError
 
@@ -163,7 +164,7 @@ def consumer_lines(res, cfg) -> list[str]:
 def run(
     config: Path = config_option(f"Base canary.toml ({CONFIG_DEFAULT})."),
     hosts: int = typer.Option(None, "--hosts", "-n", help="Lab hosts (default: lab.hosts of the config)."),
-    window: float = typer.Option(None, "--window", help="Window seconds (default: the config's)."),
+    window: float = window_option(None, "Window length: 1s, 500ms, 2.5 (default: the config's)."),
     rollback_after: int = typer.Option(None, "--rollback-after", help="N consecutive breaches (default: the config's)."),
     fault: str = typer.Option(None, "--fault", help="Inject a fault on the first canary host when its canary starts: "
                               "stall-ring, shrink-ring, burst or cpu-load."),

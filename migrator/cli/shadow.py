@@ -8,8 +8,8 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
-from migrator.cli._options import (check_perf_pages, check_rate, check_ring_bytes, check_seconds, duration, json_option,
-                                   usage)
+from migrator.cli._options import (check_perf_pages, check_rate, check_ring_bytes, check_seconds, json_option, usage,
+                                   window_option)
 from migrator.cli._out import emit_json
 from migrator.config import RING_SUBMIT
 from migrator.shared.records import WINDOW_HEADER, window_line
@@ -26,8 +26,7 @@ Wakeup = Enum("Wakeup", {k: k for k in RING_WAKEUPS}, type=str)
 @app.command()
 def shadow(
     seconds: float = typer.Option(10.0, "--seconds", "-s", callback=usage(check_seconds), help="How long to run."),
-    window: float = typer.Option("1s", "--window", parser=duration("--window"), metavar="<duration>",
-                                 help="Window length: 1s, 500ms, 2.5."),
+    window: float = window_option("1s", "Window length: 1s, 500ms, 2.5."),
     probe: ProbeName = typer.Option("synthetic", "--probe",
                                     help="synthetic (getppid of a generator) or proc (fork/exec/exit)."),
     rate: float = typer.Option(100_000, "--rate", callback=usage(check_rate),

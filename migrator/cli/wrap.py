@@ -12,7 +12,7 @@ import typer
 
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
-from migrator.cli._options import check_ring_bytes, config_option, duration, json_option, usage
+from migrator.cli._options import check_ring_bytes, config_option, json_option, usage, window_option
 from migrator.cli._out import emit_json
 from migrator.shared.records import WINDOW_HEADER, window_line
 from migrator.shared.vocab import MODES
@@ -33,8 +33,7 @@ def wrap_cmd(
     mode: Mode = typer.Option(None, "--mode", help="Standalone mode: DUAL (default), PERF or RING."),
     ring_bytes: int = typer.Option(DEFAULT_RING_BYTES, "--ring-bytes", callback=usage(check_ring_bytes),
                                    help="Ring size of every channel, a power of two in bytes."),
-    window: float = typer.Option(None, "--window", parser=duration("--window", examples="1s or 500ms"), metavar="<duration>",
-                                 help="Window length: 1s, 500ms (default 1s, or the config's)."),
+    window: float = window_option(None, "Window length: 1s, 500ms, 2.5 (default 1s, or the config's)."),
     json_out: bool = json_option("The closing report as one JSON object on stderr."),
     log_format: LogFormat = log_format_option(),
     log_level: str = log_level_option(),
