@@ -55,6 +55,7 @@ from migrator.control.policy import (
 from migrator.control.stall import Stall, stall_of
 from migrator.control.story import group_windows
 from migrator.store.api import self_protect_reports
+from migrator.store.bulk import insert_rows
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
 log = logging.getLogger("migrator.control.controller")
@@ -116,17 +117,8 @@ class _Outage:
             raise
 
 def insert_verdicts(session: Session, rows: list[dict]) -> None:
-    """One executemany of a round's verdicts. On PostgreSQL with psycopg, plain tuples straight to its
-    pipelined executemany (as api.record_windows does for windows): SQLAlchemy's per-row parameter
-    processing cost more than the insert itself at a thousand hosts a round."""
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql" and bind.driver == "psycopg":
-        cols = list(rows[0])
-        quoted = ", ".join('"' + c + '"' for c in cols)
-        sql = f"INSERT INTO verdicts ({quoted}) VALUES ({', '.join(['%s'] * len(cols))})"
-        session.connection().exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
-    else:
-        session.connection().execute(insert(Verdict.__table__), rows)  # Core executemany
+    """A round's verdicts in one statement (store/bulk.py)."""
+    insert_rows(session, Verdict.__table__, rows)
 
 
 # Columns the policy reads; loading only these keeps a 1000-host step cheap.

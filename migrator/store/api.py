@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from migrator.config import Config
 from migrator.errors import MigratorError, StoreError
+from migrator.store.bulk import insert_rows
 from migrator.store.models import Host, Lease, Migration, Slice, Transition, Verdict, Window
 from migrator.shared.records import ChannelWindow
 from migrator.shared.vocab import FINAL, MODES, first_slices
@@ -101,7 +102,7 @@ def _note_fingerprint(m: Migration, extra: dict) -> None:
 
 def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWindow], now: float | None = None) -> int:
     """Store windows (the one write path: agents, the library and tests); a re-sent (host, channel,
-    index) is skipped. One executemany; returns how many were new."""
+    index) is skipped. One statement (store/bulk.py); returns how many were new."""
     if not ws:
         return 0
     m = get_migration(session, migration_id)
@@ -114,35 +115,7 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
             cache[late] = _window_phase(session, m, w.start)
         rows.append(_window_row(migration_id, *cache[late], w, ts))
         _note_fingerprint(m, w.extra)
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        # The hot path of agents at fleet scale: plain tuples straight to sqlite3's executemany
-        # (SQLAlchemy's per-row parameter processing cost more than the insert itself).
-        cols = list(rows[0])
-        quoted = ", ".join('"' + c + '"' for c in cols)
-        sql = f"INSERT OR IGNORE INTO windows ({quoted}) VALUES ({', '.join('?' * len(cols))})"
-        res = session.connection().exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
-        return res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
-    if dialect == "postgresql" and session.get_bind().driver == "psycopg":
-        # The same on PostgreSQL: psycopg's executemany (pipelined) with plain tuples; its rowcount
-        # counts the new rows (ON CONFLICT DO NOTHING skips re-sent ones), so no count(*) of a
-        # growing table per batch. Measured on 2,000 windows: 100 ms; SQLAlchemy's INSERT ...
-        # RETURNING in multi-row batches 330-650 ms.
-        cols = list(rows[0])
-        quoted = ", ".join('"' + c + '"' for c in cols)
-        sql = (f"INSERT INTO windows ({quoted}) VALUES ({', '.join(['%s'] * len(cols))}) "
-               'ON CONFLICT (migration_id, host, channel, "index") DO NOTHING')
-        res = session.connection().exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
-        return res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
-    if dialect == "postgresql":
-        mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
-        stmt = mod.insert(Window.__table__).on_conflict_do_nothing(
-            index_elements=["migration_id", "host", "channel", "index"])
-    else:  # other backends: the unique constraint still protects; duplicates raise
-        stmt = insert(Window.__table__)
-    before = session.scalar(select(func.count()).select_from(Window).where(Window.migration_id == migration_id))
-    session.connection().execute(stmt, rows)
-    return session.scalar(select(func.count()).select_from(Window).where(Window.migration_id == migration_id)) - before
+    return insert_rows(session, Window.__table__, rows, conflict=("migration_id", "host", "channel", "index"))
 
 
 def _host(session: Session, migration_id: int, host: str) -> Host:
