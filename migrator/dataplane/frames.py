@@ -26,6 +26,9 @@ HDR_DTYPE = np.dtype([
 ])
 HDR_SIZE = HDR_DTYPE.itemsize
 assert HDR_SIZE == 32
+# Where the fields that the consumers peek at in place (no dtype view) start in a header.
+FLAGS_AT = HDR_DTYPE.fields["flags"][1]
+KTIME_AT = HDR_DTYPE.fields["ktime_ns"][1]
 FLAG_MODE_MASK = 0x3
 FLAG_TRUNCATED = 0x100
 FLAG_RESERVED = 0x200

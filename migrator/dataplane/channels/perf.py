@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from migrator.errors import ChannelError
-from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, HDR_DTYPE, HDR_SIZE, Frames
+from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, HDR_DTYPE, HDR_SIZE, KTIME_AT, Frames
 from migrator.dataplane.native import R_BYTES, R_ERRORS, R_LOST, R_N, R_NRES, Spares, addr, gathered, lib
 from migrator.dataplane.syscalls import NR_PERF_EVENT_OPEN, libc as _libc
 from migrator.shared.vocab import PAGE_SIZE as PAGE
@@ -96,7 +96,7 @@ class _CpuBuffer:
         hdr = self.mm[base + tail % self.data_size : base + tail % self.data_size + 8]
         if int.from_bytes(hdr[:4], "little") != PERF_RECORD_SAMPLE:
             return None
-        pos = (tail + SAMPLE_HDR + 24) % self.data_size
+        pos = (tail + SAMPLE_HDR + KTIME_AT) % self.data_size
         if pos + 8 > self.data_size:
             return None  # the field straddles the wrap: skip this estimate
         return int.from_bytes(self.mm[base + pos : base + pos + 8], "little")

@@ -13,7 +13,7 @@ import mmap
 
 import numpy as np
 
-from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, HDR_DTYPE, HDR_SIZE, Frames
+from migrator.dataplane.frames import EPOCH_SHIFT, EPOCHS, FLAGS_AT, HDR_DTYPE, HDR_SIZE, KTIME_AT, Frames
 from migrator.dataplane.native import R_NRES, Spares, addr, gathered, lib
 from migrator.errors import ChannelError
 from migrator.shared.vocab import PAGE_SIZE as PAGE
@@ -127,8 +127,8 @@ class RingConsumer:
         k = int(np.argmax(odd)) if odd.any() else n
         if k < 16:
             return 0
-        flags = np.ndarray((k,), dtype="<u4", buffer=self._prod_mm, offset=first + 8, strides=(stride,))
-        counts = np.bincount((flags >> (16 + EPOCH_SHIFT)) % EPOCHS, minlength=EPOCHS).tolist()
+        flags = np.ndarray((k,), dtype="<u2", buffer=self._prod_mm, offset=first + RB_HDR + FLAGS_AT, strides=(stride,))
+        counts = np.bincount((flags >> EPOCH_SHIFT) % EPOCHS, minlength=EPOCHS).tolist()
         for e, c in enumerate(counts):
             by_epoch[e] += c
         return k
@@ -141,7 +141,7 @@ class RingConsumer:
         off = PAGE + (cons & self.mask)
         if self._words[off >> 2] & BUSY:
             return None
-        at = off + RB_HDR + 24
+        at = off + RB_HDR + KTIME_AT
         return self._words[at >> 2] | (self._words[(at >> 2) + 1] << 32)
 
     def capacity(self) -> int:
