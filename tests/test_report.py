@@ -326,8 +326,8 @@ def test_cpu_per_event_of_an_idle_channel_does_not_spike_the_chart():
     assert notes["cpu"] == [
         "ring: 2 windows with fewer than 100 events left out (an idle channel's polling CPU over a handful of "
         "events is no per-event cost)",
-        f"1 points above {top:.3g} µs/event (5 x the median) drawn on the top edge, up to 80 µs/event"]
-    assert notes["lag"] == ["ring: no lag p99 in 2 of 10 windows (no event delivered)"]
+        f"1 point above {top:.3g} µs/event (5 x the median) drawn on the top edge, up to 80 µs/event"]
+    assert notes["lag"] == ["ring: no lag p99 in 2 windows with events delivered (not measured)"]
     svg = host_chart(data, "h1", ws)
     assert svg.startswith("<svg")
 
@@ -343,6 +343,29 @@ def test_a_silent_agent_is_a_gap_in_its_lane():
     notes = host_notes_of(ws)
     assert "no windows from +3.0 s to +6.0 s: the agent was silent (stopped, restarted or cut off from the database)" \
         in notes["all"]
+
+
+def test_a_line_that_stops_for_want_of_events_says_why():
+    """Both channels are recorded in every mode on a real host: where one delivers nothing its lag and
+    CPU lines stop, and the note says whether the mode does not use it or its consumer stalled."""
+    ws = []
+    for i in range(9):
+        mode = "DUAL" if i < 3 else ("RING" if i < 6 else "PERF")
+        stalled = i in (4, 5)
+        ws.append(_w(i, "ring", delivered=0 if stalled or mode == "PERF" else 1000, cpu_us=None, mode=mode,
+                     lag=None if mode == "PERF" else 2.0))
+        ws[-1]["attempts"] = 0 if mode == "PERF" else 1000
+        ws.append(_w(i, "perf", delivered=0 if mode == "RING" else 1000, cpu_us=None, mode=mode,
+                     lag=None if mode == "RING" else 5.0))
+        ws[-1]["attempts"] = 0 if mode == "RING" else 1000
+    notes = host_notes_of(ws)["all"]
+    assert notes == [
+        "ring: no event delivered in #5..#6 (host on RING; 2000 attempted, none read: the consumer was stalled or "
+        "cut off): its lag and CPU lines stop there",
+        "ring: no event delivered in #7..#9 (host on PERF; the host on PERF does not use ring): its lag and CPU "
+        "lines stop there",
+        "perf: no event delivered in #4..#6 (host on RING; the host on RING does not use perf): its lag and CPU "
+        "lines stop there"]
 
 
 def host_notes_of(ws):

@@ -159,6 +159,45 @@ def _move(t: dict | None) -> str:
     return f" (transition {t['id']}: {t['from_label']} -> {t['to_label']})" if t else ""
 
 
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}" + ("" if k == 1 else "s")
+
+
+# At most this many stretches without events are named per channel; the rest are counted.
+MAX_IDLE_RUNS = 4
+
+
+def _idle_runs(ch: str, ws: list[dict], first: int | None) -> list[str]:
+    """The stretches of consecutive windows of a channel in one mode in which no event was delivered: there its
+    lag and CPU-per-event lines stop. Says the host's mode then (a channel the mode does not use)
+    and how many events were attempted (a stalled consumer)."""
+    runs: list[list[dict]] = []
+    for w in ws:
+        if w["mode"] == "rollup" or w["delivered"]:
+            continue
+        if runs and w["index"] == runs[-1][-1]["index"] + 1 and w["mode"] == runs[-1][-1]["mode"]:
+            runs[-1].append(w)
+        else:
+            runs.append([w])
+    out = []
+    for r in runs[:MAX_IDLE_RUNS]:
+        span = name(r[0]["index"], first) + ("" if len(r) == 1 else f"..{name(r[-1]['index'], first)}")
+        mode = r[0]["mode"]
+        attempted = sum(w["attempts"] or 0 for w in r)
+        unused = {"ring": "PERF", "perf": "RING"}[ch]
+        if attempted:
+            why = f"{attempted} attempted, none read: the consumer was stalled or cut off"
+        elif mode == unused:
+            why = f"the host on {unused} does not use {ch}"
+        else:
+            why = "no event emitted"
+        out.append(f"{ch}: no event delivered in {span} (host on {mode}; {why}): its lag and CPU lines stop there")
+    if len(runs) > MAX_IDLE_RUNS:
+        k = len(runs) - MAX_IDLE_RUNS
+        out.append(f"{ch}: {k} more stretch{'es' if k > 1 else ''} without events")
+    return out
+
+
 def host_notes(data, host: str, windows: list[dict], chart_end: float) -> dict[str, list[str]]:
     """Why a panel of this host's chart is empty or a line stops, per panel ("all", "loss", "lag",
     "cpu"): sentences for people, windows named `#n`."""
@@ -193,9 +232,10 @@ def host_notes(data, host: str, windows: list[dict], chart_end: float) -> dict[s
                                         f"with {name(e['index'], first)}: host on {e['mode']} "
                                         f"(on {prev['mode']} before)")
             seen = seen or has
-        no_lag = sum(1 for w in ws if w["lag_p99_ms"] is None)
+        notes["all"] += _idle_runs(ch, ws, first)
+        no_lag = sum(1 for w in ws if w["lag_p99_ms"] is None and w["delivered"])
         if no_lag:
-            notes["lag"].append(f"{ch}: no lag p99 in {no_lag} of {len(ws)} windows (no event delivered)")
+            notes["lag"].append(f"{ch}: no lag p99 in {_n(no_lag, 'window')} with events delivered (not measured)")
     for a, b in gaps:
         notes["all"].append(f"no windows from {_fmt_t(a)} to {_fmt_t(b)}: the agent was silent (stopped, "
                             "restarted or cut off from the database)")
@@ -216,12 +256,12 @@ def host_notes(data, host: str, windows: list[dict], chart_end: float) -> dict[s
     for ch, ws in chans.items():
         _, ys, skipped = cpu_points(ws, t0, floor)
         if skipped:
-            notes["cpu"].append(f"{ch}: {skipped} windows with fewer than {floor} events left out (an idle "
+            notes["cpu"].append(f"{ch}: {_n(skipped, 'window')} with fewer than {floor} events left out (an idle "
                                 "channel's polling CPU over a handful of events is no per-event cost)")
     shown = [y for ch in chans.values() for y in cpu_points(ch, t0, floor)[1]]
     top, n_above, highest = clip_top(shown)
     if top is not None:
-        notes["cpu"].append(f"{n_above} points above {top:.3g} µs/event ({CLIP_FACTOR:g} x the median) drawn on "
+        notes["cpu"].append(f"{_n(n_above, 'point')} above {top:.3g} µs/event ({CLIP_FACTOR:g} x the median) drawn on "
                             f"the top edge, up to {highest:.3g} µs/event")
     if not any(not math.isnan(y) for y in shown):
         notes["cpu"].append("no CPU per event: no window measured the consumer's CPU with enough events")
