@@ -141,9 +141,10 @@ def test_exit_codes_of_each_final_phase_and_of_a_migration_on_its_way(drive):
                           "streak windows (controller): h1 #1 #2 #3"]
     assert lines[5] == (f"ended: CANARY slice 1/2 -> ROLLED_BACK by auto at {_ts(T0)}: 3 consecutive breaching windows in "
                         "CANARY slice 1/2; last: h1: max_loss_rate")
-    assert lines[6:8] == ["HOST  SLICE  MODE       RING loss p99  PERF loss p99  VERDICT                 STREAK  AGE",
-                          "h1    1      PERF/PERF  5.000% 2.50ms  -              breach (max_loss_rate)  3/3     "
-                          + lines[7].split()[-1]]
+    assert lines[6:8] == ["HOST  SLICE  MODE       VERDICT                 STREAK",
+                          "h1    1      PERF/PERF  breach (max_loss_rate)  3/3"]
+    assert lines[10:12] == ["HOST  RING loss  p99     emit ns  PERF loss  p99     emit ns  AGE",
+                            "h1    5.000%     2.50ms  -        -          -       -        " + lines[11].split()[-1]]
     assert run("status", "-c", rb.path, "-m", "1").exit_code == 0  # the COMPLETE one, by id
 
     ab = drive(CANARY1)  # migration 3
@@ -202,17 +203,25 @@ def test_host_table(drive):
         d.windows("CANARY1", v, agents=("h1", "h2"))  # h3's agent has never reported a mode
     with d.sf() as s:
         rep = status_document(s, None)
+    assert rep["hosts"][0]["ring"]["producer_ns"] is None  # these windows timed no emit
+    rep["hosts"][0]["ring"]["producer_ns"], rep["hosts"][1]["perf"]["producer_ns"] = 412.4, 1380.0
     now = T0 + 10 + 2 + 1 + 4.5  # 4.5 s after index 2's windows ended
-    assert render_status(rep, now=now).splitlines() == [
+    text = render_status(rep, now=now)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert text.splitlines() == [
         "migration 1: CANARY slice 1/2   since " + _ts(T0),
         "window #3   breach streak 2/3, clean 0/2   no-data: hold",  # windows named #n (control/story.py)
         "streak windows (controller): h1 #2 #3",
         "last verdict: window #3 breach (h1: max_loss_rate)",
         "controller: not running",
-        "HOST  SLICE  MODE       RING loss p99  PERF loss p99  VERDICT                 STREAK  AGE",
-        "h1    1      RING/RING  5.000% 2.50ms  -              breach (max_loss_rate)  2/3     4.5s",
-        "h2    2      PERF/PERF  -              0.000% 1.25ms  -                       0/3     4.5s",
-        "h3    2      PERF/-     -              0.000% 1.25ms  -                       0/3     4.5s",
+        "HOST  SLICE  MODE       VERDICT                 STREAK",
+        "h1    1      RING/RING  breach (max_loss_rate)  2/3",
+        "h2    2      PERF/PERF  -                       0/3",
+        "h3    2      PERF/-     -                       0/3",
+        "HOST  RING loss  p99     emit ns  PERF loss  p99     emit ns  AGE",  # emit ns: per event, traced context
+        "h1    5.000%     2.50ms  412      -          -       -        4.5s",
+        "h2    -          -       -        0.000%     1.25ms  1380     4.5s",
+        "h3    -          -       -        0.000%     1.25ms  -        4.5s",
     ]
     h1, h2, _ = rep["hosts"]
     assert (h1["desired_mode"], h1["streak"], h1["verdict"]["verdict"], h1["verdict"]["rule"], h1["ring"]["index"],

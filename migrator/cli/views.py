@@ -81,11 +81,13 @@ def status_document(session, migration_id: int | None) -> dict:
 
 # ---- rendering: plain text (pipes, logs, tests) and rich (a terminal) --------------------------
 
-def _channel(w: dict | None) -> str:
+def _channel(w: dict | None) -> tuple[str, str, str]:
+    """(loss, lag p99, emit ns) of a host's last window on one channel; "-" where there is none."""
     if w is None:
-        return "-"
+        return "-", "-", "-"
     p99 = "-" if w["lag_p99_ms"] is None else f"{w['lag_p99_ms']:.2f}ms"
-    return f"{100 * w['loss_rate']:.3f}% {p99}"
+    emit = "-" if w.get("producer_ns") is None else f"{w['producer_ns']:.0f}"
+    return f"{100 * w['loss_rate']:.3f}%", p99, emit
 
 
 def _mode(h: dict) -> str:
@@ -107,16 +109,30 @@ def _age(h: dict, now: float) -> str:
     return f"{int(age // 60)}m{int(age % 60):02d}s" if age < 3600 else f"{int(age // 3600)}h{int(age % 3600 // 60):02d}m"
 
 
-HOST_COLUMNS = ("HOST", "SLICE", "MODE", "RING loss p99", "PERF loss p99", "VERDICT", "STREAK", "AGE")
-LEGEND = ("MODE: desired/applied; RING, PERF: the host's last window per channel; VERDICT: its last judged "
-          "window; STREAK: its own breaching windows in a row / N; AGE: since its last window ended")
+# Two tables keyed by host, so that each fits 80 columns: what the host is doing and how it was
+# judged, then its last window per channel (loss, lag p99, emit cost per event in the traced context).
+HOST_COLUMNS = ("HOST", "SLICE", "MODE", "VERDICT", "STREAK")
+WINDOW_COLUMNS = ("HOST", "RING loss", "p99", "emit ns", "PERF loss", "p99", "emit ns", "AGE")
+LEGEND = ("MODE: desired/applied; VERDICT: its last judged window; STREAK: its own breaching windows in a row / N. "
+          "RING, PERF: the host's last window per channel (loss, lag p99, emit cost per event in ns); "
+          "AGE: since its last window ended")
 
 
-def host_rows(rep: dict, now: float) -> list[tuple[str, ...]]:
+def host_rows(rep: dict) -> list[tuple[str, ...]]:
     """One row of strings per host, in canary order, under HOST_COLUMNS."""
     n = rep["rollback_after"]
-    return [(h["name"], str(h["slice"]), _mode(h), _channel(h.get("ring")), _channel(h.get("perf")), _verdict(h),
-             f"{h.get('streak', 0)}/{n}", _age(h, now)) for h in rep["hosts"]]
+    return [(h["name"], str(h["slice"]), _mode(h), _verdict(h), f"{h.get('streak', 0)}/{n}") for h in rep["hosts"]]
+
+
+def window_rows(rep: dict, now: float) -> list[tuple[str, ...]]:
+    """One row of strings per host, in canary order, under WINDOW_COLUMNS."""
+    return [(h["name"], *_channel(h.get("ring")), *_channel(h.get("perf")), _age(h, now)) for h in rep["hosts"]]
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    rows = [columns, *rows]
+    w = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    return ["  ".join(f"{c:<{w[i]}}" for i, c in enumerate(r)).rstrip() for r in rows]
 
 
 # The phase line's word for each stall cause (control/stall.py); the next line gives the whole reason.
@@ -170,16 +186,14 @@ def header_lines(rep: dict) -> list[str]:
 
 
 def render_status(rep: dict, now: float | None = None) -> str:
-    """The plain text of `migrator status`: the header lines, then one aligned row per host."""
+    """The plain text of `migrator status`: the header lines, then per host its state and its last windows."""
     now = time.time() if now is None else now
-    rows = [HOST_COLUMNS, *host_rows(rep, now)]
-    w = [max(len(r[i]) for r in rows) for i in range(len(HOST_COLUMNS))]
-    table = ["  ".join(f"{c:<{w[i]}}" for i, c in enumerate(r)).rstrip() for r in rows]
-    return "\n".join(header_lines(rep) + table)
+    return "\n".join(header_lines(rep) + _table(HOST_COLUMNS, host_rows(rep))
+                     + _table(WINDOW_COLUMNS, window_rows(rep, now)))
 
 
 def render_rich(rep: dict, now: float | None = None, note: str = ""):
-    """The live view: phase lines, then a per-host table coloured by verdict and mode (a rich renderable)."""
+    """The live view: phase lines, then the per-host tables coloured by verdict and mode (a rich renderable)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -187,15 +201,17 @@ def render_rich(rep: dict, now: float | None = None, note: str = ""):
     now = time.time() if now is None else now
     head = header_lines(rep)
     title = Text(head[0], style=_PHASE_STYLE.get(rep["phase"], "bold"))
-    table = Table(*HOST_COLUMNS, box=None, header_style="bold", pad_edge=False, caption=LEGEND,
-                  caption_justify="left", caption_style="dim")
-    for h, row in zip(rep["hosts"], host_rows(rep, now)):
+    hosts = Table(*HOST_COLUMNS, box=None, header_style="bold", pad_edge=False)
+    for h, row in zip(rep["hosts"], host_rows(rep)):
         v = (h.get("verdict") or {}).get("verdict")
         mode_style = "" if h["applied_mode"] == h["desired_mode"] else "yellow"
-        table.add_row(row[0], row[1], Text(row[2], style=mode_style), row[3], row[4],
-                      Text(row[5], style=_VERDICT_STYLE.get(v, "")),
-                      Text(row[6], style="bold red" if h.get("streak") else ""), row[7])
-    parts = [title, *(Text(line) for line in head[1:]), table]
+        hosts.add_row(row[0], row[1], Text(row[2], style=mode_style), Text(row[3], style=_VERDICT_STYLE.get(v, "")),
+                      Text(row[4], style="bold red" if h.get("streak") else ""))
+    windows = Table(*WINDOW_COLUMNS, box=None, header_style="bold", pad_edge=False, caption=LEGEND,
+                    caption_justify="left", caption_style="dim")
+    for row in window_rows(rep, now):
+        windows.add_row(*row)
+    parts = [title, *(Text(line) for line in head[1:]), hosts, windows]
     if note:
         parts.append(Text(note, style="dim"))
     return Group(*parts)
@@ -211,8 +227,9 @@ def status_cmd(config: Path = config_option(), migration: int = migration_option
                                                 "Implies --watch."),
                interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between refreshes."),
                as_json: bool = json_option("Print JSON (one document per refresh).")) -> None:
-    """Read-only: phase, window, breach streak k/N, lease, and per host its mode (desired/applied),
-    last ring and perf window (loss, lag p99), verdict, own breach streak and slice.
+    """Read-only: phase, window, breach streak k/N, lease, and per host its slice, mode
+    (desired/applied), verdict and own breach streak, then its last ring and perf window (loss, lag
+    p99, emit ns: what one event costs the traced context to emit) and their age.
 
     Exit codes (as `kubectl argo rollouts status`): 0 when the migration is COMPLETE, or without
     --watch while it is still on its way (PLANNED, a measured phase, PAUSED); 1 when it ended
