@@ -21,8 +21,8 @@ code (control/policy.py: judge_host, next_streak; same thresholds, same `no_data
   through the same exactly-once handover as any switch, and records a Protection: which rules,
   which windows (named `#n` as in every view when the host knows the migration's first window
   index, from the link's Desired; otherwise without indexes). The deciding ring window carries it
-  in extra["self_protect"], and the link
-  writes it to the database as a verdict of scope "self" (queued while the database is down).
+  in extra["self_protect"], and the link writes it to the database as a verdict of scope "self"
+  (queued while the database is down).
   The controller turns it into ONE transition to ROLLED_BACK with this reason.
 
 The hold: a self-protected host stays on PERF whatever desired_mode says, until the migration's
