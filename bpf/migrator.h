@@ -316,7 +316,7 @@ static __always_inline u64 __migrator_rbflags_@NAME@(u32 w, u64 seq)
 /* A record went to perf alone (mode PERF): if the reader announced that it sleeps without a clock
  * (mode word bit 8), ring its doorbell: a ring reservation discarded with BPF_RB_FORCE_WAKEUP wakes
  * its epoll wait and is skipped by every ring reader. The word is read again after the perf write:
- * either this load sees the bit or the reader, which sets the bit before it looks at perf's head
+ * either this load sees the bit or the reader, which sets the bit before it looks at the perf head
  * once more, sees the record. Costs one map load per perf write while the reader is awake. */
 static __always_inline void __migrator_doorbell_@NAME@(int *k)
 {
