@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 import typer
 
 from migrator.cli import app
-from migrator.cli._options import db_option, json_option, window_option
+from migrator.cli._options import config_option, db_option, json_option, window_option
 from migrator.cli._out import emit_json
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
@@ -182,7 +183,7 @@ def overhead_cmd(
     rates: list[float] = typer.Option(None, "--rate", min=0,
                                       help="Events per second (repeat the option; 0 = idle). Default: 0, 10k, 100k, 1M."),
     seconds: float = typer.Option(5.0, "--seconds", min=0.1, help="Seconds of events per rate and consumer."),
-    config: str = typer.Option(None, "--config", "-c", help="Take [buffers] (sizes, wakeup, max_delay_ms) from this canary.toml."),
+    config: Path = config_option("Take [buffers] (sizes, wakeup, max_delay_ms) from this canary.toml."),
     max_delay_ms: float = typer.Option(None, "--max-delay-ms", min=0.1, help="Our batch clock (default: [buffers] max_delay_ms)."),
     c_interval_ms: float = typer.Option(None, "--c-interval-ms", min=1, help="The C consumer's timer (default: max delay)."),
     json_out: bool = json_option("Print one JSON object {rates, targets, notes}."),
