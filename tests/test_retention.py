@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from migrator.cli import app
-from migrator.config import Store, load_config, parse_duration
+from migrator.config import Store, load_config
 from migrator.control.phases import DbApplier, transition
 from migrator.errors import ConfigError
-from migrator.shared.vocab import Phase
+from migrator.shared.vocab import Phase, parse_duration
 from migrator.store import api, open_store
 from migrator.store.models import Migration, Verdict, Window, WindowRollup
 from migrator.store.retention import deciding_window_ids, prune, rollups
@@ -250,6 +250,11 @@ def expected_rollups_after(partial: dict, sf) -> dict:
 def test_store_keep_windows_parses_like_a_duration(toml_file):
     assert parse_duration("30d") == 30 * 86400 and parse_duration("1h30m") == 5400
     assert parse_duration(90) == 90.0 and parse_duration("500ms") == 0.5
+    # The one grammar of canary.toml and the options: what --window, --timeout and --keep took is kept.
+    assert parse_duration(" 2.5 ") == 2.5 and parse_duration("1 s") == 1.0 and parse_duration("1h 30m") == 5400
+    for bad in ("fast", "1x", "-1", "1s2", "", True, float("nan")):
+        with pytest.raises(ValueError, match="is not a duration"):
+            parse_duration(bad)
     plain = load_config(toml_file(HOSTS))
     assert plain.store == Store(None)
     cfg = load_config(toml_file(HOSTS + '[store]\nkeep_windows = "7d"\n', name="b.toml"))
