@@ -79,6 +79,10 @@ def test_stalled_canary_host_rolls_back_after_exactly_n(base, tmp_path):
     assert {(w.host, w.channel) for w in breach} == {(res.fault_host, "ring")}
     idx = [w.index for w in breach]
     assert idx == list(range(idx[0], idx[0] + 3))  # consecutive
+    # the host's reason names them #n as every view does (its link read the first index), no raw index
+    first = min(w.index for w in ws)
+    assert f"({' '.join(f'#{i - first + 1}' for i in idx)}, rollback_after 3)" in rb["reason"], rb["reason"]
+    assert str(idx[0]) not in rb["reason"]
     with sf() as s:
         slice_verdicts = s.execute(select(Verdict.index, Verdict.verdict).where(
             Verdict.migration_id == res.migration_id, Verdict.scope == "slice", Verdict.phase == "CANARY")
