@@ -7,6 +7,8 @@ and pg_stat_database's commits of the test's own database bound the link's trans
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
 
@@ -163,3 +165,42 @@ def test_notify_is_sent_only_when_the_transaction_commits(pg_migration):
         DbApplier().apply(sf, mid, {"h1": "DUAL"})
         got = list(listener.notifies(timeout=2.0, stop_after=1))
         assert [(n.channel, n.payload) for n in got] == [(channel(mid), "modes")]
+
+
+def test_a_move_to_perf_is_announced_with_its_hosts_and_the_link_puts_it_in_force_before_reading(pg_migration):
+    """DbApplier names the hosts a move to PERF alone concerns in its NOTIFY payload ("perf:*" for
+    every host); a link that hears one for its host follows PERF at once, unsettled, before its read
+    of the row (PERF is the safe mode); any other payload only makes it read."""
+    from sqlalchemy import create_engine
+
+    from migrator.store.push import perf_for
+
+    url, sf, mid = pg_migration
+    listener = create_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        listener.exec_driver_sql(f"LISTEN {channel(mid)}")
+        raw = listener.connection.driver_connection
+        heard = []
+        for modes in ({"h1": "DUAL", "h2": "DUAL"}, {"h1": "PERF"}, {"h1": "PERF", "h2": "PERF"},
+                      {"h1": "RING", "h2": "PERF"}):
+            DbApplier().apply(sf, mid, modes)
+            heard += [n.payload for n in raw.notifies(timeout=5.0, stop_after=1)]
+        assert heard == ["modes", "perf:h1", "perf:*", "modes"]
+    finally:
+        listener.close()
+    assert [perf_for(p, "h2") for p in heard] == [False, False, True, False]
+
+    link = DbLink(sf, mid, "h2")  # not started: heard() is what its LISTEN connection calls
+    try:
+        link.desired = link.read_desired()
+        assert (link.desired.mode, link.reads) == ("PERF", 1)
+        link.desired = dataclasses.replace(link.desired, mode="RING", settled=True)
+        link.heard(["perf:h1"])  # another host's move: read again, nothing in force yet
+        assert (link.desired.mode, link._notified) == ("RING", True)
+        link.heard(["perf:*", "modes"])  # the last word is a read: nothing in force before it
+        assert link.desired.mode == "RING"
+        link.heard(["modes", "perf:h1,h2"])
+        assert (link.desired.mode, link.desired.settled, link.reads) == ("PERF", False, 1)
+        assert os.eventfd_read(link.wake_fd) == 1  # the data path was woken to follow it
+    finally:
+        link.stop()

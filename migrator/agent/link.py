@@ -15,6 +15,7 @@ round trip; while windows flow (one a window) they carry the heartbeat.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select as selectmod
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from migrator.store import reader_of
 from migrator.store.watch import ChangeWatch
 from migrator.store.api import heartbeat, record_windows, report_applied, report_self_protect
-from migrator.store.push import channel
+from migrator.store.push import channel, perf_for
 from migrator.store.hostlease import release_host_lease, renew_host_lease, take_host_lease, this_holder
 from migrator.errors import HostLeaseHeld
 from migrator.store.models import Host, Migration, Transition, Window
@@ -197,7 +198,8 @@ class DbLink(threading.Thread):
         """Stop polling; try once more to deliver what is queued."""
         self._halt.set()
         self._nudge()
-        self.join(flush_timeout)
+        if self.ident is not None:  # started (a link never started only gives its lease and fds back)
+            self.join(flush_timeout)
         if not self.is_alive() and self.wake_fd is not None:  # a thread still hung keeps it to write
             fd, self.wake_fd = self.wake_fd, None
             os.close(fd)
@@ -281,9 +283,20 @@ class DbLink(threading.Thread):
         except Exception:  # noqa: BLE001 -- psycopg's own errors: the server or the socket is gone
             self._drop_conn()
             return True
-        if got:
-            self._notified = True
+        self.heard([n.payload for n in got])
         return self._notified
+
+    def heard(self, payloads: list[str]) -> None:
+        """Notifications came (in commit order): read the row again; if the last one moves this host
+        to PERF, put PERF in force at once, before that read and before any write (a rollback then
+        waits on neither). PERF is the safe mode, so acting early can only lower what is at risk."""
+        if not payloads:
+            return
+        self._notified = True
+        d = self.desired
+        if perf_for(payloads[-1], self.host) and d is not None and d.mode != "PERF":
+            self.desired = dataclasses.replace(d, mode="PERF", settled=False)  # until the row is read
+            self.wake()
 
     def _idle(self) -> None:
         """Push mode: sleep until a notification, something to send, stop, the next heartbeat or safety read."""
@@ -322,6 +335,8 @@ class DbLink(threading.Thread):
             return None
 
     def _round_trip(self) -> None:
+        if self.push:
+            self._drain()  # a move to PERF announced meanwhile is put in force before the writes below
         beat = time.monotonic() >= self._beat_due
         # Read before taking the queued reports: a switch made in between queues a report that is
         # written after this reading, so the newest mode always wins.

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Callable, Protocol
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.errors import (
@@ -31,7 +31,7 @@ from migrator.errors import (
     TransitionPending,
 )
 from migrator.store.models import Host, Migration, Transition
-from migrator.store.push import announce
+from migrator.store.push import announce, perf_payload
 from migrator.store.hostlease import host_outcomes
 from migrator.shared.vocab import FINAL, MEASURED, Phase
 
@@ -252,7 +252,14 @@ class DbApplier:
                 .values(desired_mode=bindparam("m")),
                 [{"h": h, "m": mode} for h, mode in modes.items()],
             )
-            announce(s, migration_id, "modes")  # PostgreSQL: the hosts' links read the new modes at commit
+            # PostgreSQL: the hosts' links read the new modes at commit; a move to PERF alone is
+            # put in force before that read (store/push.py).
+            what = "modes"
+            if set(modes.values()) == {"PERF"}:
+                every = s.scalar(select(func.count()).select_from(Host)
+                                 .where(Host.migration_id == migration_id)) == len(modes)
+                what = perf_payload(sorted(modes), every)
+            announce(s, migration_id, what)
         if self.confirm_timeout is None:
             return
         deadline = time.monotonic() + self.confirm_timeout

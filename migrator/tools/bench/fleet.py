@@ -103,21 +103,21 @@ class _SharedPush:
                 with engine.connect() as c:
                     c = c.execution_options(isolation_level="AUTOCOMMIT")
                     c.exec_driver_sql(f"LISTEN {self.channel}")
-                    self._tell()  # anything announced before the LISTEN: every link reads again
+                    self._tell(["modes"])  # anything announced before the LISTEN: every link reads again
                     raw = c.connection.driver_connection
                     while not self.stop.is_set():
                         got = list(raw.notifies(timeout=0.5, stop_after=1))
                         if got:
-                            list(raw.notifies(timeout=0))
-                            self._tell()
+                            got += list(raw.notifies(timeout=0))
+                            self._tell([n.payload for n in got])
             except Exception:  # noqa: BLE001 -- the server went away: LISTEN again
-                self._tell()
+                self._tell(["modes"])
                 self.stop.wait(0.2)
         engine.dispose()
 
-    def _tell(self) -> None:
+    def _tell(self, payloads: list[str]) -> None:
         for link in self.links:
-            link._notified = True  # noqa: SLF001 -- what DbLink's own LISTEN connection would set
+            link.heard(payloads)  # what DbLink's own LISTEN connection hears
             link._nudge()  # noqa: SLF001
 
 
