@@ -145,3 +145,22 @@ def test_a_controller_rollback_lists_every_judged_hosts_window(config, session_f
     assert wi["rollback_at"]["window_ids"] == wi["actual_rollback"]["window_ids"] == ids
     st = json.loads(cli(config, "status", "--json").stdout)
     assert (st["streak"], st["streak_window_ids"]) == (3, ids)
+
+
+def test_window_names_survive_a_prune(config, session_factory):
+    """`migrator prune` deletes a finished migration's windows but the deciding ones: the first window
+    index, and with it every #n, comes from the rollups then."""
+    from migrator.control.story import first_index
+    from migrator.store.models import WindowRollup
+
+    sf = session_factory
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, config, schema_fingerprint="fp", now=T0).id
+        api.record_windows(s, mid, [window("h1", "ring", i) for i in (5, 6)])
+    with sf() as s:
+        assert first_index(s, mid) == 5
+    with sf() as s, s.begin():  # what prune leaves of windows 2..4
+        s.add(WindowRollup(migration_id=mid, host="h1", channel="ring", phase="DUAL_INSTRUMENT", slice=0,
+                           first_index=2, last_index=4, first_start=T0, last_end=T0 + 3, pruned_at=T0 + 100))
+    with sf() as s:
+        assert first_index(s, mid) == 2

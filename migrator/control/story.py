@@ -20,8 +20,13 @@ from migrator.store.models import Migration, Verdict, Window
 
 
 def first_index(session: Session, migration_id: int) -> int | None:
-    """The migration's first window index (None before any window)."""
-    return session.scalar(select(func.min(Window.index)).where(Window.migration_id == migration_id))
+    """The migration's first window index (None before any window), also after `migrator prune`
+    deleted its first windows (their rollups keep it): names do not shift when windows go."""
+    from migrator.store.models import WindowRollup
+
+    kept = session.scalar(select(func.min(Window.index)).where(Window.migration_id == migration_id))
+    rolled = session.scalar(select(func.min(WindowRollup.first_index)).where(WindowRollup.migration_id == migration_id))
+    return min((i for i in (kept, rolled) if i is not None), default=None)
 
 
 def window_name(index: int | None, first: int | None) -> str:
