@@ -207,7 +207,7 @@ def test_the_report_has_an_advice_section_from_the_same_core(toml_file):
         page = build_report(s, mid)
         assert data.advice == advise(s, mid).to_dict()
     section = page[page.index('<h2 id="advice">'):page.index('<h2 id="hosts">')]
-    assert "recommend <b>8 MiB</b> (configured 1 MiB); worst burst 3250585 bytes x 2 in h1 w2" in section
+    assert "recommend <b>8 MiB</b> (configured 1 MiB); worst burst 3250585 bytes x 2 in h1 #3" in section
     assert "the recommended size avoids 100" in section
     assert f"recommend <b>{'batched' if 'batched' in WAKEUPS else 'no_wakeup'}</b> (configured adaptive" in section
     assert section.count("<tr><td>h") == 2 and "<td>h1</td><td>no-go</td>" in section

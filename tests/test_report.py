@@ -164,8 +164,11 @@ def test_rolled_back_report_lists_every_transition_and_highlights_the_rollback(d
     shadow, canary, rollback = (judged(db, 1, HOSTS, [0, 1]), judged(db, 1, HOSTS, [2, 3]),
                                 judged(db, 1, ["h1"], [4, 5, 6]))
 
-    def cell(ws):
-        return ", ".join(f"#{i} {h} ring w{k}" for i, h, k in ws)
+    def cell(ws):  # the windows named #n (index + 1 here: the first window is index 0), grouped per host
+        by: dict[str, list[str]] = {}
+        for _, h, k in ws:
+            by.setdefault(h, []).append(f"#{k + 1}")
+        return ", ".join(f"{h} {' '.join(names)}" for h, names in by.items())
 
     assert rows[1:] == [
         ({"id": "t1"}, ["1", "1970-01-12 13:46:40.000", "+0.0", "PLANNED", "DUAL_INSTRUMENT", "manual", "confirmed",
@@ -181,11 +184,13 @@ def test_rolled_back_report_lists_every_transition_and_highlights_the_rollback(d
     ]
     # The windows behind each move, with their numbers and verdicts; the rollback's rows in red.
     dec = tables(text)["deciding"]
-    assert [(a.get("class"), c[:5] + c[9:]) for a, c in dec[1:]] == (
-        [(None, ["2", str(i), h, "ring", str(k), "pass", "ok"]) for i, h, k in shadow]
-        + [(None, ["3", str(i), h, "ring", str(k), "pass", "ok"]) for i, h, k in canary]
-        + [("rollback", ["4", str(i), h, "ring", str(k), "breach", "max_lag_p99_ms"]) for i, h, k in rollback])
-    assert [c[8] for _, c in dec[-3:]] == ["400.00"] * 3
+    assert [(a.get("class"), c[:4] + c[8:]) for a, c in dec[1:]] == (
+        [(None, ["2", f"#{k + 1}", h, "ring", "pass", "ok"]) for i, h, k in shadow]
+        + [(None, ["3", f"#{k + 1}", h, "ring", "pass", "ok"]) for i, h, k in canary]
+        + [("rollback", ["4", f"#{k + 1}", h, "ring", "breach", "max_lag_p99_ms"]) for i, h, k in rollback])
+    assert [c[7] for _, c in dec[-3:]] == ["400.00"] * 3
+    # windows are named #n for people; the row ids are in --json only
+    assert not re.search(r"ring w\d", text)
     # The streak reached N: facts say so, and the rollback links to its row.
     assert "<dt>highest breach streak</dt><dd>3/3</dd>" in text
     assert ('<dt>rollback</dt><dd><a href="#t4">transition 4</a> (auto): 3 consecutive breaching windows in '
@@ -200,19 +205,19 @@ def test_report_shows_every_window_and_escapes_database_text(db, reports):
     body = [c for _, c in win[2:]]
     # 3 hosts x 7 indices (0..6: DUAL 0-1, SHADOW 2-3, CANARY slice 1 4-6)
     assert [(c[0], c[1], c[2], c[3]) for c in body[:7]] == [
-        ("h1", "0", "DUAL_INSTRUMENT", "DUAL"), ("h1", "1", "DUAL_INSTRUMENT", "DUAL"), ("h1", "2", "SHADOW", "DUAL"),
-        ("h1", "3", "SHADOW", "DUAL"), ("h1", "4", "CANARY slice 1/2", "RING"), ("h1", "5", "CANARY slice 1/2", "RING"),
-        ("h1", "6", "CANARY slice 1/2", "RING")]
+        ("h1", "#1", "DUAL_INSTRUMENT", "DUAL"), ("h1", "#2", "DUAL_INSTRUMENT", "DUAL"), ("h1", "#3", "SHADOW", "DUAL"),
+        ("h1", "#4", "SHADOW", "DUAL"), ("h1", "#5", "CANARY slice 1/2", "RING"),
+        ("h1", "#6", "CANARY slice 1/2", "RING"), ("h1", "#7", "CANARY slice 1/2", "RING")]
     assert len(body) == 21
     # host, window, phase, mode, ring(attempts, loss, p99, cpu), perf(attempts, loss, p99, cpu), filled from ring,
     # parse, mismatch, verdict, rule
-    assert body[2] == ["h1", "2", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00", "5.000",
+    assert body[2] == ["h1", "#3", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00", "5.000",
                        "0", "0", "0", "pass", "ok"]
-    assert body[7 + 2] == ["h2", "2", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00",
+    assert body[7 + 2] == ["h2", "#3", "SHADOW", "DUAL", "1000", "0.000", "2.00", "2.000", "1000", "0.000", "5.00",
                            "5.000", "0", "2", "1", "pass", "ok"]
-    assert body[4] == ["h1", "4", "CANARY slice 1/2", "RING", "1000", "0.000", "400.00", "2.000", "-", "0", "0", "0",
+    assert body[4] == ["h1", "#5", "CANARY slice 1/2", "RING", "1000", "0.000", "400.00", "2.000", "-", "0", "0", "0",
                        "breach", "max_lag_p99_ms"]
-    assert body[7 + 4] == ["h2", "4", "CANARY slice 1/2", "PERF", "-", "1000", "0.000", "5.00", "5.000", "0", "0", "0",
+    assert body[7 + 4] == ["h2", "#5", "CANARY slice 1/2", "PERF", "-", "1000", "0.000", "5.00", "5.000", "0", "0", "0",
                            "-", "-"]
     # Self-contained: no script, no stylesheet or image fetched, every link inside the page.
     assert "<script" not in text and "<link" not in text and "<img" not in text and "@import" not in text

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from migrator.control.moves import snapshot_config
 from migrator.control.phases import label, slice_count
+from migrator.control.story import window_name
 from migrator.errors import StoreError
 from migrator.store import api
 from migrator.store.models import Migration, Verdict
@@ -85,9 +86,12 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
                         "cpu_per_event_us": _cpu_per_event_us(w.consumer_cpu_s, w.delivered),
                         "parse_errors": w.parse_errors, "payload_mismatches": w.payload_mismatches,
                         "residual": w.residual, "verdict": v, "rule": rule})
+    from migrator.control.story import first_index
+
+    first = first_index(session, m.id)
     rolled = rollups(session, m.id)
     if rolled:  # pruned: one summary row per host, channel and phase position stands for its windows
-        windows = sorted(windows + [_rollup_window(r) for r in rolled], key=lambda w: (w["start"], w["index"]))
+        windows = sorted(windows + [_rollup_window(r, first) for r in rolled], key=lambda w: (w["start"], w["index"]))
     if not windows:
         raise StoreError(f"migration {m.id} ({m.phase}) has no windows yet, so there is nothing to report "
                          "(fix: run `migrator start` and one `migrator agent` per host until windows are "
@@ -112,15 +116,14 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
                           "min_events": th.min_events}}
     from migrator.control.advise import advise
 
-    from migrator.control.story import first_index, streak_story, transition_windows
+    from migrator.control.story import streak_story, transition_windows
 
     transition_windows(session, m.id, transitions)
     return ReportData(mig, api.hosts(session, m.id), transitions, windows, streak, deciding, time.time(), rolled,
-                      advise(session, m.id).to_dict(), streak_story(session, m, cfg.rollback_after),
-                      first_index(session, m.id))
+                      advise(session, m.id).to_dict(), streak_story(session, m, cfg.rollback_after), first)
 
 
-def _rollup_window(r: dict) -> dict:
+def _rollup_window(r: dict, first: int | None) -> dict:
     """A rollup as a window of the report: its span, summed counts, worst lag p99, and as verdict the
     worst of its host verdicts (id negative: no window row has it)."""
     dropped = r["dropped_full"] + r["dropped_other"]
@@ -134,7 +137,8 @@ def _rollup_window(r: dict) -> dict:
             "cpu_per_event_us": _cpu_per_event_us(r["consumer_cpu_s"], r["delivered"]),
             "parse_errors": r["parse_errors"], "payload_mismatches": r["payload_mismatches"],
             "residual": r["residual"], "verdict": verdict,
-            "rule": (f"rollup of {r['windows']} windows {r['first_index']}-{r['last_index']}: {r['passes']} pass, "
+            "rule": (f"rollup of {r['windows']} windows {window_name(r['first_index'], first)}.."
+                     f"{window_name(r['last_index'], first)}: {r['passes']} pass, "
                      f"{r['breaches']} breach, {r['no_data']} no-data"),
             "rollup": r["windows"]}
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from migrator import __version__
 from migrator.control.phases import label
+from migrator.control.story import describe, window_name
 from migrator.tools.report.charts import (BREACH, DUAL, MAX_HOST_CHARTS, MAX_LANES, PASS, PERF, RING, _chart_end,
                                           host_chart, lanes_chart, streak_chart, timeline_chart)
 from migrator.tools.report.data import ReportData
@@ -58,8 +59,20 @@ def _num(v: float | None, fmt: str = ".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
-def _window_ref(w: dict) -> str:
-    return f"#{w['id']} {w['host']} {w['channel']} w{w['index']}"
+def _name(data: ReportData, index: int | None) -> str:
+    """A window's name for people, `#n` (its number within the migration), as every view says it."""
+    return window_name(index, data.first_index)
+
+
+def _window_refs(t: dict) -> str:
+    """A transition's deciding windows as every view names them (`h1 #5 #6, h2 #5 #6`); the row ids
+    are in `report --json` only."""
+    named = t.get("windows") or []
+    text = describe(named)
+    gone = len(t["window_ids"]) - len(named)
+    if gone > 0:
+        text += ("; " if text else "") + f"{gone} window{'s' if gone > 1 else ''} no longer stored"
+    return text or "-"
 
 
 def _transitions_table(data: ReportData) -> str:
@@ -69,8 +82,7 @@ def _transitions_table(data: ReportData) -> str:
         rb = t["to"] == "ROLLED_BACK"
         cls = ' class="rollback"' if rb else ""
         when = t["confirmed_at"] or t["at"]
-        wins = ", ".join(esc(_window_ref(data.deciding[i])) if i in data.deciding else f"#{esc(i)}"
-                         for i in t["window_ids"]) or "-"
+        wins = esc(_window_refs(t)) if t["window_ids"] else "-"
         rows.append(
             f'<tr id="t{esc(t["id"])}"{cls}>'
             f'<td class="n">{esc(t["id"])}</td><td>{_utc(when)}</td><td class="n">{when - t0:+.1f}</td>'
@@ -94,13 +106,13 @@ def _deciding_table(data: ReportData) -> str:
         for i in t["window_ids"]:
             w = data.deciding.get(i)
             if w is None:
-                rows.append(f'<tr><td class="n">{esc(t["id"])}</td><td class="n">{esc(i)}</td>'
-                            '<td colspan="9">window not in this database</td></tr>')
+                rows.append(f'<tr><td class="n">{esc(t["id"])}</td><td>-</td>'
+                            '<td colspan="8">window no longer in this database</td></tr>')
                 continue
             cls = ' class="rollback"' if rb else ""
             rows.append(
-                f'<tr{cls}><td class="n">{esc(t["id"])}</td><td class="n">{esc(w["id"])}</td><td>{esc(w["host"])}</td>'
-                f'<td>{esc(w["channel"])}</td><td class="n">{esc(w["index"])}</td>'
+                f'<tr{cls}><td class="n">{esc(t["id"])}</td><td class="n">{esc(_name(data, w["index"]))}</td>'
+                f'<td>{esc(w["host"])}</td><td>{esc(w["channel"])}</td>'
                 f'<td>{esc(label(w["phase"], w["slice"], data.migration["slices"]))}</td>'
                 f'<td class="n">{esc(w["attempts"])}</td><td class="n">{_pct(w["loss_rate"])}</td>'
                 f'<td class="n">{_num(w["lag_p99_ms"])}</td><td>{esc(w["verdict"])}</td><td>{esc(w["rule"])}</td></tr>')
@@ -110,8 +122,8 @@ def _deciding_table(data: ReportData) -> str:
     # (the transitions table above already names them); the charts below stay in view.
     moves = sum(1 for t in data.transitions if t["window_ids"])
     return (f"<details><summary>{len(rows)} windows decided {moves} moves (every judged host's, per index)</summary>"
-            '<table id="deciding"><thead><tr><th>transition</th><th>window id</th><th>host</th><th>channel</th>'
-            "<th>index</th><th>phase</th><th>attempts</th><th>loss %</th><th>lag p99 ms</th><th>verdict</th>"
+            '<table id="deciding"><thead><tr><th>transition</th><th>window</th><th>host</th><th>channel</th>'
+            "<th>phase</th><th>attempts</th><th>loss %</th><th>lag p99 ms</th><th>verdict</th>"
             "<th>rule</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></details>")
 
 
@@ -136,7 +148,7 @@ def _windows_table(data: ReportData) -> tuple[str, int]:
         errors = sum((w or {}).get("parse_errors", 0) for w in (ring, perf))
         mism = (ring or {}).get("payload_mismatches", 0)
         filled = (perf or {}).get("filled_from_ring", 0)
-        rows.append(f'<tr{cls}><td>{esc(host)}</td><td class="n">{esc(index)}</td>'
+        rows.append(f'<tr{cls}><td>{esc(host)}</td><td class="n">{esc(_name(data, index))}</td>'
                     f'<td>{esc(label(any_w["phase"], any_w["slice"], data.migration["slices"]))}</td>'
                     f"<td>{esc(ring['mode'] if ring else perf['mode'])}</td>{cells(ring)}{cells(perf)}"
                     f'<td class="n">{esc(filled)}</td><td class="n">{errors}</td><td class="n">{esc(mism)}</td>'
@@ -201,12 +213,12 @@ def _bytes(n: int | None) -> str:
     return (f"{v:g}" if v == int(v) else f"{v:.2f}") + f" {unit}"
 
 
-def _advice_section(a: dict | None) -> str:
+def _advice_section(a: dict | None, first: int | None = None) -> str:
     """`migrator advise` on this migration: ring size, wakeup policy, go / no-go per host (control/advise.py)."""
     if a is None:
         return ""
     r, k = a["ring"], a["wakeup"]
-    where = ", ".join(f"{esc(w['host'])} w{esc(w['index'])} (#{esc(w['id'])})" for w in r["evidence"][:5]) or "-"
+    where = ", ".join(f"{esc(w['host'])} {esc(window_name(w['index'], first))}" for w in r["evidence"][:5]) or "-"
     m = r["memory"]
     facts = [
         ("ring size", f"recommend <b>{_bytes(r['recommended_bytes'])}</b> (configured {_bytes(r['configured_bytes'])}); "
@@ -286,7 +298,7 @@ def render_html(data: ReportData) -> str:
            f'<figure class="chart" id="chart-streak">{streak_chart(data)}</figure>',
            '<h2 id="deciding-windows">Windows that decided each move</h2>',
            _deciding_table(data),
-           _advice_section(data.advice),
+           _advice_section(data.advice, data.first_index),
            '<h2 id="hosts">Per host and window</h2>',
            f'<p class="legend"><span><i class="sw" style="background:{RING}"></i>ring</span>'
            f'<span><i class="sw" style="background:{PERF}"></i>perf</span>'
