@@ -43,7 +43,7 @@ def session_factory(config, backend):
     """A migrated store on the test's backend: the config's SQLite file, or a throwaway PostgreSQL database."""
     sf = open_store(backend.url or config.database_url)
     yield sf
-    sf.kw["bind"].dispose()
+    sf.dispose()
 
 
 # ---- backends: SQLite and a real PostgreSQL ----------------------------------------------------

@@ -177,7 +177,7 @@ def test_cli_json_text_and_exit_codes(toml_file):
 
 def test_plan_warns_when_the_ring_is_below_the_last_advice(toml_file, tmp_path, monkeypatch):
     cfg, sf, mid = recorded(toml_file)
-    sf.kw["bind"].dispose()
+    sf.dispose()
     warning = (f"warning: buffers.ring_bytes = 1048576 is below the 8388608 bytes `migrator advise` "
                f"recommends from migration {mid} (worst ring burst seen x 2); see `migrator advise -m {mid}`\n")
     r = runner.invoke(app, ["plan", "-c", cfg.path])

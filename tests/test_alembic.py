@@ -53,7 +53,7 @@ def test_sqlite_pragmas(tmp_path):
 
 def test_newer_database_refused_naming_both_revisions(tmp_path, backend):
     url = url_for(backend, tmp_path, "d.db")
-    open_store(url).kw["bind"].dispose()
+    open_store(url).dispose()
     engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))

@@ -88,7 +88,7 @@ class Drive:
             return api.get_migration(s, self.mid).phase
 
     def close(self) -> None:
-        self.sf.kw["bind"].dispose()
+        self.sf.dispose()
 
 
 @pytest.fixture

@@ -261,7 +261,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("point", ["before_apply", "before_confirm"])
 def test_sigkill_between_intent_and_confirm_recovers_exactly_once(toml_file, point):
     sf, mid, ctl = setup(toml_file, CANARY1)
-    url = sf.kw["bind"].url.render_as_string(hide_password=False)
+    url = sf.engine.url.render_as_string(hide_password=False)
     proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, url, str(mid), point],
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -140,7 +140,7 @@ def test_locked_database_is_ridden_out(tmp_path, monkeypatch, caplog, fast_backo
     finally:
         stop.set()
         th.join(10)
-        sf.kw["bind"].dispose()
+        sf.dispose()
 
 
 def test_schema_error_that_cannot_heal_gives_up_with_a_store_error(tmp_path, fast_backoff):
@@ -158,7 +158,7 @@ def test_schema_error_that_cannot_heal_gives_up_with_a_store_error(tmp_path, fas
     finally:
         stop.set()
         th.join(10)
-        sf.kw["bind"].dispose()
+        sf.dispose()
 
 
 def fill(path):
@@ -210,5 +210,5 @@ def test_full_disk_is_ridden_out_and_the_same_controller_completes(tmp_path, cap
             th.join(10)
     finally:
         if sf is not None:
-            sf.kw["bind"].dispose()
+            sf.dispose()
         subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -128,7 +128,7 @@ def test_unparsable_url(tmp_path, url):
 def test_corrupt_database(tmp_path):
     p = plan(tmp_path, "migrator.db")
     db = tmp_path / "migrator.db"
-    open_store(f"sqlite:///{db}").kw["bind"].dispose()  # a real database at head, its WAL checkpointed and gone
+    open_store(f"sqlite:///{db}").dispose()  # a real database at head, its WAL checkpointed and gone
     assert not db.with_name(db.name + "-wal").exists()
     with open(db, "r+b") as f:  # overwrite page 1's b-tree (sqlite_master) after the 100-byte header
         f.seek(100)
@@ -154,7 +154,7 @@ def test_a_corrupt_page_status_never_reads_is_found_before_the_controller_decide
         api.record_windows(s, 1, [window(h, ch, i, extra={"pad": "x" * 200}) for i in range(400)
                                   for h in ("mig1", "mig2") for ch in ("perf", "ring")])
     gc.collect()  # the in-process `init` command's engine (a CLI process would have exited)
-    sf.kw["bind"].dispose()  # the last connection checkpoints the WAL into the file
+    sf.dispose()  # the last connection checkpoints the WAL into the file
     db = tmp_path / "migrator.db"
     assert not db.with_name(db.name + "-wal").exists()
     with sqlite3.connect(db) as c:
@@ -225,7 +225,7 @@ def test_database_errors_wraps_a_commit_that_waits_too_long(tmp_path, monkeypatc
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-        sf.kw["bind"].dispose()
+        sf.dispose()
 
 
 # ---- usage errors exit 2 -------------------------------------------------------------------

@@ -79,4 +79,4 @@ def test_sigterm_to_lab_run_cleans_up_like_ctrl_c(lab, tmp_path):
     for h in ("1", "2"):
         log = (run_dir / f"agent-{PREFIX}{h}.log").read_text()
         assert f"agent {PREFIX}{h}: stopped by SIGTERM; its probe is closed" in log, log[-2000:]
-    sf.kw["bind"].dispose()
+    sf.dispose()

@@ -125,7 +125,7 @@ def test_no_password_in_any_output_or_row(tmp_path, pg_database):
     sf = open_store(url, readonly=True)
     with sf() as s:
         snap = json.loads(s.scalar(select(Migration.config_json)))
-    sf.kw["bind"].dispose()
+    sf.dispose()
     assert snap["database"] == shown
 
 
@@ -136,7 +136,7 @@ def test_a_write_through_a_readonly_factory_fails(backend, session_factory, conf
 
     with session_factory() as s, s.begin():
         mid = api.create_migration(s, config).id
-    url = session_factory.kw["bind"].url.render_as_string(hide_password=False)
+    url = session_factory.engine.url.render_as_string(hide_password=False)
     ro = open_store(url, readonly=True)
     with pytest.raises(DatabaseUnavailable) as exc:
         with database_errors(ro), ro() as s, s.begin():
@@ -151,7 +151,7 @@ def test_a_write_through_a_readonly_factory_fails(backend, session_factory, conf
         assert "attempt to write a readonly database" in str(exc.value)
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Window)) == 0
-    ro.kw["bind"].dispose()
+    ro.dispose()
 
 
 def test_read_only_commands_leave_postgres_as_it_was(tmp_path, backend):

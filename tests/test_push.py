@@ -58,7 +58,7 @@ def pg_migration(tmp_path, pg_database, monkeypatch):
     with sf() as s, s.begin():
         mid = api.create_migration(s, cfg, schema_fingerprint="fp").id
     yield url, sf, mid
-    sf.kw["bind"].dispose()
+    sf.dispose()
 
 
 def wait_for(cond, timeout: float, step: float = 0.005) -> float:
@@ -74,7 +74,7 @@ def test_idle_link_reads_its_mode_only_at_safety_reads(pg_migration):
     url, sf, mid = pg_migration
     link = DbLink(sf, mid, "h1", safety_read=1.5)
     assert link.push
-    seen = Statements(sf.kw["bind"], link.reader.kw["bind"])
+    seen = Statements(sf.engine, link.reader.engine)
     link.start()
     try:
         wait_for(lambda: link.desired is not None, 5.0)
@@ -102,7 +102,7 @@ def test_idle_link_commits_few_transactions(pg_migration):
     # The link's own transactions, counted where they end (commit or rollback) on its engines: the
     # server's pg_stat_database also counts autovacuum and other tests' sessions, so its rate is noise.
     ended: list[float] = []
-    for engine in {sf.kw["bind"], link.reader.kw["bind"]}:
+    for engine in {sf.engine, link.reader.engine}:
         for ev in ("commit", "rollback"):
             event.listen(engine, ev, lambda conn: ended.append(time.monotonic()))
     link.start()
@@ -123,7 +123,7 @@ def test_transition_arrives_within_one_notification(pg_migration):
     notification carries it, not a poll. Pause (no mode changes) is announced too."""
     url, sf, mid = pg_migration
     links = [DbLink(sf, mid, h, safety_read=60.0) for h in ("h1", "h2")]
-    seen = Statements(*[link.reader.kw["bind"] for link in links])
+    seen = Statements(*[link.reader.engine for link in links])
     for link in links:
         link.start()
     try:

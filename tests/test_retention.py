@@ -119,7 +119,7 @@ def db(tmp_path, backend):
                     record(s, m2, window(h, ch, i))
     assert (m1, m2) == (1, 2)
     yield {"config": tmp_path / "canary.toml", "sf": sf}
-    sf.kw["bind"].dispose()
+    sf.dispose()
     gc.collect()
 
 

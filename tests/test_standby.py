@@ -59,7 +59,7 @@ def planned(tmp_path):
     with sf() as s:
         mid = api.active_migration(s).id
     yield path, sf, mid
-    sf.kw["bind"].dispose()
+    sf.dispose()
 
 
 class Hosts(threading.Thread):

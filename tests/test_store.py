@@ -70,4 +70,4 @@ def _window_rows(db) -> int:
         with sf() as s:
             return s.scalar(select(func.count()).select_from(Window))
     finally:
-        sf.kw["bind"].dispose()
+        sf.dispose()

@@ -55,7 +55,7 @@ def test_undo_from_complete_puts_every_host_on_perf_with_a_transition_row(tmp_pa
         assert [h.desired_mode for h in s.query(Host).order_by(Host.position)] == ["PERF", "PERF"]
         m = s.get(Migration, 1)
         assert (m.phase, m.pending_transition_id) == ("ROLLED_BACK", None)
-    sf.kw["bind"].dispose()
+    sf.dispose()
 
     r = run("undo", "-c", p)  # once: ROLLED_BACK is final
     assert (r.exit_code, r.stderr) == (1, "Error: cannot go from ROLLED_BACK to undo: ROLLED_BACK is final\n")

@@ -41,4 +41,4 @@ def test_the_link_reads_the_desired_mode_only_after_a_change(started):
     link._round_trip()
     assert len(reads) == 2 and link.desired.mode == "PERF"
     link.watch.close()  # the link thread never ran: nothing to stop but its connections
-    link.reader.kw["bind"].dispose()
+    link.reader.dispose()

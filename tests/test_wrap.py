@@ -154,7 +154,7 @@ def applied_modes(cfg: Path) -> dict[str, str]:
         with sf() as s:
             return {h["name"]: h["applied_mode"] for h in api.hosts(s, 1)}
     finally:
-        sf.kw["bind"].dispose()
+        sf.dispose()
 
 
 @dataclass

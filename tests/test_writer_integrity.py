@@ -47,7 +47,7 @@ def corrupt(tmp_path):
         api.record_windows(s, 1, [window(h, ch, i, extra={"pad": "x" * 200}) for i in range(400)
                                   for h in ("h1", "h2") for ch in ("perf", "ring")])
     gc.collect()
-    sf.kw["bind"].dispose()  # the last connection checkpoints the WAL into the file
+    sf.dispose()  # the last connection checkpoints the WAL into the file
     db = tmp_path / "migrator.db"
     assert not db.with_name(db.name + "-wal").exists()
     c = sqlite3.connect(db)

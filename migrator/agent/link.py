@@ -92,7 +92,7 @@ class DbLink(threading.Thread):
         self._conn = None  # the reading connection, made in the thread that reads
         self.poll, self.lost_after, self.safety_read = poll, lost_after, safety_read
         # PostgreSQL: _conn also LISTENs; the row is read when notified or every safety_read.
-        self.push = self.reader.kw["bind"].dialect.name == "postgresql"
+        self.push = self.reader.dialect == "postgresql"
         self._notified = False  # a notification seen after the last reading began: read again
         self._safety_due = 0.0
         self.reads = 0  # desired-mode reads made (the bench and the tests count them)
@@ -212,7 +212,7 @@ class DbLink(threading.Thread):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            self.reader.kw["bind"].dispose()
+            self.reader.dispose()
 
     def release(self) -> None:
         """Give the host lease up (only ours; a database out of reach lets it lapse instead)."""
@@ -251,7 +251,7 @@ class DbLink(threading.Thread):
         committed after that read goes unheard)."""
         try:
             if self._conn is None:
-                conn = self.reader.kw["bind"].connect()
+                conn = self.reader.engine.connect()
                 self._conn = conn
                 if self.push:
                     conn = conn.execution_options(isolation_level="AUTOCOMMIT")

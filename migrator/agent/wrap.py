@@ -824,7 +824,7 @@ def run_wrapped(command: list[str], *, config: str | Path | None = None, host: s
         try:
             settings.migration_id = serve_migration(sf, host, None)
         finally:
-            sf.kw["bind"].dispose()
+            sf.dispose()
         settings.window_seconds = window_seconds or cfg.window_seconds
     else:
         settings.window_seconds = window_seconds or 1.0

@@ -160,7 +160,7 @@ def migration_hosts(config: Path | None) -> tuple[int, list[str], dict[str, str]
                 return m.id, [h["name"] for h in hosts], silent_agents(
                     hosts, time.time(), snap.agents.lost_after_windows * snap.window_seconds)
         finally:
-            sf.kw["bind"].dispose()
+            sf.dispose()
     except StoreError as exc:
         return f"database not reachable ({exc})"
 

@@ -117,7 +117,7 @@ def ring_size_warning(cfg: Config) -> str | None:
     except Exception:  # advice is a courtesy here: plan's own checks decide its exit
         return None
     finally:
-        sf.kw["bind"].dispose()
+        sf.dispose()
 
 
 def source_report(cfg: Config) -> dict:

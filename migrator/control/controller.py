@@ -108,7 +108,7 @@ class _Outage:
             return
         from migrator.store.migrate import check_revision
 
-        engine = self.where.kw["bind"]
+        engine = self.where.engine
         try:
             check_revision(engine, engine.url, upgrade_if_older=False)
         except DatabaseUnavailable as exc:  # still down: the caller backs off again

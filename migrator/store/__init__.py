@@ -7,17 +7,16 @@ never a raw SQLAlchemy or OS exception. Callers that commit wrap their work in
 """
 from __future__ import annotations
 
-from sqlalchemy.orm import Session, sessionmaker
 
 from migrator.errors import DatabaseMissing
-from migrator.store.db import make_engine, make_session_factory
+from migrator.store.db import Store, make_engine, make_session_factory
 from migrator.store.guard import check_database_url, check_integrity, database_errors, make_parent_dir
 from migrator.store.migrate import check_revision
 from migrator.store.url import safe_url, sqlite_path
 
 
-def open_store(url: str, *, readonly: bool = False) -> sessionmaker[Session]:
-    """A session factory on `url`, upgraded to head (writers) or checked to be at head (readers).
+def open_store(url: str, *, readonly: bool = False) -> Store:
+    """The Store (engine and sessions) on `url`, upgraded to head (writers) or checked to be at head (readers).
 
     Read-only openers never create a missing SQLite file and never upgrade: they raise StoreError.
     Every failure to reach or use the database raises a StoreError subclass naming it.
@@ -38,10 +37,10 @@ def open_store(url: str, *, readonly: bool = False) -> sessionmaker[Session]:
     return make_session_factory(engine)
 
 
-def reader_of(session_factory: sessionmaker[Session]) -> sessionmaker[Session]:
-    """A read-only session factory on the database of `session_factory`, for frequent reads: on SQLite
+def reader_of(session_factory: Store) -> Store:
+    """A read-only Store on the database of `session_factory`, for frequent reads: on SQLite
     they take no write lock (writers BEGIN IMMEDIATE), on PostgreSQL they run READ ONLY."""
-    return make_session_factory(make_engine(session_factory.kw["bind"].url, readonly=True))
+    return make_session_factory(make_engine(session_factory.engine.url, readonly=True))
 
 
-__all__ = ["open_store", "reader_of", "check_database_url", "check_integrity", "make_engine", "make_session_factory", "sqlite_path", "database_errors", "safe_url"]
+__all__ = ["Store", "open_store", "reader_of", "check_database_url", "check_integrity", "make_engine", "make_session_factory", "sqlite_path", "database_errors", "safe_url"]

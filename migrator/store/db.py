@@ -75,6 +75,24 @@ def _postgres_engine(u: URL, readonly: bool) -> Engine:
     return engine
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """One sessionmaker per process; callers do `with factory() as s, s.begin(): ...`."""
-    return sessionmaker(engine, expire_on_commit=False)
+class Store(sessionmaker[Session]):
+    """A process's database: the sessions on one engine (`with store() as s, s.begin(): ...`, as with
+    any sessionmaker) and the engine itself, so no caller digs it out of `kw["bind"]`."""
+
+    @property
+    def engine(self) -> Engine:
+        return self.kw["bind"]
+
+    @property
+    def dialect(self) -> str:
+        """The backend's name: "sqlite" or "postgresql"."""
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        """Close the engine's pooled connections (the last one on SQLite checkpoints the WAL)."""
+        self.engine.dispose()
+
+
+def make_session_factory(engine: Engine) -> Store:
+    """One Store per process; callers do `with store() as s, s.begin(): ...`."""
+    return Store(engine, expire_on_commit=False)

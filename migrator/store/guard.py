@@ -268,7 +268,7 @@ def check_integrity(sf: sessionmaker) -> None:
     goes unnoticed until a write lands on it; the controller checks the whole file before it
     decides anything. Other backends check their own storage: nothing to do there.
     """
-    engine = sf.kw["bind"]
+    engine = sf.engine
     if engine.dialect.name != "sqlite":
         return
     with database_errors(engine), engine.connect() as conn:

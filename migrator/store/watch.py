@@ -17,7 +17,7 @@ class ChangeWatch:
     always (other backends). Use it from one thread; any error makes it say True and start over."""
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
-        self._engine = session_factory.kw["bind"]
+        self._engine = session_factory.engine
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._raw = None
         self._last: int | None = None

@@ -101,7 +101,7 @@ def evaluate_and_persist(url: str, hosts: int, windows: int, *, drop_after: bool
     n = hosts * windows * 2
     if drop_after:
         _delete_migration(sf, mid)
-    sf.kw["bind"].dispose()
+    sf.dispose()
     return {"hosts": hosts, "windows_per_host": windows, "windows": n, "host_verdicts": hosts * windows,
             "groups_judged": judged, "group_breaches": breaches, "seconds": round(elapsed, 3),
             "record_seconds": round(t_record, 3), "judge_seconds": round(t_step, 3),
@@ -140,7 +140,7 @@ def build_history_db(url: str, db_windows: int, hosts: int = 1000, chunk: int = 
     sf = open_store(url)
     mid, have = _history_migration(sf)
     if have >= db_windows:
-        sf.kw["bind"].dispose()
+        sf.dispose()
         return {"reused": True, "windows": have, "build_seconds": 0.0, "analyze_seconds": 0.0}
     if mid is not None:  # too small for this run: built again
         _delete_migration(sf, mid)
@@ -176,7 +176,7 @@ def build_history_db(url: str, db_windows: int, hosts: int = 1000, chunk: int = 
         flush()
     build = time.perf_counter() - t
     took = analyze(sf)
-    sf.kw["bind"].dispose()
+    sf.dispose()
     return {"reused": False, "windows": written, "build_seconds": round(build, 3), "analyze_seconds": round(took, 3)}
 
 
@@ -197,7 +197,7 @@ def time_queries(url: str) -> dict:
         if got != 100:
             raise BenchError("controller", f"`windows --last 100` on {db} returned {got} windows, not 100",
                              "delete that history database (or pass another --db) so the bench builds a fresh one")
-    sf.kw["bind"].dispose()
+    sf.dispose()
     return {k: round(v, 3) for k, v in out.items()}
 
 

@@ -97,7 +97,7 @@ class _SharedPush:
         self.thread = threading.Thread(target=self._run, name="fleet-listen", daemon=True)
 
     def _run(self) -> None:
-        engine = create_engine(self.reader.kw["bind"].url, poolclass=NullPool)
+        engine = create_engine(self.reader.engine.url, poolclass=NullPool)
         while not self.stop.is_set():
             try:
                 with engine.connect() as c:
@@ -131,7 +131,7 @@ def _fleet_link(shared: _SharedPush | None):
             if shared is None:
                 return super().read_desired()
             self._notified = False
-            with shared.reader.kw["bind"].connect() as c:
+            with shared.reader.engine.connect() as c:
                 row = c.execute(self._desired_stmt).one()
                 c.rollback()
             self.reads += 1
@@ -190,7 +190,7 @@ def worker(spec: dict) -> dict:
 
     url, mid, ws, base = spec["url"], spec["migration_id"], spec["window_seconds"], spec["base"]
     sf = open_store(url)
-    engine = sf.kw["bind"]
+    engine = sf.engine
     pg = engine.dialect.name == "postgresql"
     shared = _SharedPush(url, mid, spec.get("read_pool", 4)) if pg else None
     Link = _fleet_link(shared)
@@ -266,7 +266,7 @@ def controller_proc(spec: dict) -> dict:
 
     ctl = Timed(sf, spec["migration_id"])
     phase = ctl.run(deadline=time.time() + spec["timeout"])
-    sf.kw["bind"].dispose()
+    sf.dispose()
     return {"phase": phase, "rounds": rounds}
 
 
@@ -336,7 +336,7 @@ def run_fleet(url: str, hosts: int, *, window_seconds: float = 1.0, processes: i
     canary = canary or max(1, hosts // 10)
     cfg = plan(url, hosts, window_seconds, canary, rollback_after, min_clean)
     sf = open_store(url)
-    pg = sf.kw["bind"].dialect.name == "postgresql"
+    pg = sf.dialect == "postgresql"
     with sf() as s, s.begin():
         mid = api.create_migration(s, cfg, name=NAME, schema_fingerprint="bench").id
     names = host_names(hosts)
@@ -424,9 +424,9 @@ def run_fleet(url: str, hosts: int, *, window_seconds: float = 1.0, processes: i
     steps = [r[0] for r in cres["rounds"]]
     judging = [r[0] for r in cres["rounds"] if r[2]]
     host_cpu = sum(r["cpu_s"] for r in results)
-    sf.kw["bind"].dispose()
+    sf.dispose()
     res = {
-        "database": sf.kw["bind"].dialect.name, "hosts": hosts, "processes": len(workers),
+        "database": sf.dialect, "hosts": hosts, "processes": len(workers),
         "window_seconds": window_seconds, "canary_hosts": canary, "rollback_after": rollback_after,
         "migration_id": mid, "phase": m.phase, "path": path, "seconds": round(span, 1),
         "breach_verdicts": breach_verdicts,

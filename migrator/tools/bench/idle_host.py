@@ -155,7 +155,7 @@ def measure(server_url: str, seconds: float = 10.0, *, link_only: bool = False,
                 if time.monotonic() > deadline:
                     raise RuntimeError("the idle host process never heartbeated")
                 time.sleep(0.1)
-            sf.kw["bind"].dispose()
+            sf.dispose()
             time.sleep(1.0)  # past its start
 
             stats = create_engine(url, poolclass=NullPool)
