@@ -72,7 +72,7 @@ def db(tmp_path_factory):
     with sf() as s:
         hist = {mid: api.history(s, mid) for mid in runs}
         phases = {mid: s.get(Migration, mid).phase for mid in runs}
-    sf.kw["bind"].dispose()
+    sf.dispose()
     gc.collect()
     return {"dir": d, "config": d / "canary.toml", "windows": runs, "history": hist, "phases": phases}
 
