@@ -20,11 +20,11 @@ from typing import Any
 from migrator.errors import ConfigError, close_matches
 from migrator.shared.passwords import hide_password
 from migrator.shared.vocab import (CONFIG_ENV, DEFAULT_CONFIG, DURATION_UNITS, HOST_NAME_RULE, LAB_PREFIX_RULE, PAGE_SIZE,
-                                   RING_WAKEUPS, is_host_name, is_lab_prefix, parse_duration, parse_percent, percent_of)
+                                   PERF_PAGES_RULE, PROBES, RING_BYTES_RULE, RING_SUBMITS, RING_WAKEUPS, is_host_name,
+                                   is_lab_prefix, is_perf_pages, is_ring_bytes, next_power_of_two, parse_duration,
+                                   parse_percent, percent_of)
 
 NO_DATA_ACTIONS = ("hold", "breach", "reset")
-PROBES = ("tc", "synthetic", "proc")
-RING_SUBMIT = ("reserve", "output")
 WAKEUPS = tuple(RING_WAKEUPS)
 PHASE_KEYS = ("dual_instrument", "shadow", "canary")
 
@@ -371,10 +371,6 @@ def _tname(v: Any) -> str:
             dict: "table"}.get(type(v), type(v).__name__)
 
 
-def _power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
-
-
 TOP_KEYS = ("database", "database_file", "window_seconds", "hosts", "slices", "rollback_after", "no_data",
             "phases", "thresholds", "probe", "buffers", "lab", "source",
             "agents", "notify", "store")
@@ -451,21 +447,21 @@ def parse_config(data: dict, path: str = DEFAULT_CONFIG, base_dir: Path | None =
     )
 
     pr = p.section(data, "probe", ("name", "rate"))
-    probe = ProbeConfig(p.choice(pr, "name", "tc", "probe.name", PROBES),
+    probe = ProbeConfig(p.choice(pr, "name", "tc", "probe.name", tuple(PROBES)),
                   p.integer(pr, "rate", 20000, "probe.rate", minimum=1, maximum=MAX_PROBE_RATE))
 
     bu = p.section(data, "buffers", ("ring_bytes", "perf_pages", "ring_submit", "wakeup", "max_delay_ms"))
     ring_bytes = p.integer(bu, "ring_bytes", 16 * 1024 * 1024, "buffers.ring_bytes", minimum=PAGE_SIZE,
                            maximum=MAX_RING_BYTES)
-    if not _power_of_two(ring_bytes) or ring_bytes % PAGE_SIZE:
-        raise p.err("buffers.ring_bytes", f"must be a power of two and a multiple of {PAGE_SIZE}, got {ring_bytes}",
-                    f"use e.g. {1 << max(12, ring_bytes.bit_length())}")
+    if not is_ring_bytes(ring_bytes):
+        raise p.err("buffers.ring_bytes", f"must be {RING_BYTES_RULE}, got {ring_bytes}",
+                    f"use e.g. {next_power_of_two(ring_bytes, PAGE_SIZE)}")
     perf_pages = p.integer(bu, "perf_pages", 64, "buffers.perf_pages", minimum=1, maximum=MAX_PERF_PAGES)
-    if not _power_of_two(perf_pages):
-        raise p.err("buffers.perf_pages", f"must be a power of two, got {perf_pages}",
-                    f"use e.g. {1 << perf_pages.bit_length()}")
+    if not is_perf_pages(perf_pages):
+        raise p.err("buffers.perf_pages", f"must be {PERF_PAGES_RULE}, got {perf_pages}",
+                    f"use e.g. {next_power_of_two(perf_pages)}")
     buffers = Buffers(ring_bytes, perf_pages,
-                      p.choice(bu, "ring_submit", "reserve", "buffers.ring_submit", RING_SUBMIT),
+                      p.choice(bu, "ring_submit", "reserve", "buffers.ring_submit", RING_SUBMITS),
                       p.choice(bu, "wakeup", "adaptive", "buffers.wakeup", WAKEUPS),
                       p.number(bu, "max_delay_ms", Buffers.max_delay_ms, "buffers.max_delay_ms", positive=True,
                                maximum=MAX_DELAY_MS, fix_max=f"use a delay from more than 0 to {MAX_DELAY_MS:g} ms"))

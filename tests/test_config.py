@@ -62,7 +62,7 @@ BAD = [
     ("bad no_data", 'no_data = "ignore"\n',
      """no_data: must be one of hold, breach, reset, got 'ignore' (fix: write e.g. no_data = "hold")"""),
     ("ring_bytes not power of two", "[buffers]\nring_bytes = 12288\n",
-     "buffers.ring_bytes: must be a power of two and a multiple of 4096, got 12288 (fix: use e.g. 16384)"),
+     "buffers.ring_bytes: must be a power of two of at least 4096 bytes (one page), got 12288 (fix: use e.g. 16384)"),
     ("perf_pages not power of two", "[buffers]\nperf_pages = 3\n",
      "buffers.perf_pages: must be a power of two, got 3 (fix: use e.g. 4)"),
     ("bool as number", "window_seconds = true\n",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrator.errors import DrillError
-from migrator.shared.vocab import HOST_NAME_RE, HOST_NAME_RULE, PAGE_SIZE, is_host_name
+from migrator.shared.vocab import HOST_NAME_RE, HOST_NAME_RULE, RING_BYTES_RULE, is_host_name, is_ring_bytes
 
 log = logging.getLogger("migrator.agent")
 DRILL_DIR = Path(os.environ.get("MIGRATOR_DRILL_DIR", "/run/migrator/drills"))
@@ -120,9 +120,8 @@ class DrillBox:
             if d.host != self.host:
                 raise DrillError("host", d.host, f"this agent serves {self.host}")
             ring = spec.get("ring_bytes")
-            if ring is not None and (isinstance(ring, bool) or not isinstance(ring, int)
-                                     or ring < PAGE_SIZE or ring & (ring - 1)):
-                raise DrillError("ring_bytes", ring, "give a positive power of two, at least one page")
+            if ring is not None and not is_ring_bytes(ring):
+                raise DrillError("ring_bytes", ring, f"give {RING_BYTES_RULE}")
             expires_at = spec.get("expires_at")
             if not _number(expires_at):
                 raise DrillError("expires_at", expires_at, "queue it again with `migrator fault` (every drill has a deadline)")

@@ -33,7 +33,7 @@ from migrator.dataplane.router import Router
 from migrator.dataplane.schema import Registry, bcc_registry
 from migrator.errors import MigratorError
 from migrator.shared.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
-from migrator.shared.vocab import MODES
+from migrator.shared.vocab import MODES, PERF_PAGES_RULE, is_perf_pages
 
 if TYPE_CHECKING:
     from migrator.agent.metrics import AgentMetrics
@@ -120,8 +120,8 @@ class Feed:
         operator: perf's lost counts less those the ring delivered instead (DUAL), and the ring's
         refusals while it acts.
         """
-        if page_cnt is not None and (page_cnt <= 0 or page_cnt & (page_cnt - 1)):
-            raise MigratorError(f"open_perf_buffer({self.name!r}): page_cnt must be a power of two, got {page_cnt}")
+        if page_cnt is not None and not is_perf_pages(page_cnt):
+            raise MigratorError(f"open_perf_buffer({self.name!r}): page_cnt must be {PERF_PAGES_RULE}, got {page_cnt}")
         self.pipe.reopen_perf(page_cnt or self.pipe.perf.pages, max(0, int(wakeup_events)))
         self._set_wakes()
         self.deliver_to(callback, lost_cb)

@@ -55,13 +55,11 @@ from migrator.dataplane.router import ActedMatches
 from migrator.dataplane import rewrite
 from migrator.dataplane.channel import check_bpf_privileges
 from migrator.errors import MigratorError, OptionError, SourceError
-from migrator.dataplane.channels.perf import PAGE
 from migrator.shared.records import ChannelWindow, merge_windows
 from migrator.shared.signals import own_process
 from migrator.store import open_store
-from migrator.shared.vocab import MODES
+from migrator.shared.vocab import DEFAULT_RING_BYTES, MODES, PAGE_SIZE
 
-DEFAULT_RING_BYTES = 1 << 22
 # The perf side of a feed wakes its reader at a watermark (a quarter of the buffer), not per
 # event: a blocking perf_buffer_poll() looks at the buffers at least this often, so a quiet tool
 # prints its events at most this late.
@@ -688,7 +686,7 @@ class ChannelReport:
     def memory(self) -> dict:
         """Bytes each buffer pins: perf pages x CPUs x page size (data, plus a metadata page per
         CPU), and the ring's data area (mapped twice by the kernel, charged once)."""
-        return {"perf_bytes": self.perf_pages * self.cpus * PAGE, "ring_bytes": self.ring_bytes}
+        return {"perf_bytes": self.perf_pages * self.cpus * PAGE_SIZE, "ring_bytes": self.ring_bytes}
 
     def totals(self, channel: str) -> dict:
         """Attempts, delivered, dropped, lost and residual of the "perf" or "ring" side over the run."""

@@ -16,7 +16,8 @@ import typer
 
 from migrator.config import Config, load_config
 from migrator.errors import MigratorError, OptionError
-from migrator.shared.vocab import CONFIG_ENV, DEFAULT_CONFIG, DURATION_UNITS, PAGE_SIZE, config_path, parse_duration
+from migrator.shared.vocab import (CONFIG_ENV, DEFAULT_CONFIG, DURATION_UNITS, PERF_PAGES_RULE, RING_BYTES_RULE, config_path,
+                                   is_perf_pages, is_ring_bytes, parse_duration)
 
 # Which canary.toml a command reads without --config (migrator.config.config_path), for help texts.
 CONFIG_DEFAULT = f"default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG}"
@@ -153,14 +154,14 @@ def check_rate(rate: float, option: str = "--rate") -> float:
 
 def check_ring_bytes(ring_bytes: int, option: str = "--ring-bytes") -> int:
     """A ring size the kernel accepts: a power of two of at least one page."""
-    if ring_bytes < PAGE_SIZE or ring_bytes & (ring_bytes - 1):
-        raise OptionError(option, ring_bytes, f"is not a power of two of at least {PAGE_SIZE} bytes (one page)",
+    if not is_ring_bytes(ring_bytes):
+        raise OptionError(option, ring_bytes, f"is not {RING_BYTES_RULE}",
                           f"use e.g. {16 << 20} (16 MiB)")
     return ring_bytes
 
 
 def check_perf_pages(perf_pages: int, option: str = "--perf-pages") -> int:
     """A perf buffer size per CPU the kernel accepts: a power of two of pages."""
-    if perf_pages < 1 or perf_pages & (perf_pages - 1):
-        raise OptionError(option, perf_pages, "is not a power of two", "use e.g. 64 (pages per CPU)")
+    if not is_perf_pages(perf_pages):
+        raise OptionError(option, perf_pages, f"is not {PERF_PAGES_RULE}", "use e.g. 64 (pages per CPU)")
     return perf_pages

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from migrator.cli import app
-from migrator.cli._options import config_option, db_option, json_option, window_option
+from migrator.cli._options import check_perf_pages, config_option, db_option, json_option, window_option
 from migrator.cli._out import emit_json
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
@@ -230,8 +230,7 @@ def parity_cmd(
     """
     from migrator.tools.bench.parity import render, run_parity
 
-    if pages & (pages - 1):
-        raise typer.BadParameter(f"must be a power of two, got {pages}", param_hint="--pages")
+    check_perf_pages(pages, "--pages")
     res = run_parity(rounds, count, pages, progress=lambda m: typer.echo(f"parity: {m}", err=True))
     if json_out:
         emit_json(res.to_dict())

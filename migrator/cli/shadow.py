@@ -11,15 +11,13 @@ from migrator.cli._log import LogFormat, log_format_option, log_level_option, se
 from migrator.cli._options import (check_perf_pages, check_rate, check_ring_bytes, check_seconds, json_option, usage,
                                    window_option)
 from migrator.cli._out import emit_json
-from migrator.config import RING_SUBMIT
 from migrator.shared.records import WINDOW_HEADER, window_line
-from migrator.shared.vocab import RING_WAKEUPS, SHADOW_PROBES
+from migrator.shared.vocab import RING_SUBMITS, RING_WAKEUPS, SHADOW_PROBES
 
-# The choices are canary.toml's (migrator.config, shared/vocab.py): the data plane (numpy, bcc) is imported only when
-# `shadow` runs. tests/test_startup.py checks the submit modes against migrator.dataplane.loader.SUBMITS.
+# The choices are shared/vocab.py's: the data plane (numpy, bcc) is imported only when `shadow` runs.
 # Choices are Enums so that typer rejects anything else at parse time (exit 2) and lists them in --help.
 ProbeName = Enum("ProbeName", {p: p for p in SHADOW_PROBES}, type=str)
-RingSubmit = Enum("RingSubmit", {k: k for k in RING_SUBMIT}, type=str)
+RingSubmit = Enum("RingSubmit", {k: k for k in RING_SUBMITS}, type=str)
 Wakeup = Enum("Wakeup", {k: k for k in RING_WAKEUPS}, type=str)
 
 

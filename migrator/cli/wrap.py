@@ -15,11 +15,7 @@ from migrator.cli._log import LogFormat, log_format_option, log_level_option, se
 from migrator.cli._options import check_ring_bytes, config_option, json_option, usage, window_option
 from migrator.cli._out import emit_json
 from migrator.shared.records import WINDOW_HEADER, window_line
-from migrator.shared.vocab import MODES
-
-# migrator.agent.wrap (the agent, the store, bcc) is imported when `wrap` runs; its default ring
-# size is spelled here for --help, and tests/test_startup.py checks it against DEFAULT_RING_BYTES.
-DEFAULT_RING_BYTES = 1 << 22
+from migrator.shared.vocab import DEFAULT_RING_BYTES, MODES
 
 Mode = Enum("Mode", {m: m for m in MODES}, type=str)
 

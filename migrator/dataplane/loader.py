@@ -9,10 +9,7 @@ from migrator.dataplane.channel import Channel, check_bpf_privileges
 from migrator.shared.resources import bpf_dir
 from migrator.errors import BPFLoadError, MigratorError
 from migrator.dataplane.counters import Counters
-from migrator.shared.vocab import PAGE_SIZE as PAGE, RING_WAKEUPS
-
-PROBES = {"synthetic": "synthetic.bpf.c", "proc": "proc.bpf.c", "tc": "tc_packet.bpf.c"}
-SUBMITS = {"reserve": 0, "output": 1}
+from migrator.shared.vocab import PROBES, RING_BYTES_RULE, RING_SUBMITS, RING_WAKEUPS, is_ring_bytes
 
 
 def render_source(probe: str) -> str:
@@ -33,11 +30,6 @@ def render_source(probe: str) -> str:
     return re.sub(r'^#include "(demo\.h)"[ \t]*$', inline, path.read_text(), flags=re.M)
 
 
-def _check_pow2_pages(ring_bytes: int) -> None:
-    if ring_bytes < PAGE or ring_bytes % PAGE or (ring_bytes & (ring_bytes - 1)):
-        raise MigratorError(f"ring size {ring_bytes} must be a power of two and at least {PAGE} bytes")
-
-
 class Probe:
     """One loaded demo probe: its programs and its migrator channel `events`."""
 
@@ -50,11 +42,12 @@ class Probe:
         print_c: bool = False,
         extra_cflags: tuple[str, ...] = (),
     ) -> None:
-        _check_pow2_pages(ring_bytes)
+        if not is_ring_bytes(ring_bytes):
+            raise MigratorError(f"ring size {ring_bytes} must be {RING_BYTES_RULE}")
         if wakeup not in RING_WAKEUPS:
             raise MigratorError(f"wakeup {wakeup!r} unknown; choose one of {', '.join(RING_WAKEUPS)}")
-        if ring_submit not in SUBMITS:
-            raise MigratorError(f"ring_submit {ring_submit!r} unknown; choose one of {', '.join(SUBMITS)}")
+        if ring_submit not in RING_SUBMITS:
+            raise MigratorError(f"ring_submit {ring_submit!r} unknown; choose one of {', '.join(RING_SUBMITS)}")
         if probe not in PROBES:
             raise MigratorError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
         if not print_c:  # --print-c shows the C text even to a user who cannot load it

@@ -28,7 +28,7 @@ from pathlib import Path
 from migrator.errors import InstallError, OptionError, SourceError
 from migrator.shared.resources import bpf_dir
 from migrator.shared.vocab import RING_WAKEUPS  # values of -DMIGRATOR_RING_WAKEUP
-from migrator.shared.vocab import PAGE_SIZE as PAGE
+from migrator.shared.vocab import RING_BYTES_RULE, is_ring_bytes
 
 HEADER = "migrator.h"
 TEMPLATE_BEGIN, TEMPLATE_END = "MIGRATOR_TEMPLATE_BEGIN", "MIGRATOR_TEMPLATE_END"
@@ -426,10 +426,9 @@ def channel_names(text: str, *, filename: str = "<bpf text>") -> list[str]:
 # ---- wrap_text ------------------------------------------------------------------------------
 
 def check_ring_bytes(ring_bytes: object) -> int:
-    """A ring size the kernel accepts (a power of two of at least 4096), else OptionError."""
-    if isinstance(ring_bytes, bool) or not isinstance(ring_bytes, int) or ring_bytes < PAGE \
-            or ring_bytes & (ring_bytes - 1):
-        raise OptionError("ring_bytes", ring_bytes, "is not a power of two of at least 4096",
+    """A ring size the kernel accepts (vocab.RING_BYTES_RULE), else OptionError."""
+    if not is_ring_bytes(ring_bytes):
+        raise OptionError("ring_bytes", ring_bytes, f"is not {RING_BYTES_RULE}",
                           "use a ring size such as 1 << 22 (4 MiB)")
     return ring_bytes
 

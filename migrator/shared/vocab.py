@@ -38,6 +38,36 @@ CHANNELS = ("perf", "ring")
 # The page size: perf buffers are pages per CPU, a ring is a whole number of pages.
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
+# The demo probes (bpf/ files) and how a demo probe's ring record is written.
+PROBES = {"tc": "tc_packet.bpf.c", "synthetic": "synthetic.bpf.c", "proc": "proc.bpf.c"}
+RING_SUBMITS = ("reserve", "output")  # MIGRATOR_RESERVE/SUBMIT (fixed size) or MIGRATOR_OUTPUT
+# wrap's ring per channel when the operator names none: 4 MiB.
+DEFAULT_RING_BYTES = 1 << 22
+
+
+# What the kernel takes as a BPF ring size and as perf pages per CPU: every check of either (config,
+# options, wrap, drills, the library) tests it with these and says the rule in these words.
+RING_BYTES_RULE = f"a power of two of at least {PAGE_SIZE} bytes (one page)"
+PERF_PAGES_RULE = "a power of two"
+
+
+def _power_of_two(n: object) -> bool:
+    return not isinstance(n, bool) and isinstance(n, int) and n > 0 and n & (n - 1) == 0
+
+
+def is_ring_bytes(n: object) -> bool:
+    return _power_of_two(n) and n >= PAGE_SIZE
+
+
+def is_perf_pages(n: object) -> bool:
+    return _power_of_two(n)
+
+
+def next_power_of_two(n: int, at_least: int = 1) -> int:
+    """The smallest power of two >= n and >= at_least: what a fix suggests."""
+    return 1 << max((max(n, 1) - 1).bit_length(), (at_least - 1).bit_length())
+
+
 # The ring producer's wakeup policies ([buffers] wakeup, -DMIGRATOR_RING_WAKEUP in bpf/migrator.h):
 # adaptive (the kernel wakes a reader that caught up: at low rates once per record), no_wakeup
 # (never: the reader runs on its own clock), force_wakeup (every record), batched (only a sleeping

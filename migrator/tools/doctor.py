@@ -374,7 +374,7 @@ def check_kprobes(config_path: str = "/proc/config.gz") -> Check:
 
 def check_bpf_sources(directory: Path | None = None) -> Check:
     """The BPF sources migrator compiles (migrator.h, demo.h and the demo probes) are where the package says."""
-    from migrator.dataplane.loader import PROBES
+    from migrator.shared.vocab import PROBES
     from migrator.shared.resources import bpf_dir
 
     where = directory or bpf_dir()
