@@ -191,7 +191,9 @@ def _idle_runs(ch: str, ws: list[dict], first: int | None) -> list[str]:
             why = f"the host on {unused} does not use {ch}"
         else:
             why = "no event emitted"
-        out.append(f"{ch}: no event delivered in {span} (host on {mode}; {why}): its lag and CPU lines stop there")
+        # CPU per event needs events delivered; lag p99 may still come from an earlier window's records read late
+        lines = ("lag and CPU lines stop" if all(w["lag_p99_ms"] is None for w in r) else "CPU line stops")
+        out.append(f"{ch}: no event delivered in {span} (host on {mode}; {why}): its {lines} there")
     if len(runs) > MAX_IDLE_RUNS:
         k = len(runs) - MAX_IDLE_RUNS
         out.append(f"{ch}: {k} more stretch{'es' if k > 1 else ''} without events")
