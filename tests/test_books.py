@@ -18,7 +18,7 @@ from migrator.config import parse_config
 from migrator.control.policy import BREACH, NO_DATA, PASS, judge_group, judge_host
 from migrator.dataplane.channel import COUNTERS, N_COUNTERS
 from migrator.dataplane.kstats import stats_on
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 

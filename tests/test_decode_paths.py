@@ -109,7 +109,7 @@ def test_decode_matches_the_record_by_record_reference(seed):
 def test_equal_sized_short_records_in_one_perf_run_decode_their_missing_tail_as_zeros():
     """A perf chunk of same-size samples is read as a strided run over the chunk; records shorter than
     their layout (a variable tail) must not read past the chunk, and their missing bytes are zeros."""
-    from migrator.dataplane.channels.perf import PERF_RECORD_SAMPLE, PerfConsumer
+    from migrator.dataplane.readers.perf import PERF_RECORD_SAMPLE, PerfConsumer
 
     reg = Registry()
     reg.register(5, 1, [("a", "<u8"), ("tail", "V56")], min_size=8)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kernel_util import collect, needs_root, records
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 

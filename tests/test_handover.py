@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from migrator.dataplane.channels.perf import PERF_RECORD_LOST, PERF_RECORD_SAMPLE, PerfConsumer
+from migrator.dataplane.readers.perf import PERF_RECORD_LOST, PERF_RECORD_SAMPLE, PerfConsumer
 from migrator.dataplane.frames import HDR_SIZE, Frames, headers_at
 from migrator.dataplane.handover import Handover
 from migrator.dataplane.schema import Registry

@@ -9,7 +9,7 @@ import pytest
 
 from kernel_util import needs_root
 from migrator.agent.feed import Feed
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.schema import demo_registry
 

@@ -127,8 +127,8 @@ def test_name_collision_with_non_lab_link(lab):
 
 
 def test_tc_probe_counts_sent_packets_exactly(lab):
-    from migrator.dataplane.loader import Probe
-    from migrator.dataplane.channels import RingConsumer
+    from migrator.dataplane.demo_probes import Probe
+    from migrator.dataplane.readers import RingConsumer
     from migrator.dataplane.schema import DEMO_TYPE, demo_registry
 
     host = lab_up(1, lab)[0]

@@ -199,7 +199,7 @@ def test_checker_names_agent_to_tools_and_store_to_dataplane():
 def test_unmapped_module_is_refused():
     with pytest.raises(UnmappedModule):
         layer_of("migrator.newlayer.x")
-    assert (layer_of("migrator.shared.vocab"), layer_of("migrator.dataplane.channels.perf"), layer_of("migrator.cli")) == (0, 1, 6)
+    assert (layer_of("migrator.shared.vocab"), layer_of("migrator.dataplane.readers.perf"), layer_of("migrator.cli")) == (0, 1, 6)
 
 
 # --- callbacks set as attributes -------------------------------------------------------------

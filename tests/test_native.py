@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from migrator.dataplane import native
-from migrator.dataplane.channels.perf import PERF_RECORD_SAMPLE, PerfConsumer
+from migrator.dataplane.readers.perf import PERF_RECORD_SAMPLE, PerfConsumer
 from migrator.dataplane.frames import HDR_SIZE
 from migrator.errors import MigratorError
 

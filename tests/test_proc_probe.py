@@ -4,7 +4,7 @@ import subprocess
 import pytest
 
 from kernel_util import collect, needs_root, records
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.schema import render
 

@@ -108,7 +108,7 @@ def test_each_channel_times_exactly_the_seqs_the_hash_picks(wakeup):
     MIGRATOR_TIMED picks (so perf and ring are timed on the same records), and the shadow windows
     carry the mean as producer_ns. How the means compare by wakeup policy is a measurement for
     `migrator bench producer`, not for a test on a shared machine."""
-    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.demo_probes import Probe
     from migrator.dataplane.loadgen import LoadGen
     from migrator.dataplane.pipeline import Pipeline
 
@@ -150,7 +150,7 @@ def test_batched_wakeups_wake_a_sleeping_reader_and_only_then():
     while it is not sleeping, records wake nobody (the ring's emit costs what no_wakeup's does)."""
     import time
 
-    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.demo_probes import Probe
     from migrator.dataplane.loadgen import LoadGen
     from migrator.dataplane.pipeline import Pipeline
 

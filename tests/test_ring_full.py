@@ -2,8 +2,8 @@
 import pytest
 
 from kernel_util import needs_root
-from migrator.dataplane.loader import Probe
-from migrator.dataplane.channels import RingConsumer
+from migrator.dataplane.demo_probes import Probe
+from migrator.dataplane.readers import RingConsumer
 from migrator.dataplane.loadgen import LoadGen
 
 pytestmark = [pytest.mark.kernel, needs_root]

@@ -4,9 +4,9 @@ across the wrap and resumed after more records arrive."""
 import pytest
 
 from kernel_util import needs_root
-from migrator.dataplane.channels import RingConsumer
+from migrator.dataplane.readers import RingConsumer
 from migrator.dataplane.frames import EPOCHS
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
 
 pytestmark = [pytest.mark.kernel, needs_root]

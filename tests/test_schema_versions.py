@@ -4,7 +4,7 @@ import pytest
 
 from kernel_util import collect, needs_root
 from migrator.dataplane.frames import Frames
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.schema import DEMO_LAYOUTS, DEMO_TYPE, Registry, demo_registry, fingerprint

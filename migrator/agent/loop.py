@@ -29,7 +29,7 @@ from migrator.agent.feed import Feed
 from migrator.agent.link import DbLink
 from migrator.agent.selfprotect import SelfProtect
 from migrator.config import Config, source_hash
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.operator import OperatorProgram, import_sink
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.schema import demo_registry

@@ -11,7 +11,7 @@ import numpy as np
 
 from migrator.dataplane.counters import Counters
 from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats, stats_on
-from migrator.dataplane.channels import PerfConsumer, RingConsumer
+from migrator.dataplane.readers import PerfConsumer, RingConsumer
 from migrator.dataplane.frames import EPOCHS, Frames, concat_headers
 from migrator.dataplane.grace import GracePeriod
 from migrator.dataplane.router import Router
@@ -65,7 +65,7 @@ class ChannelSource(Protocol):
 
 
 class Pipeline:
-    """Drains both channels of one probe and closes per-channel windows that balance exactly.
+    """Drains both buffers of one channel (its `source`) and closes per-channel windows that balance exactly.
 
     Each window is one epoch of the channel (bpf/migrator.h EPOCHS): its records carry it and its
     counters are kept apart, so closing a window is moving the channel to the next epoch, waiting
@@ -78,14 +78,14 @@ class Pipeline:
     fd and the perf fds, bounded by the same budget.
     """
 
-    def __init__(self, probe: "ChannelSource", host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
+    def __init__(self, source: "ChannelSource", host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
                  batch_interval: float = 0.005, keep_records: bool = False, router: Router | None = None) -> None:
-        self.probe = probe
+        self.source = source  # the channel read: a Channel, or a demo Probe (its channel and its target)
         self.host = host
         self.batch_interval = batch_interval
-        self.ring = RingConsumer(probe.ring_map_fd, probe.ring_bytes)
+        self.ring = RingConsumer(source.ring_map_fd, source.ring_bytes)
         try:
-            self.perf = PerfConsumer(probe.perf_map, pages=perf_pages, wakeup_events=perf_wakeup_events)
+            self.perf = PerfConsumer(source.perf_map, pages=perf_pages, wakeup_events=perf_wakeup_events)
         except Exception:
             self.ring.close()
             raise
@@ -110,7 +110,7 @@ class Pipeline:
         # Assume the producer ceiling until drains have measured the real rate, in bytes per second.
         self._rate = {"perf": PRODUCER_CEILING_BPS, "ring": PRODUCER_CEILING_BPS}
         self._prev_parse = {"perf": 0, "ring": 0}
-        self._prev_run = prog_run_stats(probe.prog_fds())
+        self._prev_run = prog_run_stats(source.prog_fds())
         self._prev_lost_reported = 0
         # Records delivered per channel and epoch since the epoch's window was last closed.
         self._by_epoch = {"perf": np.zeros(EPOCHS, np.int64), "ring": np.zeros(EPOCHS, np.int64)}
@@ -119,7 +119,7 @@ class Pipeline:
         self._base: dict[int, dict[str, Counters]] = {}
         # Start a fresh epoch: whatever ran before us (records still buffered included) is not ours.
         self._grace.wait()
-        self._epoch = probe.epoch
+        self._epoch = source.epoch
         self._advance_epoch()
         self.delivered_total = {"perf": 0, "ring": 0}
         self.stall_ring_until = 0.0
@@ -141,7 +141,7 @@ class Pipeline:
         # (__migrator_doorbell). Before a wait without the batch clock the reader sets the mode
         # word's sleep bit, and clears it when it wakes: one wakeup per quiet spell, none while
         # it drains. The owner sets it for PERF; batched probes have it from the start.
-        self.announce_sleep = getattr(probe, "wakeup", None) == "batched"
+        self.announce_sleep = getattr(source, "wakeup", None) == "batched"
         self._timer_until = 0.0  # until then idle waits keep the batch clock (after a mode switch)
         # eventfds (add_wake_fd) whose write ends an idle wait at once: the owner's duties changed.
         self._wake_fds: set[int] = set()
@@ -184,7 +184,7 @@ class Pipeline:
         if pages == old.pages and wakeup_events == old.wakeup_events:
             return
         self.drain()
-        new = PerfConsumer(self.probe.perf_map, pages=pages, wakeup_events=wakeup_events)
+        new = PerfConsumer(self.source.perf_map, pages=pages, wakeup_events=wakeup_events)
         self._grace.wait()  # no program still writes to the old buffers after this
         self._take("perf", old)
         new.carry_from(old)
@@ -344,7 +344,7 @@ class Pipeline:
             elif wait > 0:
                 sleeps = long_wait and self.announce_sleep and wait > self.batch_interval
                 if sleeps:
-                    self.probe.reader_sleeps(True)
+                    self.source.reader_sleeps(True)
                 try:
                     # a record written before the bit was seen wakes nobody: look once more
                     if not (sleeps and (self.ring.pending_bytes() or self.perf.pending_bytes())):
@@ -353,7 +353,7 @@ class Pipeline:
                             self._clear_wakes(events)
                 finally:
                     if sleeps:
-                        self.probe.reader_sleeps(False)
+                        self.source.reader_sleeps(False)
             if eager:
                 self._let_batch_form(timeout)
             ring = 0 if self.ring_stalled else self.ring.pending_bytes()
@@ -379,8 +379,8 @@ class Pipeline:
         The next epoch's counter set is idle here (its previous epoch ended a grace period ago), so
         its value now is exactly what the new epoch will add to."""
         ended, nxt = self._epoch, (self._epoch + 1) % EPOCHS
-        self._base[nxt & 1] = self.probe.counters(parity=nxt & 1)
-        self.probe.set_epoch(nxt)
+        self._base[nxt & 1] = self.source.counters(parity=nxt & 1)
+        self.source.set_epoch(nxt)
         self._epoch = nxt
         return ended
 
@@ -405,12 +405,12 @@ class Pipeline:
             self._grace.wait_while(lambda step: self.poll(timeout=step))
         except Exception:  # noqa: BLE001 -- the window is still reported, marked unsettled
             settled = False
-        final = self.probe.counters(parity=ended & 1)
+        final = self.source.counters(parity=ended & 1)
         self.drain()
         self.flush_measure()
         now_ns = time.monotonic_ns()
-        run = prog_run_stats(self.probe.prog_fds()) if stats_on(self._stats_fd) else None
-        mode = self.probe.mode
+        run = prog_run_stats(self.source.prog_fds()) if stats_on(self._stats_fd) else None
+        mode = self.source.mode
         out = []
         for ch in ("perf", "ring"):
             cons = self.ring if ch == "ring" else self.perf
@@ -488,7 +488,7 @@ class Pipeline:
         return windows
 
     def close(self) -> None:
-        """Release both consumers, the epoll and the stats fd (the probe itself is the caller's)."""
+        """Release both consumers, the epoll and the stats fd (the source itself is the caller's)."""
         self._ep.close()
         self.perf.close()
         self.ring.close()

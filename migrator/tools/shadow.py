@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 from migrator.shared.records import ChannelWindow

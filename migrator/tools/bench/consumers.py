@@ -43,7 +43,7 @@ from migrator.agent.feed import Feed
 from migrator.dataplane import rewrite
 from migrator.dataplane.channel import Channel, load
 from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats
-from migrator.dataplane.loader import Probe
+from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
 from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.schema import Registry, demo_registry

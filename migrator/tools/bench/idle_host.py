@@ -96,7 +96,7 @@ def _child(config: str, host: str, link_only: bool, safety_read: float | None) -
         while True:
             time.sleep(3600)
     import migrator
-    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.demo_probes import Probe
     from migrator.dataplane.schema import demo_registry
 
     with Probe("synthetic") as probe:

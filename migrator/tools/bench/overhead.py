@@ -162,7 +162,7 @@ def _ours(rate: float, seconds: float, buffers: Buffers, max_delay_ms: float, pr
 
 
 def _c(rate: float, seconds: float, buffers: Buffers, interval_ms: float, progress, tag: str) -> dict:
-    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.demo_probes import Probe
 
     binary = ref_binary()
     with Probe("synthetic", ring_bytes=buffers.ring_bytes, ring_submit=buffers.ring_submit,
@@ -257,7 +257,7 @@ def _cpu_s() -> float:
 def _agent_child(argv: list[str]) -> None:
     """Load the synthetic probe, run a Feed in DUAL as the agent does, answer marks, report at SIGTERM."""
     from migrator.agent.feed import Feed
-    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.demo_probes import Probe
     from migrator.dataplane.loadgen import die_with_parent
     from migrator.dataplane.schema import demo_registry
 

@@ -36,7 +36,7 @@ def _med(xs: list[float]) -> float | None:
 def measure(wakeup: str, rate: float, seconds: float, *, extra_cflags: tuple[str, ...] = (),
             max_delay_ms: float = 10.0, cpus: int = 1) -> dict:
     """One cell: the probe with `wakeup`, `rate` events/s (0: idle) for `seconds`; see the module doc."""
-    from migrator.dataplane.loader import Probe
+    from migrator.dataplane.demo_probes import Probe
     from migrator.dataplane.loadgen import LoadGen
     from migrator.dataplane.pipeline import Pipeline
 
