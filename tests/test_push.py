@@ -204,3 +204,28 @@ def test_a_move_to_perf_is_announced_with_its_hosts_and_the_link_puts_it_in_forc
         assert os.eventfd_read(link.wake_fd) == 1  # the data path was woken to follow it
     finally:
         link.stop()
+
+
+def test_bench_idle_measures_a_link_only_host_and_names_its_targets(pg_server):
+    """`migrator bench idle` (link only: no BPF) runs against the server, prints one JSON object with
+    the host's transactions and CPU, judges both targets, and leaves no database behind."""
+    import json as jsonmod
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+    from typer.testing import CliRunner
+
+    from migrator.cli import app
+
+    url = pg_server.render_as_string(hide_password=False)
+    res = CliRunner().invoke(app, ["bench", "idle", "--db", url, "--seconds", "1", "--link-only", "--json"])
+    assert res.exit_code == 0, res.output
+    got = jsonmod.loads(res.stdout)
+    assert got["mode"] == "link only" and got["seconds"] >= 1.0
+    assert set(got["targets"]) == {"transactions/s <= 2", "process CPU <= 0.5 % of a core"}
+    assert got["transactions_per_s"] > 0 and got["process_cpu_pct"] is not None
+    engine = create_engine(pg_server, poolclass=NullPool)
+    with engine.connect() as conn:
+        left = conn.scalar(text("SELECT count(*) FROM pg_database WHERE datname LIKE 'migrator_bench_idle_%'"))
+    engine.dispose()
+    assert left == 0

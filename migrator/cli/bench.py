@@ -299,3 +299,42 @@ def fleet_cmd(
         typer.echo(render(res))
     if not res["targets"]["phases completed (ROLLED_BACK)"]:
         raise typer.Exit(1)
+
+
+@bench_app.command("idle")
+def idle_cmd(
+    db: str = db_option(..., help="A PostgreSQL server URL whose role may create databases: the bench makes a "
+                                  "throwaway database there and drops it after."),
+    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="The quiet span measured."),
+    link_only: bool = typer.Option(False, "--link-only", help="The database link alone, no BPF program (no root needed)."),
+    json_out: bool = json_option("Print one JSON object."),
+) -> None:
+    """What one idle host process costs: its database transactions per second and its CPU.
+
+    One PLANNED migration of one host; a child process serves it with migrator.attach on the synthetic
+    demo probe (root and bcc) and sits idle. Over --seconds: the transactions it ends, the database's
+    commits, the whole process's CPU (and its link thread's), and its PostgreSQL backends' CPU.
+    Targets (issue 17): <= 2 transactions/s and <= 0.5 % of a core for the process.
+
+    Example:
+
+        sudo migrator bench idle --db 'postgresql+psycopg://migrator@/postgres?host=/run/postgresql'
+    """
+    from migrator.errors import OptionError
+    from migrator.tools.bench.idle_host import measure
+
+    if not db.startswith("postgresql"):
+        raise OptionError("--db", db, "is not a PostgreSQL server URL (the bench measures what a host asks of a "
+                          "server: on SQLite there is none)", "give e.g. postgresql+psycopg://user:pw@host/postgres")
+    res = measure(db, seconds, link_only=link_only)
+    res["targets"] = {"transactions/s <= 2": res["transactions_per_s"] <= 2,
+                      "process CPU <= 0.5 % of a core": res["process_cpu_pct"] <= 0.5}
+    if json_out:
+        emit_json(res)
+        return
+    typer.echo(f"idle host ({res['mode']}) over {res['seconds']} s: {res['transactions_per_s']} transactions/s "
+               f"({res['statements_per_s']} statements/s; database commits {res['database_commits_per_s']}/s), "
+               f"process CPU {res['process_cpu_pct']} % of a core (link thread {res['link_thread_cpu_pct']} %), "
+               f"PostgreSQL backends {res['backend_cpu_pct']} % ({res['backends']})")
+    for what, ok in res["targets"].items():
+        typer.echo(f"  {'ok  ' if ok else 'MISS'} {what}")
