@@ -318,7 +318,9 @@ def idle_cmd(
 
     Example:
 
-        sudo migrator bench idle --db 'postgresql+psycopg://migrator@/postgres?host=/run/postgresql'
+        export DB='postgresql+psycopg://migrator@/postgres?host=/run/postgresql'
+
+        sudo migrator bench idle --db "$DB"
     """
     from migrator.errors import OptionError
     from migrator.tools.bench.idle_host import measure
