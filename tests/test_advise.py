@@ -73,7 +73,7 @@ def test_a_recorded_burst_gives_the_size_that_holds_it_and_the_drops_the_configu
     assert (r.configured_bytes, r.worst_peak_bytes, r.recommended_bytes) == (MiB, BURST, 8 * MiB)
     assert r.recommended_bytes >= BURST * 2
     assert r.evidence == [{"id": window_id(sf, mid, "h1", "ring", 2), "host": "h1", "index": 2,
-                           "phase": "DUAL_INSTRUMENT", "peak_bytes": BURST}]
+                           "phase": "DUAL_INSTRUMENT", "peak_bytes": BURST, "name": "#3"}]  # windows from index 0
     assert r.saturated and not r.capped
     # The two windows that filled the 1 MiB ring refused 40 + 60; the 5 of window 0 did not fill it.
     assert (r.drops_caused, r.drops_avoided, r.drops_not_size) == (100, 100, 5)

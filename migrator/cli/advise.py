@@ -20,7 +20,7 @@ def _mib(n: int | None) -> str:
 
 
 def _where(w: dict) -> str:
-    return f"{w['host']} w{w['index']} (#{w['id']}, {w['phase']})"
+    return f"{w['host']} {w['name']} ({w['phase']})"
 
 
 def render(a: dict) -> list[str]:

@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from migrator.config import MAX_RING_BYTES, PAGE_SIZE, Config
+from migrator.config import MAX_RING_BYTES, Config
+from migrator.shared.vocab import PAGE_SIZE
 from migrator.control.moves import snapshot_config
+from migrator.control.story import first_index, window_name
 from migrator.store import api
 from migrator.store.models import Migration, Window
 
@@ -338,6 +340,9 @@ def advise(session: Session, migration_id: int | None = None, *, cpus: int | Non
     ws = _windows(session, m.id)
     ring = ring_advice(cfg, ws, cpus)
     wake = wakeup_advice(cfg, ws)
+    first = first_index(session, m.id)
+    for w in (*ring.evidence, *ring.drop_windows, *wake.evidence):
+        w["name"] = window_name(w["index"], first)  # `#n`, as every view names a window
     hosts = host_summaries(cfg, ws, ring.cpus)
     judged = [h for h in hosts if h.verdict != "no-data"]
     go = "no-data" if not judged else ("go" if all(h.verdict == "go" for h in judged) else "no-go")
