@@ -442,7 +442,7 @@ class Pipeline:
                 producer_ns=None if d.producer_ns is None else round(d.producer_ns, 1),
                 peak_bytes=max(cons.peak_bytes, cons.pending_bytes() if ch == "ring" else cons.max_pending_bytes()),
                 extra={"seq_min": m.seq_min, "seq_max": m.seq_max, "backlog_age_ms": round(backlog_ms, 3),
-                       "epoch": ended, "pending": pending},
+                       "epoch": ended, "pending": pending, "cpus": len(self.perf.fds())},
             )
             if late:  # in a first window: records emitted before this pipeline started, in no window's books
                 w.extra["late" if self.window_index else "before_start"] = late

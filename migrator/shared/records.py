@@ -6,6 +6,7 @@ It depends on nothing but the standard library, so the store does not depend on 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 # Upper bounds (`le`, seconds) of the lag histogram a window carries in extra["lag_buckets"]
 # (cumulative counts of the delivered records, one per bound, the last being +Inf so it is their
@@ -13,6 +14,48 @@ from dataclasses import asdict, dataclass, field
 # Fixed once here so every window, host and process adds up into the same buckets.
 LAG_BUCKETS_LE: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                      0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
+
+class WindowExtra(TypedDict, total=False):
+    """The declared schema of a window's `extra` (the `windows.extra` JSON column): every key any
+    layer writes, with who writes it. tests/test_window_extra.py fails on a key written anywhere in
+    the package that is not declared here."""
+
+    # the pipeline (dataplane/pipeline.py), every window
+    seq_min: int | None  # lowest and highest seq delivered in the window
+    seq_max: int | None
+    backlog_age_ms: float  # age of the oldest record still waiting at close
+    epoch: int  # the channel epoch the window was (bpf/migrator.h EPOCHS)
+    pending: int  # records of later epochs already in the buffer at close
+    cpus: int  # CPUs with a perf buffer (what `advise` prices perf's memory with)
+    late: int  # records of an earlier epoch that arrived after their window closed
+    before_start: int  # in a first window: records emitted before the pipeline started
+    bpf_stats: str  # why bpf_run_ns is unknown
+    lost_reported: int  # perf only: PERF_RECORD_LOST counts read in the window
+    # the router (dataplane/router.py)
+    acted: int  # cumulative records delivered to the operator from this channel (per feed)
+    payload_compared: int  # SHADOW: ring payloads compared with perf's
+    payload_mismatch_seqs: list[int]  # the first seqs whose payloads differed
+    payload_skipped: int  # pairs not compared (no room in the window's budget)
+    # the feed (agent/feed.py)
+    lag_buckets: list[int]  # cumulative counts at LAG_BUCKETS_LE
+    lag_sum_s: float
+    schema_fingerprint: str  # the payload layouts the feed decoded with
+    mode_switch: dict  # the switch made in the window: from, to, at, read_back, first_perf_at
+    db_gap_since: float  # the database link has been down since (wall time)
+    self_protect: dict  # the host's own rollback (agent/selfprotect.py Protection.as_dict)
+    # the agent loop (agent/loop.py): the operator's sink
+    sink_total: int
+    sink_errors: int
+    sink_events: int
+    # merges (merge_windows, agent/wrap.py)
+    reloaded: bool  # a probe reload inside the window
+    lost_in_reload: int
+    channels: dict  # wrap: each migrator channel's own extra, by channel name
+    modes: dict  # wrap: each channel's mode when they differ
+
+
+EXTRA_KEYS = frozenset(WindowExtra.__annotations__)
 
 
 @dataclass
@@ -58,7 +101,7 @@ class ChannelWindow:
     # the highest occupancy of its buffer in the window (ring: one buffer; perf: the fullest CPU's).
     producer_ns: float | None = None
     peak_bytes: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: WindowExtra = field(default_factory=dict)  # type: ignore[assignment]
 
     @property
     def dropped(self) -> int:
