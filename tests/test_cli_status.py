@@ -158,14 +158,15 @@ def test_timeout_ends_the_watch_with_exit_2(drive):
     d = drive(CANARY1)
     d.windows("CANARY1", "P")
     t0 = time.monotonic()
-    r = run("status", "-c", d.path, "--timeout", "0.5s", "--interval", "0.1", "--json")
+    # A refresh every 0.1 s for 1 s: at least the first and one more, unless a refresh took over 0.9 s.
+    r = run("status", "-c", d.path, "--timeout", "1s", "--interval", "0.1", "--json")
     took = time.monotonic() - t0
-    assert (r.exit_code, r.stderr) == (2, "Error: --timeout 0.5s expired: migration 1 is still CANARY slice 1/2\n")
+    assert (r.exit_code, r.stderr) == (2, "Error: --timeout 1s expired: migration 1 is still CANARY slice 1/2\n")
     docs = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(docs) >= 3 and {doc["phase"] for doc in docs} == {"CANARY"}  # one document per refresh
-    assert 0.5 <= took < 5
-    r = run("status", "-c", d.path, "--timeout", "300ms", "--interval", "0.1")  # plain text, --watch implied
-    assert (r.exit_code, r.stderr) == (2, "Error: --timeout 300ms expired: migration 1 is still CANARY slice 1/2\n")
+    assert len(docs) >= 2 and {doc["phase"] for doc in docs} == {"CANARY"}  # one document per refresh
+    assert took >= 1.0
+    r = run("status", "-c", d.path, "--timeout", "1000ms", "--interval", "0.1")  # plain text, --watch implied
+    assert (r.exit_code, r.stderr) == (2, "Error: --timeout 1000ms expired: migration 1 is still CANARY slice 1/2\n")
     assert r.stdout.count("migration 1: CANARY slice 1/2") >= 2
     r = run("status", "-c", d.path, "--timeout", "5x")
     assert r.exit_code == 2 and "'5x' is not a duration" in r.stderr and "'--timeout'" in r.stderr
