@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from migrator.cli import app
-from migrator.config import Store, load_config
+from migrator.config import StoreSection, load_config
 from migrator.control.phases import DbApplier, transition
 from migrator.errors import ConfigError
 from migrator.shared.vocab import Phase, parse_duration
@@ -256,7 +256,7 @@ def test_store_keep_windows_parses_like_a_duration(toml_file):
         with pytest.raises(ValueError, match="is not a duration"):
             parse_duration(bad)
     plain = load_config(toml_file(HOSTS))
-    assert plain.store == Store(None)
+    assert plain.store == StoreSection(None)
     cfg = load_config(toml_file(HOSTS + '[store]\nkeep_windows = "7d"\n', name="b.toml"))
     assert cfg.store.keep_windows == 7 * 86400
     assert cfg.hash == plain.hash, "retention is not part of the plan"

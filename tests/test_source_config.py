@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from migrator.config import AttachPoint, Config, load_config, parse_config, source_hash
+from migrator.config import AttachPoint, Config, load_config, parse_config
+from migrator.dataplane.source import source_hash
 from migrator.errors import ConfigError, SourceChanged
 
 ROOT = Path(__file__).resolve().parent.parent

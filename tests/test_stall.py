@@ -214,7 +214,7 @@ def test_attach_source_has_file_and_channel_and_no_sink(tmp_path):
     assert cfg.source.channel == "flows" and cfg.source.sink is None
     assert cfg.to_dict()["source"] == {"kind": "attach", "file": str(tmp_path / "tool.bpf.c"), "cflags": [],
                                        "channel": "flows"}
-    from migrator.config import source_hash
+    from migrator.dataplane.source import source_hash
     assert source_hash(cfg)  # `init` records what the process will load
     (tmp_path / "canary.toml").write_text('[source]\nkind = "attach"\nfile = "tool.bpf.c"\nsink = "s:h"\n')
     with pytest.raises(ConfigError) as exc:

@@ -28,7 +28,8 @@ from migrator.agent.drills import DRILL_DIR, Drill, DrillBox
 from migrator.agent.feed import Feed
 from migrator.agent.link import DbLink
 from migrator.agent.selfprotect import SelfProtect
-from migrator.config import Config, source_hash
+from migrator.config import Config
+from migrator.dataplane.source import source_hash
 from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.operator import OperatorProgram, import_sink
 from migrator.dataplane.loadgen import LoadGen

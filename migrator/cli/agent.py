@@ -12,7 +12,7 @@ import typer
 from migrator.agent.drills import DRILL_KINDS, DRILL_DIR, DRILL_TTL, check_ttl, inject, validate
 from migrator.cli import app
 from migrator.cli._log import LogFormat, log_format_option, log_level_option, setup_logging
-from migrator.config import hide_password
+from migrator.shared.passwords import hide_password
 from migrator.errors import MigratorError, StoreError, UnknownHost
 from migrator.shared.vocab import config_path
 from migrator.cli._options import config_option, metrics_addr_option, migration_option, resolve_config

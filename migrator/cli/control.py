@@ -18,7 +18,9 @@ from migrator.cli._log import LogFormat, log_format_option, log_level_option, se
 from migrator.cli._options import (CONFIG_HELP, config_option, confirm_timeout_option, json_option, metrics_addr_option,
                                    migration_option, reason_option, resolve_config)
 from migrator.cli._out import emit_json
-from migrator.config import Config, hide_password, source_hash
+from migrator.config import Config
+from migrator.dataplane.source import source_hash
+from migrator.shared.passwords import hide_password
 from migrator.shared.resources import example_config
 
 # The control plane and the store (SQLAlchemy, alembic) are imported inside the commands that use

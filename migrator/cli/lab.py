@@ -10,7 +10,7 @@ from migrator.cli._log import LogFormat, log_format_option, log_level_option, se
 from migrator.cli._out import emit_json
 from migrator.cli._options import (CONFIG_DEFAULT, config_option, json_option, metrics_addr_option, resolve_config,
                                    window_option)
-from migrator.config import hide_password
+from migrator.shared.passwords import hide_password
 from migrator.errors import MigratorError
 
 lab_app = typer.Typer(

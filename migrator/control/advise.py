@@ -369,7 +369,7 @@ def advise(session: Session, migration_id: int | None = None, *, cpus: int | Non
 
 def newest_for(session: Session, config: Config) -> Migration | None:
     """The newest migration of the same program (source hash) or, for the demo probes, the same config path."""
-    from migrator.config import source_hash
+    from migrator.dataplane.source import source_hash
 
     digest = source_hash(config)
     q = select(Migration).order_by(Migration.id.desc())

@@ -6,7 +6,8 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrator.config import Config, config_from_snapshot, source_hash
+from migrator.config import Config, config_from_snapshot
+from migrator.dataplane.source import source_hash
 from migrator.errors import ConfigChanged, OptionError, SourceChanged, TransitionNotAllowed
 from migrator.control.phases import FINAL, DbApplier, ModeApplier, Phase, label, next_step, slice_count, transition
 from migrator.control.policy import what_if as replay

@@ -1,6 +1,6 @@
 """A database URL's password, hidden wherever migrator shows or stores a URL: one rule for all.
 
-The config snapshot (config.py), the store's error messages (store/url.py, store/guard.py) and
+The config snapshot (config/schema.py), the store's error messages (store/url.py, store/guard.py) and
 every command that prints a database URL use these functions. They live in shared/ because the
 config (the base layer) needs them and may not import the store (tests/test_layers.py).
 SQLAlchemy is imported only when a URL is actually parsed.

@@ -35,7 +35,6 @@ import math
 import os
 import resource
 import selectors
-import statistics
 import subprocess
 import sys
 import threading
