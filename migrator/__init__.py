@@ -7,6 +7,9 @@ The library an operator's process uses (see agent/feed.py):
     feed = attach(bpf, "events")               # replaces bpf["events"].open_perf_buffer / perf_buffer_poll
 """
 from migrator.errors import MigratorError
+from migrator.shared.resources import find_debian_bcc
+
+find_debian_bcc()  # `import bcc` finds Debian's python3-bpfcc under any interpreter (shared/resources.py)
 
 
 # The library's entry points, imported when first asked for (`from migrator import attach` or

@@ -180,7 +180,10 @@ def test_kernel_version_and_privileges(tmp_path):
     assert core.check_privileges(str(status)).ok
 
 
-LINK = "into the venv (bash scripts/setup.sh)"
+
+
+def then(deb) -> str:
+    return f"migrator then finds Debian's in {deb} under any python3"
 
 
 def fake_bcc(where, body: str):
@@ -210,12 +213,12 @@ def test_bcc_not_importable(bcc_dirs):
     c = core.check_bcc(str(deb), search_path=[str(bcc_dirs["empty"])])
     assert (c.ok, c.status, c.value, c.fix) == (
         False, "FAIL", "import bcc failed: ModuleNotFoundError: No module named 'bcc'",
-        f"apt-get install python3-bpfcc and link {deb}/bcc {LINK}")
+        f"apt-get install python3-bpfcc ({then(deb)})")
     # libbcc.so missing: the import raises OSError; the same branch, the same fix
     c = core.check_bcc(str(deb), search_path=[str(bcc_dirs["nolib"])])
     assert (c.ok, c.value, c.fix) == (
         False, "import bcc failed: OSError: libbcc.so.0: cannot open shared object file",
-        f"apt-get install python3-bpfcc and link {deb}/bcc {LINK}")
+        f"apt-get install python3-bpfcc ({then(deb)})")
 
 
 def test_bcc_from_pypi_has_no_bpf(bcc_dirs):
@@ -223,7 +226,7 @@ def test_bcc_from_pypi_has_no_bpf(bcc_dirs):
     c = core.check_bcc(str(deb), search_path=[str(pypi)])
     assert (c.ok, c.status, c.value, c.fix) == (
         False, "FAIL", f"{pypi}/bcc has no bcc.BPF (PyPI's unrelated 'bcc'?)",
-        f"pip uninstall bcc (PyPI's 'bcc' is another project), then link {deb}/bcc {LINK}")
+        f"pip uninstall bcc (PyPI's 'bcc' is another project; {then(deb)})")
 
 
 def test_bcc_not_from_the_debian_dir(bcc_dirs):
@@ -231,14 +234,14 @@ def test_bcc_not_from_the_debian_dir(bcc_dirs):
     c = core.check_bcc(str(deb), search_path=[str(local)])
     assert (c.ok, c.status, c.value, c.fix) == (
         False, "FAIL", f"{local}/bcc is not under {deb} (not Debian's python3-bpfcc)",
-        f"remove the bcc in {local} from the import path and link {deb}/bcc {LINK}")
+        f"remove the bcc in {local} from the import path ({then(deb)})")
     # linked into the venv, but the link points at a source build, not at Debian's
     venv.mkdir()
     (venv / "bcc").symlink_to(local / "bcc")
     c = core.check_bcc(str(deb), search_path=[str(venv)])
     assert (c.ok, c.value, c.fix) == (
         False, f"{local}/bcc (via link {venv}/bcc) is not under {deb} (not Debian's python3-bpfcc)",
-        f"remove the bcc in {venv} from the import path and link {deb}/bcc {LINK}")
+        f"remove the bcc in {venv} from the import path ({then(deb)})")
 
 
 def test_bcc_failure_branches_have_distinct_fixes(bcc_dirs):
@@ -265,13 +268,31 @@ def test_real_bcc_judged_against_another_debian_dir(tmp_path):
         import bcc
     except Exception as exc:  # noqa: BLE001 - a machine without bcc must get the install fix
         expected = (False, f"import bcc failed: {type(exc).__name__}: {exc}",
-                    f"apt-get install python3-bpfcc and link {tmp_path}/bcc {LINK}")
+                    f"apt-get install python3-bpfcc ({then(tmp_path)})")
     else:
         where = bcc.__file__
         real = os.path.realpath(where)
         shown = os.path.dirname(real) + ("" if real == where else f" (via link {os.path.dirname(where)})")
         expected = (False, f"{shown} is not under {tmp_path} (not Debian's python3-bpfcc)",
                     f"remove the bcc in {os.path.dirname(os.path.dirname(where))} from the import path "
-                    f"and link {tmp_path}/bcc {LINK}")
+                    f"({then(tmp_path)})")
     c = core.check_bcc(debian_dir=str(tmp_path))
     assert (c.ok, c.value, c.fix) == expected
+
+
+def test_a_python3_without_bcc_finds_debians_through_migrator(tmp_path):
+    """A migrator installed into any interpreter's environment (here: this venv's python in isolated
+    mode, its site-packages and Debian's dist-packages off the path) imports Debian's python3-bpfcc:
+    shared/resources.DebianBcc resolves `bcc` when nothing else does."""
+    from migrator.shared.resources import DEBIAN_BCC_DIR
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    if not os.path.isdir(os.path.join(DEBIAN_BCC_DIR, "bcc")):
+        pytest.fail(f"python3-bpfcc is not installed ({DEBIAN_BCC_DIR}/bcc): scripts/setup.sh installs it")
+    code = ("import sys; sys.path[:] = [p for p in sys.path if 'packages' not in p]; sys.path.insert(0, %r)\n"
+            "try:\n    import bcc\nexcept ImportError:\n    print('none')\nelse:\n    print('already', bcc.__file__)\n"
+            "import migrator, bcc, bcc.table\nprint(bcc.__file__, hasattr(bcc, 'BPF'))") % root
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["none", f"{DEBIAN_BCC_DIR}/bcc/__init__.py True"]

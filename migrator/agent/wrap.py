@@ -429,7 +429,7 @@ class WrapSession:
             import bcc.table
         except Exception as e:  # noqa: BLE001 - ImportError, or libbcc missing (OSError)
             raise MigratorError(f"cannot wrap a bcc tool: bcc is not importable here ({e}) "
-                                "(fix: install python3-bpfcc / bcc in this interpreter)") from None
+                                "(fix: apt-get install python3-bpfcc)") from None
         BPF, PerfEventArray = bcc.BPF, bcc.table.PerfEventArray
         orig = self._orig = {
             "init": BPF.__init__, "autoload": BPF._trace_autoload, "poll": BPF.perf_buffer_poll,

@@ -149,7 +149,7 @@ def source_report(cfg: Config) -> dict:
         out["compile"] = {"skipped": "not running as root (loading BPF programs needs root)"}
         return out
     if importlib.util.find_spec("bcc") is None:
-        out["compile"] = {"skipped": "bcc is not importable (install python3-bpfcc; scripts/setup.sh does)"}
+        out["compile"] = {"skipped": "bcc is not importable (apt-get install python3-bpfcc)"}
         return out
     try:
         out["compile"] = check_program(_as_bcc(src))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from migrator.dataplane.syscalls import NR_BPF, libc
+from migrator.shared.resources import DEBIAN_BCC_DIR
 
 SETUP = "bash scripts/setup.sh"
 
@@ -37,7 +38,6 @@ BPF_MAP_CREATE = 0
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_MAP_TYPE_RINGBUF = 27
 
-DEBIAN_BCC_DIR = "/usr/lib/python3/dist-packages"
 
 
 @dataclass(frozen=True)
@@ -292,24 +292,24 @@ def check_bcc(debian_dir: str = DEBIAN_BCC_DIR, search_path: list[str] | None = 
 
     search_path: directories to find `bcc` in instead of sys.path (tests point it at fakes).
     """
-    link = f"link {debian_dir}/bcc into the venv ({SETUP})"
+    then = f"migrator then finds Debian's in {debian_dir} under any python3"
     try:
         bcc = _import_bcc(search_path)
     except Exception as exc:  # libbcc.so missing raises OSError, not ImportError
         return Check("bcc", False, f"import bcc failed: {type(exc).__name__}: {exc}",
-                     f"apt-get install python3-bpfcc and {link}")
+                     f"apt-get install python3-bpfcc ({then})")
     where = getattr(bcc, "__file__", None) or "?"
     real = os.path.realpath(where) if where != "?" else where
     shown = os.path.dirname(real) + ("" if real == where else f" (via link {os.path.dirname(where)})")
     if not hasattr(bcc, "BPF"):
         return Check("bcc", False, f"{shown} has no bcc.BPF (PyPI's unrelated 'bcc'?)",
-                     f"pip uninstall bcc (PyPI's 'bcc' is another project), then {link}")
+                     f"pip uninstall bcc (PyPI's 'bcc' is another project; {then})")
     base = os.path.realpath(debian_dir) + os.sep
     if not real.startswith(base):
         # the import-path entry that supplied it: the parent of a bcc/ package, or of bcc.py
         entry = os.path.dirname(os.path.dirname(where) if os.path.basename(where) == "__init__.py" else where)
         return Check("bcc", False, f"{shown} is not under {debian_dir} (not Debian's python3-bpfcc)",
-                     f"remove the bcc in {entry} from the import path and {link}")
+                     f"remove the bcc in {entry} from the import path ({then})")
     return Check("bcc", True, f"bcc.BPF from {os.path.dirname(real)}" + ("" if real == where else " (linked into the venv)"))
 
 
