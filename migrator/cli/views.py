@@ -82,8 +82,9 @@ def status_document(session, migration_id: int | None) -> dict:
 # ---- rendering: plain text (pipes, logs, tests) and rich (a terminal) --------------------------
 
 def _channel(w: dict | None) -> tuple[str, str, str]:
-    """(loss, lag p99, emit ns) of a host's last window on one channel; "-" where there is none."""
-    if w is None:
+    """(loss, lag p99, emit ns) of a host's last window on one channel; "-" where there is none, and
+    for a channel its host does not write (no attempt in the window: a PERF host's ring)."""
+    if w is None or not w.get("attempts"):
         return "-", "-", "-"
     p99 = "-" if w["lag_p99_ms"] is None else f"{w['lag_p99_ms']:.2f}ms"
     emit = "-" if w.get("producer_ns") is None else f"{w['producer_ns']:.0f}"
