@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from kernel_util import needs_root, unavailable
 from migrator.cli import app
-from migrator.config import Buffers, ConfigError, load_config
+from migrator.config import Buffers, load_config
+from migrator.errors import ConfigError
 from migrator.errors import BenchError
 from migrator.tools.bench.overhead import REF_ENV, ref_binary
 
