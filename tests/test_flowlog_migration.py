@@ -114,3 +114,16 @@ def test_flowlog_stalled_ring_rolls_back_and_the_consumer_loses_only_counted_dro
     assert stalled["drops"] > 0 and stalled["by_channel"]["ring"] > 0  # ring acted on, then refused while stalled
     assert (other["drops"], other["acted"], other["by_channel"]["ring"]) == (0, other["sent"], 0)  # stayed on perf
     assert_books_balance(res, windows_of(res))
+    # the report tells the same account from the database alone (the packets sent are the lab's to know)
+    from migrator.tools.report import collect, render_html, summary
+
+    sf = open_store(res.database_url)
+    with sf() as s:
+        data = collect(s, res.migration_id)
+    sf.dispose()
+    got = summary(data)["consumer"]
+    assert {h: (b["acted"], b["by_channel"], b["drops"], b["switches"], b["sink_total"]) for h, b in got.items()} == {
+        h: (b["acted"], b["by_channel"], b["drops"], b["switches"], b["sink_total"]) for h, b in res.consumer.items()}
+    assert all(b["sent"] is None and b["ok"] is None for b in got.values())
+    page = render_html(data)
+    assert 'id="consumer-account"' in page and f"<td>{res.fault_host}</td><td>{stalled['acted']}</td>" in page

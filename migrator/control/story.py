@@ -127,3 +127,61 @@ def transition_windows(session: Session, migration_id: int, transitions: list[di
     for t in transitions:
         t["windows"] = [by_id[i] for i in t["window_ids"] if i in by_id]
 
+
+def consumer_account(session: Session, migration_id: int, hosts: Iterable[str],
+                     sent: dict[str, int] | None = None) -> dict[str, dict]:
+    """Per host: what the operator's consumer acted on, and, when the packets sent are known (`sent`:
+    the lab counts them), whether that is every event exactly once.
+
+    acted: the events the sink took (the agent's `sink_events` per window, summed; without a
+    sink, the records the feed delivered). by_channel: records the feed delivered from perf
+    and from ring (its cumulative `acted`, summed across reloads).
+    drops: what the kernel counted as refused or lost on the acting channel (perf always; ring
+    in windows not closed in DUAL, where it only shadows perf). expected = sent - drops;
+    acted == expected means nothing was lost beyond what the kernel counted and nothing was
+    delivered twice, across every mode switch. Without `sent`, expected, ok and the verdict are
+    None: the account says what was acted on and dropped, and that the sent count is unknown.
+    """
+    rows = session.execute(select(Window.host, Window.channel, Window.mode, Window.dropped_full,
+                                  Window.dropped_other, Window.lost, Window.extra)
+                           .where(Window.migration_id == migration_id).order_by(Window.index)).all()
+    books = {h: {"sink_events": 0, "sink_total": 0, "sink_errors": 0, "drops": 0,
+                 "by_channel": {"perf": 0, "ring": 0}, "switches": set(), "has_sink": False} for h in hosts}
+    prev: dict[tuple[str, str], int] = {}
+    for host, ch, mode, dfull, dother, lost, extra in rows:
+        b = books.get(host)
+        if b is None:
+            continue
+        x = json.loads(extra) if extra else {}
+        if "sink_total" in x:
+            b["has_sink"] = True
+            b["sink_events"] += x.get("sink_events", 0)
+            b["sink_total"] = max(b["sink_total"], x["sink_total"])
+            b["sink_errors"] = max(b["sink_errors"], x.get("sink_errors", 0))
+        if "acted" in x:  # cumulative per feed: a reload starts a new count
+            v, p = x["acted"], prev.get((host, ch), 0)
+            b["by_channel"][ch] += v - p if v >= p else v
+            prev[(host, ch)] = v
+        if ch == "perf" or mode != "DUAL":
+            b["drops"] += dfull + dother + lost
+        if "mode_switch" in x:
+            b["switches"].add(x["mode_switch"].get("at"))
+    out = {}
+    for h, b in books.items():
+        acted = b["sink_events"] if b["has_sink"] else sum(b["by_channel"].values())
+        n = None if sent is None else sent.get(h, 0)
+        expected = verdict = ok = None
+        if n is not None:
+            expected, ok = n - b["drops"], acted == n - b["drops"]
+            if ok:
+                verdict = "none lost, none doubled" if not b["drops"] else \
+                    f"none lost beyond the {b['drops']} the kernel counted, none doubled"
+            elif acted < expected:
+                verdict = f"{expected - acted} LOST without a kernel count"
+            else:
+                verdict = f"{acted - expected} MORE than sent: delivered twice?"
+        out[h] = {"sent": n, "acted": acted, "by_channel": b["by_channel"], "drops": b["drops"],
+                  "expected": expected, "ok": ok, "switches": len(b["switches"]),
+                  "sink_total": b["sink_total"] if b["has_sink"] else None, "sink_errors": b["sink_errors"],
+                  "verdict": verdict}
+    return out

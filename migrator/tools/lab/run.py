@@ -31,7 +31,7 @@ from migrator.control.controller import StepResult, run_controller, start_migrat
 from migrator.errors import MigratorError
 from migrator.control.phases import DbApplier, label
 from migrator.control.policy import StreakState, next_streak
-from migrator.control.story import describe, first_index, named_windows, window_name
+from migrator.control.story import consumer_account, describe, first_index, named_windows, window_name
 from migrator.dataplane.loadgen import die_with_parent
 from migrator.dataplane.schema import fingerprint
 from migrator.store import api, open_store
@@ -320,59 +320,9 @@ class LabStage:
             time.sleep(0.1)
 
     def consumer_books(self, sent: dict[str, int]) -> dict[str, dict]:
-        """Per host: what the consumer acted on against the packets sent.
-
-        acted: the events the sink took (the agent's `sink_events` per window, summed; without a
-        sink, the records the feed delivered). by_channel: records the feed delivered from perf
-        and from ring (its cumulative `acted`, summed across reloads).
-        drops: what the kernel counted as refused or lost on the acting channel (perf always; ring
-        in windows not closed in DUAL, where it only shadows perf). expected = sent - drops;
-        acted == expected means nothing was lost beyond what the kernel counted and nothing was
-        delivered twice, across every mode switch.
-        """
-        import json as _json
-
+        """Per host: what the consumer acted on against the packets sent (control/story.consumer_account)."""
         with self.sf() as s:
-            rows = s.execute(select(Window.host, Window.channel, Window.index, Window.mode, Window.dropped_full,
-                                    Window.dropped_other, Window.lost, Window.extra)
-                             .where(Window.migration_id == self.mid).order_by(Window.index)).all()
-        books = {h: {"sent": sent.get(h, 0), "sink_events": 0, "sink_total": 0, "sink_errors": 0, "drops": 0,
-                     "by_channel": {"perf": 0, "ring": 0}, "switches": set(), "has_sink": False} for h in self.names}
-        prev: dict[tuple[str, str], int] = {}
-        for host, ch, _, mode, dfull, dother, lost, extra in rows:
-            b = books.get(host)
-            if b is None:
-                continue
-            x = _json.loads(extra) if extra else {}
-            if "sink_total" in x:
-                b["has_sink"] = True
-                b["sink_events"] += x.get("sink_events", 0)
-                b["sink_total"] = max(b["sink_total"], x["sink_total"])
-                b["sink_errors"] = max(b["sink_errors"], x.get("sink_errors", 0))
-            if "acted" in x:  # cumulative per feed: a reload starts a new count
-                v, p = x["acted"], prev.get((host, ch), 0)
-                b["by_channel"][ch] += v - p if v >= p else v
-                prev[(host, ch)] = v
-            if ch == "perf" or mode != "DUAL":
-                b["drops"] += dfull + dother + lost
-            if "mode_switch" in x:
-                b["switches"].add(x["mode_switch"].get("at"))
-        out = {}
-        for h, b in books.items():
-            acted = b["sink_events"] if b["has_sink"] else sum(b["by_channel"].values())
-            expected = b["sent"] - b["drops"]
-            if acted == expected:
-                verdict = "none lost, none doubled" if not b["drops"] else \
-                    f"none lost beyond the {b['drops']} the kernel counted, none doubled"
-            elif acted < expected:
-                verdict = f"{expected - acted} LOST without a kernel count"
-            else:
-                verdict = f"{acted - expected} MORE than sent: delivered twice?"
-            out[h] = {"sent": b["sent"], "acted": acted, "by_channel": b["by_channel"], "drops": b["drops"],
-                      "expected": expected, "ok": acted == expected, "switches": len(b["switches"]),
-                      "sink_total": b["sink_total"] if b["has_sink"] else None, "sink_errors": b["sink_errors"],
-                      "verdict": verdict}
-        return out
+            return consumer_account(s, self.mid, self.names, sent)
 
     def phase(self) -> tuple[str, int, int | None]:
         """The migration's phase, slice and pending transition id now, for the live view and fault timing."""

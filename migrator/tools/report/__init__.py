@@ -41,6 +41,8 @@ def summary(data: ReportData, path: str | None = None, size: int | None = None) 
             "deciding": {str(t["id"]): t["window_ids"] for t in data.transitions if t["window_ids"]},
             # each host's modes over the migration (segments of windows #a..#b, then what it applied)
             "lanes": lanes(data, _chart_end(data)),
+            # per host: events the consumer acted on, by channel, and the kernel-counted drops (control/story.py)
+            "consumer": data.consumer,
             # why a host's panel is empty or a line stops, CPU points left out or clipped
             "notes": {h: host_notes(data, h, ws, _chart_end(data)) for h, ws in _by_host(data).items()}}
 

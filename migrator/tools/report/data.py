@@ -32,6 +32,9 @@ class ReportData:
     advice: dict | None = None  # `migrator advise` (control/advise.py) on the same windows
     story: dict | None = None  # the streak every view shows, windows named (control/story.py)
     first_index: int | None = None  # the migration's first window index: windows are named #n from it
+    # per host: what the operator's consumer acted on, by channel, and the drops the kernel counted
+    # (control/story.consumer_account; the packets sent are known to `lab run` only)
+    consumer: dict[str, dict] = field(default_factory=dict)
 
     @property
     def t0(self) -> float:
@@ -116,11 +119,13 @@ def collect(session: Session, migration_id: int | None = None) -> ReportData:
                           "min_events": th.min_events}}
     from migrator.control.advise import advise
 
-    from migrator.control.story import streak_story, transition_windows
+    from migrator.control.story import consumer_account, streak_story, transition_windows
 
     transition_windows(session, m.id, transitions)
-    return ReportData(mig, api.hosts(session, m.id), transitions, windows, streak, deciding, time.time(), rolled,
-                      advise(session, m.id).to_dict(), streak_story(session, m, cfg.rollback_after), first)
+    hosts = api.hosts(session, m.id)
+    return ReportData(mig, hosts, transitions, windows, streak, deciding, time.time(), rolled,
+                      advise(session, m.id).to_dict(), streak_story(session, m, cfg.rollback_after), first,
+                      consumer_account(session, m.id, [h["name"] for h in hosts]))
 
 
 def _rollup_window(r: dict, first: int | None) -> dict:
