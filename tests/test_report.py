@@ -234,7 +234,11 @@ def test_complete_report_and_json_summary(db, reports):
     r, out = reports["ok"], reports["ok_path"]  # no -m: the newest, migration 2
     assert r.exit_code == 0, r.output
     summ = json.loads(r.stdout)
-    lanes, notes = summ.pop("lanes"), summ.pop("notes")
+    lanes, notes, consumer = summ.pop("lanes"), summ.pop("notes"), summ.pop("consumer")
+    # recorded windows carry no consumer's count: the account is empty, and says the sent count is unknown
+    assert consumer == {h: {"sent": None, "acted": 0, "by_channel": {"perf": 0, "ring": 0}, "drops": 0, "expected": None,
+                            "ok": None, "switches": 0, "sink_total": None, "sink_errors": 0, "verdict": None}
+                        for h in HOSTS}
     deciding = {str(t["id"]): t["window_ids"] for t in db["history"][2] if t["window_ids"]}
     assert summ == {"path": str(out), "bytes": out.stat().st_size, "migration_id": 2, "phase": "COMPLETE",
                     "label": "COMPLETE", "hosts": ["h1", "h2", "h3"], "transitions": 5,
