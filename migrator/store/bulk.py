@@ -19,9 +19,16 @@ def _quoted(cols: Sequence[str]) -> str:
     return ", ".join('"' + c + '"' for c in cols)
 
 
+_ARRAY_TYPES: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+
+
 def _array_types(table: Table, cols: Sequence[str], dialect) -> list[str]:  # noqa: ANN001
-    """The SQL array type of each column, as PostgreSQL spells its element type."""
-    return [f"{table.c[c].type.compile(dialect=dialect)}[]" for c in cols]
+    """The SQL array type of each column, as PostgreSQL spells its element type (compiled once per
+    table and column list: an agent inserts the same columns every window)."""
+    key = (table.name, tuple(cols))
+    if key not in _ARRAY_TYPES:
+        _ARRAY_TYPES[key] = [f"{table.c[c].type.compile(dialect=dialect)}[]" for c in cols]
+    return _ARRAY_TYPES[key]
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[dict], *, conflict: Sequence[str] = ()) -> int:
