@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from migrator.config import Config
@@ -68,7 +68,7 @@ def active_migration(session: Session) -> Migration | None:
                            .order_by(Migration.id.desc()).limit(1)).first()
 
 
-def _window_phase(session: Session, m: Migration, start: float) -> tuple[str, int]:
+def _window_phase(session: Session, m, start: float) -> tuple[str, int]:  # m: a Migration or its row
     # A window belongs to the phase that was in force when it started; one that started before
     # the current phase was confirmed belongs to the previous phase.
     phase, slice_ = (m.paused_phase, m.paused_slice or 0) if m.phase == "PAUSED" else (m.phase, m.slice)
@@ -93,10 +93,22 @@ def _window_row(migration_id: int, phase: str, slice_: int, w: ChannelWindow, no
     return row
 
 
-def _note_fingerprint(m: Migration, extra: dict) -> None:
-    fp = extra.get("schema_fingerprint") if extra else None
-    if fp and m.schema_fingerprint and fp != m.schema_fingerprint and not m.reported_fingerprint:
-        m.reported_fingerprint = str(fp)
+def _reported_fingerprint(m, ws: Sequence[ChannelWindow]) -> str | None:
+    """The first schema fingerprint the windows report that differs from the frozen one, when none
+    was reported before (`status` shows it; control/stall.py names it)."""
+    if not m.schema_fingerprint or m.reported_fingerprint:
+        return None
+    for w in ws:
+        fp = w.extra.get("schema_fingerprint") if w.extra else None
+        if fp and fp != m.schema_fingerprint:
+            return str(fp)
+    return None
+
+
+# What record_windows reads of the migration: one row of a few columns, not the ORM object (an
+# agent writes every window; loading the migration with its config snapshot was a third of it).
+_RECORD_COLS = (Migration.id, Migration.phase, Migration.slice, Migration.paused_phase, Migration.paused_slice,
+                Migration.phase_since, Migration.schema_fingerprint, Migration.reported_fingerprint)
 
 
 
@@ -105,7 +117,9 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
     index) is skipped. One statement (store/bulk.py); returns how many were new."""
     if not ws:
         return 0
-    m = get_migration(session, migration_id)
+    m = session.execute(select(*_RECORD_COLS).where(Migration.id == migration_id)).first()
+    if m is None:
+        raise StoreError(f"no migration {migration_id} in this database")
     ts = _now(now)
     cache: dict[bool, tuple[str, int]] = {}
     rows = []
@@ -114,7 +128,9 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
         if late not in cache:
             cache[late] = _window_phase(session, m, w.start)
         rows.append(_window_row(migration_id, *cache[late], w, ts))
-        _note_fingerprint(m, w.extra)
+    fp = _reported_fingerprint(m, ws)
+    if fp is not None:
+        session.execute(update(Migration).where(Migration.id == migration_id).values(reported_fingerprint=fp))
     return insert_rows(session, Window.__table__, rows, conflict=("migration_id", "host", "channel", "index"))
 
 
@@ -132,14 +148,20 @@ def heartbeat(session: Session, migration_id: int, host: str, now: float | None 
     mode: what the host's mode map reads now. When it differs from the applied mode on record
     (an agent restarted and its new program starts in PERF), it becomes the applied mode, so a
     transition waiting for it is not left waiting on what a dead agent last reported."""
-    h = _host(session, migration_id, host)
     ts = _now(now)
-    h.last_heartbeat = ts
-    if mode is not None and mode != h.applied_mode:
+    values: dict = {"last_heartbeat": ts}
+    if mode is not None:
         if mode not in MODES:
             raise MigratorError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        h.applied_mode, h.applied_at = mode, ts
-    return h.desired_mode
+        changed = Host.applied_mode.is_distinct_from(mode)
+        values.update(applied_mode=mode, applied_at=case((changed, ts), else_=Host.applied_at))
+    # One UPDATE ... RETURNING (every host, every window: no row loaded, nothing flushed); the ORM
+    # keeps a Host this session already holds in step (synchronize_session).
+    row = session.execute(update(Host).where(Host.migration_id == migration_id, Host.name == host)
+                          .values(**values).returning(Host.desired_mode)).first()
+    if row is None:
+        raise StoreError(f"host {host!r} is not part of migration {migration_id}")
+    return row[0]
 
 
 def desired_mode(session: Session, migration_id: int, host: str) -> str:
@@ -200,7 +222,9 @@ def self_protect_reports(session: Session, migration_id: int, since: float | Non
 
 def report_fingerprint(session: Session, migration_id: int, fingerprint: str) -> None:
     """An agent or the data plane sees this event schema fingerprint; a change blocks advancing."""
-    _note_fingerprint(get_migration(session, migration_id), {"schema_fingerprint": fingerprint})
+    m = get_migration(session, migration_id)
+    if m.schema_fingerprint and fingerprint != m.schema_fingerprint and not m.reported_fingerprint:
+        m.reported_fingerprint = str(fingerprint)
 
 
 # ---- read side -------------------------------------------------------------------------------
