@@ -3,7 +3,7 @@
  * builds this file with the system's C compiler; each function is one pass over one drain (the
  * takes) or over the batches of one measuring pass (meter, pairing).
  *
- * Record layouts (the Python side documents them in channels/ring.py, channels/perf.py and
+ * Record layouts (the Python side documents them in readers/ring.py, readers/perf.py and
  * frames.py): migrator's 32-byte header is struct migrator_hdr of bpf/migrator.h, included here
  * (native.py builds with -I<bpf dir>); every header field is read through HDR_GET, which takes
  * the field's offset and width from that struct.

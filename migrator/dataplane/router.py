@@ -7,7 +7,7 @@ batch handler (decoded numpy rows), schedules the payload comparison (compare.py
 checks, and at each window's close writes what it learned into the pipeline's windows: parse
 errors, payload mismatches, `filled_from_ring`, and how many events were acted on.
 
-    event: kernel -> channels/ (drain) -> Pipeline._take -> Router.route -> your callback
+    event: kernel -> readers/ (drain) -> Pipeline._take -> Router.route -> your callback
 """
 from __future__ import annotations
 

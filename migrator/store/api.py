@@ -30,7 +30,7 @@ def create_migration(session: Session, config: Config, *, name: str = "", schema
                      now: float | None = None, source_hash: str | None = None) -> Migration:
     """Record a PLANNED migration with its config snapshot, slices and hosts (all desired PERF).
 
-    source_hash: the operator's program hash (config.source_hash), None for the demo probes."""
+    source_hash: the operator's program hash (dataplane/source.source_hash), None for the demo probes."""
     ts = _now(now)
     m = Migration(name=name or f"migration from {config.path}", created_at=ts,
                   config_json=json.dumps(config.to_dict(), sort_keys=True), config_hash=config.hash,
