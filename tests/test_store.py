@@ -42,6 +42,7 @@ def test_bench_controller_smoke(tmp_path):
                                           "group_breaches")}
     assert ev == {"hosts": 20, "windows_per_host": 3, "windows": 120, "host_verdicts": 60, "groups_judged": 3,
                   "group_breaches": 0}
+    assert res["evaluate"]["judge_ms_per_round"] > 0 and res["evaluate"]["judge_us_per_host"] > 0
     assert {k: res["history_db"][k] for k in ("database", "backend", "reused", "windows")} == {
         "database": str(db), "backend": "sqlite", "reused": False, "windows": 2000}
     assert set(res["queries"]) == {"history_ms", "windows_last_100_ms", "windows_host_last_100_ms",

@@ -39,6 +39,8 @@ def controller_cmd(hosts: int = typer.Option(1000, "--hosts", min=1, help="Hosts
     e, q, h = res["evaluate"], res["queries"], res["history_db"]
     typer.echo(f"evaluate+persist: {e['windows']} windows ({e['hosts']} hosts x {e['windows_per_host']} x 2 channels) "
                f"in {e['seconds']} s = {e['windows_per_s']} windows/s (record {e['record_seconds']} s, judge {e['judge_seconds']} s)")
+    typer.echo(f"judge: {e['judge_ms_per_round']} ms per round of {e['hosts']} hosts ({e['judge_us_per_host']} us per host, "
+               "new windows only: each round reads the indexes after the last judged one)")
     how = "reused" if h["reused"] else f"built in {h['build_seconds']} s, ANALYZE {h['analyze_seconds']} s"
     typer.echo(f"history db ({h['backend']}{', ' + h['database'] if h['database'] else ''}): {h['windows']} windows ({how})")
     typer.echo(f"history {q['history_ms']} ms; windows --last 100 {q['windows_last_100_ms']} ms; "

@@ -105,7 +105,10 @@ def evaluate_and_persist(url: str, hosts: int, windows: int, *, drop_after: bool
     return {"hosts": hosts, "windows_per_host": windows, "windows": n, "host_verdicts": hosts * windows,
             "groups_judged": judged, "group_breaches": breaches, "seconds": round(elapsed, 3),
             "record_seconds": round(t_record, 3), "judge_seconds": round(t_step, 3),
-            "windows_per_s": round(n / elapsed)}
+            "windows_per_s": round(n / elapsed),
+            # one controller round judges one index of every host: its cost against host count
+            "judge_ms_per_round": round(1000 * t_step / windows, 2),
+            "judge_us_per_host": round(1e6 * t_step / (windows * hosts), 1)}
 
 
 def _delete_migration(sf, mid: int) -> None:
