@@ -261,3 +261,36 @@ def test_bench_controller_on_postgres(pg_database):
         # ANALYZE ran: the planner has statistics for the windows table
         assert conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = 'windows'")).scalar() == 2000
     engine.dispose()
+
+
+def test_the_controllers_lock_does_not_wait_on_agents_window_inserts_but_does_on_another_writer(
+        pg_database, tmp_path):
+    """lock_migration is FOR NO KEY UPDATE: an agent's open transaction that inserted a window holds
+    FOR KEY SHARE on the migration row (its foreign key) and must not hold the controller's round
+    up; a second writer of the row (another controller, a manual move) still waits for the first."""
+    from sqlalchemy.exc import OperationalError
+
+    from migrator.control.phases import lock_migration
+    from migrator.store import api
+
+    url = pg_database()
+    (tmp_path / "canary.toml").write_text(f'database = "{url}"\nhosts = ["h1"]\nslices = [1]\n')
+    sf = open_store(load_config(tmp_path / "canary.toml").database_url)
+    with sf() as s, s.begin():
+        mid = api.create_migration(s, load_config(tmp_path / "canary.toml")).id
+    agent, ctl, other = sf(), sf(), sf()
+    try:
+        agent.begin()
+        record(agent, mid, window("h1", "ring", 0))  # still open: KEY SHARE on the migration row
+        ctl.begin()
+        ctl.execute(text("SET LOCAL lock_timeout = '500ms'"))
+        assert lock_migration(ctl, mid).id == mid  # not queued behind the agent
+        other.begin()
+        other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+        with pytest.raises(OperationalError, match="lock timeout"):
+            lock_migration(other, mid)  # writers of the row still serialize
+    finally:
+        for s in (agent, ctl, other):
+            s.rollback()
+            s.close()
+        sf.dispose()
