@@ -49,3 +49,18 @@ def records(pipe, channel: str) -> np.ndarray:
     rows = reg.decode(Frames.concat(pipe.records[channel])).get(DEMO_TYPE)
     assert reg.parse_errors == {}, reg.parse_errors
     return rows if rows is not None else np.zeros(0, reg.decoded_dtype(DEMO_TYPE))
+
+
+def one_event_while_asleep(probe, pipe, timeout: float = 5.0) -> tuple[int, float]:
+    """One event, emitted by a fresh process while `pipe` waits (or just before): (the records the
+    pipe took, wait and drain together, and how long its wait lasted, against `timeout`)."""
+    from migrator.dataplane.loadgen import LoadGen
+
+    with LoadGen(1, rate=0) as gen:
+        probe.set_target(gen.pid)
+        gen.start()
+        t0 = time.monotonic()
+        n = pipe.poll(timeout=timeout)
+        waited = time.monotonic() - t0
+        assert gen.wait(timeout=10) == 0
+    return n + pipe.drain(), waited

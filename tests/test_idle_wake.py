@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kernel_util import needs_root
+from kernel_util import needs_root, one_event_while_asleep
 from migrator.agent.feed import Feed
 from migrator.dataplane.demo_probes import Probe
 from migrator.dataplane.loadgen import LoadGen
@@ -135,14 +135,7 @@ def test_an_idle_perf_reader_sleeps_without_a_clock_and_the_doorbell_wakes_it():
             assert pipe.poll(timeout=0.3) == 0
             assert ep.waits == 1  # one wait for the whole timeout, not one per 5 ms batch interval
             before, seq = probe.counters(), probe.next_seq
-            with LoadGen(1, rate=0) as gen:
-                probe.set_target(gen.pid)
-                gen.start()  # one event, emitted while the reader below sleeps (or just before)
-                t0 = time.monotonic()
-                n = pipe.poll(timeout=5.0)
-                waited = time.monotonic() - t0
-                assert gen.wait(timeout=10) == 0
-            n += pipe.drain()
+            n, waited = one_event_while_asleep(probe, pipe, timeout=5.0)
             after = probe.counters()
             assert n == 1  # the perf record; the doorbell is skipped like any discarded reservation
             assert waited < 2.0  # woken by the doorbell, not by the 5 s timeout

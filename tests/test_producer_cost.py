@@ -12,7 +12,7 @@ import json
 import pytest
 
 from conftest import T0, RecordingApplier, record, window
-from kernel_util import needs_root
+from kernel_util import needs_root, one_event_while_asleep
 from migrator.config import Thresholds, load_config
 from migrator.control.controller import Controller
 from migrator.control.moves import what_if_report
@@ -151,7 +151,6 @@ def test_batched_wakeups_wake_a_sleeping_reader_and_only_then():
     import time
 
     from migrator.dataplane.demo_probes import Probe
-    from migrator.dataplane.loadgen import LoadGen
     from migrator.dataplane.pipeline import Pipeline
 
     with Probe("synthetic", wakeup="batched") as probe:
@@ -161,14 +160,7 @@ def test_batched_wakeups_wake_a_sleeping_reader_and_only_then():
             pipe.records_wake = True
             assert pipe.announce_sleep is True
             time.sleep(0.05)  # past the batch clock a switch keeps
-            with LoadGen(1, rate=0) as gen:
-                probe.set_target(gen.pid)
-                gen.start()  # one event, emitted while the reader below sleeps (or just before)
-                t0 = time.monotonic()
-                n = pipe.poll(timeout=5.0)
-                waited = time.monotonic() - t0
-                assert gen.wait(timeout=10) == 0
-            n += pipe.drain()
+            n, waited = one_event_while_asleep(probe, pipe, timeout=5.0)
             assert n == 2  # the record's perf and ring copies
             assert waited < 2.0  # woken by the record, not by the 5 s timeout
             assert probe.channel._word() & 0x100 == 0  # the bit is cleared once awake
