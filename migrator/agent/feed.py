@@ -209,7 +209,7 @@ class Feed:
         the ring's doorbell wakes a reader that announced its sleep (bpf/migrator.h), so an idle
         PERF host needs no batch clock whatever perf's watermark."""
         perf_wakes = self.pipe.perf.wakeup_events > 0 and self.mode != "RING"
-        doorbell = self.mode == "PERF"
+        doorbell = self.mode == "PERF" and not perf_wakes  # perf waking by count needs no doorbell
         self.pipe.records_wake = (self.ring_wakeup and self.mode != "PERF") or perf_wakes or doorbell
         self.pipe.announce_sleep = self._batched or doorbell
         self.pipe.drain_on_wake = perf_wakes and self.handover.acting == "perf"

@@ -9,6 +9,7 @@ import typer
 from migrator.cli import app
 from migrator.cli._options import check_perf_pages, config_option, db_option, json_option, window_option
 from migrator.cli._out import emit_json
+from migrator.errors import OptionError
 
 bench_app = typer.Typer(help="Benchmarks, ratios measured side by side in one run: consumers (ours vs bcc), "
                              "controller (windows/s, query times), rollback (latency on the lab), overhead (CPU "
@@ -322,7 +323,6 @@ def idle_cmd(
 
         sudo migrator bench idle --db "$DB"
     """
-    from migrator.errors import OptionError
     from migrator.tools.bench.idle_host import measure
 
     if not db.startswith("postgresql"):
