@@ -39,7 +39,7 @@ _CENTRES_S = 2 ** ((np.arange(_NBINS) + 0.5) / _BINS_PER_OCTAVE) / 1e9
 def lag_buckets(hist: np.ndarray) -> tuple[list[int], float]:
     """(cumulative counts at LAG_BUCKETS_LE, lag sum in s) of a lag histogram, at its ~9 % resolution."""
     cum = np.concatenate(([0], np.cumsum(hist)))
-    return cum[_LE_BINS].tolist(), float(hist @ _CENTRES_S)
+    return cum[_LE_BINS].tolist(), float((hist * _CENTRES_S).sum())  # not `@`: BLAS threads spin after it
 
 
 def _percentile_ms(hist: np.ndarray, q: float) -> float | None:
