@@ -74,7 +74,7 @@ def test_the_ctypes_header_is_the_dtype():
 
 
 def test_native_takes_the_layout_from_the_header():
-    src = native.SOURCE.read_text()
+    src = "".join(p.read_text() for p in native.SOURCES)
     assert "#include <migrator.h>" in src
     assert "struct migrator_hdr {" not in src  # no second declaration
     # every header field is read through HDR_GET (offsetof), none at a hard-coded byte offset

@@ -34,10 +34,12 @@ def walker() -> PerfConsumer:
 
 @pytest.fixture
 def private_source(tmp_path, monkeypatch):
-    """native.c copied into a directory of its own, so builds there touch nothing shared."""
-    src = tmp_path / "native.c"
-    shutil.copy(native.SOURCE, src)
+    """The library's sources copied into a directory of their own, so builds there touch nothing shared."""
+    for p in native.SOURCES:
+        shutil.copy(p, tmp_path / p.name)
+    src = tmp_path / native.SOURCE.name
     monkeypatch.setattr(native, "SOURCE", src)
+    monkeypatch.setattr(native, "SOURCES", tuple(tmp_path / p.name for p in native.SOURCES))
     monkeypatch.setattr(native, "_candidates", lambda: [tmp_path / native.LIB_NAME])
     return src
 

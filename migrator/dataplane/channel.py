@@ -225,6 +225,11 @@ class Channel:
         (dataplane/grace.py) are the old epoch's counters final."""
         self._write_word((self._word() & ~EPOCH_MASK) | (epoch % EPOCHS) << EPOCH_SHIFT)
 
+    def mode_map(self) -> tuple[int, int]:
+        """(fd, value size) of the mode word's map (key 0), for a reader that sets the sleep bit itself (loop.c)."""
+        t = self._tables["__mode"]
+        return t.map_fd, ct.sizeof(t.Leaf)
+
     def reader_sleeps(self, on: bool) -> None:
         """Tell the producers (batched wakeups, bpf/migrator.h) that the reader sleeps until woken:
         while set, every ring write wakes it. The mode and the epoch stay."""

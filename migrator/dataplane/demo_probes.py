@@ -122,6 +122,10 @@ class Probe:
         """Stamp the next records with `epoch` (the window books, pipeline.py)."""
         self.channel.set_epoch(epoch)
 
+    def mode_map(self) -> tuple[int, int]:
+        """(fd, value size) of the channel's mode word map (loop.c sets the sleep bit through it)."""
+        return self.channel.mode_map()
+
     def reader_sleeps(self, on: bool) -> None:
         """Tell the producers the reader sleeps until woken (batched wakeups)."""
         self.channel.reader_sleeps(on)

@@ -10,41 +10,7 @@
  *
  * The takes' results go to `res` (int64 slots, R_* below) so one call answers everything.
  */
-#include <stddef.h>
-#include <stdint.h>
-#include <math.h>
-#include <string.h>
-
-#define MIGRATOR_USERSPACE
-#include <migrator.h>
-
-#define HDR_SIZE sizeof(struct migrator_hdr)
-/* Field f of the (possibly unaligned) header at byte pointer p, as the struct's own type. */
-#define HDR_GET(p, f)                                                                            \
-    ({                                                                                           \
-        __typeof__(((struct migrator_hdr *)0)->f) v_;                                            \
-        memcpy(&v_, (p) + offsetof(struct migrator_hdr, f), sizeof(v_));                        \
-        v_;                                                                                      \
-    })
-/* The epoch bits of a header's flags (migrator.h EPOCHS). */
-#define HDR_EPOCH(p) ((HDR_GET(p, flags) & MIGRATOR_FLAG_EPOCH_MASK) >> 2)
-#define HDR_MODE(p) (HDR_GET(p, flags) & MIGRATOR_FLAG_MODE_MASK)
-/* BPF ring buffer (kernel/bpf/ringbuf.c): u32 len (bit 31 busy, bit 30 discard), u32 pgoff. */
-#define RB_BUSY (1u << 31)
-#define RB_DISCARD (1u << 30)
-#define RB_HDR 8
-/* perf: perf_event_header (u32 type, u16 misc, u16 size), then for a sample u32 raw size. */
-#define PERF_RECORD_LOST 2
-#define PERF_RECORD_SAMPLE 9
-#define SAMPLE_HDR 12
-#define OFF_DATA_HEAD 1024
-#define OFF_DATA_TAIL 1032
-
-enum { R_END, R_N, R_ERRORS, R_BYTES, R_STRIDE, R_FIRST, R_LOST, R_NRES };
-
-static inline uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+#include "native.h"
 
 /* Whether migrator can read a record given `room` bytes: known header version, payload inside. */
 static inline int readable(const uint8_t *rec, uint64_t room)
@@ -345,30 +311,75 @@ void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, u
 /* The window meter (windows.py ChannelMeter) over nb consumed batches whose headers are joined in
  * `hdr` (n records, hdr_stride apart): batch b holds counts[b] records consumed at now_ns[b].
  * Per record: its lag (now - ktime_ns) into the histogram, 8 bins per power of two of
- * nanoseconds (bin = trunc(8 * log2(max(lag, 1))) in doubles, the last bin open-ended), the
+ * nanoseconds (bin = trunc(8 * log2(max(lag, 1))) in doubles, the last bin open-ended: found
+ * among the bins' lower edges, which are computed once with that very formula), the
  * largest lag in integers, ordering (an inversion is a seq below the largest seen before it,
  * earlier windows included), the seq range, and, when by_epoch is given, the record's epoch
  * (flags bits 2-7). st: [max_seq, inversions, lag_max_ns, seq_min, seq_max, delivered], -1 for
  * "none yet" in seq_min and seq_max, updated in place. */
+#define MAX_BINS 512
+static uint64_t bin_edge[MAX_BINS]; /* the smallest lag (ns) in each bin; [0] unused */
+static int64_t edges_for = 0;
+
+static int64_t bin_by_log2(uint64_t x) { return (int64_t)(log2((double)x) * 8.0); }
+
+/* bin_edge[b]: the smallest x >= 1 with bin_by_log2(x) >= b (the formula is monotone in x). */
+static void init_edges(int64_t nbins)
+{
+    for (int64_t b = 1; b < nbins && b < MAX_BINS; b++) {
+        uint64_t lo = 1, hi = 1ULL << 62;
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            if (bin_by_log2(mid) >= b)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        bin_edge[b] = lo;
+    }
+    edges_for = nbins;
+}
+
+/* The lag's bin: its octave k has bins 8k..8k+7 (log2 of a power of two is exact), then three
+ * comparisons with that octave's edges; past the octaves the table covers, a walk along the edges. */
+static inline int64_t lag_bin(int64_t lag, int64_t nbins)
+{
+    if (lag <= 1)
+        return 0;
+    uint64_t x = (uint64_t)lag;
+    int64_t last = (nbins < MAX_BINS ? nbins : MAX_BINS) - 1;
+    int64_t b = 8 * (63 - __builtin_clzll(x));
+    if (b + 7 < last) {
+        const uint64_t *e = bin_edge + b;
+        int64_t j = (int64_t)(x >= e[4]) << 2;
+        j |= (int64_t)(x >= e[j + 2]) << 1;
+        j |= (int64_t)(x >= e[j + 1]);
+        return b + j;
+    }
+    b = b < last ? b : last;
+    while (b < last && bin_edge[b + 1] <= x)
+        b++;
+    while (b > 0 && bin_edge[b] > x)
+        b--;
+    return b;
+}
+
 void mg_meter(const uint8_t *hdr, int64_t hdr_stride, uint64_t n, const int64_t *counts, const int64_t *now_ns,
               uint64_t nb, int64_t *hist, int64_t nbins, int64_t *st, int64_t *by_epoch)
 {
     int64_t max_seq = st[0], inv = st[1], lag_max = st[2], smin = st[3], smax = st[4];
     uint64_t r = 0;
+    if (edges_for != nbins)
+        init_edges(nbins);
     for (uint64_t b = 0; b < nb; b++) {
         int64_t now = now_ns[b];
-        double nowf = (double)now;
         for (int64_t k = 0; k < counts[b] && r < n; k++, r++) {
             const uint8_t *h = hdr + (int64_t)r * hdr_stride;
             uint64_t kt = HDR_GET(h, ktime_ns);
             int64_t seq = (int64_t)HDR_GET(h, seq), lag = now - (int64_t)kt;
-            double lf = nowf - (double)kt;
             if (lag > lag_max)
                 lag_max = lag;
-            if (lf < 1.0)
-                lf = 1.0;
-            int64_t bin = (int64_t)(log2(lf) * 8.0);
-            hist[bin < nbins - 1 ? bin : nbins - 1]++;
+            hist[lag_bin(lag, nbins)]++;
             if (seq < max_seq)
                 inv++;
             else

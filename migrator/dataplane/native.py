@@ -30,6 +30,8 @@ from migrator.errors import MigratorError
 from migrator.shared.resources import bpf_dir
 
 SOURCE = Path(__file__).with_name("native.c")
+# Everything the library is built from: the per-drain passes, the hot loop (loop.c) and what they share.
+SOURCES = (SOURCE, SOURCE.with_name("loop.c"), SOURCE.with_name("native.h"))
 LIB_NAME = "_native.so"
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-shared", "-fPIC"]
 # native.c includes bpf/migrator.h for the record header (struct migrator_hdr): one layout.
@@ -47,8 +49,8 @@ def _candidates() -> list[Path]:
 
 
 def _digest() -> str:
-    """sha256 of what the library is built from: native.c and the header it includes."""
-    return hashlib.sha256(SOURCE.read_bytes() + (bpf_dir() / HEADER).read_bytes()).hexdigest()
+    """sha256 of what the library is built from: its sources and the record header they include."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in (*SOURCES, bpf_dir() / HEADER))).hexdigest()
 
 
 def compiler() -> str | None:
@@ -88,7 +90,8 @@ def build(quiet: bool = True) -> Path:
                 os.close(fd)
                 try:
                     try:
-                        done = subprocess.run([cc, *CFLAGS, f"-I{bpf_dir()}", "-o", tmp, str(SOURCE), "-lm"],
+                        units = [str(p) for p in SOURCES if p.suffix == ".c"]
+                        done = subprocess.run([cc, *CFLAGS, f"-I{bpf_dir()}", "-o", tmp, *units, "-lm"],
                                               capture_output=True, text=True)
                     except FileNotFoundError:
                         raise MigratorError(f"the C compiler {cc} does not exist (to build {SOURCE.name}); run "
@@ -128,26 +131,34 @@ def lib() -> ct.CDLL:
         so.mg_meter.restype = None
         so.mg_pair.argtypes = [_U64, _P, _P, _P, _P, _U64, _P, ct.c_int64, _P]
         so.mg_pair.restype = None
+        so.mg_loop_slots.argtypes = []
+        so.mg_loop_slots.restype = ct.c_char_p
+        so.mg_loop_drain.argtypes = [_P]
+        so.mg_loop_drain.restype = ct.c_int64
+        so.mg_loop_run.argtypes = [_P, ct.c_int64]
+        so.mg_loop_run.restype = ct.c_int
         _lib = so
     return _lib
 
 
 def gathered(buf: np.ndarray, hdr: np.ndarray, off: np.ndarray, res: np.ndarray) -> tuple[Frames, list[int]]:
-    """The batch a take or walk call left in (hdr, off) over buf, and its res slots as ints.
-
-    Records that are equally spaced and of one size (one event struct, R_STRIDE set) are handed
-    out as a strided view of their headers in buf instead of the copies: the decode and compare
-    paths have a faster form for that shape."""
+    """The batch a take or walk call left in (hdr, off) over buf, and its res slots as ints."""
     r = res.tolist()
-    n = r[R_N]
+    return frames_of(buf, hdr, off, r[R_N], r[R_STRIDE], r[R_FIRST]), r
+
+
+def frames_of(buf: np.ndarray, hdr: np.ndarray, off: np.ndarray, n: int, stride: int, first: int) -> Frames:
+    """The n records a drain gathered into (hdr, off) over buf.
+
+    Records that are equally spaced and of one size (one event struct: `stride` set, the first at
+    byte `first`) are handed out as a strided view of their headers in buf instead of the copies:
+    the decode and compare paths have a faster form for that shape."""
     if not n:
-        return Frames.empty(), r
-    stride = r[R_STRIDE]
+        return Frames.empty()
     if stride:
-        first = r[R_FIRST]
         return Frames(strided_headers(buf, first, stride, n), buf,
-                      np.arange(first + HDR_SIZE, first + HDR_SIZE + n * stride, stride, dtype=np.int64)), r
-    return Frames(hdr[:n], buf, off[:n]), r
+                      np.arange(first + HDR_SIZE, first + HDR_SIZE + n * stride, stride, dtype=np.int64))
+    return Frames(hdr[:n], buf, off[:n])
 
 
 class Spares:

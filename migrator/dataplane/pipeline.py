@@ -14,6 +14,7 @@ from migrator.dataplane.kstats import close_stats, enable_stats, prog_run_stats,
 from migrator.dataplane.readers import PerfConsumer, RingConsumer
 from migrator.dataplane.frames import EPOCHS, Frames, concat_headers
 from migrator.dataplane.grace import GracePeriod
+from migrator.dataplane.native_loop import NativeLoop
 from migrator.dataplane.router import Router
 from migrator.dataplane.windows import ChannelMeter
 from migrator.shared.records import ChannelWindow
@@ -63,6 +64,10 @@ class ChannelSource(Protocol):
         """Set or clear the mode word's sleep bit (batched ring wakeups)."""
         ...
 
+    def mode_map(self) -> tuple[int, int]:
+        """(fd, value size) of the map holding the mode word: the native loop sets the sleep bit itself."""
+        ...
+
 
 class Pipeline:
     """Drains both buffers of one channel (its `source`) and closes per-channel windows that balance exactly.
@@ -79,7 +84,8 @@ class Pipeline:
     """
 
     def __init__(self, source: "ChannelSource", host: str = "local", perf_pages: int = 64, perf_wakeup_events: int = 0,
-                 batch_interval: float = 0.005, keep_records: bool = False, router: Router | None = None) -> None:
+                 batch_interval: float = 0.005, keep_records: bool = False, router: Router | None = None,
+                 native: bool = True) -> None:
         self.source = source  # the channel read: a Channel, or a demo Probe (its channel and its target)
         self.host = host
         self.batch_interval = batch_interval
@@ -148,6 +154,10 @@ class Pipeline:
         # Rollback timing: after watch(channel), the wall time of the first record delivered on it.
         self.watch_first: dict[str, float | None] = {}
         self.first_after: dict[str, float | None] = {}
+        # The hot loop in C (loop.c, native_loop.py): waits, drains and measures without entering
+        # Python between the owner's duties. native=False keeps the Python path of poll and drain,
+        # the loop's reference (tests hold the two to the same books); so does keep_records.
+        self._native = NativeLoop(self) if native else None
 
     # -- consuming ----------------------------------------------------------------------------
     def watch(self, channel: str) -> None:
@@ -261,8 +271,15 @@ class Pipeline:
         return (self.perf.max_pending_bytes() < self.perf.capacity_per_cpu() // 4
                 and self.ring.pending_bytes() < self.ring.capacity() // 4)
 
+    @property
+    def native(self) -> bool:
+        """Whether poll and drain run in C (loop.c)."""
+        return self._native is not None and not self.keep_records
+
     def drain(self) -> int:
         """Consume everything both channels hold right now (and measure, when a pass is due)."""
+        if self.native:
+            return self._native.drain()
         now = time.monotonic()
         dt = max(now - self._last_drain, 1e-4)
         self._last_drain = now
@@ -331,7 +348,12 @@ class Pipeline:
         lasts the whole `timeout`: a quiet consumer then wakes only for its owner's duties. A write
         to a wake fd (add_wake_fd) ends any idle wait. Returns 0 without draining when `timeout`
         ends before a drain is due.
+
+        The native loop (loop.c) does the same in C, over and over until `timeout` has passed (or a
+        wake fd fires, a signal comes, or a drained batch is to be delivered); returns the records drained.
         """
+        if self.native:
+            return self._native.run(timeout)
         now = time.monotonic()
         eager = self.drain_on_wake and not self.ring_stalled
         if self._idle or eager:

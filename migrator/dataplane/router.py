@@ -102,10 +102,21 @@ class Router:
         """Hand every delivered batch to callback as decoded numpy rows (one array per event type)."""
         self._batch_cb = callback
 
+    @property
+    def delivers(self) -> bool:
+        """Whether batches must reach Python: a callback, a batch handler or reader, or wrap's matching."""
+        return (self._callback is not None or self._batch_cb is not None or self.queueing
+                or self.matches is not None)
+
     def route(self, channel: str, frames: Frames, room: bool) -> None:
-        """Deliver the records of one drained batch that `channel` owns; set the batch aside for the
-        measuring pass (`room`: whether the buffers leave time to hash its payloads)."""
+        """Deliver the records of one drained batch that `channel` owns, counting them; set the batch
+        aside for the measuring pass (`room`: whether the buffers leave time to hash its payloads)."""
         self._to_compare.append((channel, frames, room))
+        self.deliver(channel, frames, count=True)
+
+    def deliver(self, channel: str, frames: Frames, count: bool = False) -> None:
+        """Hand the records of a batch that `channel` owns to the operator's code. count: also count
+        them (acted, held, filled); the native loop (loop.c) has counted them already."""
         if len(self.handover.owners) == 1 and self.handover.acting == channel:
             mine = None  # owner of every seq, and of every one-channel record: all of them
         else:
@@ -121,12 +132,13 @@ class Router:
             return
         else:
             batch = frames.take(mine)
-        if channel == "ring":
-            held = (batch.hdr["flags"] & FLAG_PERF_LOST) != 0
-            if held.any():
-                self.ring_held += int(held.sum())
-                self._filled += int(self.handover.fills(batch.hdr["flags"][held], batch.seq[held]).sum())
-        self.acted[channel] += len(batch)
+        if count:
+            if channel == "ring":
+                held = (batch.hdr["flags"] & FLAG_PERF_LOST) != 0
+                if held.any():
+                    self.ring_held += int(held.sum())
+                    self._filled += int(self.handover.fills(batch.hdr["flags"][held], batch.seq[held]).sum())
+            self.acted[channel] += len(batch)
         self.channel_now = channel
         if self._callback is not None:
             cb = self._callback
@@ -141,6 +153,13 @@ class Router:
                     self._batch_cb(rows)
                 else:
                     self.queue.append(rows)
+
+    def count_measured(self, parse_perf: int, parse_ring: int, filled: int) -> None:
+        """What the native loop (loop.c) measured at drain time: unreadable records per channel, and
+        ring copies delivered in perf's place."""
+        self._parse["perf"] += parse_perf
+        self._parse["ring"] += parse_ring
+        self._filled += filled
 
     def measure(self, joined: dict[str, np.ndarray]) -> None:
         """A measuring pass over the batches routed since the last one (`joined`: their headers per
