@@ -19,9 +19,11 @@ pytestmark = [pytest.mark.kernel, needs_root]
 N = 30_000
 
 
-def _books(native: bool, switch_at: int | None = None, callback: bool = False) -> dict:
+def _books(native: bool, switch_at: int | None = None, callback: bool = False, planted: int = 0) -> dict:
     """Run N synthetic events in DUAL (perf acting; with switch_at, cut over to the ring after that
-    many); return the closed window's counts per channel and what the callback saw."""
+    many); return the closed window's counts per channel and what the callback saw. planted: that
+    many seqs from 0 wait in the comparison's table as ring copies with a wrong digest, so their
+    perf copies mismatch."""
     seen: list[int] = []
     with Probe("synthetic") as probe:
         router = Router(demo_registry())
@@ -30,6 +32,11 @@ def _books(native: bool, switch_at: int | None = None, callback: bool = False) -
             import ctypes as ct
 
             router.deliver_to(lambda cpu, data, size: seen.append(ct.c_uint64.from_address(data - 16).value))
+        if planted:
+            cmp = router.compare
+            cmp._alloc()
+            slots = [q & (cmp.capacity - 1) for q in range(planted)]
+            cmp._seq[slots], cmp._dig[slots], cmp._side[slots] = list(range(planted)), 12345, 2
         try:
             probe.set_mode("DUAL")
             gen = LoadGen(N, rate=300_000)
@@ -56,7 +63,8 @@ def _books(native: bool, switch_at: int | None = None, callback: bool = False) -
                    "in_flight": w.in_flight, "residual": w.residual, "parse_errors": w.parse_errors,
                    "mismatches": w.payload_mismatches, "inversions": w.inversions,
                    "seq": (w.extra["seq_min"], w.extra["seq_max"]), "acted": acted[ch],
-                   "compared+skipped": w.extra.get("payload_compared", 0) + w.extra.get("payload_skipped", 0)}
+                   "compared+skipped": w.extra.get("payload_compared", 0) + w.extra.get("payload_skipped", 0),
+                   "evidence": w.extra.get("payload_mismatch_seqs")}
     out["callback"] = sorted(seen)
     return out
 
@@ -73,6 +81,12 @@ def test_native_loop_keeps_the_books_of_the_python_path():
         assert native[ch]["residual"] == native[ch]["mismatches"] == native[ch]["parse_errors"] == 0
     assert (native["perf"]["acted"], native["ring"]["acted"]) == (N, 0)
     assert native["ring"]["compared+skipped"] > 0
+
+
+def test_native_pairing_finds_what_the_python_path_finds():
+    native, python = _books(True, planted=20), _books(False, planted=20)
+    assert native["ring"]["mismatches"] == python["ring"]["mismatches"] == 20
+    assert native["ring"]["evidence"] == python["ring"]["evidence"] == list(range(8))
 
 
 def test_native_loop_delivers_each_event_once_across_a_cut():

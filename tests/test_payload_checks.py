@@ -81,6 +81,9 @@ def run(output: str, mode: str, *, registry: Registry | None = None, corrupt_rin
         feed = Feed(bpf, "events", host="h1", mode=mode, registry=registry, window_seconds=FAR)
         try:
             if corrupt_ring:
+                # The fault is made in the ring reader's batches, which only the Python path hands
+                # out (the native loop pairs inside C; tests/test_native_loop.py holds it to this path).
+                feed.pipe.native = False
                 consume = feed.pipe.ring.consume
 
                 def corrupted():

@@ -276,6 +276,15 @@ class Pipeline:
         """Whether poll and drain run in C (loop.c)."""
         return self._native is not None and not self.keep_records
 
+    @native.setter
+    def native(self, on: bool) -> None:
+        """Run poll and drain in C (True) or on the Python path, the reference (False): tests that
+        reach into the readers (a fault made in userspace) take the Python path."""
+        if on and self._native is None:
+            self._native = NativeLoop(self)
+        elif not on:
+            self._native = None
+
     def drain(self) -> int:
         """Consume everything both channels hold right now (and measure, when a pass is due)."""
         if self.native:
