@@ -49,3 +49,23 @@ def test_loss_rate_counts_drops_and_perf_loss():
     assert w.loss_rate == 0.01 and w.dropped == 4
     assert ChannelWindow(host="h", channel="ring", index=0, start=0, end=1).loss_rate == 0.0
     assert w.to_dict()["loss_rate"] == 0.01
+
+
+def test_native_bins_equal_the_formula_at_every_edge():
+    """The native meter finds a lag's bin by octave and edges (native.c lag_bin); the bins must be
+    those of trunc(8 * log2(lag)) in doubles, at each bin's edges and between them."""
+    import time
+
+    from migrator.dataplane.frames import HDR_DTYPE
+    from migrator.dataplane.windows import _NBINS, _lag_bins
+
+    edges = np.unique(np.floor(2.0 ** (np.arange(8 * 46) / 8)).astype(np.int64))
+    rng = np.random.default_rng(7)
+    lags = np.concatenate([np.arange(0, 4096), edges - 1, edges, edges + 1, rng.integers(1, 1 << 46, 50_000),
+                           (1 << np.arange(1, 47)) - 1])
+    now = time.monotonic_ns() + (1 << 47)
+    hdr = np.zeros(len(lags), HDR_DTYPE)
+    hdr["ktime_ns"], hdr["seq"] = now - lags, np.arange(len(lags))
+    m = ChannelMeter("perf")
+    m.add_batches(hdr, [len(hdr)], [now])
+    assert np.array_equal(m.hist, np.bincount(_lag_bins(lags.astype(np.int64)), minlength=_NBINS))

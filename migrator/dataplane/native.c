@@ -320,6 +320,7 @@ void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, u
 #define MAX_BINS 512
 static uint64_t bin_edge[MAX_BINS]; /* the smallest lag (ns) in each bin; [0] unused */
 static int64_t edges_for = 0;
+static uint8_t slot_bin[128]; /* the bin within its octave of a slot's first value (lag_bin) */
 
 static int64_t bin_by_log2(uint64_t x) { return (int64_t)(log2((double)x) * 8.0); }
 
@@ -337,29 +338,30 @@ static void init_edges(int64_t nbins)
         }
         bin_edge[b] = lo;
     }
+    for (int i = 0; i < 128; i++) /* 2^(k + i/128) at k = 44 is an integer: take the bin of that */
+        slot_bin[i] = (uint8_t)(bin_by_log2((uint64_t)ldexp(1.0 + i / 128.0, 44)) - 8 * 44);
     edges_for = nbins;
 }
 
-/* The lag's bin: its octave k has bins 8k..8k+7 (log2 of a power of two is exact), then three
- * comparisons with that octave's edges; past the octaves the table covers, a walk along the edges. */
+/* The lag's bin: its octave k (the double's exponent: exact below 2^53) has bins 8k..8k+7, since
+ * log2 of a power of two is exact; the top 7 bits of the mantissa narrow it to one of two bins
+ * (a slot is 1/128 of an octave, a bin at least 1/12), and one edge decides. */
+
 static inline int64_t lag_bin(int64_t lag, int64_t nbins)
 {
     if (lag <= 1)
         return 0;
-    uint64_t x = (uint64_t)lag;
     int64_t last = (nbins < MAX_BINS ? nbins : MAX_BINS) - 1;
-    int64_t b = 8 * (63 - __builtin_clzll(x));
-    if (b + 7 < last) {
-        const uint64_t *e = bin_edge + b;
-        int64_t j = (int64_t)(x >= e[4]) << 2;
-        j |= (int64_t)(x >= e[j + 2]) << 1;
-        j |= (int64_t)(x >= e[j + 1]);
-        return b + j;
+    union { double d; uint64_t u; } v = {(double)lag};
+    int64_t k = (int64_t)(v.u >> 52) - 1023, b = 8 * k + slot_bin[(v.u >> 45) & 127];
+    if (b + 1 <= last && k < 53) {
+        b += (uint64_t)lag >= bin_edge[b + 1];
+        return b;
     }
     b = b < last ? b : last;
-    while (b < last && bin_edge[b + 1] <= x)
+    while (b < last && bin_edge[b + 1] <= (uint64_t)lag)
         b++;
-    while (b > 0 && bin_edge[b] > x)
+    while (b > 0 && bin_edge[b] > (uint64_t)lag)
         b--;
     return b;
 }
