@@ -193,11 +193,12 @@ static void measure(int64_t *L, int ch, const uint8_t *hdr, int64_t stride, cons
              perf ? P(L, epoch_p, int64_t *) : P(L, epoch_r, int64_t *));
     L[perf ? S_parse_p : S_parse_r] += parse_errors(L, hdr, stride, n);
     /* who acts on which record: by seq, and every record that is its event's only copy */
-    int64_t acted = 0, held = 0, filled = 0;
+    int64_t acted = 0, held = 0, filled = 0, dual = 0;
     int alone_owner = L[S_ncuts] == 0 ? P(L, owners, const uint8_t *)[0] : 0;
     for (int64_t r = 0; r < n; r++) {
         const uint8_t *h = hdr + r * stride;
         uint16_t flags = HDR_GET(h, flags);
+        dual += (flags & MIGRATOR_FLAG_MODE_MASK) == MIGRATOR_MODE_DUAL;
         int by_seq = alone_owner ? alone_owner : owner_of(L, HDR_GET(h, seq));
         int only = (flags & MIGRATOR_FLAG_MODE_MASK) != MIGRATOR_MODE_DUAL ||
                    (!perf && (flags & MIGRATOR_FLAG_PERF_LOST));
@@ -212,13 +213,11 @@ static void measure(int64_t *L, int ch, const uint8_t *hdr, int64_t stride, cons
     L[perf ? S_acted_p : S_acted_r] += acted;
     L[S_held] += held;
     L[S_filled] += filled;
-    /* the payload pairing, one batch */
+    /* the payload pairing, one batch: only records emitted in DUAL take part */
+    if (!dual)
+        return;
     if (!L[S_tmask]) {
-        for (int64_t r = 0; r < n; r++)
-            if (HDR_MODE(hdr + r * stride) == MIGRATOR_MODE_DUAL) {
-                L[S_need_table] = 1; /* Python allocates the table before the next call */
-                break;
-            }
+        L[S_need_table] = 1; /* Python allocates the table before the next call */
         return;
     }
     int64_t desc[7] = {(int64_t)(intptr_t)hdr, stride, n, (int64_t)(intptr_t)buf, (int64_t)(intptr_t)off, ch, room};
@@ -235,12 +234,19 @@ static void measure(int64_t *L, int ch, const uint8_t *hdr, int64_t stride, cons
     L[S_found] += out[4];
 }
 
-/* Whether the payload comparison may spend CPU now (pipeline.py compare_room). */
-static int compare_room(const int64_t *L)
+/* Whether the payload comparison may spend CPU now (pipeline.py compare_room), after a take;
+ * held: ring bytes taken but not released yet (measured in place), not counted as waiting. */
+static int compare_room(const int64_t *L, int64_t held)
 {
-    int64_t most;
-    perf_pending(L, &most);
-    return most < L[S_perf_cap] / 4 && ring_pending(L) < L[S_ring_cap] / 4;
+    /* perf: what came after the heads just taken (released or not), in the fullest CPU */
+    uint8_t *const *pages = P(L, perf_pages, uint8_t *const *);
+    const uint64_t *heads = P(L, perf_heads, const uint64_t *);
+    int64_t most = 0;
+    for (int64_t i = 0; i < L[S_ncpu]; i++) {
+        int64_t n = (int64_t)(__atomic_load_n((const uint64_t *)(pages[i] + OFF_DATA_HEAD), __ATOMIC_ACQUIRE) - heads[i]);
+        most = n > most ? n : most;
+    }
+    return most < L[S_perf_cap] / 4 && ring_pending(L) - held < L[S_ring_cap] / 4;
 }
 
 /* Consume everything both channels hold now and measure it (pipeline.py drain); returns records. */
@@ -265,8 +271,15 @@ int64_t mg_loop_drain(int64_t *L)
             most = w > most ? w : most;
         }
         L[S_peak_p] = most > L[S_peak_p] ? most : L[S_peak_p];
-        mg_perf_take(pages, P(L, perf_off, const uint64_t *), P(L, perf_size, const uint64_t *), heads, (int)L[S_ncpu],
-                     P(L, buf_p, uint8_t *), P(L, hdr_p, uint8_t *), P(L, off_p, int64_t *), (uint64_t)L[S_rows_cap], res);
+        const uint8_t *buf = P(L, buf_p, uint8_t *);
+        if (L[S_deliver]) /* the owner reads the batch after the space is released: a copy */
+            mg_perf_take(pages, P(L, perf_off, const uint64_t *), P(L, perf_size, const uint64_t *), heads,
+                         (int)L[S_ncpu], P(L, buf_p, uint8_t *), P(L, hdr_p, uint8_t *), P(L, off_p, int64_t *),
+                         (uint64_t)L[S_rows_cap], res);
+        else /* measured where the records lie (offsets from the first CPU's mapping), then released */
+            mg_perf_gather(pages, P(L, perf_off, const uint64_t *), P(L, perf_size, const uint64_t *), heads,
+                           (int)L[S_ncpu], buf = pages[0], P(L, buf_p, uint8_t *), P(L, hdr_p, uint8_t *),
+                           P(L, off_p, int64_t *), (uint64_t)L[S_rows_cap], res);
         n_perf = res[R_N];
         b_perf = res[R_BYTES];
         L[S_bytes_p] += b_perf;
@@ -276,17 +289,28 @@ int64_t mg_loop_drain(int64_t *L)
         L[S_last_stride_p] = res[R_STRIDE];
         L[S_last_first_p] = res[R_FIRST];
         if (n_perf)
-            measure(L, PERF, P(L, hdr_p, uint8_t *), HDR_SIZE, P(L, off_p, int64_t *), P(L, buf_p, uint8_t *), n_perf,
-                    mono_ns(), compare_room(L));
+            measure(L, PERF, P(L, hdr_p, uint8_t *), HDR_SIZE, P(L, off_p, int64_t *), buf, n_perf, mono_ns(),
+                    compare_room(L, 0));
+        if (!L[S_deliver])
+            mg_perf_release(pages, heads, (int)L[S_ncpu]);
     }
     int64_t c1 = cpu_ns();
     int64_t avail = stalled(L, now) ? 0 : ring_pending(L);
     if (avail > 0) {
         L[S_peak_r] = avail > L[S_peak_r] ? avail : L[S_peak_r];
-        mg_ring_take(P(L, ring_data, const uint8_t *), (uint64_t)L[S_ring_mask], P(L, ring_cons, uint64_t *),
-                     P(L, ring_prod, const uint64_t *), ~0ULL >> 1, P(L, buf_r, uint8_t *),
-                     (uint64_t)(avail < L[S_buf_cap_r] ? avail : L[S_buf_cap_r]), P(L, hdr_r, uint8_t *),
-                     P(L, off_r, int64_t *), (uint64_t)L[S_rows_cap], res);
+        const uint8_t *data = P(L, ring_data, const uint8_t *);
+        uint64_t *cons_p = P(L, ring_cons, uint64_t *);
+        const uint8_t *buf = P(L, buf_r, uint8_t *);
+        uint64_t limit = (uint64_t)(avail < L[S_buf_cap_r] ? avail : L[S_buf_cap_r]);
+        if (L[S_deliver]) { /* the owner reads the batch after the space is released: a copy */
+            mg_ring_take(data, (uint64_t)L[S_ring_mask], cons_p, P(L, ring_prod, const uint64_t *), ~0ULL >> 1,
+                         P(L, buf_r, uint8_t *), limit, P(L, hdr_r, uint8_t *), P(L, off_r, int64_t *),
+                         (uint64_t)L[S_rows_cap], res);
+        } else { /* measured where the records lie, then released */
+            buf = data + (*cons_p & (uint64_t)L[S_ring_mask]);
+            mg_ring_gather(data, (uint64_t)L[S_ring_mask], cons_p, P(L, ring_prod, const uint64_t *), ~0ULL >> 1,
+                           limit, P(L, hdr_r, uint8_t *), P(L, off_r, int64_t *), (uint64_t)L[S_rows_cap], res);
+        }
         n_ring = res[R_N];
         b_ring = res[R_BYTES];
         L[S_bytes_r] += b_ring;
@@ -295,8 +319,10 @@ int64_t mg_loop_drain(int64_t *L)
         L[S_last_stride_r] = res[R_STRIDE];
         L[S_last_first_r] = res[R_FIRST];
         if (n_ring)
-            measure(L, RING, P(L, hdr_r, uint8_t *), HDR_SIZE, P(L, off_r, int64_t *), P(L, buf_r, uint8_t *), n_ring,
-                    mono_ns(), compare_room(L));
+            measure(L, RING, P(L, hdr_r, uint8_t *), HDR_SIZE, P(L, off_r, int64_t *), buf, n_ring, mono_ns(),
+                    compare_room(L, L[S_deliver] ? 0 : (int64_t)res[R_BYTES]));
+        if (!L[S_deliver])
+            __atomic_store_n(cons_p, (uint64_t)res[R_END], __ATOMIC_RELEASE);
     }
     int64_t c2 = cpu_ns();
     L[S_cpu_p] += c1 - c0;

@@ -63,46 +63,50 @@ static void finish(const struct gather *g, int64_t *res)
     res[R_FIRST] = g->n ? g->first : 0;
 }
 
-/* Ring: consume every committed record from the consumer position up to the first busy one (at
- * most max_records, at most buf_cap bytes), copy that prefix into buf (one memcpy: the data area
- * is mapped twice back to back, so it never wraps), hand the space back to the kernel (release
- * store of the consumer position), then gather the records from the copy. Discarded records are
- * skipped; unreadable ones counted (R_ERRORS). R_END: the new consumer position; R_BYTES: bytes
- * consumed. */
+/* Ring: the committed records from the consumer position up to the first busy one (at most
+ * max_records, at most max_bytes), gathered where they lie: the data area is mapped twice back to
+ * back, so the run from data + (cons & mask) never wraps, and the payload offsets are relative to
+ * that address. Nothing is released. Discarded records are skipped; unreadable ones counted
+ * (R_ERRORS). R_END: the position after the run; R_BYTES: its bytes. */
+void mg_ring_gather(const uint8_t *data, uint64_t mask, const uint64_t *cons_p, const uint64_t *prod_p,
+                    uint64_t max_records, uint64_t max_bytes, uint8_t *hdr, int64_t *off, uint64_t cap, int64_t *res)
+{
+    uint64_t cons = __atomic_load_n(cons_p, __ATOMIC_RELAXED); /* ours alone to write */
+    uint64_t prod = __atomic_load_n(prod_p, __ATOMIC_ACQUIRE);
+    const uint8_t *base = data + (cons & mask);
+    uint64_t pos = cons, count = 0;
+    struct gather g = {hdr, off, cap, 0, 0, -1, 0, 0, 0};
+    while (prod - pos >= RB_HDR && count < max_records) {
+        uint32_t len = __atomic_load_n((const uint32_t *)(base + (pos - cons)), __ATOMIC_ACQUIRE);
+        if (len & RB_BUSY)
+            break;
+        uint64_t size = len & ~RB_DISCARD, stride = (size + RB_HDR + 7) & ~7ULL;
+        if (pos + stride - cons > max_bytes)
+            break;
+        if (!(len & RB_DISCARD))
+            take_record(&g, base, (int64_t)(pos - cons + RB_HDR), size);
+        else
+            g.stride = -1;
+        pos += stride;
+        count++;
+    }
+    finish(&g, res);
+    res[R_END] = (int64_t)pos;
+    res[R_BYTES] = (int64_t)(pos - cons);
+    res[R_LOST] = 0;
+}
+
+/* Ring: consume every committed record (mg_ring_gather, at most buf_cap bytes), copy them into buf
+ * (one memcpy; the payload offsets hold for the copy) and hand the space back to the kernel (release
+ * store of the consumer position). */
 void mg_ring_take(const uint8_t *data, uint64_t mask, uint64_t *cons_p, const uint64_t *prod_p,
                   uint64_t max_records, uint8_t *buf, uint64_t buf_cap, uint8_t *hdr, int64_t *off,
                   uint64_t cap, int64_t *res)
 {
-    uint64_t cons = __atomic_load_n(cons_p, __ATOMIC_RELAXED); /* ours alone to write */
-    uint64_t prod = __atomic_load_n(prod_p, __ATOMIC_ACQUIRE);
-    uint64_t pos = cons, count = 0;
-    while (prod - pos >= RB_HDR && count < max_records) {
-        uint32_t len = __atomic_load_n((const uint32_t *)(data + (pos & mask)), __ATOMIC_ACQUIRE);
-        if (len & RB_BUSY)
-            break;
-        uint64_t stride = ((uint64_t)(len & ~RB_DISCARD) + RB_HDR + 7) & ~7ULL;
-        if (pos + stride - cons > buf_cap)
-            break;
-        pos += stride;
-        count++;
-    }
-    uint64_t nbytes = pos - cons;
-    memcpy(buf, data + (cons & mask), nbytes);
-    __atomic_store_n(cons_p, pos, __ATOMIC_RELEASE);
-    struct gather g = {hdr, off, cap, 0, 0, -1, 0, 0, 0};
-    for (uint64_t p = 0; p + RB_HDR <= nbytes;) {
-        uint32_t len = ld32(buf + p);
-        uint64_t size = len & ~RB_DISCARD;
-        if (!(len & RB_DISCARD))
-            take_record(&g, buf, (int64_t)(p + RB_HDR), size);
-        else
-            g.stride = -1;
-        p += (size + RB_HDR + 7) & ~7ULL;
-    }
-    finish(&g, res);
-    res[R_END] = (int64_t)pos;
-    res[R_BYTES] = (int64_t)nbytes;
-    res[R_LOST] = 0;
+    uint64_t cons = __atomic_load_n(cons_p, __ATOMIC_RELAXED);
+    mg_ring_gather(data, mask, cons_p, prod_p, max_records, buf_cap, hdr, off, cap, res);
+    memcpy(buf, data + (cons & mask), (uint64_t)res[R_BYTES]);
+    __atomic_store_n(cons_p, (uint64_t)res[R_END], __ATOMIC_RELEASE);
 }
 
 /* One CPU's records, n bytes from buf + at: samples gathered, a LOST record's count added to
@@ -172,6 +176,47 @@ void mg_perf_take(uint8_t *const *pages, const uint64_t *data_off, const uint64_
     res[R_END] = 0;
     res[R_BYTES] = (int64_t)used;
     res[R_LOST] = (int64_t)lost;
+}
+
+/* Perf, measured where the records lie: every CPU's records between its tail and heads[i] are
+ * walked in place, except a run that wraps the buffer's end, which is copied into buf first;
+ * payload offsets are relative to `base` (any address, so they may be negative: the runs lie in
+ * different mappings).
+ * Nothing is released (mg_perf_release). R_BYTES: the bytes walked; R_LOST: LOST records' counts. */
+void mg_perf_gather(uint8_t *const *pages, const uint64_t *data_off, const uint64_t *data_size,
+                    const uint64_t *heads, int ncpu, const uint8_t *base, uint8_t *buf, uint8_t *hdr, int64_t *off,
+                    uint64_t cap, int64_t *res)
+{
+    struct gather g = {hdr, off, cap, 0, 0, -1, 0, 0, 0};
+    uint64_t used = 0, walked = 0, lost = 0;
+    for (int i = 0; i < ncpu; i++) {
+        uint64_t tail = __atomic_load_n((const uint64_t *)(pages[i] + OFF_DATA_TAIL), __ATOMIC_RELAXED);
+        uint64_t n = heads[i] - tail;
+        if (!n)
+            continue;
+        const uint8_t *data = pages[i] + data_off[i];
+        uint64_t start = tail & (data_size[i] - 1), first = data_size[i] - start;
+        const uint8_t *run = data + start;
+        if (n > first) { /* wraps: stitch it in buf */
+            memcpy(buf + used, run, first);
+            memcpy(buf + used + first, data, n - first);
+            run = buf + used;
+            used += n;
+        }
+        walk_samples(&g, base, (uint64_t)(run - base), n, &lost);
+        walked += n;
+    }
+    finish(&g, res);
+    res[R_END] = 0;
+    res[R_BYTES] = (int64_t)walked;
+    res[R_LOST] = (int64_t)lost;
+}
+
+/* Perf: hand every CPU's records up to heads[i] back to the kernel (release store of data_tail). */
+void mg_perf_release(uint8_t *const *pages, const uint64_t *heads, int ncpu)
+{
+    for (int i = 0; i < ncpu; i++)
+        __atomic_store_n((uint64_t *)(pages[i] + OFF_DATA_TAIL), heads[i], __ATOMIC_RELEASE);
 }
 
 /* Perf, for a chunk already copied out (tests, recorded batches): the walk of mg_perf_take. */
