@@ -271,15 +271,12 @@ int64_t mg_loop_drain(int64_t *L)
             most = w > most ? w : most;
         }
         L[S_peak_p] = most > L[S_peak_p] ? most : L[S_peak_p];
+        /* copied and released at once: perf's per-CPU buffers are small (64 pages by default), and a
+         * measuring pass must not hold them while a burst fills them */
         const uint8_t *buf = P(L, buf_p, uint8_t *);
-        if (L[S_deliver]) /* the owner reads the batch after the space is released: a copy */
-            mg_perf_take(pages, P(L, perf_off, const uint64_t *), P(L, perf_size, const uint64_t *), heads,
-                         (int)L[S_ncpu], P(L, buf_p, uint8_t *), P(L, hdr_p, uint8_t *), P(L, off_p, int64_t *),
-                         (uint64_t)L[S_rows_cap], res);
-        else /* measured where the records lie (offsets from the first CPU's mapping), then released */
-            mg_perf_gather(pages, P(L, perf_off, const uint64_t *), P(L, perf_size, const uint64_t *), heads,
-                           (int)L[S_ncpu], buf = pages[0], P(L, buf_p, uint8_t *), P(L, hdr_p, uint8_t *),
-                           P(L, off_p, int64_t *), (uint64_t)L[S_rows_cap], res);
+        mg_perf_take(pages, P(L, perf_off, const uint64_t *), P(L, perf_size, const uint64_t *), heads, (int)L[S_ncpu],
+                     P(L, buf_p, uint8_t *), P(L, hdr_p, uint8_t *), P(L, off_p, int64_t *), (uint64_t)L[S_rows_cap],
+                     res);
         n_perf = res[R_N];
         b_perf = res[R_BYTES];
         L[S_bytes_p] += b_perf;
@@ -291,8 +288,6 @@ int64_t mg_loop_drain(int64_t *L)
         if (n_perf)
             measure(L, PERF, P(L, hdr_p, uint8_t *), HDR_SIZE, P(L, off_p, int64_t *), buf, n_perf, mono_ns(),
                     compare_room(L, 0));
-        if (!L[S_deliver])
-            mg_perf_release(pages, heads, (int)L[S_ncpu]);
     }
     int64_t c1 = cpu_ns();
     int64_t avail = stalled(L, now) ? 0 : ring_pending(L);

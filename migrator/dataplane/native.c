@@ -178,47 +178,6 @@ void mg_perf_take(uint8_t *const *pages, const uint64_t *data_off, const uint64_
     res[R_LOST] = (int64_t)lost;
 }
 
-/* Perf, measured where the records lie: every CPU's records between its tail and heads[i] are
- * walked in place, except a run that wraps the buffer's end, which is copied into buf first;
- * payload offsets are relative to `base` (any address, so they may be negative: the runs lie in
- * different mappings).
- * Nothing is released (mg_perf_release). R_BYTES: the bytes walked; R_LOST: LOST records' counts. */
-void mg_perf_gather(uint8_t *const *pages, const uint64_t *data_off, const uint64_t *data_size,
-                    const uint64_t *heads, int ncpu, const uint8_t *base, uint8_t *buf, uint8_t *hdr, int64_t *off,
-                    uint64_t cap, int64_t *res)
-{
-    struct gather g = {hdr, off, cap, 0, 0, -1, 0, 0, 0};
-    uint64_t used = 0, walked = 0, lost = 0;
-    for (int i = 0; i < ncpu; i++) {
-        uint64_t tail = __atomic_load_n((const uint64_t *)(pages[i] + OFF_DATA_TAIL), __ATOMIC_RELAXED);
-        uint64_t n = heads[i] - tail;
-        if (!n)
-            continue;
-        const uint8_t *data = pages[i] + data_off[i];
-        uint64_t start = tail & (data_size[i] - 1), first = data_size[i] - start;
-        const uint8_t *run = data + start;
-        if (n > first) { /* wraps: stitch it in buf */
-            memcpy(buf + used, run, first);
-            memcpy(buf + used + first, data, n - first);
-            run = buf + used;
-            used += n;
-        }
-        walk_samples(&g, base, (uint64_t)(run - base), n, &lost);
-        walked += n;
-    }
-    finish(&g, res);
-    res[R_END] = 0;
-    res[R_BYTES] = (int64_t)walked;
-    res[R_LOST] = (int64_t)lost;
-}
-
-/* Perf: hand every CPU's records up to heads[i] back to the kernel (release store of data_tail). */
-void mg_perf_release(uint8_t *const *pages, const uint64_t *heads, int ncpu)
-{
-    for (int i = 0; i < ncpu; i++)
-        __atomic_store_n((uint64_t *)(pages[i] + OFF_DATA_TAIL), heads[i], __ATOMIC_RELEASE);
-}
-
 /* Perf, for a chunk already copied out (tests, recorded batches): the walk of mg_perf_take. */
 void mg_perf_walk(const uint8_t *chunk, uint64_t n, uint8_t *hdr, int64_t *off, uint64_t cap, int64_t *res)
 {

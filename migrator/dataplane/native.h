@@ -48,10 +48,6 @@ uint64_t mg_perf_pending(uint8_t *const *pages, int ncpu, uint64_t *heads);
 void mg_perf_take(uint8_t *const *pages, const uint64_t *data_off, const uint64_t *data_size,
                   const uint64_t *heads, int ncpu, uint8_t *buf, uint8_t *hdr, int64_t *off, uint64_t cap,
                   int64_t *res);
-void mg_perf_gather(uint8_t *const *pages, const uint64_t *data_off, const uint64_t *data_size,
-                    const uint64_t *heads, int ncpu, const uint8_t *base, uint8_t *buf, uint8_t *hdr, int64_t *off,
-                    uint64_t cap, int64_t *res);
-void mg_perf_release(uint8_t *const *pages, const uint64_t *heads, int ncpu);
 void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, uint8_t *tside, uint64_t mask,
              uint8_t *scratch, int64_t max_evidence, int64_t *out);
 void mg_meter(const uint8_t *hdr, int64_t hdr_stride, uint64_t n, const int64_t *counts, const int64_t *now_ns,
