@@ -26,7 +26,7 @@
     X(buf_p) X(hdr_p) X(off_p) X(buf_r) X(hdr_r) X(off_r) X(buf_cap_r) X(rows_cap) X(scratch)   \
     /* the window meters (windows.py ChannelMeter): lag histogram, state, records per epoch */    \
     X(hist_p) X(st_p) X(epoch_p) X(hist_r) X(st_r) X(epoch_r) X(nbins)                           \
-    /* the payload pairing (compare.py): table, mask (0: no table yet), evidence room */          \
+    /* the payload pairing (compare.py): table, mask (0: none, nothing compared), evidence room */          \
     X(tseq) X(tdig) X(tside) X(tmask) X(evidence) X(max_evidence)                                \
     /* the handover (handover.py): cut seqs, owners per range (1 perf, 2 ring) */                 \
     X(ncuts) X(cuts) X(owners)                                                                   \
@@ -42,7 +42,7 @@
     X(n_p) X(n_r) X(acted_p) X(acted_r) X(bytes_p) X(bytes_r) X(err_p) X(err_r) X(lost)          \
     X(peak_p) X(peak_r) X(cpu_p) X(cpu_r) X(parse_p) X(parse_r) X(held) X(filled)               \
     X(first_p) X(first_r) X(compared) X(mismatches) X(skipped) X(evicted) X(found)               \
-    X(need_table) X(drains) X(waits)                                                             \
+    X(drains) X(waits)                                                                         \
     /* the last drain's batches, for delivery: records per channel, stride (0: use hdr/off) */   \
     X(last_n_p) X(last_n_r) X(last_stride_p) X(last_stride_r) X(last_first_p) X(last_first_r)
 
@@ -214,12 +214,8 @@ static void measure(int64_t *L, int ch, const uint8_t *hdr, int64_t stride, cons
     L[S_held] += held;
     L[S_filled] += filled;
     /* the payload pairing, one batch: only records emitted in DUAL take part */
-    if (!dual)
+    if (!dual || !L[S_tmask]) /* no table: nobody compares (a pipeline without a router) */
         return;
-    if (!L[S_tmask]) {
-        L[S_need_table] = 1; /* Python allocates the table before the next call */
-        return;
-    }
     int64_t desc[7] = {(int64_t)(intptr_t)hdr, stride, n, (int64_t)(intptr_t)buf, (int64_t)(intptr_t)off, ch, room};
     int64_t out[5 + 64];
     int64_t room_left = L[S_max_evidence] - L[S_found];

@@ -119,8 +119,10 @@ class NativeLoop:
             L[ix["nkinds"]], L[ix["kinds"]], L[ix["min_sizes"]] = len(kinds), addr(self._kinds), addr(self._mins)
             self._kinds_of = n
         cmp = router.compare
-        if cmp._side is None and self.pipe.source.mode != "PERF":
-            cmp._alloc()  # DUAL records may come (C cannot allocate it mid-drain: see need_table)
+        if cmp._side is None:
+            # C cannot allocate it mid-drain, and a DUAL record may come at any time. Zeroed pages are
+            # mapped on first touch: a feed that never sees one pays address space, not memory.
+            cmp._alloc()
         if cmp._side is not None and self._table_of is not cmp._side:
             L[ix["tseq"]], L[ix["tdig"]], L[ix["tside"]] = addr(cmp._seq), addr(cmp._dig), addr(cmp._side)
             L[ix["tmask"]] = cmp.capacity - 1
@@ -155,8 +157,12 @@ class NativeLoop:
 
     # -- what C counted --------------------------------------------------------------------------
     def _sync_out(self) -> int:
-        p, ix = self.pipe, self.ix
-        r = self.L.tolist()
+        p, ix, L = self.pipe, self.ix, self.L
+        if not L[ix["drains"]]:  # a quiet call: nothing was taken, only waits counted
+            self.waits += int(L[ix["waits"]])
+            L[ix["waits"]] = 0
+            return 0
+        r = L.tolist()
         p._idle, p._last_drain = bool(r[ix["idle"]]), r[ix["last_drain"]] / 1e9
         p._rate = {"perf": float(r[ix["rate_p"]]), "ring": float(r[ix["rate_r"]])}
         st = self._st.tolist()
@@ -191,8 +197,6 @@ class NativeLoop:
             cmp.unpaired_evicted += r[ix["evicted"]]
             if r[ix["found"]]:
                 c.mismatch_seqs += tuple(self._evidence[:r[ix["found"]]].tolist())
-            if r[ix["need_table"]] and cmp._side is None:
-                cmp._alloc()
         self.drains += r[ix["drains"]]
         self.waits += r[ix["waits"]]
         self.L[self._results] = 0
