@@ -118,7 +118,7 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
     index) is skipped. One statement (store/bulk.py); returns how many were new."""
     if not ws:
         return 0
-    m = session.connection().execute(_RECORD_SELECT, {"mid": migration_id}).first()
+    m = _core(session).execute(_RECORD_SELECT, {"mid": migration_id}).first()
     if m is None:
         raise StoreError(f"no migration {migration_id} in this database")
     ts = _now(now)
@@ -132,7 +132,15 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
     fp = _reported_fingerprint(m, ws)
     if fp is not None:
         session.execute(update(Migration).where(Migration.id == migration_id).values(reported_fingerprint=fp))
-    return insert_rows(session, Window.__table__, rows, conflict=("migration_id", "host", "channel", "index"))
+    return insert_rows(session, Window.__table__, rows, conflict=("migration_id", "index", "host", "channel"))
+
+
+def _core(session: Session):  # noqa: ANN202 -- a Connection
+    """The session's connection for a prebuilt Core statement, its pending ORM changes flushed first
+    (what autoflush does before an ORM query), so the statement sees them."""
+    if session.dirty or session.new or session.deleted:
+        session.flush()
+    return session.connection()
 
 
 def _host(session: Session, migration_id: int, host: str) -> Host:
@@ -155,10 +163,10 @@ def heartbeat(session: Session, migration_id: int, host: str, now: float | None 
         if mode not in MODES:
             raise MigratorError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         params["mode"] = mode
-    # One UPDATE ... RETURNING, built once (every host, every window: no row loaded, nothing flushed,
-    # no ORM bookkeeping: a third of what the ORM-enabled update cost); a Host this session holds
-    # is expired, so it reads what was written.
-    row = session.connection().execute(_BEAT if mode is None else _BEAT_MODE, params).first()
+    # One UPDATE ... RETURNING, built once (every host, every window: no row loaded, no ORM
+    # bookkeeping: a third of what the ORM-enabled update cost). The session's pending changes go
+    # first (as autoflush would), and a Host it holds is expired after, so it reads what was written.
+    row = _core(session).execute(_BEAT if mode is None else _BEAT_MODE, params).first()
     if row is None:
         raise StoreError(f"host {host!r} is not part of migration {migration_id}")
     for obj in list(session.identity_map.values()):
