@@ -179,9 +179,14 @@ static int64_t parse_errors(const int64_t *L, const uint8_t *hdr, int64_t stride
 }
 
 /* One drained batch of channel ch, measured now (consumed at now_ns): the pipeline's _take, the
- * router's route counting and its measuring pass, and the meter's add_batches, for one batch. */
-static void measure(int64_t *L, int ch, const uint8_t *hdr, int64_t stride, const int64_t *off, const uint8_t *buf,
-                    int64_t n, int64_t now_ns, int room)
+ * router's route counting and its measuring pass, and the meter's add_batches, for one batch; its
+ * payloads are paired with the other channel's by pair_drain. */
+struct pairs {
+    int64_t n, desc[2 * 7];
+};
+
+static void measure(int64_t *L, struct pairs *pairs, int ch, const uint8_t *hdr, int64_t stride, const int64_t *off,
+                    const uint8_t *buf, int64_t n, int64_t now_ns, int room)
 {
     int perf = ch == PERF;
     L[perf ? S_n_p : S_n_r] += n;
@@ -213,14 +218,24 @@ static void measure(int64_t *L, int ch, const uint8_t *hdr, int64_t stride, cons
     L[perf ? S_acted_p : S_acted_r] += acted;
     L[S_held] += held;
     L[S_filled] += filled;
-    /* the payload pairing, one batch: only records emitted in DUAL take part */
-    if (!dual || !L[S_tmask]) /* no table: nobody compares (a pipeline without a router) */
+    /* the payload pairing: set aside for the drain's one pairing pass (pair_drain), DUAL records only */
+    if (dual && L[S_tmask]) { /* no table: nobody compares (a pipeline without a router) */
+        int64_t *d = pairs->desc + 7 * pairs->n++;
+        d[0] = (int64_t)(intptr_t)hdr, d[1] = stride, d[2] = n, d[3] = (int64_t)(intptr_t)buf;
+        d[4] = (int64_t)(intptr_t)off, d[5] = ch, d[6] = room;
+    }
+}
+
+/* One pairing pass over the drain's batches (perf's, then the ring's): both copies of most events
+ * come in one drain, and mg_pair compares those byte for byte instead of hashing both. */
+static void pair_drain(int64_t *L, const struct pairs *pairs)
+{
+    if (!pairs->n)
         return;
-    int64_t desc[7] = {(int64_t)(intptr_t)hdr, stride, n, (int64_t)(intptr_t)buf, (int64_t)(intptr_t)off, ch, room};
     int64_t out[5 + 64];
     int64_t room_left = L[S_max_evidence] - L[S_found];
-    mg_pair(1, desc, P(L, tseq, uint64_t *), P(L, tdig, uint64_t *), P(L, tside, uint8_t *), (uint64_t)L[S_tmask],
-            P(L, scratch, uint8_t *), room_left > 64 ? 64 : room_left, out);
+    mg_pair((uint64_t)pairs->n, pairs->desc, P(L, tseq, uint64_t *), P(L, tdig, uint64_t *), P(L, tside, uint8_t *),
+            (uint64_t)L[S_tmask], P(L, scratch, uint8_t *), room_left > 64 ? 64 : room_left, out);
     L[S_compared] += out[0];
     L[S_mismatches] += out[1];
     L[S_skipped] += out[2];
@@ -228,6 +243,15 @@ static void measure(int64_t *L, int ch, const uint8_t *hdr, int64_t stride, cons
     for (int64_t i = 0; i < out[4]; i++)
         P(L, evidence, int64_t *)[L[S_found] + i] = out[5 + i];
     L[S_found] += out[4];
+}
+
+/* pair_drain, then the set emptied; returns the thread CPU it took (ns). */
+static int64_t pair_timed(int64_t *L, struct pairs *pairs)
+{
+    int64_t t = cpu_ns();
+    pair_drain(L, pairs);
+    pairs->n = 0;
+    return cpu_ns() - t;
 }
 
 /* Whether the payload comparison may spend CPU now (pipeline.py compare_room), after a take;
@@ -253,7 +277,8 @@ int64_t mg_loop_drain(int64_t *L)
     dt = dt > 1e-4 ? dt : 1e-4;
     L[S_last_drain] = now;
     L[S_drains]++;
-    int64_t c0 = cpu_ns(), n_perf = 0, n_ring = 0, b_perf = 0, b_ring = 0;
+    int64_t c0 = cpu_ns(), n_perf = 0, n_ring = 0, b_perf = 0, b_ring = 0, c_pair = 0;
+    struct pairs pairs = {0};
     if (!L[S_deliver])
         L[S_last_n_p] = L[S_last_n_r] = 0; /* else Python cleared them when it delivered */
     int64_t most, total = (int64_t)mg_perf_pending(P(L, perf_pages, uint8_t *const *), (int)L[S_ncpu],
@@ -282,7 +307,7 @@ int64_t mg_loop_drain(int64_t *L)
         L[S_last_stride_p] = res[R_STRIDE];
         L[S_last_first_p] = res[R_FIRST];
         if (n_perf)
-            measure(L, PERF, P(L, hdr_p, uint8_t *), HDR_SIZE, P(L, off_p, int64_t *), buf, n_perf, mono_ns(),
+            measure(L, &pairs, PERF, P(L, hdr_p, uint8_t *), HDR_SIZE, P(L, off_p, int64_t *), buf, n_perf, mono_ns(),
                     compare_room(L, 0));
     }
     int64_t c1 = cpu_ns();
@@ -310,14 +335,20 @@ int64_t mg_loop_drain(int64_t *L)
         L[S_last_stride_r] = res[R_STRIDE];
         L[S_last_first_r] = res[R_FIRST];
         if (n_ring)
-            measure(L, RING, P(L, hdr_r, uint8_t *), HDR_SIZE, P(L, off_r, int64_t *), buf, n_ring, mono_ns(),
+            measure(L, &pairs, RING, P(L, hdr_r, uint8_t *), HDR_SIZE, P(L, off_r, int64_t *), buf, n_ring, mono_ns(),
                     compare_room(L, L[S_deliver] ? 0 : (int64_t)res[R_BYTES]));
+        if (pairs.n)
+            c_pair = pair_timed(L, &pairs);
         if (!L[S_deliver])
             __atomic_store_n(cons_p, (uint64_t)res[R_END], __ATOMIC_RELEASE);
     }
+    if (pairs.n)
+        c_pair = pair_timed(L, &pairs);
     int64_t c2 = cpu_ns();
-    L[S_cpu_p] += c1 - c0;
-    L[S_cpu_r] += c2 - c1;
+    /* the pairing pass is shared by records, as pipeline.py shares the router's measuring pass */
+    int64_t pair_p = n_perf + n_ring ? c_pair * n_perf / (n_perf + n_ring) : 0;
+    L[S_cpu_p] += c1 - c0 + pair_p;
+    L[S_cpu_r] += c2 - c1 - pair_p;
     /* bytes per second per channel: fast attack, slow decay (pipeline.py drain) */
     double rp = (double)b_perf / dt, rr = (double)b_ring / dt;
     L[S_rate_p] = (int64_t)(rp > 0.95 * (double)L[S_rate_p] ? rp : 0.95 * (double)L[S_rate_p]);

@@ -254,10 +254,27 @@ void mg_digests(const uint8_t *buf, const int64_t *off, const uint8_t *hdr, int6
  * side (1 perf, 2 ring), room (0: the consumer was behind, its DUAL records are only counted as
  * skipped). Only records emitted in DUAL (flags & 3 == DUAL) take part. Per batch, as one step:
  * every record whose seq waits in the direct-mapped table (slot = seq & mask) from the other side
- * is compared with it by digest and frees the slot; then every other one is stored, evicting
- * whatever its slot held. out: [compared, mismatches, skipped, evicted, evidence found, up to
- * max_evidence differing seqs in the order found]. scratch: a byte per record of the largest
- * batch. */
+ * is compared with it and frees the slot; then every other one is stored, evicting whatever its
+ * slot held. out: [compared, mismatches, skipped, evicted, evidence found, up to max_evidence
+ * differing seqs in the order found]. scratch: a byte per record of the largest batch.
+ *
+ * A stored record is held by place (HELD: tdig = batch << 32 | record) while this call's batches
+ * are in memory: its pair in a later batch of the same call is compared byte for byte, and only
+ * the records still waiting at the end get their digest. Both copies of most events arrive in one
+ * call (perf then ring in one drain), so most pairs cost a memcmp instead of two digests; the
+ * results are those of comparing digests (equal bytes and length <=> equal digests, but for a
+ * 2^-64 collision). */
+#define HELD 4
+
+static inline int same_payload(const int64_t *desc, uint64_t held, const uint8_t *p, uint32_t len)
+{
+    const int64_t *d = desc + 7 * (held >> 32);
+    uint64_t r = held & 0xffffffffu;
+    const uint8_t *h = (const uint8_t *)d[0] + (int64_t)r * d[1];
+    const uint8_t *q = (const uint8_t *)d[3] + ((const int64_t *)d[4])[r];
+    return HDR_GET(h, len) == len && memcmp(p, q, len) == 0;
+}
+
 void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, uint8_t *tside, uint64_t mask,
              uint8_t *scratch, int64_t max_evidence, int64_t *out)
 {
@@ -283,9 +300,12 @@ void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, u
                 continue;
             }
             uint64_t seq = HDR_GET(h, seq), slot = seq & mask;
-            if (tside[slot] == other && tseq[slot] == seq) {
+            if ((tside[slot] & 3) == other && tseq[slot] == seq) {
                 compared++;
-                if (digest_one(buf + off[r], HDR_GET(h, len), K) != tdig[slot]) {
+                uint32_t len = HDR_GET(h, len);
+                int same = tside[slot] & HELD ? same_payload(desc, tdig[slot], buf + off[r], len)
+                                              : digest_one(buf + off[r], len, K) == tdig[slot];
+                if (!same) {
                     mismatches++;
                     if (found < max_evidence)
                         evidence[found++] = (int64_t)seq;
@@ -301,8 +321,26 @@ void mg_pair(uint64_t nb, const int64_t *desc, uint64_t *tseq, uint64_t *tdig, u
             uint64_t seq = HDR_GET(h, seq), slot = seq & mask;
             evicted += tside[slot] != 0;
             tseq[slot] = seq;
-            tdig[slot] = digest_one(buf + off[r], HDR_GET(h, len), K);
-            tside[slot] = side;
+            tdig[slot] = b << 32 | (uint64_t)r;
+            tside[slot] = side | HELD;
+        }
+    }
+    /* what still waits for its pair keeps a digest: the batches' memory is the caller's again */
+    for (uint64_t b = 0; b < nb; b++) {
+        const int64_t *d = desc + 7 * b;
+        if (!d[6])
+            continue;
+        const uint8_t *hdr = (const uint8_t *)d[0], *buf = (const uint8_t *)d[3];
+        const int64_t stride = d[1], n = d[2], *off = (const int64_t *)d[4];
+        for (int64_t r = 0; r < n; r++) {
+            const uint8_t *h = hdr + r * stride;
+            if (HDR_MODE(h) != MIGRATOR_MODE_DUAL)
+                continue;
+            uint64_t slot = HDR_GET(h, seq) & mask;
+            if (tside[slot] & HELD && tseq[slot] == HDR_GET(h, seq) && tdig[slot] == (b << 32 | (uint64_t)r)) {
+                tdig[slot] = digest_one(buf + off[r], HDR_GET(h, len), K);
+                tside[slot] &= 3;
+            }
         }
     }
     out[0] = compared;
