@@ -120,3 +120,36 @@ def test_one_call_drains_many_times_without_python():
 def test_slot_names_are_unique():
     names = slot_names()
     assert len(names) == len(set(names)) and {"n_p", "drains", "last_first_r"} <= set(names)
+
+
+def test_a_wake_fd_ends_the_wait_while_records_flow():
+    """A new desired mode must not wait for the caller's timeout while records keep the loop busy."""
+    import os
+    import threading
+    import time
+
+    with Probe("synthetic") as probe:
+        pipe = Pipeline(probe, batch_interval=0.005)
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        pipe.add_wake_fd(fd)
+        try:
+            probe.set_mode("DUAL")
+            gen = LoadGen(400_000, rate=100_000)  # 4 s of records: longer than the bound below
+            probe.set_target(gen.pid)
+            gen.start()
+            collect(pipe, lambda: pipe.delivered_total["perf"] > 0)
+            pipe.poll(timeout=0.05)
+            assert not pipe._idle  # flowing: the batch clock, not the epoll on the data fds
+            timer = threading.Timer(0.2, os.eventfd_write, (fd, 1))
+            t0 = time.monotonic()
+            timer.start()
+            pipe.poll(timeout=5.0)
+            waited = time.monotonic() - t0
+            timer.join()
+            with pytest.raises(BlockingIOError):
+                os.eventfd_read(fd)  # the poll read it
+        finally:
+            gen.kill()
+            pipe.close()
+            os.close(fd)
+    assert waited < 2.0  # woken by the write at 0.2 s (room for a busy machine), not the 5 s timeout

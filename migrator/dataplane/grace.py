@@ -70,9 +70,11 @@ class GracePeriod:
             err = ct.get_errno()
             raise ChannelError("grace period", f"map-in-map update failed: {os.strerror(err)}")
 
-    def wait_while(self, work, step: float = 0.002) -> None:
+    def wait_while(self, work, step: float = 0.002, wake_fd: int | None = None) -> None:
         """Wait for a grace period in a thread, calling work(step) until it has passed (the caller keeps
-        draining its buffers meanwhile: a wait is about 8 ms, enough to fill a small perf buffer)."""
+        draining its buffers meanwhile: a wait is about 8 ms, enough to fill a small perf buffer).
+        wake_fd: an eventfd the caller's work waits on too; the thread writes it when the period has
+        passed, so work may wait longer steps and still return at once (its count is read here)."""
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -80,12 +82,20 @@ class GracePeriod:
                 self.wait()
             except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
                 failure.append(exc)
+            finally:
+                if wake_fd is not None:
+                    os.eventfd_write(wake_fd, 1)
 
         t = threading.Thread(target=run, name="migrator-grace", daemon=True)
         t.start()
         while t.is_alive():
             work(step)
             t.join(0)
+        if wake_fd is not None:
+            try:
+                os.eventfd_read(wake_fd)  # not left to end the caller's next wait
+            except BlockingIOError:  # work() read it already
+                pass
         if failure:
             raise failure[0]
 

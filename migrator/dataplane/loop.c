@@ -33,7 +33,7 @@
     /* the parse checks (schema.py Registry.check): kinds (type | version << 16), min sizes */    \
     X(nkinds) X(kinds) X(min_sizes)                                                              \
     /* the wait: epoll fd (ring, perf and wake fds), batch clock, policy */                       \
-    X(epfd) X(nwake) X(wake_fds) X(batch_ns) X(records_wake) X(announce_sleep) X(drain_on_wake)           \
+    X(epfd) X(wake_epfd) X(nwake) X(wake_fds) X(batch_ns) X(records_wake) X(announce_sleep) X(drain_on_wake)           \
     X(timer_until) X(stall_until) X(mode_fd) X(mode_size) X(sleep_bit)                           \
     X(trickle) X(ceiling_bps) X(min_step_ns) X(deliver) X(watch_p) X(watch_r)                   \
     /* state kept across calls (Python's path reads and writes the same) */                      \
@@ -86,6 +86,24 @@ static int sleep_ns(int64_t ns)
         return 1;
     struct timespec t = {ns / 1000000000, ns % 1000000000};
     return clock_nanosleep(CLOCK_MONOTONIC, 0, &t, NULL) != EINTR;
+}
+
+#ifndef __NR_epoll_pwait2
+#define __NR_epoll_pwait2 441
+#endif
+
+/* Wait up to ns on the wake fds alone (their own epoll): 1 one fired, 0 the time passed, -1 a
+ * signal came (Python's handler must run). */
+static int wait_wakes(int64_t *L, int64_t ns)
+{
+    if (ns <= 0)
+        return 0;
+    struct epoll_event ev[4];
+    struct timespec t = {ns / 1000000000, ns % 1000000000};
+    long n = syscall(__NR_epoll_pwait2, (int)L[S_wake_epfd], ev, 4, &t, NULL, 0);
+    if (n < 0)
+        return errno == EINTR ? -1 : sleep_ns(ns) ? 0 : -1; /* no epoll_pwait2: a plain sleep */
+    return n > 0;
 }
 
 static int64_t ring_pending(const int64_t *L)
@@ -451,13 +469,14 @@ int mg_loop_run(int64_t *L, int64_t timeout_ns)
         } else {
             int64_t due = L[S_last_drain] + L[S_batch_ns], h = now + headroom_ns(L, now);
             due = h < due ? h : due;
-            if (due > end) {
-                if (!sleep_ns(end - now))
-                    return RUN_SIGNAL;
-                return RUN_TIMEOUT;
-            }
-            if (due > now && !sleep_ns(due - now))
+            /* records flow: a wait on the wake fds alone (the data fds stay readable), to the clock */
+            int w = wait_wakes(L, (due > end ? end : due) - now);
+            if (w < 0)
                 return RUN_SIGNAL;
+            if (w > 0)
+                return RUN_WAKE; /* the owner's duties changed (a new desired mode): it hears at once */
+            if (due > end)
+                return RUN_TIMEOUT;
         }
         int64_t n = mg_loop_drain(L);
         L[S_idle] = n == 0;

@@ -52,7 +52,7 @@ class NativeLoop:
         ix, L = self.ix, self.L
         L[ix["ring_data"]], L[ix["ring_mask"]] = ring._data_addr, ring.mask
         L[ix["ring_cons"]], L[ix["ring_prod"]], L[ix["ring_cap"]] = ring._cons_addr, ring._prod_addr, ring.size
-        L[ix["epfd"]] = pipe._ep.fileno()
+        L[ix["epfd"]], L[ix["wake_epfd"]] = pipe._ep.fileno(), pipe._wake_ep.fileno()
         L[ix["nbins"]] = _NBINS
         from migrator.dataplane.pipeline import MIN_STEP_S, PRODUCER_CEILING_BPS, TRICKLE
 

@@ -96,6 +96,7 @@ class Pipeline:
             self.ring.close()
             raise
         self._ep = select.epoll()
+        self._wake_ep = select.epoll()  # the wake fds alone: what the native loop waits on while records flow
         self._ep.register(self.ring.fileno(), select.EPOLLIN)
         for fd in self.perf.fds():
             self._ep.register(fd, select.EPOLLIN)
@@ -121,6 +122,8 @@ class Pipeline:
         # Records delivered per channel and epoch since the epoch's window was last closed.
         self._by_epoch = {"perf": np.zeros(EPOCHS, np.int64), "ring": np.zeros(EPOCHS, np.int64)}
         self._grace = GracePeriod()
+        # Written when a window close's grace period has passed: a wake fd (add_wake_fd below).
+        self._grace_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         # Counters of the idle parity's set, read before its epoch starts (what that epoch adds to).
         self._base: dict[int, dict[str, Counters]] = {}
         # Start a fresh epoch: whatever ran before us (records still buffered included) is not ours.
@@ -151,6 +154,7 @@ class Pipeline:
         self._timer_until = 0.0  # until then idle waits keep the batch clock (after a mode switch)
         # eventfds (add_wake_fd) whose write ends an idle wait at once: the owner's duties changed.
         self._wake_fds: set[int] = set()
+        self.add_wake_fd(self._grace_fd)
         # Rollback timing: after watch(channel), the wall time of the first record delivered on it.
         self.watch_first: dict[str, float | None] = {}
         self.first_after: dict[str, float | None] = {}
@@ -180,9 +184,11 @@ class Pipeline:
         self._records_wake = bool(on)
 
     def add_wake_fd(self, fd: int) -> None:
-        """Let an eventfd end idle waits: a write to it makes poll() return (its count is read)."""
+        """Let an eventfd end waits: a write to it makes poll() return (its count is read). The native
+        loop hears it in any wait; the Python path in idle waits."""
         if fd not in self._wake_fds:
             self._ep.register(fd, select.EPOLLIN)
+            self._wake_ep.register(fd, select.EPOLLIN)
             self._wake_fds.add(fd)
 
     def reopen_perf(self, pages: int, wakeup_events: int) -> None:
@@ -433,7 +439,10 @@ class Pipeline:
         ended = self._advance_epoch()
         settled = True
         try:
-            self._grace.wait_while(lambda step: self.poll(timeout=step))
+            if self.native:  # its wait ends when the grace thread writes this eventfd
+                self._grace.wait_while(lambda step: self.poll(timeout=step), step=0.05, wake_fd=self._grace_fd)
+            else:
+                self._grace.wait_while(lambda step: self.poll(timeout=step))
         except Exception:  # noqa: BLE001 -- the window is still reported, marked unsettled
             settled = False
         final = self.source.counters(parity=ended & 1)
@@ -519,10 +528,12 @@ class Pipeline:
         return windows
 
     def close(self) -> None:
-        """Release both consumers, the epoll and the stats fd (the source itself is the caller's)."""
+        """Release both consumers, the epolls and the stats fd (the source itself is the caller's)."""
         self._ep.close()
+        self._wake_ep.close()
         self.perf.close()
         self.ring.close()
         close_stats(self._stats_fd)
         self._stats_fd = None
         self._grace.close()
+        os.close(self._grace_fd)
