@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.kernel, needs_root]
 N = 30_000
 
 
-def _books(native: bool, switch_at: int | None = None, callback: bool = False, planted: int = 0) -> dict:
+def _books(native: bool, switch_at: int | None = None, callback: bool = False, planted: int = 0,
+           rate: float = 300_000) -> dict:
     """Run N synthetic events in DUAL (perf acting; with switch_at, cut over to the ring after that
     many); return the closed window's counts per channel and what the callback saw. planted: that
     many seqs from 0 wait in the comparison's table as ring copies with a wrong digest, so their
@@ -39,7 +40,7 @@ def _books(native: bool, switch_at: int | None = None, callback: bool = False, p
             cmp._seq[slots], cmp._dig[slots], cmp._side[slots] = list(range(planted)), 12345, 2
         try:
             probe.set_mode("DUAL")
-            gen = LoadGen(N, rate=300_000)
+            gen = LoadGen(N, rate=rate)
             probe.set_target(gen.pid)
             gen.start()
             if switch_at is not None:
@@ -71,20 +72,23 @@ def _books(native: bool, switch_at: int | None = None, callback: bool = False, p
 
 def test_native_loop_keeps_the_books_of_the_python_path():
     native, python = _books(True), _books(False)
-    # perf has no order across CPUs: its inversions depend on where the generator ran
+    # perf has no order across CPUs: its inversions depend on where the generator ran; what was
+    # compared or skipped depends on whether a drain found a buffer a quarter full (timing)
     for books in (native, python):
         assert books["ring"]["inversions"] == 0
         books["perf"].pop("inversions")
+        assert books["ring"].pop("compared+skipped") > 0
+        books["perf"].pop("compared+skipped")
     assert native == python
     for ch in ("perf", "ring"):
         assert native[ch]["attempts"] == native[ch]["delivered"] == N
         assert native[ch]["residual"] == native[ch]["mismatches"] == native[ch]["parse_errors"] == 0
     assert (native["perf"]["acted"], native["ring"]["acted"]) == (N, 0)
-    assert native["ring"]["compared+skipped"] > 0
 
 
 def test_native_pairing_finds_what_the_python_path_finds():
-    native, python = _books(True, planted=20), _books(False, planted=20)
+    # a slower stream: the first drain has room to compare (a consumer behind only counts skips)
+    native, python = _books(True, planted=20, rate=50_000), _books(False, planted=20, rate=50_000)
     assert native["ring"]["mismatches"] == python["ring"]["mismatches"] == 20
     assert native["ring"]["evidence"] == python["ring"]["evidence"] == list(range(8))
 
