@@ -43,8 +43,9 @@
     X(peak_p) X(peak_r) X(cpu_p) X(cpu_r) X(parse_p) X(parse_r) X(held) X(filled)               \
     X(first_p) X(first_r) X(compared) X(mismatches) X(skipped) X(evicted) X(found)               \
     X(drains) X(waits)                                                                         \
-    /* the last drain's batches, for delivery: records per channel, stride (0: use hdr/off) */   \
-    X(last_n_p) X(last_n_r) X(last_stride_p) X(last_stride_r) X(last_first_p) X(last_first_r)
+    /* the last drain's batches, for delivery: records per channel, stride (0: use hdr/off), owned */   \
+    X(last_n_p) X(last_n_r) X(last_stride_p) X(last_stride_r) X(last_first_p) X(last_first_r)      \
+    X(last_acted_p) X(last_acted_r)
 
 #define SLOT_ENUM(n) S_##n,
 #define SLOT_NAME(n) #n ","
@@ -234,6 +235,7 @@ static void measure(int64_t *L, struct pairs *pairs, int ch, const uint8_t *hdr,
         }
     }
     L[perf ? S_acted_p : S_acted_r] += acted;
+    L[perf ? S_last_acted_p : S_last_acted_r] = acted; /* all, none or some: delivery's shortcut */
     L[S_held] += held;
     L[S_filled] += filled;
     /* the payload pairing: set aside for the drain's one pairing pass (pair_drain), DUAL records only */

@@ -213,7 +213,7 @@ class NativeLoop:
                 L[ix["last_n" + sfx]] = 0
                 frames = frames_of(buf, self._hdr[row], self._off[row], n, int(L[ix["last_stride" + sfx]]),
                                    int(L[ix["last_first" + sfx]]))
-                self.pipe.router.deliver(ch, frames)
+                self.pipe.router.deliver(ch, frames, owned=int(L[ix["last_acted" + sfx]]))
 
     # -- the calls ---------------------------------------------------------------------------------
     def drain(self) -> int:

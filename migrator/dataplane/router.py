@@ -114,10 +114,13 @@ class Router:
         self._to_compare.append((channel, frames, room))
         self.deliver(channel, frames, count=True)
 
-    def deliver(self, channel: str, frames: Frames, count: bool = False) -> None:
+    def deliver(self, channel: str, frames: Frames, count: bool = False, owned: int | None = None) -> None:
         """Hand the records of a batch that `channel` owns to the operator's code. count: also count
-        them (acted, held, filled); the native loop (loop.c) has counted them already."""
-        if len(self.handover.owners) == 1 and self.handover.acting == channel:
+        them (acted, held, filled); the native loop (loop.c) has counted them already, and says how
+        many it found owned (`owned`): all of them or none spares the per-record mask."""
+        if owned == 0 and self.matches is None:
+            return  # measured only (the other channel acts)
+        if (len(self.handover.owners) == 1 and self.handover.acting == channel) or owned == len(frames):
             mine = None  # owner of every seq, and of every one-channel record: all of them
         else:
             # by seq, plus every record that is its only copy (a ring copy of one perf refused)
