@@ -289,6 +289,20 @@ static int compare_room(const int64_t *L, int64_t held)
     return most < L[S_perf_cap] / 4 && ring_pending(L) - held < L[S_ring_cap] / 4;
 }
 
+/* What one take (res, native.h R_*) adds to channel ch's results, and where its batch lies for
+ * delivery; returns its records. */
+static int64_t book_take(int64_t *L, int ch, const int64_t *res)
+{
+    int perf = ch == PERF;
+    L[perf ? S_bytes_p : S_bytes_r] += res[R_BYTES];
+    L[perf ? S_err_p : S_err_r] += res[R_ERRORS];
+    L[S_lost] += res[R_LOST]; /* perf's LOST records; a ring take reports 0 */
+    L[perf ? S_last_n_p : S_last_n_r] = res[R_N];
+    L[perf ? S_last_stride_p : S_last_stride_r] = res[R_STRIDE];
+    L[perf ? S_last_first_p : S_last_first_r] = res[R_FIRST];
+    return res[R_N];
+}
+
 /* Consume everything both channels hold now and measure it (pipeline.py drain); returns records. */
 int64_t mg_loop_drain(int64_t *L)
 {
@@ -314,18 +328,12 @@ int64_t mg_loop_drain(int64_t *L)
         L[S_peak_p] = most > L[S_peak_p] ? most : L[S_peak_p];
         /* copied and released at once: perf's per-CPU buffers are small (64 pages by default), and a
          * measuring pass must not hold them while a burst fills them */
-        const uint8_t *buf = P(L, buf_p, uint8_t *);
+        uint8_t *buf = P(L, buf_p, uint8_t *);
         mg_perf_take(pages, P(L, perf_off, const uint64_t *), P(L, perf_size, const uint64_t *), heads, (int)L[S_ncpu],
-                     P(L, buf_p, uint8_t *), P(L, hdr_p, uint8_t *), P(L, off_p, int64_t *), (uint64_t)L[S_rows_cap],
+                     buf, P(L, hdr_p, uint8_t *), P(L, off_p, int64_t *), (uint64_t)L[S_rows_cap],
                      res);
-        n_perf = res[R_N];
+        n_perf = book_take(L, PERF, res);
         b_perf = res[R_BYTES];
-        L[S_bytes_p] += b_perf;
-        L[S_err_p] += res[R_ERRORS];
-        L[S_lost] += res[R_LOST];
-        L[S_last_n_p] = n_perf;
-        L[S_last_stride_p] = res[R_STRIDE];
-        L[S_last_first_p] = res[R_FIRST];
         if (n_perf)
             measure(L, &pairs, PERF, P(L, hdr_p, uint8_t *), HDR_SIZE, P(L, off_p, int64_t *), buf, n_perf, mono_ns(),
                     compare_room(L, 0));
@@ -347,13 +355,8 @@ int64_t mg_loop_drain(int64_t *L)
             mg_ring_gather(data, (uint64_t)L[S_ring_mask], cons_p, P(L, ring_prod, const uint64_t *), ~0ULL >> 1,
                            limit, P(L, hdr_r, uint8_t *), P(L, off_r, int64_t *), (uint64_t)L[S_rows_cap], res);
         }
-        n_ring = res[R_N];
+        n_ring = book_take(L, RING, res);
         b_ring = res[R_BYTES];
-        L[S_bytes_r] += b_ring;
-        L[S_err_r] += res[R_ERRORS];
-        L[S_last_n_r] = n_ring;
-        L[S_last_stride_r] = res[R_STRIDE];
-        L[S_last_first_r] = res[R_FIRST];
         if (n_ring)
             measure(L, &pairs, RING, P(L, hdr_r, uint8_t *), HDR_SIZE, P(L, off_r, int64_t *), buf, n_ring, mono_ns(),
                     compare_room(L, L[S_deliver] ? 0 : (int64_t)res[R_BYTES]));

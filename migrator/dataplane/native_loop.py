@@ -123,7 +123,7 @@ class NativeLoop:
             # C cannot allocate it mid-drain, and a DUAL record may come at any time. Zeroed pages are
             # mapped on first touch: a feed that never sees one pays address space, not memory.
             cmp._alloc()
-        if cmp._side is not None and self._table_of is not cmp._side:
+        if self._table_of is not cmp._side:
             L[ix["tseq"]], L[ix["tdig"]], L[ix["tside"]] = addr(cmp._seq), addr(cmp._dig), addr(cmp._side)
             L[ix["tmask"]] = cmp.capacity - 1
             self._table_of = cmp._side
