@@ -32,7 +32,6 @@ from migrator.dataplane.pipeline import Pipeline
 from migrator.dataplane.router import Router
 from migrator.dataplane.schema import Registry, bcc_registry
 from migrator.errors import MigratorError
-from migrator.shared.signals import deferred
 from migrator.shared.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
 from migrator.shared.vocab import MODES, PERF_PAGES_RULE, is_perf_pages
 
@@ -259,9 +258,8 @@ class Feed:
     def _duties(self) -> None:
         now = time.time()
         if now >= self._next_close:
-            with deferred():  # a Ctrl-C (bcc tools exit on it) waits until the window is closed and booked
-                self.close_window(self.next_index)
-                self._next_close += self.window_seconds
+            self.close_window(self.next_index)
+            self._next_close += self.window_seconds
             if now > self._next_close:  # we fell behind (suspended?): skip ahead, never fake windows
                 self._next_close = (math.floor(now / self.window_seconds) + 1) * self.window_seconds
         if self.link is not None:

@@ -60,22 +60,6 @@ def own_process(handler):
 
 
 @contextmanager
-def deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
-    """Hold these signals while the block runs (in the main thread, where Python runs handlers): one
-    that comes meanwhile is delivered as the block ends, so its KeyboardInterrupt is raised after
-    the block, never halfway through it. A window's close is such a block: cut short after the
-    channel moved to the next epoch, that window's books were lost."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-@contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """While inside: the first SIGTERM raises Terminated in the main thread; later ones are ignored.
 
