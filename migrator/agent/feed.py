@@ -33,6 +33,7 @@ from migrator.dataplane.router import Router
 from migrator.dataplane.schema import Registry, bcc_registry
 from migrator.errors import MigratorError
 from migrator.shared.records import WINDOW_HEADER, ChannelWindow, merge_windows, window_line
+from migrator.shared.signals import held
 from migrator.shared.vocab import MODES, PERF_PAGES_RULE, is_perf_pages
 
 if TYPE_CHECKING:
@@ -302,7 +303,14 @@ class Feed:
                 "first_perf_at": first}
 
     def close_window(self, index: int | None = None) -> list[ChannelWindow]:
-        """Close the current window of both channels; send it (or keep it without a database)."""
+        """Close the current window of both channels; send it (or keep it without a database).
+
+        Whole or not at all: a Ctrl-C or SIGTERM that comes meanwhile (a bcc tool stops on
+        KeyboardInterrupt) is raised once the window is booked (see shared.signals.held)."""
+        with held():
+            return self._close_window(index)
+
+    def _close_window(self, index: int | None) -> list[ChannelWindow]:
         ws = _with_lag(self.pipe, self.pipe.close_window(index=index))
         closed = time.time()  # the books are final now (the window ended one grace period ago)
         if self._carry:

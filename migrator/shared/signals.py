@@ -60,6 +60,38 @@ def own_process(handler):
 
 
 @contextmanager
+def held(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Run the block whole: a signal that comes meanwhile is noted, and handed to the handler it
+    had (a KeyboardInterrupt, `Terminated`, the operator's own, the default action) once the
+    block has ended, so nothing is raised halfway through it. A window's close is such a block:
+    cut short after the channel moved to the next epoch, that window's books were lost.
+
+    Python-level handlers are swapped, not the thread's signal mask: a process-directed signal
+    may land on any thread, while Python runs its handler in the main thread (so outside the
+    main thread this does nothing), and a mask would be inherited by every thread and child
+    started inside the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signums}
+    previous = {s: h for s, h in previous.items() if h is not None}  # None: set outside Python, left as is
+    came: list[int] = []
+    for s in previous:
+        signal.signal(s, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(came):
+            h = previous[s]
+            if callable(h):
+                h(s, None)
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), s)  # the default action, as if it came now
+
+
+@contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """While inside: the first SIGTERM raises Terminated in the main thread; later ones are ignored.
 
@@ -87,4 +119,4 @@ def sigterm_interrupts() -> Iterator[None]:
             print("migrator: could not restore the SIGTERM handler", file=sys.stderr)
 
 
-__all__ = ["Terminated", "exit_code", "own_process", "signal_name", "sigterm_interrupts"]
+__all__ = ["Terminated", "exit_code", "held", "own_process", "signal_name", "sigterm_interrupts"]
