@@ -5,7 +5,8 @@ round, so rows go to the driver as plain tuples: sqlite3's executemany on SQLite
 with psycopg ONE statement per batch that inserts from `unnest` of one array per column (psycopg
 adapts each column list to an array in C), where psycopg's pipelined executemany sends and
 acknowledges one statement per row (bench controller, 1,000 hosts x 10 rounds on the local
-server: 31,000 statements and 1.1 s of client time in psycopg alone).
+server: 31,000 statements and 1.1 s of client time in psycopg alone). A few rows (an agent's
+window) go as one VALUES statement instead: see FEW_ROWS.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ def _quoted(cols: Sequence[str]) -> str:
     return ", ".join('"' + c + '"' for c in cols)
 
 
+# Up to this many rows, PostgreSQL gets VALUES with one parameter per cell: psycopg adapts a list
+# to an array in Python (28 columns: 28 arrays), which cost an idle agent's window write more than
+# the statement itself; beyond it, one array per column stays cheaper than the parameters.
+FEW_ROWS = 8
 _ARRAY_TYPES: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
 
@@ -46,11 +51,17 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict], *, conflic
         res = conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
         return res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        arrays = ", ".join(f"%b::{t}" for t in _array_types(table, cols, dialect))  # binary: no quoting
-        sql = f"INSERT INTO {table.name} ({_quoted(cols)}) SELECT * FROM unnest({arrays})"
+        if len(rows) <= FEW_ROWS:  # an agent's window: plain parameters (psycopg dumps arrays in Python)
+            row = f"({', '.join(['%s'] * len(cols))})"
+            sql = f"INSERT INTO {table.name} ({_quoted(cols)}) VALUES {', '.join([row] * len(rows))}"
+            params = tuple(r[c] for r in rows for c in cols)
+        else:
+            arrays = ", ".join(f"%b::{t}" for t in _array_types(table, cols, dialect))  # binary: no quoting
+            sql = f"INSERT INTO {table.name} ({_quoted(cols)}) SELECT * FROM unnest({arrays})"
+            params = tuple([r[c] for r in rows] for c in cols)
         if conflict:
             sql += f" ON CONFLICT ({_quoted(conflict)}) DO NOTHING"
-        res = conn.exec_driver_sql(sql, tuple([r[c] for r in rows] for c in cols))  # one execution
+        res = conn.exec_driver_sql(sql, params)  # one execution
         return res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
     # Other drivers: SQLAlchemy's executemany; its rowcount is not reliable there, so count.
     stmt = insert(table)
