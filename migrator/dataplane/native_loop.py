@@ -37,6 +37,12 @@ def slot_names() -> list[str]:
     return [n for n in lib().mg_loop_slots().decode().split(",") if n]
 
 
+def _meter_state(m) -> tuple:  # noqa: ANN001 -- a windows.ChannelMeter
+    """A meter's state as loop.c holds it (st_p / st_r): -1 for a seq not seen yet."""
+    return (m.max_seq, m.inversions, m.lag_max_ns, -1 if m.seq_min is None else m.seq_min,
+            -1 if m.seq_max is None else m.seq_max, m.delivered)
+
+
 class NativeLoop:
     """loop.c's state for one pipeline; see the module docstring."""
 
@@ -73,6 +79,10 @@ class NativeLoop:
         self._kinds_of: int | None = None
         self._wakes_of: frozenset | None = None
         self._table_of = None
+        self._announce = L[ix["mode_fd"]] > 0  # the sleep bit can be announced: there is a mode map
+        self._scalar_ix = np.asarray([ix[n] for n in self._SCALARS], np.intp)
+        self._hists: tuple = (None, None)
+        self._synced: tuple | None = None  # _python_state() as last written to C (None: never)
         # calls into C's loop, the drains they made (drain() included) and their epoll waits
         self.runs = self.drains = self.waits = 0
 
@@ -141,19 +151,33 @@ class NativeLoop:
             self._wakes = np.asarray(sorted(p._wake_fds), np.int32)
             L[ix["nwake"]], L[ix["wake_fds"]] = len(self._wakes), addr(self._wakes)
             self._wakes_of = frozenset(p._wake_fds)
-        for row, ch in enumerate(("perf", "ring")):
-            m = p.meters[ch]
-            self._st[row] = (m.max_seq, m.inversions, m.lag_max_ns, -1 if m.seq_min is None else m.seq_min,
-                             -1 if m.seq_max is None else m.seq_max, m.delivered)
-        L[ix["hist_p"]], L[ix["hist_r"]] = addr(p.meters["perf"].hist), addr(p.meters["ring"].hist)
-        L[ix["batch_ns"]] = int(p.batch_interval * 1e9)
-        L[ix["records_wake"]], L[ix["drain_on_wake"]] = p._records_wake, p.drain_on_wake
-        L[ix["announce_sleep"]] = p.announce_sleep and L[ix["mode_fd"]] > 0
-        L[ix["timer_until"]], L[ix["stall_until"]] = int(p._timer_until * 1e9), int(p.stall_ring_until * 1e9)
-        L[ix["watch_p"]] = p.watch_first.get("perf") is not None and p.first_after.get("perf") is None
-        L[ix["watch_r"]] = p.watch_first.get("ring") is not None and p.first_after.get("ring") is None
-        L[ix["idle"]], L[ix["last_drain"]] = p._idle, int(p._last_drain * 1e9)
-        L[ix["rate_p"]], L[ix["rate_r"]] = p._rate["perf"], p._rate["ring"]
+        state = self._python_state()
+        if state == self._synced:
+            return  # what C holds is what Python holds: the usual call (nothing but C changed it)
+        self._synced = state
+        self._st[0], self._st[1] = state[0], state[1]
+        hists = (p.meters["perf"].hist, p.meters["ring"].hist)
+        if hists[0] is not self._hists[0] or hists[1] is not self._hists[1]:
+            self._hists = hists  # held here: their ids in the state cannot be reused meanwhile
+            L[ix["hist_p"]], L[ix["hist_r"]] = addr(hists[0]), addr(hists[1])
+        L[self._scalar_ix] = state[4:]
+
+    # The pipeline's settings and state C reads, in the order of _python_state()'s scalars.
+    _SCALARS = ("batch_ns", "records_wake", "drain_on_wake", "announce_sleep", "timer_until", "stall_until",
+                "watch_p", "watch_r", "idle", "last_drain", "rate_p", "rate_r")
+
+    def _python_state(self) -> tuple:
+        """What C reads of the pipeline and its meters, as Python holds it now (the meters' state,
+        their histograms' ids, then _SCALARS)."""
+        p = self.pipe
+        mp, mr = p.meters["perf"], p.meters["ring"]
+        watch, first = p.watch_first, p.first_after
+        return (_meter_state(mp), _meter_state(mr), id(mp.hist), id(mr.hist),
+                int(p.batch_interval * 1e9), p._records_wake, p.drain_on_wake,
+                p.announce_sleep and self._announce, int(p._timer_until * 1e9), int(p.stall_ring_until * 1e9),
+                watch.get("perf") is not None and first.get("perf") is None,
+                watch.get("ring") is not None and first.get("ring") is None,
+                p._idle, int(p._last_drain * 1e9), p._rate["perf"], p._rate["ring"])
 
     # -- what C counted --------------------------------------------------------------------------
     def _sync_out(self) -> int:
@@ -200,6 +224,7 @@ class NativeLoop:
         self.drains += r[ix["drains"]]
         self.waits += r[ix["waits"]]
         self.L[self._results] = 0
+        self._synced = None  # C moved the state on: the next call writes it again (cheap next to a drain)
         return n
 
     def _deliver(self) -> None:
