@@ -15,9 +15,9 @@ import time
 import pytest
 
 from kernel_util import needs_root
-from migrator.dataplane.channel import (FLAG_RESERVED, FLAG_TRUNCATED, HDR_SIZE, Channel, header, load,
-                                        map_max_entries, payload, payload_ptr)
-from migrator.dataplane.counters import Counters
+from migrator.dataplane.channel import (COUNTERS, FLAG_RESERVED, FLAG_TRUNCATED, HDR_SIZE, N_COUNTERS, Channel,
+                                        header, load, map_max_entries, payload, payload_ptr)
+from migrator.dataplane.counters import Counters, PercpuSums
 from migrator.errors import BPFLoadError, ChannelError, OptionError
 from migrator.shared.vocab import MODE_VALUES
 
@@ -318,6 +318,25 @@ def test_tiny_ring_burst_balances(prog_b):
         if name == "tiny":  # 8 (ring) + 32 (header) + 32 (payload) bytes per record
             assert delivered == 4096 // 72
     set_enable(bpf, 0)
+
+
+def test_counters_read_in_one_batch_equal_each_slot_looked_up(prog_b):
+    bpf, ch, reader = prog_b
+    reader.drain()
+    set_enable(bpf, 1)
+    c = ch["tiny"]
+    c.set_mode("DUAL")
+    getppid_n(500)  # the tiny ring fills: ok and full both count
+    set_enable(bpf, 0)  # nothing counts between the two reads below
+    reader.poll_once()
+    t = bpf["tiny__cnt"]
+    by_slot = [int(sum(t[t.Key(i)])) for i in range(2 * N_COUNTERS)]
+    assert PercpuSums(t.map_fd, 2 * N_COUNTERS, t.total_cpu).read() == by_slot
+    ring = {n: sum(by_slot[p * N_COUNTERS + COUNTERS.index(n)] for p in (0, 1)) for n in COUNTERS}
+    assert ring["ring_attempts"] >= 500 and ring["ring_full"] > 0 and ring["ring_ok"] > 0
+    assert c.raw_counters() == ring
+    for parity in (0, 1):
+        assert c.raw_counters(parity) == {n: by_slot[parity * N_COUNTERS + COUNTERS.index(n)] for n in COUNTERS}
 
 
 def test_dual_ring_reservation_failure_still_reaches_perf(prog_b):

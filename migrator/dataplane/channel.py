@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from migrator.dataplane import rewrite
-from migrator.dataplane.counters import Counters
+from migrator.dataplane.counters import Counters, PercpuSums
 from migrator.dataplane.frames import (EPOCH_SHIFT, EPOCHS, FLAG_MODE_MASK, FLAG_RESERVED, FLAG_TRUNCATED, HDR_DTYPE,
                                        HDR_SIZE)
 from migrator.dataplane.syscalls import NR_BPF, libc
@@ -152,6 +152,7 @@ class Channel:
     def __init__(self, bpf, name: str) -> None:
         self.bpf, self.name = bpf, name
         self._tables = {}
+        self._cnt_sums: PercpuSums | None = None
         for suffix in SUFFIXES:
             try:
                 self._tables[suffix] = bpf[name + suffix]
@@ -244,10 +245,15 @@ class Channel:
 
     def raw_counters(self, parity: int | None = None, names: tuple[str, ...] = COUNTERS) -> dict[str, int]:
         """Counters of name__cnt (all of COUNTERS, or the ones named), summed over CPUs: of the epochs
-        of one parity (0 even, 1 odd), or of both (None). One map lookup per counter and parity."""
+        of one parity (0 even, 1 odd), or of both (None). One batch lookup of the whole map."""
         t = self._tables["__cnt"]
         sets = (0, 1) if parity is None else (parity & 1,)
-        return {n: sum(int(sum(t[t.Key(p * N_COUNTERS + COUNTERS.index(n))])) for p in sets) for n in names}
+        if self._cnt_sums is None:
+            self._cnt_sums = PercpuSums(t.map_fd, 2 * N_COUNTERS, t.total_cpu)
+        v = self._cnt_sums.read()
+        if v is None:  # no batch lookup here: one lookup per counter and parity
+            return {n: sum(int(sum(t[t.Key(p * N_COUNTERS + COUNTERS.index(n))])) for p in sets) for n in names}
+        return {n: sum(v[p * N_COUNTERS + COUNTERS.index(n)] for p in sets) for n in names}
 
     def counters(self, parity: int | None = None) -> dict[str, Counters]:
         """{"perf": Counters, "ring": Counters}, summed over CPUs (and over both epoch parities
