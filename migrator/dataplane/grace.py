@@ -60,6 +60,10 @@ class GracePeriod:
             raise
         self._key, self._value = ct.c_uint32(0), ct.c_uint32(self._inner)
         self._lock = threading.Lock()
+        self._calls = threading.Lock()
+        self._go = threading.Semaphore(0)
+        self._request: tuple | None = None
+        self._worker: threading.Thread | None = None
 
     def wait(self) -> None:
         """Return once every BPF program running at the call has finished (releases the GIL)."""
@@ -74,10 +78,35 @@ class GracePeriod:
         """Wait for a grace period in a thread, calling work(step) until it has passed (the caller keeps
         draining its buffers meanwhile: a wait is about 8 ms, enough to fill a small perf buffer).
         wake_fd: an eventfd the caller's work waits on too; the thread writes it when the period has
-        passed, so work may wait longer steps and still return at once (its count is read here)."""
-        failure: list[BaseException] = []
+        passed, so work may wait longer steps and still return at once (its count is read here).
 
-        def run() -> None:
+        The thread is started once and waits for the next request: a window closes every second,
+        and starting a thread for each cost about half the close's grace period in CPU."""
+        with self._calls:  # one request at a time
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="migrator-grace", daemon=True)
+                self._worker.start()
+            done, failure = threading.Event(), []
+            self._request = (done, failure, wake_fd)
+            self._go.release()
+            while not done.is_set():
+                work(step)
+            if wake_fd is not None:
+                try:
+                    os.eventfd_read(wake_fd)  # not left to end the caller's next wait
+                except BlockingIOError:  # work() read it already
+                    pass
+            if failure:
+                raise failure[0]
+
+    def _serve(self) -> None:
+        """The waiting thread: one grace period per request, until close()."""
+        while True:
+            self._go.acquire()
+            if self._request is None:
+                return  # closed
+            done, failure, wake_fd = self._request
+            self._request = None
             try:
                 self.wait()
             except BaseException as exc:  # noqa: BLE001 -- re-raised in the caller's thread
@@ -85,22 +114,16 @@ class GracePeriod:
             finally:
                 if wake_fd is not None:
                     os.eventfd_write(wake_fd, 1)
-
-        t = threading.Thread(target=run, name="migrator-grace", daemon=True)
-        t.start()
-        while t.is_alive():
-            work(step)
-            t.join(0)
-        if wake_fd is not None:
-            try:
-                os.eventfd_read(wake_fd)  # not left to end the caller's next wait
-            except BlockingIOError:  # work() read it already
-                pass
-        if failure:
-            raise failure[0]
+                done.set()
 
     def close(self) -> None:
-        """Release both maps."""
+        """Stop the waiting thread, release both maps."""
+        if getattr(self, "_worker", None) is not None:
+            with self._calls:
+                self._request = None
+                self._go.release()
+                self._worker.join()
+                self._worker = None
         for fd in (getattr(self, "_outer", None), getattr(self, "_inner", None)):
             if fd is not None:
                 os.close(fd)
