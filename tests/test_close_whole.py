@@ -73,3 +73,33 @@ def test_ctrl_c_after_the_epoch_moved_is_raised_once_the_window_is_booked():
             assert books == {"perf": (N, N, 0), "ring": (N, N, 0)}
         finally:
             feed.close()
+
+
+@pytest.mark.kernel
+@needs_root
+def test_ctrl_c_during_a_shadow_runs_close_reaches_its_window_callback_first():
+    with Probe("synthetic") as probe:
+        probe.set_mode("DUAL")
+        from migrator.dataplane.pipeline import Pipeline
+
+        pipe = Pipeline(probe.channel)
+        try:
+            gen = LoadGen(N)
+            probe.set_target(gen.pid)
+            gen.start()
+            assert gen.wait(timeout=30) == 0
+            advance = pipe._advance_epoch
+
+            def advance_then_ctrl_c():
+                ended = advance()
+                os.kill(os.getpid(), signal.SIGINT)
+                return ended
+
+            pipe._advance_epoch = advance_then_ctrl_c
+            seen = []
+            with pytest.raises(KeyboardInterrupt):
+                pipe.run(seconds=60, window=0.01, on_window=seen.extend)
+            assert {w.channel: (w.attempts, w.delivered, w.residual) for w in seen} == {
+                "perf": (N, N, 0), "ring": (N, N, 0)}
+        finally:
+            pipe.close()

@@ -18,6 +18,7 @@ from migrator.dataplane.native_loop import NativeLoop
 from migrator.dataplane.router import Router
 from migrator.dataplane.windows import ChannelMeter
 from migrator.shared.records import ChannelWindow
+from migrator.shared.signals import held
 
 # Measurement (lag histogram, ordering, epoch counts, and the router's: payload
 # comparison, parse checks) runs on the batches of many drains at once, about this often, and
@@ -517,10 +518,11 @@ class Pipeline:
             if now >= next_close or now >= t_end:
                 if now >= t_end and before_last is not None:
                     before_last()
-                ws = self.close_window()
-                windows.extend(ws)
-                if on_window:
-                    on_window(ws)
+                with held():  # a Ctrl-C waits until the window is in `windows` (see Feed.close_window)
+                    ws = self.close_window()
+                    windows.extend(ws)
+                    if on_window:
+                        on_window(ws)
                 next_close += window
                 if now >= t_end or (stop is not None and stop()):
                     break
