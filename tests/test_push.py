@@ -224,6 +224,7 @@ def test_bench_idle_measures_a_link_only_host_and_names_its_targets(pg_server):
     assert got["mode"] == "link only" and got["seconds"] >= 1.0
     assert set(got["targets"]) == {"transactions/s <= 2", "process CPU <= 0.5 % of a core"}
     assert got["transactions_per_s"] > 0 and got["process_cpu_pct"] is not None
+    assert got["floor_cpu_pct"] > 0  # the bare poll(100) loop beside it woke ten times a second
     engine = create_engine(pg_server, poolclass=NullPool)
     with engine.connect() as conn:
         left = conn.scalar(text("SELECT count(*) FROM pg_database WHERE datname LIKE 'migrator_bench_idle_%'"))

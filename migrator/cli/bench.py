@@ -336,7 +336,8 @@ def idle_cmd(
         return
     typer.echo(f"idle host ({res['mode']}) over {res['seconds']} s: {res['transactions_per_s']} transactions/s "
                f"({res['statements_per_s']} statements/s; database commits {res['database_commits_per_s']}/s), "
-               f"process CPU {res['process_cpu_pct']} % of a core (link thread {res['link_thread_cpu_pct']} %), "
+               f"process CPU {res['process_cpu_pct']} % of a core (link thread {res['link_thread_cpu_pct']} %; "
+               f"a bare poll(100) loop beside it, this machine's floor: {res['floor_cpu_pct']} %), "
                f"PostgreSQL backends {res['backend_cpu_pct']} % ({res['backends']})")
     for what, ok in res["targets"].items():
         typer.echo(f"  {'ok  ' if ok else 'MISS'} {what}")

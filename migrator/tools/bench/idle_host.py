@@ -25,6 +25,11 @@ import time
 from pathlib import Path
 
 PLAN = 'hosts = ["h1"]\nslices = [1]\n[probe]\nname = "synthetic"\n'
+# The floor, measured beside the host over the same span: a bare process that wakes as the idle
+# host's caller does (poll(100), ten times a second) and does nothing else. What it costs is what
+# this machine charges for waking, which no consumer avoids (on this VM 70-80 us a wake, and more
+# when the host is busy): it says how much of the host's figure is the machine's.
+FLOOR = "import select\np = select.poll()\nwhile True:\n    p.poll(100)\n"
 
 
 def _run_ns(path: str) -> int:
@@ -128,7 +133,7 @@ def measure(server_url: str, seconds: float = 10.0, *, link_only: bool = False,
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     url = server.set(database=name).render_as_string(hide_password=False)
-    child = None
+    child = floor = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg_path = Path(tmp) / "canary.toml"
@@ -177,15 +182,17 @@ def measure(server_url: str, seconds: float = 10.0, *, link_only: bool = False,
                 child.send_signal(signal.SIGUSR1)
                 return json.loads(child.stdout.readline())
 
+            floor = subprocess.Popen([sys.executable, "-c", FLOOR])
+            time.sleep(0.5)  # past its start
             c0, pids = sample()
             o0 = own()
             tid = o0["link_tid"]
-            cpu0, link0 = _cpu_s(child.pid), _thread_cpu_s(child.pid, tid)
+            cpu0, link0, floor0 = _cpu_s(child.pid), _thread_cpu_s(child.pid, tid), _cpu_s(floor.pid)
             back0 = {p: _cpu_s(p) for p in pids}
             t0 = time.monotonic()
             time.sleep(seconds)
             o1 = own()
-            cpu1, link1 = _cpu_s(child.pid), _thread_cpu_s(child.pid, tid)
+            cpu1, link1, floor1 = _cpu_s(child.pid), _thread_cpu_s(child.pid, tid), _cpu_s(floor.pid)
             span = time.monotonic() - t0
             c1, _ = sample()
             back1 = {p: _cpu_s(p) for p in pids}
@@ -201,12 +208,15 @@ def measure(server_url: str, seconds: float = 10.0, *, link_only: bool = False,
                 "link_thread_cpu_pct": (round(100 * (link1 - link0) / span, 3)
                                         if link0 is not None and link1 is not None else None),
                 "backend_cpu_pct": round(100 * sum(backend) / span, 3) if backend else None,
+                "floor_cpu_pct": (round(100 * (floor1 - floor0) / span, 3)
+                                  if floor0 is not None and floor1 is not None else None),
                 "backends": len(pids),
             }
     finally:
-        if child is not None and child.poll() is None:
-            child.kill()
-            child.wait()
+        for proc in (child, floor):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.dispose()
