@@ -54,7 +54,7 @@ from migrator.control.policy import (
 )
 from migrator.control.stall import Stall, stall_of
 from migrator.control.story import group_windows
-from migrator.store.api import self_protect_reports
+from migrator.store.api import core_connection, self_protect_reports
 from migrator.store.bulk import insert_rows
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
@@ -246,11 +246,14 @@ class Controller:
         if phase not in MEASURED:
             return res
         cfg = self.config(m)
-        hosts = [(h, s) for h, s in session.execute(
+        # Plain rows (Core on the session's connection): ORM-enabled selects spent a tenth of a
+        # 1,000-host round on its 2,000 rows.
+        conn = core_connection(session)
+        hosts = [(h, s) for h, s in conn.execute(
             select(Host.name, Host.slice).where(Host.migration_id == m.id).order_by(Host.position))]
         judged = judged_hosts(phase, slice_, hosts)
         need = needed(phase, judged, hosts)
-        rows = session.execute(select(*_JUDGE_COLS).where(
+        rows = conn.execute(select(*_JUDGE_COLS).where(
             Window.migration_id == m.id, Window.index > m.judged_index, Window.start >= m.phase_since)).all()
         by_index: dict[int, dict[str, dict]] = defaultdict(dict)
         for r in rows:

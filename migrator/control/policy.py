@@ -105,16 +105,29 @@ class Baseline:
     @classmethod
     def of(cls, perf_windows: Iterable[Any]) -> "Baseline | None":
         """The perf baseline of one window index from its perf windows; None when there are none."""
-        ws = [w for w in perf_windows if w is not None]
-        if not ws:
+        # One pass, each field read once: in SHADOW every judged host has a baseline of its own
+        # perf window, so this runs once per host per round.
+        n = att = bad = delivered = 0
+        cpu = 0.0
+        lags: list[float] = []
+        costs: list[float] = []
+        for w in perf_windows:
+            if w is None:
+                continue
+            n += 1
+            att += getattr(w, "attempts", 0)
+            bad += getattr(w, "dropped_full", 0) + getattr(w, "dropped_other", 0) + getattr(w, "lost", 0)
+            cpu += getattr(w, "consumer_cpu_s", 0.0)
+            delivered += getattr(w, "delivered", 0)
+            lag, cost = getattr(w, "lag_p99_ms", None), getattr(w, "producer_ns", None)
+            if lag is not None:
+                lags.append(lag)
+            if cost is not None:
+                costs.append(cost)
+        if not n:
             return None
-        att = sum(_g(w, "attempts", 0) for w in ws)
-        bad = sum(_g(w, "dropped_full", 0) + _g(w, "dropped_other", 0) + _g(w, "lost", 0) for w in ws)
-        lags = [_g(w, "lag_p99_ms") for w in ws if _g(w, "lag_p99_ms") is not None]
-        costs = [_g(w, "producer_ns") for w in ws if _g(w, "producer_ns") is not None]
         return cls(bad / att if att > 0 else 0.0, sum(lags) / len(lags) if lags else None,
-                   _cpu_per_event(sum(_g(w, "consumer_cpu_s", 0.0) for w in ws), sum(_g(w, "delivered", 0) for w in ws)),
-                   len(ws), sum(costs) / len(costs) if costs else None)
+                   _cpu_per_event(cpu, delivered), n, sum(costs) / len(costs) if costs else None)
 
 
 def books(ring: Any, perf: Any = None) -> tuple[list[str], dict[str, int]]:

@@ -118,7 +118,7 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
     index) is skipped. One statement (store/bulk.py); returns how many were new."""
     if not ws:
         return 0
-    m = _core(session).execute(_RECORD_SELECT, {"mid": migration_id}).first()
+    m = core_connection(session).execute(_RECORD_SELECT, {"mid": migration_id}).first()
     if m is None:
         raise StoreError(f"no migration {migration_id} in this database")
     ts = _now(now)
@@ -135,7 +135,7 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
     return insert_rows(session, Window.__table__, rows, conflict=("migration_id", "index", "host", "channel"))
 
 
-def _core(session: Session):  # noqa: ANN202 -- a Connection
+def core_connection(session: Session):  # noqa: ANN202 -- a Connection
     """The session's connection for a prebuilt Core statement, its pending ORM changes flushed first
     (what autoflush does before an ORM query), so the statement sees them."""
     if session.dirty or session.new or session.deleted:
@@ -166,7 +166,7 @@ def heartbeat(session: Session, migration_id: int, host: str, now: float | None 
     # One UPDATE ... RETURNING, built once (every host, every window: no row loaded, no ORM
     # bookkeeping: a third of what the ORM-enabled update cost). The session's pending changes go
     # first (as autoflush would), and a Host it holds is expired after, so it reads what was written.
-    row = _core(session).execute(_BEAT if mode is None else _BEAT_MODE, params).first()
+    row = core_connection(session).execute(_BEAT if mode is None else _BEAT_MODE, params).first()
     if row is None:
         raise StoreError(f"host {host!r} is not part of migration {migration_id}")
     for obj in list(session.identity_map.values()):
