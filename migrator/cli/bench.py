@@ -172,6 +172,13 @@ def render_overhead(res: dict) -> str:
                      f"{r['ours']['events']:>10,} {lost['ours']:>10,} {lost['c']:>10,} "
                      f"{'-' if lag is None else f'{lag:.1f}':>16}  {exact}")
     n = res["notes"]
+    if n.get("repeat", 1) > 1:
+        lines.append(f"each rate ran {n['repeat']} pairs in alternating order; shown: the pair of the median ratio. "
+                     "Every pair (ours % / C % = ratio):")
+        for r in res["rates"]:
+            runs = ", ".join(f"{x['ours_cpu_pct']:.3f}/{x['c_cpu_pct']:.3f}"
+                             + ("" if x["ratio"] is None else f" = {x['ratio']:.2f}x") for x in r["runs"])
+            lines.append(f"{r['rate']:>10,.0f}  {runs}")
     lines.append(f"max_delay_ms {n['max_delay_ms']:g} (ours), C consumer woken every {n['c_interval_ms']:g} ms; "
                  f"agent poll {n['agent_poll_ms']} ms; {n['probe']}")
     for name, ok in res["targets"].items():
@@ -187,6 +194,8 @@ def overhead_cmd(
     config: Path = config_option("Take [buffers] (sizes, wakeup, max_delay_ms) from this canary.toml."),
     max_delay_ms: float = typer.Option(None, "--max-delay-ms", min=0.1, help="Our batch clock (default: [buffers] max_delay_ms)."),
     c_interval_ms: float = typer.Option(None, "--c-interval-ms", min=1, help="The C consumer's timer (default: max delay)."),
+    repeat: int = typer.Option(1, "--repeat", min=1,
+                               help="Pairs of runs per rate, in alternating order; the median ratio's pair is shown."),
     json_out: bool = json_option("Print one JSON object {rates, targets, notes}."),
 ) -> None:
     """What the agent costs: whole-process CPU of our consumer against a libbpf C consumer of the same maps.
@@ -201,13 +210,16 @@ def overhead_cmd(
     Example:
 
         sudo migrator bench overhead --rate 0 --rate 100000 --seconds 5
+
+        sudo migrator bench overhead --rate 100000 --seconds 4 --repeat 3   # on a noisy machine
     """
     from migrator.config import load_config
     from migrator.tools.bench.overhead import DEFAULT_RATES, bench_overhead
 
     buffers = load_config(config).buffers if config else None
     res = bench_overhead(tuple(rates) if rates else DEFAULT_RATES, seconds, max_delay_ms=max_delay_ms,
-                         c_interval_ms=c_interval_ms, buffers=buffers, progress=lambda m: typer.echo(m, err=True))
+                         c_interval_ms=c_interval_ms, buffers=buffers, repeat=repeat,
+                         progress=lambda m: typer.echo(m, err=True))
     if json_out:
         emit_json(res)
     else:

@@ -27,6 +27,7 @@ import os
 import resource
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -185,18 +186,47 @@ def _c(rate: float, seconds: float, buffers: Buffers, interval_ms: float, progre
 
 
 # -- the bench ------------------------------------------------------------------------------------
+def _pair(rate: float, seconds: float, buffers: Buffers, max_delay_ms: float, interval_ms: float, progress,
+          k: int, repeat: int) -> dict:
+    """One run of each consumer at `rate`, ours first in even pairs and the C consumer first in odd
+    ones (so a machine that slows down or speeds up during a bench weighs on both alike)."""
+    row: dict = {"rate": rate}
+    order = (("ours", _ours, max_delay_ms), ("c", _c, interval_ms))
+    for name, run, arg in (order if k % 2 == 0 else order[::-1]):
+        tag = f"[{name} @ {rate:,.0f}/s" + (f", pair {k + 1}/{repeat}]" if repeat > 1 else "]")
+        progress(f"{tag} starting")
+        r = run(rate, seconds, buffers, arg, progress, tag)
+        row[name] = r
+        progress(f"{tag} {r['cpu_pct']:.3f} % of a core over {r['wall_s']:.2f} s, "
+                 f"{r['events']:,} events, consumed {r['consumed']}")
+    for name in ("ours", "c"):
+        # A consumer that lost records (perf full) did less work: compare per record too.
+        n = sum(row[name]["consumed"].values())
+        row[name]["cpu_us_per_record"] = round(row[name]["cpu_s"] / n * 1e6, 4) if n else None
+    row["ratio"] = _ratio(row["ours"]["cpu_pct"], row["c"]["cpu_pct"])
+    row["ratio_per_record"] = _ratio(row["ours"]["cpu_us_per_record"], row["c"]["cpu_us_per_record"])
+    row["exact"] = {name: row[name]["consumed"] == row[name]["written"] for name in ("ours", "c")}
+    return row
+
+
 def _ratio(ours: float | None, theirs: float | None) -> float | None:
     return round(ours / theirs, 2) if ours is not None and theirs else None
 
 
 def bench_overhead(rates: tuple[float, ...] = DEFAULT_RATES, seconds: float = 5.0, *, max_delay_ms: float | None = None,
-                   c_interval_ms: float | None = None, buffers: Buffers | None = None,
+                   c_interval_ms: float | None = None, buffers: Buffers | None = None, repeat: int = 1,
                    progress: Callable[[str], None] = lambda _m: None) -> dict:
     """Whole-process CPU (% of a core) of our agent loop and of the libbpf C consumer, per rate.
 
-    Returns {"rates": [{rate, ours, c, ratio, exact}], "targets": {name: bool}, "notes": {...}}.
+    repeat: pairs of runs per rate, in alternating order; the pair of the median ratio is reported,
+    every pair's figures in `runs` (on a shared machine one pair can be off by a third).
+
+    Returns {"rates": [{rate, ours, c, ratio, ratio_per_record, exact, runs}], "targets": {name: bool},
+    "notes": {...}}.
     """
     check_rates(rates)
+    if repeat < 1:
+        raise OptionError("--repeat", repeat, "is not a positive number of pairs", "give --repeat 1 or more")
     if not seconds > 0:
         raise OptionError("--seconds", seconds, "is not a positive number of seconds", "give --seconds a number > 0")
     buffers = buffers or Buffers()
@@ -211,21 +241,17 @@ def bench_overhead(rates: tuple[float, ...] = DEFAULT_RATES, seconds: float = 5.
     rows = []
     try:
         for rate in rates:
-            row: dict = {"rate": rate}
-            for name, run, arg in (("ours", _ours, max_delay_ms), ("c", _c, interval_ms)):
-                tag = f"[{name} @ {rate:,.0f}/s]"
-                progress(f"{tag} starting")
-                r = run(rate, seconds, buffers, arg, progress, tag)
-                row[name] = r
-                progress(f"{tag} {r['cpu_pct']:.3f} % of a core over {r['wall_s']:.2f} s, "
-                         f"{r['events']:,} events, consumed {r['consumed']}")
-            for name in ("ours", "c"):
-                # A consumer that lost records (perf full) did less work: compare per record too.
-                n = sum(row[name]["consumed"].values())
-                row[name]["cpu_us_per_record"] = round(row[name]["cpu_s"] / n * 1e6, 4) if n else None
-            row["ratio"] = _ratio(row["ours"]["cpu_pct"], row["c"]["cpu_pct"])
-            row["ratio_per_record"] = _ratio(row["ours"]["cpu_us_per_record"], row["c"]["cpu_us_per_record"])
-            row["exact"] = {name: row[name]["consumed"] == row[name]["written"] for name in ("ours", "c")}
+            pairs = [_pair(rate, seconds, buffers, max_delay_ms, interval_ms, progress, k, repeat) for k in range(repeat)]
+            # The pair of the median ratio speaks for the rate (the lower of the two middle ones
+            # when there is an even number): one measured pair, not a blend of several.
+            ratios = [p["ratio"] for p in pairs]
+            if all(x is not None for x in ratios):
+                row = dict(pairs[ratios.index(statistics.median_low(ratios))])
+            else:
+                row = dict(pairs[0])
+            row["runs"] = [{"ours_cpu_pct": p["ours"]["cpu_pct"], "c_cpu_pct": p["c"]["cpu_pct"], "ratio": p["ratio"]}
+                           for p in pairs]
+            row["exact"] = {name: all(p["exact"][name] for p in pairs) for name in ("ours", "c")}
             rows.append(row)
     finally:
         close_stats(stats_fd)
@@ -241,7 +267,7 @@ def bench_overhead(rates: tuple[float, ...] = DEFAULT_RATES, seconds: float = 5.
         for name, ok in row["exact"].items():
             targets[f"{name} consumed every record written at {row['rate']:,.0f} events/s"] = ok
     return {"rates": rows, "targets": targets,
-            "notes": {"seconds": seconds, "max_delay_ms": max_delay_ms, "c_interval_ms": interval_ms,
+            "notes": {"seconds": seconds, "repeat": repeat, "max_delay_ms": max_delay_ms, "c_interval_ms": interval_ms,
                       "agent_poll_ms": AGENT_POLL_MS, "ring_bytes": buffers.ring_bytes,
                       "perf_pages": buffers.perf_pages, "wakeup": buffers.wakeup, "ring_submit": buffers.ring_submit,
                       "probe": "synthetic, DUAL (perf and ring written for every event)",
