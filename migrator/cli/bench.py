@@ -211,7 +211,7 @@ def overhead_cmd(
 
         sudo migrator bench overhead --rate 0 --rate 100000 --seconds 5
 
-        sudo migrator bench overhead --rate 100000 --seconds 4 --repeat 3   # on a noisy machine
+        sudo migrator bench overhead --rate 100000 --repeat 3
     """
     from migrator.config import load_config
     from migrator.tools.bench.overhead import DEFAULT_RATES, bench_overhead
