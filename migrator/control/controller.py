@@ -54,8 +54,9 @@ from migrator.control.policy import (
 )
 from migrator.control.stall import Stall, stall_of
 from migrator.control.story import group_windows
-from migrator.store.api import core_connection, self_protect_reports
+from migrator.store.api import self_protect_reports
 from migrator.store.bulk import insert_rows
+from migrator.store.db import core_connection
 from migrator.store.models import Host, Lease, Migration, Transition, Verdict, Window
 
 log = logging.getLogger("migrator.control.controller")

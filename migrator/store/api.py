@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from migrator.config import Config
 from migrator.errors import MigratorError, StoreError
 from migrator.store.bulk import insert_rows
+from migrator.store.db import core_connection, expire_held
 from migrator.store.models import Host, Lease, Migration, Slice, Transition, Verdict, Window
 from migrator.shared.records import ChannelWindow
 from migrator.shared.vocab import FINAL, MODES, first_slices
@@ -135,14 +136,6 @@ def record_windows(session: Session, migration_id: int, ws: Sequence[ChannelWind
     return insert_rows(session, Window.__table__, rows, conflict=("migration_id", "index", "host", "channel"))
 
 
-def core_connection(session: Session):  # noqa: ANN202 -- a Connection
-    """The session's connection for a prebuilt Core statement, its pending ORM changes flushed first
-    (what autoflush does before an ORM query), so the statement sees them."""
-    if session.dirty or session.new or session.deleted:
-        session.flush()
-    return session.connection()
-
-
 def _host(session: Session, migration_id: int, host: str) -> Host:
     h = session.scalars(select(Host).where(Host.migration_id == migration_id, Host.name == host)).one_or_none()
     if h is None:
@@ -169,9 +162,7 @@ def heartbeat(session: Session, migration_id: int, host: str, now: float | None 
     row = core_connection(session).execute(_BEAT if mode is None else _BEAT_MODE, params).first()
     if row is None:
         raise StoreError(f"host {host!r} is not part of migration {migration_id}")
-    for obj in list(session.identity_map.values()):
-        if isinstance(obj, Host) and obj.migration_id == migration_id and obj.name == host:
-            session.expire(obj)
+    expire_held(session, Host, migration_id=migration_id, name=host)
     return row[0]
 
 

@@ -96,3 +96,20 @@ class Store(sessionmaker[Session]):
 def make_session_factory(engine: Engine) -> Store:
     """One Store per process; callers do `with store() as s, s.begin(): ...`."""
     return Store(engine, expire_on_commit=False)
+
+
+def core_connection(session: Session):  # noqa: ANN201 -- a Connection
+    """The session's connection for a prebuilt Core statement, its pending ORM changes flushed first
+    (what autoflush does before an ORM query), so the statement sees them."""
+    if session.dirty or session.new or session.deleted:
+        session.flush()
+    return session.connection()
+
+
+def expire_held(session: Session, cls: type, **key) -> None:
+    """Expire every `cls` object the session holds whose attributes equal `key`: after a Core
+    statement changed its row, the object reads what was written."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, cls) and all(getattr(obj, k) == v for k, v in key.items()):
+            session.expire(obj)
+

@@ -29,6 +29,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from migrator.errors import HostLeaseHeld
+from migrator.store.db import core_connection, expire_held
 from migrator.store.models import Host, HostLease, Migration
 
 log = logging.getLogger("migrator.agent")
@@ -103,12 +104,8 @@ def renew_host_lease(session: Session, host: str, holder: str, now: float, ttl: 
                      migration_id: int | None = None) -> str | None:
     """Renew our lease (one UPDATE); when the row is not ours any more, take_host_lease decides:
     None when it is ours again, HostLeaseHeld when another live process took it over."""
-    if session.dirty or session.new or session.deleted:
-        session.flush()  # as autoflush would before the ORM statement this was
-    res = session.connection().execute(_RENEW, {"b_host": host, "b_holder": holder, "b_expires": now + ttl})
-    for obj in list(session.identity_map.values()):  # a lease the session holds reads what was written
-        if isinstance(obj, HostLease) and obj.host == host:
-            session.expire(obj)
+    res = core_connection(session).execute(_RENEW, {"b_host": host, "b_holder": holder, "b_expires": now + ttl})
+    expire_held(session, HostLease, host=host)
     if res.rowcount == 1:
         return None
     return take_host_lease(session, host, holder, now, ttl, migration_id)
